@@ -1,0 +1,264 @@
+"""The ``isic2020`` command line: parses options, calls the library, prints, exits.
+
+Conventions (documented in the README): results go to stdout (one JSON document with
+``--json``), progress and messages to stderr; every failure is one line on stderr starting
+``isic2020: error:`` and a documented exit code (0 ok, 1 verification failed, 2 usage or input,
+3 download/network/disk, 130 interrupted). Nothing here prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, Isic2020Error
+from .manifest import FORMAT_CHOICES, SPLIT_CHOICES
+
+F = TypeVar("F", bound=Callable[..., Any])
+ENV_MIRROR = "ISIC2020_MIRROR"
+
+
+def _err(msg: str) -> None:
+    click.echo(f"isic2020: {msg}", err=True)
+
+
+def _emit(report: Any, as_json: bool, quiet: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=False, default=str))
+    elif not quiet:
+        for line in report.summary_lines():
+            click.echo(line)
+
+
+def _run(fn: Callable[[], Any], as_json: bool, quiet: bool) -> None:
+    """Run a library call; map its errors to one stderr line and an exit code."""
+    try:
+        report = fn()
+    except Isic2020Error as exc:
+        _err(f"error: {exc.one_line()}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _err("interrupted; what finished is kept: run the same command again to resume")
+        sys.exit(EXIT_INTERRUPTED)
+    _emit(report, as_json, quiet)
+    sys.exit(getattr(report, "exit_code", 0))
+
+
+def common_options(fn: F) -> F:
+    fn = click.option(
+        "--manifest",
+        type=click.Path(dir_okay=False),
+        envvar="ISIC2020_MANIFEST",
+        help="Manifest TOML to use instead of the bundled one [env: ISIC2020_MANIFEST].",
+    )(fn)
+    fn = click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        envvar="ISIC2020_DATA_DIR",
+        help="Data directory [env: ISIC2020_DATA_DIR; default: ~/.local/share/isic2020].",
+    )(fn)
+    return fn
+
+
+def selection_options(default_format: str = "jpeg") -> Callable[[F], F]:
+    def deco(fn: F) -> F:
+        fn = click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(FORMAT_CHOICES),
+            default=default_format,
+            show_default=True,
+            help="jpeg; dicom (corrected DICOM); dicom-original (first release); none (CSVs only).",
+        )(fn)
+        fn = click.option(
+            "--split",
+            type=click.Choice(SPLIT_CHOICES),
+            default="all",
+            show_default=True,
+            help="Which split.",
+        )(fn)
+        return fn
+
+    return deco
+
+
+def output_options(fn: F) -> F:
+    fn = click.option("--quiet", "-q", is_flag=True, help="No progress bars, no summary.")(fn)
+    fn = click.option("--json", "as_json", is_flag=True, help="One JSON report on stdout.")(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="isic2020")
+def cli() -> None:
+    """Fetch the ISIC 2020 Challenge Dataset complete and verified."""
+
+
+@cli.command()
+@selection_options()
+@common_options
+@click.option(
+    "--mirror",
+    "mirrors",
+    multiple=True,
+    metavar="URL",
+    help="Fetch <URL>/<official name> instead of the manifest's hosts; repeatable, tried in "
+    "order [env: ISIC2020_MIRROR, space separated]. http:// and file:// only this way.",
+)
+@click.option(
+    "--connections",
+    "-c",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Parallel connections per file [default: 8].",
+)
+@click.option("--no-extract", is_flag=True, help="Download and verify archives, do not unpack.")
+@click.option(
+    "--keep-archives/--no-keep-archives",
+    default=True,
+    show_default=True,
+    help="Keep the zips in DATA/archives after unpacking them.",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be transferred and the disk needed.")
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds to wait for another isic2020 on the same data directory [default: wait].",
+)
+@output_options
+def fetch(
+    split: str,
+    fmt: str,
+    data_dir: str | None,
+    manifest: str | None,
+    mirrors: tuple[str, ...],
+    connections: int | None,
+    no_extract: bool,
+    keep_archives: bool,
+    dry_run: bool,
+    lock_timeout: float | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Download, verify, unpack and check the chosen split and format."""
+    from .fetch import fetch as do_fetch
+
+    if not mirrors and os.environ.get(ENV_MIRROR):
+        mirrors = tuple(os.environ[ENV_MIRROR].split())
+    _run(
+        lambda: do_fetch(
+            split=split,
+            fmt=fmt,
+            data_dir=data_dir,
+            manifest=manifest,
+            mirrors=mirrors,
+            connections=connections,
+            extract=not no_extract,
+            keep_archives=keep_archives,
+            dry_run=dry_run,
+            lock_timeout=lock_timeout,
+            progress=not quiet and sys.stderr.isatty(),
+            log=None if quiet else _err,
+        ),
+        as_json,
+        quiet,
+    )
+
+
+@cli.command("list")
+@common_options
+@click.option("--mirror", "mirrors", multiple=True, metavar="URL", help="Show mirror URLs.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def list_cmd(
+    data_dir: str | None, manifest: str | None, mirrors: tuple[str, ...], as_json: bool
+) -> None:
+    """Every manifest entry with its URLs, published size and local state."""
+    from .fetch import list_files
+
+    if not mirrors and os.environ.get(ENV_MIRROR):
+        mirrors = tuple(os.environ[ENV_MIRROR].split())
+    _run(lambda: list_files(data_dir=data_dir, manifest=manifest, mirrors=mirrors), as_json, False)
+
+
+@cli.command()
+@selection_options()
+@common_options
+@output_options
+def extract(
+    split: str, fmt: str, data_dir: str | None, manifest: str | None, as_json: bool, quiet: bool
+) -> None:
+    """Unpack archives already in DATA/archives into the fixed layout."""
+    from .extract import extract as do_extract
+
+    _run(
+        lambda: do_extract(
+            split=split,
+            fmt=fmt,
+            data_dir=data_dir,
+            manifest=manifest,
+            progress=not quiet and sys.stderr.isatty(),
+        ),
+        as_json,
+        quiet,
+    )
+
+
+@cli.command()
+@selection_options()
+@common_options
+@click.option("--deep", is_flag=True, help="Decode JPEGs; cross-check DICOM headers with the CSV.")
+@output_options
+def verify(
+    split: str,
+    fmt: str,
+    data_dir: str | None,
+    manifest: str | None,
+    deep: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Prove that what is on disk is complete and intact."""
+    from .verify import verify as do_verify
+
+    _run(
+        lambda: do_verify(
+            split=split,
+            fmt=fmt,
+            data_dir=data_dir,
+            manifest=manifest,
+            deep=deep,
+            progress=not quiet and sys.stderr.isatty(),
+        ),
+        as_json,
+        quiet,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    # A file-size limit (RLIMIT_FSIZE) must surface as EFBIG, a clean "disk" error, not kill us.
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # CI cancellation sends SIGTERM: treat it like Ctrl-C so state is left resumable.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        cli.main(args=argv, prog_name="isic2020", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _err("interrupted; run the same command again to resume")
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        _err(f"error: {exc.format_message()}; see 'isic2020 --help'")
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        _err("interrupted; what finished is kept: run the same command again to resume")
+        sys.exit(EXIT_INTERRUPTED)

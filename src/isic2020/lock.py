@@ -1,0 +1,79 @@
+"""One writer per data directory.
+
+An advisory ``flock`` on ``DATA/.isic2020/lock``: the kernel releases it when the process dies,
+so a killed run never leaves a stale lock behind. Writers (fetch, extract) take it exclusively;
+a second writer waits (saying so once on stderr) until the first is done, or gives up after
+``timeout`` seconds. Waiting is the default because the second run then finds the work done and
+finishes in a second, which is what two CI jobs sharing a cache want.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .errors import DiskError, LockError
+
+
+@contextlib.contextmanager
+def data_dir_lock(
+    lock_path: Path,
+    *,
+    shared: bool = False,
+    timeout: float | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[None]:
+    """Hold the data directory's lock for the duration of the block."""
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if shared and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            # A read-only data directory can still be verified; nobody can write to it anyway.
+            yield
+            return
+        raise DiskError(
+            f"cannot create {lock_path}: {exc.strerror or exc}",
+            "make the data directory writable or choose another with --data-dir",
+        ) from None
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    try:
+        start = time.monotonic()
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told and on_wait is not None:
+                    holder = _read_holder(fd)
+                    on_wait(
+                        f"waiting for another isic2020{holder} using {lock_path.parent.parent}"
+                    )
+                    told = True
+                if timeout is not None and time.monotonic() - start >= timeout:
+                    raise LockError(
+                        f"another isic2020{_read_holder(fd)} is using {lock_path.parent.parent}",
+                        "wait for it to finish or stop it, then run again",
+                    ) from None
+                time.sleep(0.2)
+        if not shared:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        pid = os.pread(fd, 32, 0).decode().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
