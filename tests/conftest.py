@@ -1,0 +1,1 @@
+"""Shared pytest setup. Fixtures live next to the code they serve in tests/support/."""
