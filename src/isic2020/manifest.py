@@ -243,7 +243,9 @@ def _parse_entry(source: str, index: int, item: Any) -> FileEntry:
     hosts = []
     for h in hosts_raw:
         if not isinstance(h, str) or not h.startswith("https://"):
-            raise fail("hosts", f"must hold https:// URLs (plain http only as --mirror), found {h!r}")
+            raise fail(
+                "hosts", f"must hold https:// URLs (plain http only as --mirror), found {h!r}"
+            )
         hosts.append(h)
     role = None
     images = rows = None

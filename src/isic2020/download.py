@@ -1,0 +1,1049 @@
+"""The download engine: parallel byte ranges, resumable across kills, verified before it lands.
+
+How a file travels (every step is there for a failure we have seen or expect):
+
+1. **Probe** (``HEAD``): size, ETag, Last-Modified. For a multipart S3 ETag (``<md5>-<N>``) the
+   part size is asked with ``HEAD ?partNumber=1`` so ranges can be aligned to parts and the ETag
+   checked; a server that does not answer that gets a guess from the usual part sizes, and a
+   wrong guess is reported as "unverifiable", never as corruption.
+2. **Plan**: the file is cut into chunks (the part size, else 8 MiB); a preallocated partial file
+   in ``DATA/.isic2020/partial/`` receives each chunk in place (``pwrite``). A small JSON state
+   file next to it lists the finished chunks; it is rewritten (atomically) after every chunk, so
+   a killed process loses at most the chunks in flight. The state is tied to the object's size
+   and ETag: a run that finds another ETag starts over instead of splicing two versions.
+3. **Transfer**: ``connections`` worker threads, each with its own session, take chunks from a
+   queue. Every ranged GET carries ``If-Match`` (or ``If-Unmodified-Since``) and must answer 206
+   with exactly the Content-Range asked for; anything else is a retry, a changed object (start
+   over cleanly), or a server that ignores ranges (fall back to one plain stream).
+   Body reads are retried by us (urllib3 cannot resume a broken body) from the byte where they
+   broke, with exponential backoff and full jitter, honouring ``Retry-After``; a 503/429 also
+   halves the number of parallel requests for a while (AIMD). A host is given up only after
+   ``RetryPolicy.window`` seconds without a single byte of progress, then the next host or mirror
+   takes over (keeping the partial file when it serves the same object).
+4. **Hash while downloading**: a follower thread reads the contiguous finished prefix back from
+   the page cache and feeds SHA-256, MD5 and per-part MD5s, so verification needs no second pass
+   over the file after the last byte. The follower is also where a streaming consumer (unzip
+   while downloading) plugs in later.
+5. **Verify, then land**: size, the S3 ETag when it is a content hash, the manifest's sha256 when
+   known. Only then is the partial file fsynced and renamed to its final path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import math
+import os
+import random
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import requests
+import urllib3
+
+from .errors import DiskError, DownloadError, Interrupted, ObjectChanged, VerificationError
+from .hashing import etag_kind, multipart_count, normalize_etag
+from .http import Timeouts, make_session
+from .state import atomic_write_json, read_json
+
+MiB = 1 << 20
+DEFAULT_CONNECTIONS = 8
+DEFAULT_CHUNK = 8 * MiB
+BLOCK = 1 * MiB
+# Part sizes seen in the wild (aws cli/boto3 8 MiB, s3cmd 15 MiB, the multipart minimum 5 MiB).
+COMMON_PART_SIZES = tuple(m * MiB for m in (8, 16, 5, 15, 32, 64, 100, 128, 10, 50, 256, 512))
+_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_NETWORK_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.HTTPError,
+    ConnectionError,
+    TimeoutError,
+)
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try. ``window``: seconds without any progress before a host is given up."""
+
+    base: float = 0.5
+    cap: float = 20.0
+    window: float = 300.0
+    probe_attempts: int = 3
+    object_restarts: int = 3
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.window)
+        return random.uniform(0.5, 1.0) * min(self.cap, self.base * (2**attempt))
+
+
+@dataclass
+class DownloadOptions:
+    connections: int = DEFAULT_CONNECTIONS
+    chunk_size: int = DEFAULT_CHUNK
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    progress: bool = False
+    log: Log | None = None
+
+
+@dataclass
+class RemoteObject:
+    url: str
+    size: int | None
+    etag: str | None
+    last_modified: str | None
+    part_size: int | None = None
+    part_size_source: str | None = None  # "server" or "guess"
+
+
+@dataclass
+class DownloadResult:
+    """What happened to one file; the fields of ``fetch --json``'s per-file entry."""
+
+    name: str
+    path: str
+    url: str
+    size: int
+    etag: str | None
+    sha256: str
+    md5: str | None
+    etag_check: str
+    bytes_transferred: int
+    seconds: float
+    retries: int
+    status: str  # downloaded | resumed | cached
+    failed_hosts: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _HostFailed(Exception):
+    """This host cannot give us this file (after retries); try the next one."""
+
+
+class _RangesIgnored(Exception):
+    """The server answered a ranged GET with the whole body."""
+
+
+class _Retryable(Exception):
+    def __init__(self, msg: str, retry_after: float | None = None, slowdown: bool = False):
+        super().__init__(msg)
+        self.retry_after = retry_after
+        self.slowdown = slowdown
+
+
+# --------------------------------------------------------------------------------------------
+# Small pieces
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    raw = resp.headers.get("Retry-After")
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    if "Name or service not known" in text or "NameResolution" in text or "getaddrinfo" in text:
+        return "host name could not be resolved (DNS)"
+    if "Connection refused" in text:
+        return "connection refused"
+    if isinstance(exc, requests.Timeout) or "timed out" in text:
+        return "timed out"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS certificate verification failed"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first[:160]
+
+
+def _chunks_to_intervals(done: set[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for i in sorted(done):
+        if out and out[-1][1] == i:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1])
+    return out
+
+
+def _intervals_to_chunks(intervals: Any) -> set[int]:
+    done: set[int] = set()
+    for a, b in intervals:
+        done.update(range(int(a), int(b)))
+    return done
+
+
+def _disk_error(path: Path, exc: OSError) -> DiskError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        what = "the disk is full" if exc.errno != errno.EFBIG else "the file size limit was hit"
+        return DiskError(
+            f"writing {path.name}: {what} ({exc.strerror})",
+            "free space (or raise the limit) and run the same command again to resume",
+        )
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return DiskError(
+            f"cannot write {path}: {exc.strerror}",
+            "make the data directory writable or choose another with --data-dir",
+        )
+    return DiskError(f"writing {path}: {exc.strerror or exc}", "check the disk, then run again")
+
+
+class _Throttle:
+    """Caps requests in flight; halves the cap and pauses everyone on 503 SlowDown / 429."""
+
+    def __init__(self, limit: int) -> None:
+        self.max = limit
+        self.limit = limit
+        self.active = 0
+        self.pause_until = 0.0
+        self._ok = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, abort: threading.Event) -> None:
+        with self._cond:
+            while True:
+                if abort.is_set():
+                    raise Interrupted("aborted")
+                wait = self.pause_until - time.monotonic()
+                if self.active < self.limit and wait <= 0:
+                    self.active += 1
+                    return
+                self._cond.wait(timeout=min(0.2, wait) if wait > 0 else 0.2)
+
+    def release(self, ok: bool) -> None:
+        with self._cond:
+            self.active -= 1
+            if ok and self.limit < self.max:
+                self._ok += 1
+                if self._ok >= 4:
+                    self.limit += 1
+                    self._ok = 0
+            self._cond.notify_all()
+
+    def slowdown(self, delay: float) -> None:
+        with self._cond:
+            self.limit = max(1, self.limit // 2)
+            self._ok = 0
+            self.pause_until = max(self.pause_until, time.monotonic() + delay)
+
+
+class _Follower(threading.Thread):
+    """Hashes the contiguous finished prefix of the partial file while the rest downloads."""
+
+    def __init__(self, fd: int, size: int, part_size: int | None, want_md5: bool) -> None:
+        super().__init__(name="isic2020-hash", daemon=True)
+        self.fd = fd
+        self.size = size
+        self.part_size = part_size
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5() if want_md5 else None
+        self.part_md5s: list[bytes] = []
+        self._part = hashlib.md5() if part_size else None
+        self._part_left = part_size or 0
+        self.pos = 0
+        self._frontier = 0
+        self._cond = threading.Condition()
+        self._stop = False
+        self.error: BaseException | None = None
+
+    def advance(self, frontier: int) -> None:
+        with self._cond:
+            if frontier > self._frontier:
+                self._frontier = frontier
+                self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+
+    def run(self) -> None:
+        try:
+            while self.pos < self.size:
+                with self._cond:
+                    while self._frontier <= self.pos and not self._stop:
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                    frontier = self._frontier
+                while self.pos < frontier:
+                    block = os.pread(self.fd, min(4 * BLOCK, frontier - self.pos), self.pos)
+                    if not block:
+                        raise OSError(errno.EIO, "short read from partial file")
+                    self._feed(block)
+                    self.pos += len(block)
+        except BaseException as exc:  # surfaced by the transfer
+            self.error = exc
+
+    def _feed(self, block: bytes) -> None:
+        self.sha256.update(block)
+        if self.md5 is not None:
+            self.md5.update(block)
+        if self._part is None:
+            return
+        view = memoryview(block)
+        while view:
+            take = min(self._part_left, len(view))
+            self._part.update(view[:take])
+            self._part_left -= take
+            view = view[take:]
+            if self._part_left == 0:
+                self.part_md5s.append(self._part.digest())
+                self._part = hashlib.md5()
+                self._part_left = self.part_size or 0
+        if self.pos + len(block) >= self.size and self._part_left != self.part_size:
+            self.part_md5s.append(self._part.digest())
+
+    def digests(self) -> tuple[str, str | None, str | None]:
+        mp = None
+        if self.part_size:
+            mp = f"{hashlib.md5(b''.join(self.part_md5s)).hexdigest()}-{len(self.part_md5s)}"
+        return self.sha256.hexdigest(), (self.md5.hexdigest() if self.md5 else None), mp
+
+
+# --------------------------------------------------------------------------------------------
+# One transfer of one object from one URL
+
+
+class _Transfer:
+    def __init__(
+        self,
+        opts: DownloadOptions,
+        remote: RemoteObject,
+        partial: Path,
+        state_path: Path,
+        bar: Any,
+    ) -> None:
+        assert remote.size is not None
+        self.opts = opts
+        self.remote = remote
+        self.size = remote.size
+        self.partial = partial
+        self.state_path = state_path
+        self.bar = bar
+        # Chunks equal to S3 parts when parts are of a sensible size, so a chunk is a part.
+        part = remote.part_size
+        self.chunk = part if part and part <= 4 * opts.chunk_size else opts.chunk_size
+        self.nchunks = max(1, math.ceil(self.size / self.chunk))
+        self.done: set[int] = set()
+        self.lock = threading.Lock()
+        self.abort = threading.Event()
+        self.error: BaseException | None = None
+        self.throttle = _Throttle(opts.connections)
+        self.transferred = 0
+        self.retries = 0
+        self.last_progress = time.monotonic()
+        self.last_error = ""
+        self.resumed_bytes = 0
+        self.fd = -1
+        self.follower: _Follower | None = None
+
+    # -- state ----------------------------------------------------------------------------
+    def _state_doc(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "url": self.remote.url,
+            "size": self.size,
+            "etag": self.remote.etag,
+            "last_modified": self.remote.last_modified,
+            "chunk": self.chunk,
+            "done": _chunks_to_intervals(self.done),
+        }
+
+    def _load_state(self) -> None:
+        doc = read_json(self.state_path)
+        if not isinstance(doc, dict) or not self.partial.exists():
+            return
+        same = (
+            doc.get("version") == 1
+            and doc.get("size") == self.size
+            and doc.get("chunk") == self.chunk
+            and (
+                (self.remote.etag and doc.get("etag") == self.remote.etag)
+                or (
+                    not self.remote.etag
+                    and self.remote.last_modified
+                    and doc.get("last_modified") == self.remote.last_modified
+                    and doc.get("url") == self.remote.url
+                )
+            )
+        )
+        if not same:
+            self._log(f"{self.partial.name}: the remote object changed since the partial download; "
+                      "starting over")
+            return
+        try:
+            self.done = {i for i in _intervals_to_chunks(doc.get("done", [])) if i < self.nchunks}
+        except (TypeError, ValueError):
+            self.done = set()
+        self.resumed_bytes = sum(self._span(i)[1] - self._span(i)[0] for i in self.done)
+
+    def _save_state(self) -> None:
+        try:
+            atomic_write_json(self.state_path, self._state_doc(), durable=False)
+        except OSError as exc:
+            raise _disk_error(self.state_path, exc) from None
+
+    def _log(self, msg: str) -> None:
+        if self.opts.log:
+            self.opts.log(msg)
+
+    def _span(self, i: int) -> tuple[int, int]:
+        start = i * self.chunk
+        return start, min(self.size, start + self.chunk)
+
+    def _frontier(self) -> int:
+        i = 0
+        while i in self.done:
+            i += 1
+        return min(self.size, i * self.chunk)
+
+    # -- run ------------------------------------------------------------------------------
+    def run(self) -> tuple[str, str | None, str | None]:
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self._load_state()
+        if not self.done and self.partial.exists():
+            self.partial.unlink()
+        try:
+            fresh = not self.partial.exists()
+            self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o666)
+            if fresh or os.fstat(self.fd).st_size != self.size:
+                os.ftruncate(self.fd, self.size)
+                if fresh and hasattr(os, "posix_fallocate") and self.size:
+                    try:
+                        os.posix_fallocate(self.fd, 0, self.size)
+                    except OSError as exc:
+                        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                            raise
+                        # EOPNOTSUPP/EINVAL: the filesystem cannot preallocate; that is fine.
+        except OSError as exc:
+            self._close()
+            raise _disk_error(self.partial, exc) from None
+        self._save_state()
+        if self.bar is not None:
+            self.bar.update(self.resumed_bytes)
+        kind = etag_kind(self.remote.etag)
+        self.follower = _Follower(self.fd, self.size, self.remote.part_size, kind == "md5")
+        self.follower.start()
+        self.follower.advance(self._frontier())
+        pending = [i for i in range(self.nchunks) if i not in self.done]
+        self._queue = list(reversed(pending))
+        workers = [
+            threading.Thread(target=self._worker, name=f"isic2020-dl-{k}", daemon=True)
+            for k in range(min(self.opts.connections, len(pending)))
+        ]
+        try:
+            for w in workers:
+                w.start()
+            while any(w.is_alive() for w in workers):
+                for w in workers:
+                    w.join(timeout=0.1)
+            if self.error is not None:
+                raise self.error
+            self.follower.join()
+            if self.follower.error is not None:
+                raise _disk_error(self.partial, self.follower.error) if isinstance(
+                    self.follower.error, OSError
+                ) else self.follower.error
+            return self.follower.digests()
+        except BaseException:
+            self.abort.set()
+            self.follower.stop()
+            with self.lock, contextlib.suppress(DiskError):
+                self._save_state()
+            raise
+
+    def finish(self) -> None:
+        """Flush the data to disk before the rename makes it final."""
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise _disk_error(self.partial, exc) from None
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+    def _next(self) -> int | None:
+        with self.lock:
+            return self._queue.pop() if self._queue else None
+
+    def _worker(self) -> None:
+        session = make_session(1)
+        try:
+            while not self.abort.is_set():
+                i = self._next()
+                if i is None:
+                    return
+                self._fetch_chunk(session, i)
+                with self.lock:
+                    self.done.add(i)
+                    self._save_state()
+                    frontier = self._frontier()
+                assert self.follower is not None
+                self.follower.advance(frontier)
+        except BaseException as exc:
+            with self.lock:
+                if self.error is None and not isinstance(exc, Interrupted):
+                    self.error = exc
+            self.abort.set()
+        finally:
+            session.close()
+
+    def _fetch_chunk(self, session: requests.Session, i: int) -> None:
+        start, end = self._span(i)
+        pos = start
+        attempt = 0
+        while pos < end:
+            if self.abort.is_set():
+                raise Interrupted("aborted")
+            headers = {"Range": f"bytes={pos}-{end - 1}"}
+            if self.remote.etag:
+                headers["If-Match"] = f'"{self.remote.etag}"'
+            elif self.remote.last_modified:
+                headers["If-Unmodified-Since"] = self.remote.last_modified
+            self.throttle.acquire(self.abort)
+            ok = False
+            try:
+                cursor = [pos]
+                try:
+                    with session.get(
+                        self.remote.url,
+                        headers=headers,
+                        stream=True,
+                        timeout=self.opts.timeouts.as_tuple(),
+                    ) as resp:
+                        self._check(resp, pos, end)
+                        self._copy_body(resp, cursor, end)
+                finally:
+                    progressed = cursor[0] > pos
+                    pos = cursor[0]
+                    if progressed:
+                        attempt = 0
+                ok = pos >= end
+                if not ok:
+                    raise _Retryable("connection closed before the range was complete")
+            except _Retryable as exc:
+                self._note_retry(str(exc), exc.retry_after, exc.slowdown, attempt)
+                attempt += 1
+            except _NETWORK_ERRORS as exc:
+                self._note_retry(_describe(exc), None, False, attempt)
+                attempt += 1
+            finally:
+                self.throttle.release(ok)
+
+    def _note_retry(
+        self, why: str, retry_after: float | None, slowdown: bool, attempt: int
+    ) -> None:
+        with self.lock:
+            self.retries += 1
+            self.last_error = why
+            stalled = time.monotonic() - self.last_progress
+        if stalled > self.opts.retry.window:
+            raise _HostFailed(f"no progress for {stalled:.0f}s (last error: {why})")
+        delay = self.opts.retry.delay(attempt, retry_after)
+        if slowdown:
+            self.throttle.slowdown(delay)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            if self.abort.is_set():
+                raise Interrupted("aborted")
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def _check(self, resp: requests.Response, pos: int, end: int) -> None:
+        status = resp.status_code
+        etag = normalize_etag(resp.headers.get("ETag"))
+        if status in (200, 206) and self.remote.etag and etag and etag != self.remote.etag:
+            raise ObjectChanged(f"ETag changed from {self.remote.etag} to {etag}")
+        if status == 206:
+            enc = resp.headers.get("Content-Encoding", "identity").lower()
+            if enc not in ("identity", ""):
+                raise _HostFailed(f"server sent Content-Encoding {enc} despite identity")
+            m = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", "").strip())
+            if not m:
+                raise _Retryable("206 without a valid Content-Range")
+            a, b, total = int(m.group(1)), int(m.group(2)), m.group(3)
+            if a != pos or b != end - 1 or (total != "*" and int(total) != self.size):
+                if total != "*" and int(total) != self.size:
+                    raise ObjectChanged(f"object size changed to {total}")
+                raise _Retryable(
+                    f"Content-Range {a}-{b} does not match the request {pos}-{end - 1}"
+                )
+            return
+        if status == 200:
+            raise _RangesIgnored()
+        if status in (412, 416):
+            raise ObjectChanged(f"HTTP {status} to a conditional range request")
+        if status in (429, 503):
+            raise _Retryable(f"HTTP {status} (slow down)", _retry_after(resp), slowdown=True)
+        if status >= 500 or status == 408:
+            raise _Retryable(f"HTTP {status}", _retry_after(resp))
+        raise _HostFailed(f"HTTP {status}")
+
+    def _copy_body(self, resp: requests.Response, cursor: list[int], end: int) -> None:
+        """Write the body in place; ``cursor[0]`` always says how far it got, even on error."""
+        raw = resp.raw
+        pos = cursor[0]
+        while pos < end:
+            if self.abort.is_set():
+                raise Interrupted("aborted")
+            block = raw.read(min(BLOCK, end - pos), decode_content=False)
+            if not block:
+                break
+            try:
+                view = memoryview(block)
+                while view:
+                    n = os.pwrite(self.fd, view, pos)
+                    view = view[n:]
+                    pos += n
+                    cursor[0] = pos
+            except OSError as exc:
+                raise _disk_error(self.partial, exc) from None
+            with self.lock:
+                self.transferred += len(block)
+                self.last_progress = time.monotonic()
+            if self.bar is not None:
+                self.bar.update(len(block))
+
+
+# --------------------------------------------------------------------------------------------
+# The public engine
+
+
+class Downloader:
+    """Downloads one file from a list of URLs (hosts or mirrors, in order) into a final path."""
+
+    def __init__(self, options: DownloadOptions | None = None) -> None:
+        self.opts = options or DownloadOptions()
+        self._session = make_session(2)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _log(self, msg: str) -> None:
+        if self.opts.log:
+            self.opts.log(msg)
+
+    # -- probe ----------------------------------------------------------------------------
+    def probe(self, url: str) -> RemoteObject:
+        """HEAD the object (with a few quick retries); raise _HostFailed when it cannot be had."""
+        last = ""
+        for attempt in range(self.opts.retry.probe_attempts):
+            try:
+                resp = self._session.head(
+                    url, timeout=self.opts.timeouts.as_tuple(), allow_redirects=True
+                )
+            except _NETWORK_ERRORS as exc:
+                last = _describe(exc)
+                if "DNS" in last:
+                    break
+            else:
+                if resp.status_code in (405, 501):
+                    return self._probe_get(url)
+                if resp.status_code == 200:
+                    return self._remote_from(url, resp, resp.headers.get("Content-Length"))
+                if resp.status_code in (429, 503) or resp.status_code >= 500:
+                    last = f"HTTP {resp.status_code}"
+                    time.sleep(self.opts.retry.delay(attempt, _retry_after(resp)))
+                    continue
+                raise _HostFailed(f"HTTP {resp.status_code}")
+            time.sleep(self.opts.retry.delay(attempt))
+        raise _HostFailed(last or "no answer")
+
+    def _probe_get(self, url: str) -> RemoteObject:
+        with self._session.get(
+            url, headers={"Range": "bytes=0-0"}, stream=True, timeout=self.opts.timeouts.as_tuple()
+        ) as resp:
+            if resp.status_code == 206:
+                m = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", ""))
+                total = m.group(3) if m else None
+                return self._remote_from(url, resp, total if total != "*" else None)
+            if resp.status_code == 200:
+                return self._remote_from(url, resp, resp.headers.get("Content-Length"))
+            raise _HostFailed(f"HTTP {resp.status_code}")
+
+    def _remote_from(self, url: str, resp: requests.Response, length: str | None) -> RemoteObject:
+        size = int(length) if length and length.isdigit() else None
+        remote = RemoteObject(
+            url=url,
+            size=size,
+            etag=normalize_etag(resp.headers.get("ETag")),
+            last_modified=resp.headers.get("Last-Modified"),
+        )
+        if size and remote.etag and etag_kind(remote.etag) == "multipart":
+            self._find_part_size(remote)
+        return remote
+
+    def _find_part_size(self, remote: RemoteObject) -> None:
+        assert remote.size is not None and remote.etag is not None
+        n = multipart_count(remote.etag)
+        sep = "&" if "?" in remote.url else "?"
+        try:
+            resp = self._session.head(
+                remote.url + sep + "partNumber=1", timeout=self.opts.timeouts.as_tuple()
+            )
+            length = resp.headers.get("Content-Length", "")
+            if resp.status_code in (200, 206) and length.isdigit():
+                p = int(length)
+                if p > 0 and math.ceil(remote.size / p) == n and (n > 1 or p == remote.size):
+                    remote.part_size, remote.part_size_source = p, "server"
+                    return
+        except _NETWORK_ERRORS:
+            pass
+        for p in COMMON_PART_SIZES:
+            if math.ceil(remote.size / p) == n:
+                remote.part_size, remote.part_size_source = p, "guess"
+                return
+
+    # -- download -------------------------------------------------------------------------
+    def download(
+        self,
+        name: str,
+        urls: list[str],
+        partial: Path,
+        state_path: Path,
+        final: Path,
+        *,
+        expected_size: int | None = None,
+        expected_etag: str | None = None,
+        expected_sha256: str | None = None,
+    ) -> DownloadResult:
+        """Fetch ``name`` from the first URL that works; verified bytes land at ``final``."""
+        failures: list[str] = []
+        verify_failures: list[str] = []
+        t0 = time.monotonic()
+        for url in urls:
+            try:
+                if url.startswith("file://"):
+                    return self._copy_local(
+                        name, url, partial, final, expected_size, expected_sha256, failures, t0
+                    )
+                return self._download_from(
+                    name, url, partial, state_path, final,
+                    expected_size, expected_etag, expected_sha256, failures, t0,
+                )
+            except _HostFailed as exc:
+                failures.append(f"{url}: {exc}")
+                more = "; trying the next host" if url != urls[-1] else ""
+                self._log(f"{name}: {url} failed: {exc}{more}")
+            except VerificationError as exc:
+                verify_failures.append(f"{url}: {exc.message}")
+                failures.append(f"{url}: {exc.message}")
+                self._log(f"{name}: {exc.message}")
+        if verify_failures and len(verify_failures) == len(failures):
+            raise VerificationError(
+                f"{name}: downloaded bytes failed verification ({'; '.join(verify_failures)})",
+                "the source serves different data than expected; check the mirror or manifest",
+            )
+        raise DownloadError(
+            f"{name}: every host failed ({'; '.join(failures)})",
+            "check the network or the mirror, then run the same command again to resume",
+        )
+
+    def _download_from(
+        self,
+        name: str,
+        url: str,
+        partial: Path,
+        state_path: Path,
+        final: Path,
+        expected_size: int | None,
+        expected_etag: str | None,
+        expected_sha256: str | None,
+        failures: list[str],
+        t0: float,
+    ) -> DownloadResult:
+        restarts = 0
+        total_transferred = 0
+        total_retries = 0
+        while True:
+            remote = self.probe(url)
+            if expected_size is not None and remote.size not in (None, expected_size):
+                raise _HostFailed(
+                    f"serves {remote.size} bytes but the manifest says {expected_size}"
+                )
+            if expected_etag and remote.etag and remote.etag != expected_etag:
+                raise _HostFailed(
+                    f"serves ETag {remote.etag} but the manifest pins {expected_etag}"
+                )
+            bar = self._bar(name, remote.size)
+            try:
+                if remote.size is None:
+                    sha, md5, mp, n, r = self._single_stream(remote, partial, bar, expected_size)
+                    resumed = 0
+                    transfer = None
+                else:
+                    transfer = _Transfer(self.opts, remote, partial, state_path, bar)
+                    try:
+                        sha, md5, mp = transfer.run()
+                    except _RangesIgnored:
+                        transfer._close()
+                        self._discard(partial, state_path)
+                        self._log(f"{name}: {url} ignores byte ranges; using one plain stream")
+                        sha, md5, mp, n, r = self._single_stream(
+                            remote, partial, bar, expected_size
+                        )
+                        total_transferred += transfer.transferred
+                        total_retries += transfer.retries
+                        transfer = None
+                        resumed = 0
+                    else:
+                        n, r = transfer.transferred, transfer.retries
+                        resumed = transfer.resumed_bytes
+                total_transferred += n
+                total_retries += r
+            except ObjectChanged as exc:
+                if bar is not None:
+                    bar.close()
+                restarts += 1
+                self._discard(partial, state_path)
+                if restarts > self.opts.retry.object_restarts:
+                    raise _HostFailed(f"the object keeps changing ({exc.message})") from None
+                self._log(f"{name}: {exc.message}; the remote file changed, starting over")
+                continue
+            except BaseException:
+                if bar is not None:
+                    bar.close()
+                raise
+            if bar is not None:
+                bar.close()
+            size = partial.stat().st_size
+            check = self._verify(name, remote, size, sha, md5, mp, expected_sha256)
+            if check.startswith("FAILED"):
+                self._discard(partial, state_path)
+                raise VerificationError(f"{name} from {url}: {check[len('FAILED: '):]}")
+            if transfer is not None:
+                transfer.finish()
+            self._land(partial, final)
+            with contextlib.suppress(OSError):
+                state_path.unlink()
+            return DownloadResult(
+                name=name,
+                path=str(final),
+                url=url,
+                size=size,
+                etag=remote.etag,
+                sha256=sha,
+                md5=md5,
+                etag_check=check,
+                bytes_transferred=total_transferred,
+                seconds=round(time.monotonic() - t0, 3),
+                retries=total_retries,
+                status="resumed" if resumed else "downloaded",
+                failed_hosts=list(failures),
+            )
+
+    def _verify(
+        self,
+        name: str,
+        remote: RemoteObject,
+        size: int,
+        sha: str,
+        md5: str | None,
+        mp: str | None,
+        expected_sha256: str | None,
+    ) -> str:
+        if remote.size is not None and size != remote.size:
+            return f"FAILED: size {size} differs from the server's {remote.size}"
+        if expected_sha256 and sha != expected_sha256:
+            return f"FAILED: sha256 {sha} differs from the manifest's {expected_sha256}"
+        kind = etag_kind(remote.etag)
+        if kind == "md5":
+            if md5 != remote.etag:
+                return f"FAILED: MD5 {md5} differs from the ETag {remote.etag}"
+            return "md5"
+        if kind == "multipart":
+            if mp == remote.etag:
+                return "multipart"
+            if remote.part_size_source == "server":
+                return f"FAILED: multipart MD5 {mp} differs from the ETag {remote.etag}"
+            return "unverifiable: multipart ETag, part size unknown (server does not say)"
+        if expected_sha256:
+            return "sha256"
+        return "unverifiable: the server's ETag is not a content hash"
+
+    def _single_stream(
+        self, remote: RemoteObject, partial: Path, bar: Any, expected_size: int | None
+    ) -> tuple[str, str | None, str | None, int, int]:
+        """For servers without byte ranges: one GET, restarted from zero on failure."""
+        transferred = retries = attempt = 0
+        last_progress = time.monotonic()
+        kind = etag_kind(remote.etag)
+        while True:
+            sha, md5 = hashlib.sha256(), hashlib.md5()
+            written = 0
+            try:
+                with self._session.get(
+                    remote.url, stream=True, timeout=self.opts.timeouts.as_tuple()
+                ) as resp:
+                    if resp.status_code in (429, 503) or resp.status_code >= 500:
+                        raise _Retryable(f"HTTP {resp.status_code}", _retry_after(resp))
+                    if resp.status_code != 200:
+                        raise _HostFailed(f"HTTP {resp.status_code}")
+                    etag = normalize_etag(resp.headers.get("ETag"))
+                    if remote.etag and etag and etag != remote.etag:
+                        raise ObjectChanged(f"ETag changed from {remote.etag} to {etag}")
+                    length = resp.headers.get("Content-Length")
+                    partial.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        fh = open(partial, "wb")  # noqa: SIM115 - closed by the with below
+                    except OSError as exc:
+                        raise _disk_error(partial, exc) from None
+                    with fh:
+                        if bar is not None:
+                            bar.reset(total=int(length) if length and length.isdigit() else None)
+                        while True:
+                            block = resp.raw.read(BLOCK, decode_content=False)
+                            if not block:
+                                break
+                            try:
+                                fh.write(block)
+                            except OSError as exc:
+                                raise _disk_error(partial, exc) from None
+                            sha.update(block)
+                            if kind == "md5":
+                                md5.update(block)
+                            written += len(block)
+                            transferred += len(block)
+                            last_progress = time.monotonic()
+                            if bar is not None:
+                                bar.update(len(block))
+                        try:
+                            fh.flush()
+                            os.fsync(fh.fileno())
+                        except OSError as exc:
+                            raise _disk_error(partial, exc) from None
+                    if length and length.isdigit() and written != int(length):
+                        raise _Retryable("connection closed before the body was complete")
+                    if expected_size is not None and written != expected_size:
+                        raise _HostFailed(
+                            f"sent {written} bytes but the manifest says {expected_size}"
+                        )
+                    if remote.size is None:
+                        remote.size = written
+                    md5_hex = md5.hexdigest() if kind == "md5" else None
+                    return sha.hexdigest(), md5_hex, None, transferred, retries
+            except (_Retryable, *_NETWORK_ERRORS) as exc:
+                retries += 1
+                why = str(exc) if isinstance(exc, _Retryable) else _describe(exc)
+                if time.monotonic() - last_progress > self.opts.retry.window:
+                    raise _HostFailed(f"no progress (last error: {why})") from None
+                ra = exc.retry_after if isinstance(exc, _Retryable) else None
+                time.sleep(self.opts.retry.delay(attempt, ra))
+                attempt += 1
+
+    def _copy_local(
+        self,
+        name: str,
+        url: str,
+        partial: Path,
+        final: Path,
+        expected_size: int | None,
+        expected_sha256: str | None,
+        failures: list[str],
+        t0: float,
+    ) -> DownloadResult:
+        src = Path(unquote(urlsplit(url).path))
+        try:
+            size = src.stat().st_size
+        except OSError as exc:
+            raise _HostFailed(exc.strerror or str(exc)) from None
+        if expected_size is not None and size != expected_size:
+            raise _HostFailed(f"has {size} bytes but the manifest says {expected_size}")
+        sha = hashlib.sha256()
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        bar = self._bar(name, size)
+        try:
+            with open(src, "rb") as fin, open(partial, "wb") as fout:
+                while True:
+                    block = fin.read(4 * BLOCK)
+                    if not block:
+                        break
+                    fout.write(block)
+                    sha.update(block)
+                    if bar is not None:
+                        bar.update(len(block))
+                fout.flush()
+                os.fsync(fout.fileno())
+        except OSError as exc:
+            if exc.filename == str(src) or not partial.exists():
+                raise _HostFailed(exc.strerror or str(exc)) from None
+            raise _disk_error(partial, exc) from None
+        finally:
+            if bar is not None:
+                bar.close()
+        digest = sha.hexdigest()
+        if expected_sha256 and digest != expected_sha256:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            raise VerificationError(f"{name} from {url}: sha256 differs from the manifest's")
+        self._land(partial, final)
+        return DownloadResult(
+            name=name, path=str(final), url=url, size=size, etag=None, sha256=digest, md5=None,
+            etag_check="sha256" if expected_sha256 else "unverifiable: local mirror, no checksum",
+            bytes_transferred=size, seconds=round(time.monotonic() - t0, 3), retries=0,
+            status="downloaded", failed_hosts=list(failures),
+        )
+
+    def _land(self, partial: Path, final: Path) -> None:
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(partial, final)
+            dfd = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            raise _disk_error(final, exc) from None
+
+    @staticmethod
+    def _discard(partial: Path, state_path: Path) -> None:
+        for p in (partial, state_path):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+    def _bar(self, name: str, size: int | None) -> Any:
+        if not self.opts.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(
+            total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
+            leave=True, dynamic_ncols=True, mininterval=0.5,
+        )
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the filesystem holding ``path`` (its nearest existing ancestor)."""
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free

@@ -1,0 +1,43 @@
+"""HTTP sessions configured the way a careful downloader needs them.
+
+- ``Accept-Encoding: identity``: byte ranges must address the stored bytes, never a gzip of them.
+- No urllib3 retries: it cannot retry a body that breaks half-way, so all retrying is ours
+  (see ``download.py``), in one place, with one budget.
+- Proxies and CA bundles come from the standard environment (``HTTPS_PROXY``, ``NO_PROXY``,
+  ``REQUESTS_CA_BUNDLE``...) because ``trust_env`` stays on; certificates are always verified.
+- A User-Agent that names the tool and its version, so server operators can see who we are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from . import __version__
+
+USER_AGENT = (
+    f"isic2020/{__version__} (+https://doi.org/10.34970/2020-ds01) "
+    f"python-requests/{requests.__version__}"
+)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. ``read`` bounds a stall between two received blocks, not the whole body."""
+
+    connect: float = 10.0
+    read: float = 30.0
+
+    def as_tuple(self) -> tuple[float, float]:
+        return (self.connect, self.read)
+
+
+def make_session(pool_size: int = 8) -> requests.Session:
+    s = requests.Session()
+    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(2, pool_size), max_retries=0)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    s.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+    return s
