@@ -266,7 +266,7 @@ class _Follower(threading.Thread):
         self.pos = 0
         self._frontier = 0
         self._cond = threading.Condition()
-        self._stop = False
+        self._halt = False
         self.error: BaseException | None = None
 
     def advance(self, frontier: int) -> None:
@@ -277,16 +277,16 @@ class _Follower(threading.Thread):
 
     def stop(self) -> None:
         with self._cond:
-            self._stop = True
+            self._halt = True
             self._cond.notify()
 
     def run(self) -> None:
         try:
             while self.pos < self.size:
                 with self._cond:
-                    while self._frontier <= self.pos and not self._stop:
+                    while self._frontier <= self.pos and not self._halt:
                         self._cond.wait()
-                    if self._stop:
+                    if self._halt:
                         return
                     frontier = self._frontier
                 while self.pos < frontier:
