@@ -125,7 +125,8 @@ def test_500_is_retried(served, tmp_path):
 def test_stall_fires_read_timeout_instead_of_hanging(served, tmp_path):
     srv, data = served
     srv.add_fault(Stall(seconds=30, after=1000), NAME, times=2, when=ranged)
-    res = _download(tmp_path, [srv.url_for(NAME)], _options(timeouts=Timeouts(connect=2.0, read=0.5)))
+    opts = _options(timeouts=Timeouts(connect=2.0, read=0.5))
+    res = _download(tmp_path, [srv.url_for(NAME)], opts)
     _assert_landed(tmp_path, data)
     assert res.retries >= 2
 
@@ -228,7 +229,8 @@ def test_interrupted_transfer_resumes_without_refetching_finished_chunks(served,
         when=lambda req: req.ranged and req.start >= len(data) // 2,
     )
     with pytest.raises(DownloadError):
-        _download(tmp_path, [srv.url_for(NAME)], _options(retry=RetryPolicy(base=0.01, cap=0.05, window=1.0)))
+        opts = _options(retry=RetryPolicy(base=0.01, cap=0.05, window=1.0))
+        _download(tmp_path, [srv.url_for(NAME)], opts)
     partial, state, final = _paths(tmp_path)
     assert state.exists() and partial.exists() and not final.exists()
     first = srv.bytes_sent(NAME)

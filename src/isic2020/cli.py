@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, Isic2020Error
+from .errors import EXIT_DOWNLOAD, EXIT_INTERRUPTED, EXIT_USAGE, Isic2020Error
 from .manifest import FORMAT_CHOICES, SPLIT_CHOICES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,6 +47,14 @@ def _run(fn: Callable[[], Any], as_json: bool, quiet: bool) -> None:
     except KeyboardInterrupt:
         _err("interrupted; what finished is kept: run the same command again to resume")
         sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("ISIC2020_DEBUG"):
+            raise
+        _err(
+            f"error: internal error {type(exc).__name__}: {exc}; please report it "
+            "(set ISIC2020_DEBUG=1 to see the traceback)"
+        )
+        sys.exit(EXIT_DOWNLOAD)
     _emit(report, as_json, quiet)
     sys.exit(getattr(report, "exit_code", 0))
 
@@ -236,6 +244,94 @@ def verify(
             manifest=manifest,
             deep=deep,
             progress=not quiet and sys.stderr.isatty(),
+        ),
+        as_json,
+        quiet,
+    )
+
+
+@cli.command()
+@common_options
+@click.option("--k", "k", type=click.IntRange(min=2), default=5, show_default=True, help="Folds.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same folds.")
+@click.option("--drop-duplicates", is_flag=True, help="Leave out image_name_2 of each pair.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Where to write image_name,patient_id,fold [default: DATA/folds.csv].",
+)
+@output_options
+def folds(
+    data_dir: str | None,
+    manifest: str | None,
+    k: int,
+    seed: int,
+    drop_duplicates: bool,
+    out: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Patient-grouped folds stratified by malignancy and images per patient."""
+    from .folds import make_folds
+
+    _run(
+        lambda: make_folds(
+            k=k,
+            seed=seed,
+            drop_duplicates=drop_duplicates,
+            data_dir=data_dir,
+            manifest=manifest,
+            out=out,
+        ),
+        as_json,
+        quiet,
+    )
+
+
+@cli.command()
+@common_options
+@output_options
+def stats(data_dir: str | None, manifest: str | None, as_json: bool, quiet: bool) -> None:
+    """Images, patients, malignant, diagnoses, sites, missing values, duplicates."""
+    from .stats import compute_stats
+
+    _run(lambda: compute_stats(data_dir=data_dir, manifest=manifest), as_json, quiet)
+
+
+@cli.command()
+@common_options
+@click.option(
+    "--layout",
+    type=click.Choice(["kaggle"]),
+    default="kaggle",
+    show_default=True,
+    help="kaggle: train.csv, test.csv, jpeg/{train,test}/, {train,test}/*.dcm.",
+)
+@click.option(
+    "--dicom",
+    type=click.Choice(["auto", "corrected", "original"]),
+    default="auto",
+    show_default=True,
+    help="Which DICOM to export as *.dcm (auto: corrected when on disk).",
+)
+@click.argument("dest", type=click.Path(file_okay=False))
+@output_options
+def export(
+    data_dir: str | None,
+    manifest: str | None,
+    layout: str,
+    dicom: str,
+    dest: str,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Hard-link the data into DEST in another layout (copies across file systems)."""
+    from .export import export as do_export
+
+    _run(
+        lambda: do_export(
+            dest, layout=layout, data_dir=data_dir, manifest=manifest, dicom=dicom
         ),
         as_json,
         quiet,

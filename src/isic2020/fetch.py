@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .download import (
+    DEFAULT_CHUNK,
     DEFAULT_CONNECTIONS,
     Downloader,
     DownloadOptions,
@@ -70,6 +71,7 @@ commercial purposes. This notice was written by isic2020 {version} after a verif
 ENV_RETRY_WINDOW = "ISIC2020_RETRY_WINDOW"
 ENV_READ_TIMEOUT = "ISIC2020_READ_TIMEOUT"
 ENV_CONNECT_TIMEOUT = "ISIC2020_CONNECT_TIMEOUT"
+ENV_CHUNK_SIZE = "ISIC2020_CHUNK_SIZE"
 
 
 def _env_float(name: str, default: float) -> float:
@@ -91,6 +93,7 @@ def download_options(
     """Engine options, with the timeouts and retry window the environment may override."""
     return DownloadOptions(
         connections=connections or DEFAULT_CONNECTIONS,
+        chunk_size=int(_env_float(ENV_CHUNK_SIZE, DEFAULT_CHUNK)),
         timeouts=Timeouts(
             connect=_env_float(ENV_CONNECT_TIMEOUT, Timeouts.connect),
             read=_env_float(ENV_READ_TIMEOUT, Timeouts.read),

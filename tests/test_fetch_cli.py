@@ -1,0 +1,383 @@
+"""``isic2020 fetch`` / ``list`` as a user or a CI script runs them: a real process, a real server.
+
+The synthetic dataset (real CSVs, real JPEGs in real zips) is served from 127.0.0.1 at
+``/challenges/2020/``, like the official host; the manifest describing it comes through
+``$ISIC2020_MANIFEST``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support.cli import cli_cmd, cli_env, run_cli
+from support.fs import read_only_dir, remount_size, small_filesystem
+from support.servers import FaultServer, Throttle, free_port, refused_url
+
+from isic2020.manifest import load_manifest, manifest_to_toml
+from isic2020.synthetic import build_dataset
+
+PREFIX = "/challenges/2020/"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return build_dataset(root, n_train=24, n_test=12, formats=("jpeg",))
+
+
+@pytest.fixture
+def mirror(dataset):
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        yield srv
+
+
+def _fetch(data: Path, mirror_url: str, *extra: str, env=None, manifest=None):
+    return run_cli(
+        "fetch", "--data-dir", str(data), "--mirror", mirror_url, *extra,
+        env=env or cli_env(manifest),
+    )
+
+
+def test_metadata_only_from_python_http_server(dataset, tmp_path):
+    """The issue's acceptance command, against the standard library's plain server."""
+    port = free_port()
+    served = tmp_path / "www"
+    (served / "challenges" / "2020").mkdir(parents=True)
+    for f in dataset.metadata_files():
+        (served / "challenges" / "2020" / f.name).write_bytes(f.read_bytes())
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=served, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port)
+        data = tmp_path / "data"
+        r = _fetch(
+            data, f"http://127.0.0.1:{port}/challenges/2020", "--split", "all",
+            "--format", "none", "--json", manifest=dataset.manifest_path,
+        )
+    finally:
+        server.terminate()
+        server.wait()
+    assert r.returncode == 0, r.stderr
+    doc = r.json
+    assert doc["ok"] is True
+    names = sorted(f.name for f in dataset.metadata_files())
+    assert sorted(f["name"] for f in doc["files"]) == names
+    for f in dataset.metadata_files():
+        assert (data / "metadata" / f.name).read_bytes() == f.read_bytes()
+    for entry in doc["files"]:
+        assert entry["etag_check"] == "sha256"  # http.server has no ETag; the manifest pins sha256
+        assert entry["bytes_transferred"] == entry["size"]
+    assert (data / "CITATION.txt").read_text().count("10.34970/2020-ds01") == 1
+    assert "CC BY-NC 4.0" in (data / "LICENSE-DATA.txt").read_text()
+
+
+def _wait_port(port: int, timeout: float = 10) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def test_fetch_train_jpeg_end_to_end_then_rerun_transfers_nothing(dataset, mirror, tmp_path):
+    data = tmp_path / "data"
+    r = _fetch(data, mirror.url, "--split", "train", "--format", "jpeg", "--json",
+               manifest=dataset.manifest_path)
+    assert r.returncode == 0, r.stderr
+    doc = r.json
+    assert doc["verification"]["ok"] is True
+    images = sorted(p.stem for p in (data / "jpeg" / "train").iterdir())
+    assert images == sorted(dataset.train_names)
+    archive = data / "archives" / "ISIC_2020_Training_JPEG.zip"
+    assert archive.read_bytes() == dataset.archive("train", "jpeg").read_bytes()
+    first = mirror.bytes_sent()
+    gets = len(mirror.requests(method="GET"))
+
+    t0 = time.monotonic()
+    again = _fetch(data, mirror.url, "--split", "train", "--format", "jpeg", "--json",
+                   manifest=dataset.manifest_path)
+    elapsed = time.monotonic() - t0
+    assert again.returncode == 0, again.stderr
+    assert again.json["bytes_transferred"] == 0
+    assert {f["status"] for f in again.json["files"]} == {"cached"}
+    assert mirror.bytes_sent() == first  # not a byte more left the server
+    assert len(mirror.requests(method="GET")) == gets  # trusted from records: no GET at all
+    assert elapsed < 30  # sanity only; speed is measured in benchmarks/
+
+
+def test_no_keep_archives_deletes_the_zip_and_a_rerun_still_costs_nothing(
+    dataset, mirror, tmp_path
+):
+    data = tmp_path / "data"
+    args = ("--split", "test", "--format", "jpeg", "--no-keep-archives", "--json")
+    r = _fetch(data, mirror.url, *args, manifest=dataset.manifest_path)
+    assert r.returncode == 0, r.stderr
+    assert not (data / "archives" / "ISIC_2020_Test_JPEG.zip").exists()
+    assert len(list((data / "jpeg" / "test").iterdir())) == len(dataset.test_names)
+    sent = mirror.bytes_sent()
+    again = _fetch(data, mirror.url, *args, manifest=dataset.manifest_path)
+    assert again.returncode == 0, again.stderr
+    assert again.json["bytes_transferred"] == 0
+    assert mirror.bytes_sent() == sent
+
+
+def test_json_report_has_the_documented_fields(dataset, mirror, tmp_path):
+    r = _fetch(tmp_path / "d", mirror.url, "--format", "none", "--split", "test", "--json",
+               manifest=dataset.manifest_path)
+    assert r.returncode == 0, r.stderr
+    (entry,) = r.json["files"]
+    for key in ("url", "size", "bytes_transferred", "etag", "sha256", "seconds", "retries",
+                "status", "etag_check"):
+        assert key in entry
+    assert entry["etag_check"] == "md5"
+    assert entry["etag"] == hashlib.md5(dataset.path(entry["name"]).read_bytes()).hexdigest()
+
+
+def test_list_shows_urls_and_local_state(dataset, mirror, tmp_path):
+    data = tmp_path / "d"
+    env = cli_env(dataset.manifest_path)
+    before = run_cli("list", "--data-dir", str(data), "--json", env=env)
+    assert before.returncode == 0, before.stderr
+    states = {f["name"]: f["state"] for f in before.json["files"]}
+    assert set(states.values()) == {"missing"}
+    official = run_cli("list", "--json", "--data-dir", str(data), env=cli_env())
+    urls = official.json["files"][0]["urls"]
+    assert urls[0].startswith("https://isic-archive.s3.amazonaws.com/challenges/2020/")
+    assert urls[1].startswith("https://isic-challenge-data.s3.amazonaws.com/2020/")
+    assert _fetch(data, mirror.url, "--format", "none", "--split", "test",
+                  manifest=dataset.manifest_path).returncode == 0
+    after = run_cli("list", "--data-dir", str(data), "--json", env=env)
+    states = {f["name"]: f["state"] for f in after.json["files"]}
+    assert states["ISIC_2020_Test_Metadata.csv"] == "verified"
+
+
+def test_dry_run_writes_nothing_and_reports_the_need(dataset, mirror, tmp_path):
+    data = tmp_path / "d"
+    r = _fetch(data, mirror.url, "--split", "train", "--format", "jpeg", "--dry-run", "--json",
+               manifest=dataset.manifest_path)
+    assert r.returncode == 0, r.stderr
+    rows = r.json["dry_run"]
+    size = dataset.archive("train", "jpeg").stat().st_size
+    (zrow,) = [x for x in rows if x["name"] == "ISIC_2020_Training_JPEG.zip"]
+    assert zrow["to_transfer"] == size
+    assert zrow["disk_needed"] >= size
+    assert not data.exists()
+    assert mirror.bytes_sent() == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Errors: one line, documented exit code, nothing lost
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("fetch", "--split", "validation"),
+        ("fetch", "--format", "png"),
+        ("fetch", "--connections", "0"),
+        ("fetch", "--mirror", "ftp://example.invalid/x"),
+        ("fetch", "--bogus"),
+        ("frobnicate",),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args, tmp_path):
+    r = run_cli(*args, "--data-dir", str(tmp_path / "d")) if args[0] == "fetch" else run_cli(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("isic2020: error"), r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_broken_manifest_names_file_entry_and_field(dataset, tmp_path):
+    text = dataset.manifest_path.read_text().replace('format = "jpeg"', 'format = "jpg"', 1)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    r = run_cli("fetch", "--data-dir", str(tmp_path / "d"), env=cli_env(bad))
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert str(bad) in line and "ISIC_2020_Training_JPEG.zip" in line and "'format'" in line
+
+
+def test_unreachable_host_exits_3_with_one_line_and_no_partial_at_final_path(dataset, tmp_path):
+    data = tmp_path / "d"
+    r = _fetch(data, refused_url().rstrip("/"), "--format", "none", "--split", "test",
+               manifest=dataset.manifest_path)
+    assert r.returncode == 3, r.stderr
+    assert len(r.error_lines) == 1 and "connection refused" in r.error_lines[0]
+    assert "Traceback" not in r.stderr
+    assert not (data / "metadata" / "ISIC_2020_Test_Metadata.csv").exists()
+
+
+def test_file_size_limit_mid_download_exits_3_then_resumes(dataset, mirror, tmp_path):
+    """A full disk, simulated with RLIMIT_FSIZE: clean message, exit 3, resumable later."""
+    data = tmp_path / "d"
+    limit = 1500  # bytes: smaller than the training CSVs
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = cli_env(dataset.manifest_path)
+    proc = subprocess.run(
+        cli_cmd("fetch", "--data-dir", str(data), "--mirror", mirror.url, "--format", "none",
+                "--split", "train"),
+        env=env, capture_output=True, text=True, preexec_fn=small_files, timeout=60,
+    )
+    assert proc.returncode == 3, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("isic2020: error")]
+    assert len(errors) == 1 and "limit" in errors[0], proc.stderr
+    assert not (data / "metadata" / "ISIC_2020_Training_GroundTruth.csv").exists()
+    r = _fetch(data, mirror.url, "--format", "none", "--split", "train",
+               manifest=dataset.manifest_path)
+    assert r.returncode == 0, r.stderr
+    for f in dataset.manifest.select("train", "none"):
+        assert (data / "metadata" / f.name).read_bytes() == dataset.path(f.name).read_bytes()
+
+
+def test_read_only_data_dir_exits_3_with_one_line(dataset, mirror, tmp_path):
+    with read_only_dir(tmp_path / "ro") as data:
+        r = _fetch(data, mirror.url, "--format", "none", manifest=dataset.manifest_path)
+    assert r.returncode == 3, r.stderr
+    assert len(r.error_lines) == 1 and "writable" in r.error_lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_disk_full_during_download_exits_3_then_resumes_after_space_is_freed(
+    dataset, tmp_path
+):
+    root, manifest, blob = _big_archive_setup(dataset, tmp_path, size_mib=6)
+    with small_filesystem(tmp_path / "small", 4 << 20) as data, FaultServer(
+        root, prefix=PREFIX
+    ) as srv:
+        args = ("--split", "train", "--format", "jpeg", "--no-extract")
+        r = _fetch(data, srv.url, *args, manifest=manifest)
+        assert r.returncode == 3, r.stderr
+        assert len(r.error_lines) == 1 and "disk" in r.error_lines[0], r.stderr
+        assert not (data / "archives" / "ISIC_2020_Training_JPEG.zip").exists()
+        remount_size(data, 64 << 20)
+        r = _fetch(data, srv.url, *args, manifest=manifest)
+        assert r.returncode == 0, r.stderr
+        assert (data / "archives" / "ISIC_2020_Training_JPEG.zip").read_bytes() == blob
+
+
+# --------------------------------------------------------------------------------------------
+# Kills, Ctrl-C, and two runs at once: a big, throttled archive
+
+
+def _big_archive_setup(dataset, tmp_path: Path, size_mib: int = 24):
+    """A mirror whose training 'archive' is ``size_mib`` MiB of random bytes (fetched with
+    --no-extract), and a manifest that pins its exact size and sha256."""
+    root = tmp_path / "bigmirror"
+    root.mkdir()
+    blob = os.urandom(size_mib << 20)
+    man = load_manifest(dataset.manifest_path)
+    files = []
+    for f in man.files:
+        if f.name == "ISIC_2020_Training_JPEG.zip":
+            (root / f.name).write_bytes(blob)
+            f = dataclasses.replace(f, size=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+        else:
+            (root / f.name).write_bytes(dataset.path(f.name).read_bytes())
+        files.append(f)
+    path = tmp_path / "big.toml"
+    path.write_text(manifest_to_toml(dataclasses.replace(man, files=tuple(files))))
+    return root, path, blob
+
+
+@pytest.mark.slow
+def test_sigkill_twenty_times_then_final_run_is_exact_and_resumed(dataset, tmp_path):
+    root, manifest, blob = _big_archive_setup(dataset, tmp_path, size_mib=24)
+    data = tmp_path / "d"
+    env = cli_env(manifest, ISIC2020_CHUNK_SIZE=str(128 * 1024))
+    args = cli_cmd("fetch", "--data-dir", str(data), "--split", "train", "--format", "jpeg",
+                   "--no-extract", "--connections", "4", "--quiet")
+    rng = __import__("random").Random(2020)
+    with FaultServer(root, prefix=PREFIX) as srv:
+        srv.add_fault(Throttle(bytes_per_second=400_000), None, times=None)
+        args += ["--mirror", srv.url]
+        kills = 0
+        while kills < 20:
+            proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.3, 0.9))
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        srv.clear_faults()
+        final = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+        served = srv.bytes_sent("ISIC_2020_Training_JPEG.zip")
+    assert final.returncode == 0, final.stderr
+    assert kills == 20, "the download finished before it was killed 20 times"
+    out = data / "archives" / "ISIC_2020_Training_JPEG.zip"
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(blob).hexdigest()
+    assert served < 1.5 * len(blob), f"{served} bytes served for a {len(blob)}-byte file"
+    assert not list((data / ".isic2020" / "partial").iterdir())
+
+
+def test_sigint_leaves_resumable_state_and_one_line(dataset, tmp_path):
+    root, manifest, blob = _big_archive_setup(dataset, tmp_path, size_mib=8)
+    data = tmp_path / "d"
+    env = cli_env(manifest, ISIC2020_CHUNK_SIZE=str(256 * 1024))
+    with FaultServer(root, prefix=PREFIX) as srv:
+        srv.add_fault(Throttle(bytes_per_second=1_000_000), None, times=None)
+        args = cli_cmd("fetch", "--data-dir", str(data), "--split", "train", "--format", "jpeg",
+                       "--no-extract", "--mirror", srv.url, "--connections", "2")
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        lines = [ln for ln in err.splitlines() if ln.startswith("isic2020:")]
+        assert lines[-1].startswith("isic2020: interrupted") and "resume" in lines[-1]
+        assert "Traceback" not in err
+        partial = data / ".isic2020" / "partial"
+        assert (partial / "ISIC_2020_Training_JPEG.zip.state.json").exists()
+        assert not (data / "archives" / "ISIC_2020_Training_JPEG.zip").exists()
+        srv.clear_faults()
+        r = run_cli(*args[3:], env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+    out_file = data / "archives" / "ISIC_2020_Training_JPEG.zip"
+    assert out_file.read_bytes() == blob
+
+
+def test_two_fetches_at_once_on_one_data_dir(dataset, tmp_path):
+    root, manifest, blob = _big_archive_setup(dataset, tmp_path, size_mib=4)
+    data = tmp_path / "d"
+    env = cli_env(manifest)
+    with FaultServer(root, prefix=PREFIX) as srv:
+        srv.add_fault(Throttle(bytes_per_second=2_000_000), None, times=None)
+        args = cli_cmd("fetch", "--data-dir", str(data), "--split", "train", "--format", "jpeg",
+                       "--no-extract", "--mirror", srv.url, "--json")
+        a = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        time.sleep(0.5)
+        b = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        out_a, err_a = a.communicate(timeout=120)
+        out_b, err_b = b.communicate(timeout=120)
+        served = srv.bytes_sent("ISIC_2020_Training_JPEG.zip")
+    assert a.returncode == 0 and b.returncode == 0, (err_a, err_b)
+    assert "waiting for another isic2020" in err_b
+    import json
+
+    assert json.loads(out_b)["bytes_transferred"] == 0  # the second found the work done
+    assert (data / "archives" / "ISIC_2020_Training_JPEG.zip").read_bytes() == blob
+    assert served == len(blob)
