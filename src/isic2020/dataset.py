@@ -1,0 +1,330 @@
+"""The metadata as one typed pandas DataFrame: what every user builds first, done once.
+
+``load_metadata`` reads the official CSVs from the fixed layout (``DATA/metadata/``), gives both
+splits Kaggle's column names (every public notebook uses them), proper dtypes (nullable integer
+ages, categorical sex/site/diagnosis) and a ``path`` column to each image in the chosen format.
+The training split prefers the v2 ground truth (it adds ``lesion_id``) and falls back to v1.
+
+``path`` is ``<NA>`` for images that are not on disk, and an :class:`ImagesMissingWarning`
+says how many are missing and how to fetch them: a silently half-filled ``path`` column is the
+kind of thing that only shows up as a crash an hour into training.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import DiskError, UsageError, VerificationError
+from .layout import Layout
+from .manifest import FORMATS, SPLITS, Manifest, load_manifest
+from .metadata import (
+    GROUND_TRUTH_COLUMNS,
+    TEST_COLUMNS_KAGGLE,
+    bad_image_names,
+    read_metadata_csv,
+)
+
+#: Image file suffix per format in the fixed layout.
+SUFFIX = {"jpeg": ".jpg", "dicom": ".dcm", "dicom-original": ".dcm"}
+
+#: Known categories, so train and test share one category order (stable codes for models).
+#: Values not listed here are kept (appended), never turned into NaN.
+SEX_CATEGORIES = ["female", "male"]
+SITE_CATEGORIES = [
+    "head/neck",
+    "upper extremity",
+    "lower extremity",
+    "torso",
+    "palms/soles",
+    "oral/genital",
+]
+BENIGN_MALIGNANT_CATEGORIES = ["benign", "malignant"]
+
+#: Column order of the returned frames (Kaggle's order; ``lesion_id`` last as in the issue).
+TRAIN_COLUMNS = [*GROUND_TRUTH_COLUMNS, "lesion_id"]
+TEST_COLUMNS = list(TEST_COLUMNS_KAGGLE)
+
+
+class ImagesMissingWarning(UserWarning):
+    """Some images of the chosen format are not on disk, so their ``path`` is ``<NA>``."""
+
+
+@dataclass(frozen=True)
+class MetadataFiles:
+    """The metadata CSVs found for a data directory (``None`` = not on disk)."""
+
+    ground_truth: Path | None
+    ground_truth_v2: Path | None
+    duplicates: Path | None
+    test_metadata: Path | None
+
+    @property
+    def train(self) -> Path | None:
+        """v2 when present (it has ``lesion_id``), else v1."""
+        return self.ground_truth_v2 or self.ground_truth
+
+
+def fetch_hint(layout: Layout) -> str:
+    return (
+        f"run `isic2020 fetch --format none --data-dir {layout.root}` first "
+        "(it downloads only the metadata CSVs, a few MB)"
+    )
+
+
+def find_metadata_files(layout: Layout, manifest: Manifest) -> MetadataFiles:
+    """Locate the CSVs by their manifest names (never hard-coded: the manifest is the truth)."""
+
+    def at(role: str) -> Path | None:
+        entry = manifest.role(role)
+        if entry is None:
+            return None
+        p = layout.final_path(entry)
+        return p if p.is_file() else None
+
+    return MetadataFiles(
+        ground_truth=at("ground_truth"),
+        ground_truth_v2=at("ground_truth_v2"),
+        duplicates=at("duplicates"),
+        test_metadata=at("test_metadata"),
+    )
+
+
+def _category(values: pd.Series, known: list[str]) -> pd.Series:
+    extra = sorted(set(values.dropna().unique()) - set(known))
+    return values.astype(pd.CategoricalDtype([*known, *extra]))
+
+
+def _ages(values: pd.Series, path: Path) -> pd.Series:
+    """Ages as nullable integers; the official files write ``45``, Kaggle's ``45.0``."""
+    num = pd.to_numeric(values, errors="coerce")
+    bad = values.notna() & (num.isna() | (num % 1 != 0) | (num < 0) | (num > 120))
+    if bad.any():
+        raise VerificationError(
+            f"{path}: age_approx is not a whole number of years in {int(bad.sum())} rows "
+            f"(first: {values[bad].iloc[0]!r})",
+            "the file is not the official one; delete it and run `isic2020 fetch` again",
+        )
+    return num.round().astype("Int64")
+
+
+def _check_names(df: pd.DataFrame, path: Path) -> None:
+    bad = bad_image_names(df["image_name"])
+    if bad:
+        raise VerificationError(
+            f"{path}: {len(bad)} image names are not ISIC_ + 7 digits (first: {bad[0]!r})",
+            "the file is not the official one; delete it and run `isic2020 fetch` again",
+        )
+    dup = df["image_name"][df["image_name"].duplicated()]
+    if len(dup):
+        raise VerificationError(
+            f"{path}: image {dup.iloc[0]} is listed {int((df['image_name'] == dup.iloc[0]).sum())}"
+            " times",
+            "the file is not the official one; delete it and run `isic2020 fetch` again",
+        )
+    if df["patient_id"].isna().any():
+        raise VerificationError(
+            f"{path}: {int(df['patient_id'].isna().sum())} rows have no patient_id",
+            "the file is not the official one; delete it and run `isic2020 fetch` again",
+        )
+
+
+def read_train(path: Path, role: str) -> pd.DataFrame:
+    """One training ground truth (v1 or v2) as a typed frame in :data:`TRAIN_COLUMNS` order."""
+    df = read_metadata_csv(path, role)
+    _check_names(df, path)
+    target = pd.to_numeric(df["target"], errors="coerce")
+    if target.isna().any() or not target.isin([0, 1]).all():
+        raise VerificationError(
+            f"{path}: target must be 0 or 1 in every row",
+            "the file is not the official one; delete it and run `isic2020 fetch` again",
+        )
+    if "lesion_id" not in df.columns:
+        df["lesion_id"] = pd.Series(pd.NA, index=df.index, dtype="string")
+    out = pd.DataFrame(
+        {
+            "image_name": df["image_name"].astype("string"),
+            "patient_id": df["patient_id"].astype("string"),
+            "sex": _category(df["sex"], SEX_CATEGORIES),
+            "age_approx": _ages(df["age_approx"], path),
+            "anatom_site_general_challenge": _category(
+                df["anatom_site_general_challenge"], SITE_CATEGORIES
+            ),
+            "diagnosis": df["diagnosis"].astype("category"),
+            "benign_malignant": _category(df["benign_malignant"], BENIGN_MALIGNANT_CATEGORIES),
+            "target": target.astype("int64"),
+            "lesion_id": df["lesion_id"].astype("string"),
+        }
+    )
+    return out.reset_index(drop=True)
+
+
+def read_test(path: Path) -> pd.DataFrame:
+    """The test metadata (official ISIC or Kaggle column names) in Kaggle's names and dtypes."""
+    df = read_metadata_csv(path, "test_metadata")
+    _check_names(df, path)
+    out = pd.DataFrame(
+        {
+            "image_name": df["image_name"].astype("string"),
+            "patient_id": df["patient_id"].astype("string"),
+            "sex": _category(df["sex"], SEX_CATEGORIES),
+            "age_approx": _ages(df["age_approx"], path),
+            "anatom_site_general_challenge": _category(
+                df["anatom_site_general_challenge"], SITE_CATEGORIES
+            ),
+        }
+    )
+    return out.reset_index(drop=True)
+
+
+def read_duplicates(path: Path, known: pd.Series | None = None) -> pd.DataFrame:
+    """The duplicate pairs; with ``known`` (the training image names) every name must be in it."""
+    df = read_metadata_csv(path, "duplicates")
+    for col in ("image_name_1", "image_name_2"):
+        bad = bad_image_names(df[col])
+        if bad:
+            raise VerificationError(
+                f"{path}: {len(bad)} names in {col} are not ISIC_ + 7 digits (first: {bad[0]!r})",
+                "the file is not the official one; delete it and run `isic2020 fetch` again",
+            )
+    if known is not None:
+        names = pd.concat([df["image_name_1"], df["image_name_2"]])
+        unknown = names[~names.isin(set(known))]
+        if len(unknown):
+            raise VerificationError(
+                f"{path}: {len(unknown)} names are not in the training ground truth "
+                f"(first: {unknown.iloc[0]})",
+                "the metadata files do not belong together; run `isic2020 fetch` again",
+            )
+    return df.astype("string").reset_index(drop=True)
+
+
+def load_train_tables(
+    layout: Layout, manifest: Manifest
+) -> tuple[pd.DataFrame, pd.DataFrame | None, MetadataFiles]:
+    """Training frame and duplicate pairs (``None`` if that CSV is absent), or one clear error."""
+    files = find_metadata_files(layout, manifest)
+    if files.train is None:
+        names = [e.name for r in ("ground_truth_v2", "ground_truth") if (e := manifest.role(r))]
+        raise VerificationError(
+            f"no training metadata in {layout.metadata_dir} (looked for {' or '.join(names)})",
+            fetch_hint(layout),
+        )
+    role = "ground_truth_v2" if files.ground_truth_v2 else "ground_truth"
+    train = read_train(files.train, role)
+    pairs = read_duplicates(files.duplicates, train["image_name"]) if files.duplicates else None
+    return train, pairs, files
+
+
+def load_test_table(layout: Layout, manifest: Manifest) -> pd.DataFrame:
+    files = find_metadata_files(layout, manifest)
+    if files.test_metadata is None:
+        entry = manifest.role("test_metadata")
+        raise VerificationError(
+            f"no test metadata in {layout.metadata_dir}"
+            + (f" (looked for {entry.name})" if entry else ""),
+            fetch_hint(layout),
+        )
+    return read_test(files.test_metadata)
+
+
+def image_paths(
+    names: pd.Series, layout: Layout, image_format: str, split: str
+) -> tuple[pd.Series, int]:
+    """``path`` for each name whose file exists (else ``<NA>``) and the number missing.
+
+    One directory listing instead of one ``stat`` per image: 33k stats on a network file system
+    take seconds, a listing milliseconds.
+    """
+    folder = layout.images_dir(image_format, split)
+    suffix = SUFFIX[image_format]
+    try:
+        present = {e.name for e in os.scandir(folder) if e.name.endswith(suffix)}
+    except (FileNotFoundError, NotADirectoryError):
+        present = set()
+    files = names.astype(str) + suffix
+    has = files.isin(present)
+    prefix = str(folder) + os.sep
+    paths = (prefix + files).where(has, pd.NA).astype("string")
+    return paths, int((~has).sum())
+
+
+def load_metadata(
+    split: str = "train",
+    data_dir: str | os.PathLike[str] | None = None,
+    image_format: str | None = "jpeg",
+    drop_duplicates: bool = False,
+    manifest: str | os.PathLike[str] | None = None,
+) -> pd.DataFrame:
+    """The metadata of one split as a typed DataFrame with Kaggle's column names.
+
+    Columns: ``image_name, patient_id, sex, age_approx, anatom_site_general_challenge`` (both
+    splits), then ``diagnosis, benign_malignant, target, lesion_id`` (train; ``lesion_id`` is
+    ``<NA>`` if only the v1 ground truth is on disk), then ``path`` (absolute path of the image
+    in ``image_format``; ``<NA>`` where the image is not on disk, with an
+    :class:`ImagesMissingWarning`). ``image_format=None`` or ``"none"`` leaves out ``path``.
+
+    Dtypes: strings for ids, ``Int64`` (nullable) ages, categorical sex, site, diagnosis and
+    benign_malignant (fixed category order, shared by both splits), ``int64`` target.
+
+    ``drop_duplicates=True`` drops ``image_name_2`` of each of the official duplicate pairs
+    (keeping ``image_name_1``): 33,126 -> 32,701 training images. The duplicates list covers
+    the training split only, so for ``split="test"`` it changes nothing.
+
+    Raises :class:`~isic2020.errors.VerificationError` if the CSVs are missing (run
+    ``isic2020 fetch --format none``) or malformed.
+    """
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
+    fmt = None if image_format in (None, "none") else image_format
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(
+            f"unknown image format {image_format!r}", f"use one of {', '.join(FORMATS)} or None"
+        )
+    layout = Layout.at(data_dir)
+    man = load_manifest(manifest)
+    if split == "train":
+        df, pairs, files = load_train_tables(layout, man)
+        if drop_duplicates:
+            if pairs is None:
+                entry = man.role("duplicates")
+                raise VerificationError(
+                    f"drop_duplicates needs {entry.name if entry else 'the duplicates list'} "
+                    f"in {layout.metadata_dir}",
+                    fetch_hint(layout),
+                )
+            df = df[~df["image_name"].isin(set(pairs["image_name_2"]))].reset_index(drop=True)
+    else:
+        df = load_test_table(layout, man)
+    if fmt is not None:
+        df["path"], missing = image_paths(df["image_name"], layout, fmt, split)
+        if missing:
+            warnings.warn(
+                f"{missing} of {len(df)} {split} images are not in "
+                f"{layout.images_dir(fmt, split)}: their `path` is <NA>; run "
+                f"`isic2020 fetch --split {split} --format {fmt}` to get them",
+                ImagesMissingWarning,
+                stacklevel=2,
+            )
+    return df
+
+
+def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
+    """Write next to ``path`` then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            df.to_csv(fh, index=False, lineterminator="\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise DiskError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
