@@ -117,7 +117,38 @@ def test_fetch_train_jpeg_end_to_end_then_rerun_transfers_nothing(dataset, mirro
     assert {f["status"] for f in again.json["files"]} == {"cached"}
     assert mirror.bytes_sent() == first  # not a byte more left the server
     assert len(mirror.requests(method="GET")) == gets  # trusted from records: no GET at all
+    assert [c["name"] for c in again.json["verification"]["checks"]] == ["unchanged"]
     assert elapsed < 30  # sanity only; speed is measured in benchmarks/
+
+
+def test_rerun_restores_a_deleted_image_from_the_kept_archive(dataset, mirror, tmp_path):
+    data = tmp_path / "data"
+    args = ("--split", "train", "--format", "jpeg", "--json")
+    assert _fetch(data, mirror.url, *args, manifest=dataset.manifest_path).returncode == 0
+    victim = data / "jpeg" / "train" / f"{dataset.train_names[3]}.jpg"
+    original = victim.read_bytes()
+    victim.unlink()
+    sent = mirror.bytes_sent()
+    r = _fetch(data, mirror.url, *args, manifest=dataset.manifest_path)
+    assert r.returncode == 0, r.stderr
+    assert victim.read_bytes() == original
+    assert mirror.bytes_sent() == sent
+    names = [c["name"] for c in r.json["verification"]["checks"]]
+    assert "unchanged" not in names and r.json["verification"]["ok"] is True
+
+
+def test_fetch_reports_a_damaged_image_it_cannot_repair_as_exit_1(dataset, mirror, tmp_path):
+    """An image replaced by garbage under the same name is caught by the final verify."""
+    data = tmp_path / "data"
+    args = ("--split", "train", "--format", "jpeg", "--no-keep-archives")
+    assert _fetch(data, mirror.url, *args, manifest=dataset.manifest_path).returncode == 0
+    victim = data / "jpeg" / "train" / f"{dataset.train_names[0]}.jpg"
+    victim.unlink()
+    victim.write_bytes(b"not a jpeg")
+    (data / "jpeg" / "train" / "ISIC_9999999.jpg").write_bytes(b"\xff\xd8junk\xff\xd9")
+    r = _fetch(data, mirror.url, *args, manifest=dataset.manifest_path)
+    assert r.returncode == 1, r.stderr
+    assert dataset.train_names[0] in r.stdout and "ISIC_9999999" in r.stdout
 
 
 def test_no_keep_archives_deletes_the_zip_and_a_rerun_still_costs_nothing(

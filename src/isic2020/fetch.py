@@ -10,6 +10,8 @@ where the last one stopped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +34,7 @@ from .errors import EXIT_OK, EXIT_VERIFY, DiskError, UsageError
 from .http import Timeouts
 from .layout import Layout
 from .lock import data_dir_lock
-from .manifest import FileEntry, Manifest, load_manifest
+from .manifest import FileEntry, Manifest, expand_split, load_manifest
 from .state import FileRecord, Records, atomic_write_bytes, read_json
 
 Log = Callable[[str], None]
@@ -268,12 +270,69 @@ def fetch(
         finally:
             downloader.close()
         if extract:
-            from .verify import verify_data
-
-            report.verification = verify_data(layout, man, split=split, fmt=fmt, progress=progress)
+            report.verification = _verify_if_changed(layout, man, records, split, fmt, progress)
         if report.exit_code == 0:
             _write_notices(layout)
     report.seconds = time.monotonic() - t0
+    return report
+
+
+def selection_fingerprint(layout: Layout, man: Manifest, split: str, fmt: str) -> str:
+    """A cheap digest of everything a verification of this selection looked at.
+
+    Stats of the CSVs and archives, and for each image folder its mtime and entry count: adding,
+    removing or renaming an image changes it. Rewriting an image in place does not, which is
+    why only ``fetch`` trusts it (to make a complete re-run cost well under a second) and
+    ``isic2020 verify`` always checks everything.
+    """
+    parts: list[Any] = []
+    for s in expand_split(split):
+        entries = list(man.metadata(s))
+        if fmt != "none":
+            a = man.archive(s, fmt)
+            if a is not None:
+                entries.append(a)
+            folder = layout.images_dir(fmt, s)
+            try:
+                st = folder.stat()
+                with os.scandir(folder) as it:
+                    count = sum(1 for _ in it)
+                parts.append([str(folder), st.st_mtime_ns, st.st_ino, count])
+            except OSError:
+                parts.append([str(folder), None])
+        for e in entries:
+            try:
+                st = layout.final_path(e).stat()
+                parts.append([e.name, st.st_size, st.st_mtime_ns, st.st_ino])
+            except OSError:
+                parts.append([e.name, None])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _verify_if_changed(
+    layout: Layout, man: Manifest, records: Records, split: str, fmt: str, progress: bool
+) -> Any:
+    from .verify import Check, VerifyReport, verify_data
+
+    key = f"{split}:{fmt}"
+    fingerprint = selection_fingerprint(layout, man, split, fmt)
+    last = records.verified.get(key)
+    if last and last.get("fingerprint") == fingerprint:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.get("at", 0)))
+        report = VerifyReport(str(layout.root), split, fmt, False)
+        report.checks.append(
+            Check(
+                "unchanged",
+                "ok",
+                f"nothing changed since the full check at {when}; "
+                "`isic2020 verify` checks everything again",
+                {"verified_at": last.get("at")},
+            )
+        )
+        return report
+    report = verify_data(layout, man, split=split, fmt=fmt, progress=progress)
+    if report.ok:
+        records.put_verified(key, {"fingerprint": fingerprint, "at": time.time()})
     return report
 
 

@@ -74,13 +74,15 @@ class FileRecord:
 
 
 class Records:
-    """records.json: ``files`` (downloaded, verified) and ``extracted`` (completed archives)."""
+    """records.json: ``files`` (downloaded, verified), ``extracted`` (completed archives) and
+    ``verified`` (the fingerprint of each selection at its last passing verification)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         raw = read_json(path) or {}
         self.files: dict[str, dict[str, Any]] = dict(raw.get("files", {}))
         self.extracted: dict[str, dict[str, Any]] = dict(raw.get("extracted", {}))
+        self.verified: dict[str, dict[str, Any]] = dict(raw.get("verified", {}))
 
     def file(self, name: str) -> FileRecord | None:
         raw = self.files.get(name)
@@ -107,9 +109,16 @@ class Records:
         if self.extracted.pop(archive, None) is not None:
             self.save()
 
+    def put_verified(self, selection: str, info: dict[str, Any]) -> None:
+        self.verified[selection] = info
+        self.save()
+
     def save(self) -> None:
         try:
-            atomic_write_json(self.path, {"files": self.files, "extracted": self.extracted})
+            atomic_write_json(
+                self.path,
+                {"files": self.files, "extracted": self.extracted, "verified": self.verified},
+            )
         except OSError as exc:
             raise DiskError(
                 f"cannot write {self.path}: {exc.strerror or exc}",
