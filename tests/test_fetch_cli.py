@@ -137,6 +137,32 @@ def test_rerun_restores_a_deleted_image_from_the_kept_archive(dataset, mirror, t
     assert "unchanged" not in names and r.json["verification"]["ok"] is True
 
 
+def test_archive_already_on_disk_is_adopted_after_checking_not_downloaded(
+    dataset, mirror, tmp_path
+):
+    """A zip fetched earlier by other means (wget, a copy) is verified in place, not re-fetched;
+    a damaged one is replaced."""
+    data = tmp_path / "data"
+    zip_name = "ISIC_2020_Training_JPEG.zip"
+    (data / "archives").mkdir(parents=True)
+    (data / "archives" / zip_name).write_bytes(dataset.path(zip_name).read_bytes())
+    args = ("--split", "train", "--format", "jpeg", "--json")
+    r = _fetch(data, mirror.url, *args, manifest=dataset.manifest_path)
+    assert r.returncode == 0, r.stderr
+    (entry,) = [f for f in r.json["files"] if f["name"] == zip_name]
+    assert entry["status"] == "adopted" and entry["bytes_transferred"] == 0
+    assert mirror.bytes_sent(zip_name) == 0
+
+    damaged = bytearray(dataset.path(zip_name).read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    (data / "archives" / zip_name).write_bytes(bytes(damaged))
+    r = _fetch(data, mirror.url, *args, manifest=dataset.manifest_path)
+    assert r.returncode == 0, r.stderr
+    (entry,) = [f for f in r.json["files"] if f["name"] == zip_name]
+    assert entry["status"] == "downloaded"
+    assert (data / "archives" / zip_name).read_bytes() == dataset.path(zip_name).read_bytes()
+
+
 def test_fetch_reports_a_damaged_image_it_cannot_repair_as_exit_1(dataset, mirror, tmp_path):
     """An image replaced by garbage under the same name is caught by the final verify."""
     data = tmp_path / "data"

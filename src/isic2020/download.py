@@ -1012,6 +1012,53 @@ class Downloader:
             status="downloaded", failed_hosts=list(failures),
         )
 
+    def adopt(
+        self,
+        name: str,
+        urls: list[str],
+        final: Path,
+        *,
+        expected_size: int | None = None,
+        expected_sha256: str | None = None,
+    ) -> DownloadResult | None:
+        """Check a file already at ``final`` (put there by hand, or records lost) against the
+        first reachable host's size and ETag; return a result if it verifies, else None.
+
+        This saves a user who already has a 23 GB zip from wget a second download: one local
+        hashing pass instead. Only a content-hash ETag or the manifest's sha256 can vouch for
+        the file; with neither, it is not trusted.
+        """
+        t0 = time.monotonic()
+        try:
+            size = final.stat().st_size
+        except OSError:
+            return None
+        if expected_size is not None and size != expected_size:
+            return None
+        for url in urls:
+            if url.startswith("file://"):
+                continue
+            try:
+                remote = self.probe(url)
+            except _HostFailed:
+                continue
+            if remote.size is not None and remote.size != size:
+                return None
+            kind = etag_kind(remote.etag)
+            if kind == "opaque" and not expected_sha256:
+                return None
+            sha, md5, mp = _hash_file(final, remote.part_size, want_md5=kind == "md5")
+            check = self._verify(name, remote, size, sha, md5, mp, expected_sha256)
+            trusted = not check.startswith(("FAILED", "unverifiable"))
+            if not trusted:
+                return None
+            return DownloadResult(
+                name=name, path=str(final), url=url, size=size, etag=remote.etag, sha256=sha,
+                md5=md5, etag_check=check, bytes_transferred=0,
+                seconds=round(time.monotonic() - t0, 3), retries=0, status="adopted",
+            )
+        return None
+
     def _land(self, partial: Path, final: Path) -> None:
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -1039,6 +1086,23 @@ class Downloader:
             total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
             leave=True, dynamic_ncols=True, mininterval=0.5,
         )
+
+
+def _hash_file(
+    path: Path, part_size: int | None, want_md5: bool
+) -> tuple[str, str | None, str | None]:
+    """The same digests the follower computes during a download, from a file on disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        follower = _Follower(fd, size, part_size, want_md5)
+        follower.advance(size)
+        follower.run()  # in this thread: there is nothing to overlap with
+        if follower.error is not None:
+            raise follower.error
+        return follower.digests()
+    finally:
+        os.close(fd)
 
 
 def free_bytes(path: Path) -> int:

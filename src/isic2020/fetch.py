@@ -356,16 +356,26 @@ def _fetch_one(
         # Unpacked earlier with --no-keep-archives: the images are the data now.
         return FileOutcome(_cached(rec, final), entry.name, "extracted (archive not kept)")
     else:
-        result = downloader.download(
-            entry.name,
-            entry.urls(mirrors),
-            layout.partial_path(entry),
-            layout.partial_state_path(entry),
-            final,
-            expected_size=entry.size,
-            expected_etag=entry.etag,
-            expected_sha256=entry.sha256,
-        )
+        result = None
+        if final.exists():
+            result = downloader.adopt(
+                entry.name, entry.urls(mirrors), final,
+                expected_size=entry.size, expected_sha256=entry.sha256,
+            )
+            if result is None and log is not None:
+                log(f"{entry.name}: the file in {final.parent} could not be verified; "
+                    "downloading it again")
+        if result is None:
+            result = downloader.download(
+                entry.name,
+                entry.urls(mirrors),
+                layout.partial_path(entry),
+                layout.partial_state_path(entry),
+                final,
+                expected_size=entry.size,
+                expected_etag=entry.etag,
+                expected_sha256=entry.sha256,
+            )
         st = final.stat()
         records.put_file(
             FileRecord(
@@ -380,8 +390,8 @@ def _fetch_one(
                 st_mtime_ns=st.st_mtime_ns,
             )
         )
-        if done_extraction:
-            records.drop_extracted(entry.name)  # a new archive: unpack it again
+        if done_extraction and (rec is None or rec.sha256 != result.sha256):
+            records.drop_extracted(entry.name)  # a different archive: unpack it again
         outcome = FileOutcome(result, entry.name, result.status)
     if entry.is_archive and extract:
         from .extract import extract_archive
