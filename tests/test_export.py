@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_dataset import REAL, TEST, make_real_data_dir, make_synthetic, needs_real, run_cli
+from support.metadata import REAL, TEST, make_real_data_dir, make_synthetic, needs_real, run_cli
 
 from isic2020.errors import UsageError
 from isic2020.export import MARKER, export

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_dataset import make_real_data_dir, make_synthetic, needs_real, run_cli
+from support.metadata import make_real_data_dir, make_synthetic, needs_real, run_cli
 
 from isic2020.dataset import load_train_tables
 from isic2020.errors import UsageError

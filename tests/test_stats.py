@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_dataset import TEST, make_real_data_dir, make_synthetic, needs_real, run_cli
+from support.metadata import TEST, make_real_data_dir, make_synthetic, needs_real, run_cli
 
 from isic2020.stats import compute_stats
 
