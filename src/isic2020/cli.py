@@ -56,7 +56,21 @@ def _run(fn: Callable[[], Any], as_json: bool, quiet: bool) -> None:
         )
         sys.exit(EXIT_DOWNLOAD)
     _emit(report, as_json, quiet)
-    sys.exit(getattr(report, "exit_code", 0))
+    code = getattr(report, "exit_code", 0)
+    if code:
+        _err(f"error: {_failure_summary(report)}")
+    sys.exit(code)
+
+
+def _failure_summary(report: Any) -> str:
+    """One line for a report that ends in a non-zero exit (the details are on stdout)."""
+    checked = getattr(report, "verification", None) or report
+    failed = checked.failed() if hasattr(checked, "failed") else []
+    what = ", ".join(c.name for c in failed) or "see the report"
+    return (
+        f"verification failed: {what}; see the report (--json for every problem), replace "
+        "what is damaged (delete it and run `isic2020 fetch`)"
+    )
 
 
 def common_options(fn: F) -> F:

@@ -662,8 +662,8 @@ class Downloader:
                 )
             except _NETWORK_ERRORS as exc:
                 last = _describe(exc)
-                if "DNS" in last:
-                    break
+                if "DNS" in last or isinstance(exc, requests.exceptions.SSLError):
+                    break  # retrying cannot fix a missing name or a bad certificate
             else:
                 if resp.status_code in (405, 501):
                     return self._probe_get(url)
@@ -884,7 +884,13 @@ class Downloader:
                 return "multipart"
             if remote.part_size_source == "server":
                 return f"FAILED: multipart MD5 {mp} differs from the ETag {remote.etag}"
-            return "unverifiable: multipart ETag, part size unknown (server does not say)"
+            why = "unverifiable: multipart ETag, part size unknown (server does not say)"
+            return why + ("; sha256 matches the manifest" if expected_sha256 else "")
+        if remote.etag and expected_sha256:
+            return (
+                "unverifiable: the server's ETag is not a content hash; "
+                "sha256 matches the manifest"
+            )
         if expected_sha256:
             return "sha256"
         return "unverifiable: the server's ETag is not a content hash"
@@ -1062,6 +1068,9 @@ class Downloader:
     def _land(self, partial: Path, final: Path) -> None:
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
+            mode = os.stat(partial).st_mode & 0o777
+            if mode & 0o002:
+                os.chmod(partial, mode & ~0o002)  # never world-writable, whatever the umask
             os.replace(partial, final)
             dfd = os.open(final.parent, os.O_RDONLY)
             try:

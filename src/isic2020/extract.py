@@ -58,6 +58,7 @@ from .layout import Layout
 from .lock import data_dir_lock
 from .manifest import FileEntry, expand_split, load_manifest
 from .state import Records
+from .state import file_mode as _file_mode
 
 IMAGE_RE = re.compile(r"^ISIC_(\d{7})\.(jpg|dcm)$", re.IGNORECASE)
 EXTENSIONS = {"jpeg": "jpg", "dicom": "dcm", "dicom-original": "dcm"}
@@ -252,13 +253,6 @@ def _plan(
 
 # --------------------------------------------------------------------------------------------
 # Writing
-
-
-def _file_mode() -> int:
-    """``0o666`` minus the umask, never world-writable (read once, before threads start)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask & ~0o002
 
 
 class _Stop(Exception):

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urljoin
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -40,4 +41,15 @@ def make_session(pool_size: int = 8) -> requests.Session:
     s.mount("http://", adapter)
     s.mount("https://", adapter)
     s.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+    s.hooks["response"].append(_refuse_downgrade)
     return s
+
+
+def _refuse_downgrade(resp: requests.Response, *args: object, **kwargs: object) -> None:
+    """Never follow a redirect from https:// to plain http:// (no silent downgrade)."""
+    if resp.is_redirect and resp.url.startswith("https://"):
+        target = urljoin(resp.url, resp.headers.get("Location", ""))
+        if not target.startswith("https://"):
+            raise requests.ConnectionError(
+                f"refused a redirect from https:// to {target.split(':', 1)[0]}:// ({target})"
+            )

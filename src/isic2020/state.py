@@ -10,6 +10,7 @@ in the same file so ``extract`` and ``fetch`` can skip them too.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -21,11 +22,24 @@ from typing import Any
 from .errors import DiskError
 
 
+@functools.cache
+def file_mode() -> int:
+    """``0o666`` minus the umask, never world-writable.
+
+    Read once per process: ``os.umask`` can only be read by setting it, which would race with
+    threads creating files.
+    """
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask & ~0o002
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see the old or the new content, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; our files follow the umask like others
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             if durable:
