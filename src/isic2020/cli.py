@@ -155,6 +155,31 @@ def cli() -> None:
     default=None,
     help="Seconds to wait for another isic2020 on the same data directory [default: wait].",
 )
+@click.option(
+    "--images",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Fetch only these images: one name per line, or a CSV with an image_name column.",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Fetch N images, stratified by target (deterministic for --seed).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
+@click.option(
+    "--where",
+    default=None,
+    metavar="EXPR",
+    help="Fetch the images whose metadata match a pandas query, "
+    "e.g. \"target == 1 and sex == 'female'\".",
+)
+@click.option(
+    "--direct",
+    is_flag=True,
+    help="Read the images straight out of the remote zip: the archive is never stored.",
+)
 @output_options
 def fetch(
     split: str,
@@ -167,6 +192,11 @@ def fetch(
     keep_archives: bool,
     dry_run: bool,
     lock_timeout: float | None,
+    images: str | None,
+    sample: int | None,
+    seed: int,
+    where: str | None,
+    direct: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -189,10 +219,58 @@ def fetch(
             lock_timeout=lock_timeout,
             progress=not quiet and sys.stderr.isatty(),
             log=None if quiet else _err,
+            images=images,
+            sample=sample,
+            seed=seed,
+            where=where,
+            direct=direct,
         ),
         as_json,
         quiet,
     )
+
+
+@cli.command()
+@selection_options()
+@common_options
+@click.option(
+    "--mirror",
+    "mirrors",
+    multiple=True,
+    metavar="URL",
+    help="Read <URL>/<official name> instead of the manifest's hosts; repeatable.",
+)
+@output_options
+def inspect(
+    split: str,
+    fmt: str,
+    data_dir: str | None,
+    manifest: str | None,
+    mirrors: tuple[str, ...],
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Read the remote archives' directories: members, sizes, names against the metadata."""
+    from .fetch import check_mirrors, download_options
+    from .remotezip import inspect as do_inspect
+
+    if not mirrors and os.environ.get(ENV_MIRROR):
+        mirrors = tuple(os.environ[ENV_MIRROR].split())
+
+    def call() -> Any:
+        opts = download_options()
+        return do_inspect(
+            split=split,
+            fmt=fmt,
+            data_dir=data_dir,
+            manifest=manifest,
+            mirrors=check_mirrors(mirrors),
+            timeouts=opts.timeouts,
+            retry=opts.retry,
+            log=None if quiet else _err,
+        )
+
+    _run(call, as_json, quiet)
 
 
 @cli.command("list")

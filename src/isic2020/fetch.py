@@ -233,8 +233,17 @@ def fetch(
     progress: bool = False,
     log: Log | None = None,
     options: DownloadOptions | None = None,
+    images: str | os.PathLike[str] | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    where: str | None = None,
+    direct: bool = False,
 ) -> FetchReport:
     """Download, verify, unpack and check one selection of the dataset.
+
+    ``images``/``sample``/``where`` choose a subset of one split's images: only their byte
+    ranges are read out of the remote zip (see ``remotezip``). ``direct`` does the same for
+    every image, so the archive is never stored and no separate extraction pass runs.
 
     Returns a :class:`FetchReport`; raises :class:`~isic2020.errors.Isic2020Error` subclasses
     for usage, download and disk failures (their ``exit_code`` is the CLI's).
@@ -242,6 +251,20 @@ def fetch(
     t0 = time.monotonic()
     man = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     entries = man.select(split, fmt)
+    subset = images is not None or sample is not None or where is not None
+    if (subset or direct) and fmt == "none":
+        raise UsageError(
+            "--images/--sample/--where/--direct need an image format", "add --format jpeg"
+        )
+    if subset and split == "all":
+        raise UsageError(
+            "a subset is chosen from one split", "add --split train or --split test"
+        )
+    if (subset or direct) and (dry_run or not extract):
+        raise UsageError(
+            "--images/--sample/--where/--direct write images, not archives",
+            "drop --dry-run/--no-extract",
+        )
     mirror_list = check_mirrors(mirrors)
     layout = Layout.at(data_dir)
     opts = options or download_options(connections, progress, log)
@@ -259,14 +282,19 @@ def fetch(
         ) from None
     with data_dir_lock(layout.lock_path, timeout=lock_timeout, on_wait=log):
         records = Records(layout.records_path)
-        _check_space(layout, records, entries, extract, keep_archives)
+        _check_space(layout, records, entries, extract, keep_archives, direct or subset)
         downloader = Downloader(opts)
         try:
-            for entry in entries:
-                report.files.append(
-                    _fetch_one(layout, records, downloader, entry, mirror_list, extract,
-                               keep_archives, progress, log)
-                )
+            for entry in entries:  # the CSVs come first: a subset is chosen from them
+                if entry.is_archive and (direct or subset):
+                    outcome = _fetch_members(
+                        layout, records, man, entry, mirror_list, opts, images=images,
+                        sample=sample, seed=seed, where=where, progress=progress, log=log,
+                    )
+                else:
+                    outcome = _fetch_one(layout, records, downloader, entry, mirror_list,
+                                         extract, keep_archives, progress, log)
+                report.files.append(outcome)
         finally:
             downloader.close()
         if extract:
@@ -300,6 +328,13 @@ def selection_fingerprint(layout: Layout, man: Manifest, split: str, fmt: str) -
                 parts.append([str(folder), st.st_mtime_ns, st.st_ino, count])
             except OSError:
                 parts.append([str(folder), None])
+        extra = [layout.state_dir / "selections" / f"{s}-{fmt}.json"]
+        for path in extra:
+            try:
+                st = path.stat()
+                parts.append([str(path), st.st_size, st.st_mtime_ns])
+            except OSError:
+                parts.append([str(path), None])
         for e in entries:
             try:
                 st = layout.final_path(e).stat()
@@ -404,6 +439,110 @@ def _fetch_one(
     return outcome
 
 
+def _fetch_members(
+    layout: Layout,
+    records: Records,
+    man: Manifest,
+    entry: FileEntry,
+    mirrors: list[str],
+    opts: DownloadOptions,
+    *,
+    images: str | os.PathLike[str] | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    where: str | None = None,
+    progress: bool = False,
+    log: Log | None = None,
+) -> FileOutcome:
+    """Subset or ``--direct``: only the chosen members' byte ranges, straight into the layout.
+
+    The archive is never stored; its central directory is cached by ETag in
+    ``DATA/.isic2020/remote/``; a subset is recorded in ``DATA/.isic2020/selections/`` so that
+    ``verify`` checks the images against it instead of the whole CSV.
+    """
+    import warnings
+
+    from .dataset import load_metadata
+    from .remotezip import cache_path, fetch_remote_members, image_members
+    from .selection import (
+        Selection,
+        load_selection,
+        make_selection,
+        save_selection,
+        selection_path,
+    )
+
+    split, fmt = entry.split, entry.format
+    subset = images is not None or sample is not None or where is not None
+    if subset:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            df = load_metadata(split, layout.root, image_format=None, manifest=man.path)
+        sel = make_selection(
+            df, split, images_file=images, sample=sample, seed=seed, where=where, fmt=fmt
+        )
+    else:
+        sel = Selection(split=split, names=[], format=fmt)  # every image of the archive
+    dest_dir = layout.images_dir(fmt, split)
+    missing: list[str] = []
+
+    def choose(remote: Any) -> list[Any]:
+        found = image_members(remote, fmt)
+        if not subset:
+            sel.names = sorted(found)
+            return list(found.values())
+        missing[:] = [n for n in sel.names if n not in found]
+        return [found[n] for n in sel.names if n in found]
+
+    t0 = time.monotonic()
+    remote, res = fetch_remote_members(
+        entry.urls(mirrors),
+        choose,
+        lambda m: dest_dir / m.image_file_name(),
+        cache=cache_path(layout.state_dir, entry.name),
+        expected_etag=entry.etag,
+        connections=opts.connections,
+        timeouts=opts.timeouts,
+        retry=opts.retry,
+        log=log,
+        progress=progress,
+    )
+    sel_path = selection_path(layout.state_dir, split, fmt)
+    if subset:
+        # Subsets add up: what earlier subset fetches put in the folder stays expected.
+        prev = load_selection(sel_path)
+        if prev is not None:
+            sel.names = sorted(set(prev.names) | set(sel.names))
+        save_selection(sel_path, sel)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            sel_path.unlink()  # the whole split is here now: verify against the CSV again
+    result = DownloadResult(
+        name=entry.name,
+        path=str(dest_dir),
+        url=remote.url,
+        size=remote.size,
+        etag=remote.etag,
+        sha256="",
+        md5=None,
+        etag_check="members: CRC-32 of each against the central directory",
+        bytes_transferred=remote.bytes_read + res.bytes_transferred,
+        seconds=round(time.monotonic() - t0, 3),
+        retries=remote.retries + res.retries,
+        status="subset" if subset else "direct",
+    )
+    outcome = FileOutcome(result, entry.name, result.status)
+    outcome.extraction = {
+        **res.to_dict(),
+        "selection": sel.describe() if subset else "all images",
+        "images": len(sel.names),
+        "not_in_archive": missing,
+        "directory_bytes": remote.bytes_read,
+        "directory_cached": remote.from_cache,
+    }
+    return outcome
+
+
 def _cached(rec: FileRecord, final: Path) -> DownloadResult:
     return DownloadResult(
         name=rec.name,
@@ -434,11 +573,18 @@ def _partial_bytes(layout: Layout, entry: FileEntry) -> int:
 
 
 def _check_space(
-    layout: Layout, records: Records, entries: list[FileEntry], extract: bool, keep: bool
+    layout: Layout,
+    records: Records,
+    entries: list[FileEntry],
+    extract: bool,
+    keep: bool,
+    members_only: bool = False,
 ) -> None:
     """Refuse to start what cannot finish: remaining download plus unpacked images."""
     need = 0
     for e in entries:
+        if e.is_archive and members_only:
+            continue  # images only, no archive: extraction checks the space per archive
         rec = records.file(e.name)
         if rec is not None and rec.matches_stat(layout.final_path(e)):
             continue

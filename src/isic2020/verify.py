@@ -616,6 +616,31 @@ def _anything_on_disk(layout: Layout, manifest: Manifest, splits: Iterable[str],
     return False
 
 
+def _apply_selection(
+    layout: Layout, fmt: str, split: str, expected: pd.DataFrame | None, report: VerifyReport
+) -> pd.DataFrame | None:
+    """A subset fetch (``--images/--sample/--where``) is checked against its recorded
+    selection, not the whole CSV, and the report says so."""
+    from .selection import load_selection, selection_path
+
+    sel = load_selection(selection_path(layout.state_dir, split, fmt))
+    if sel is None or expected is None:
+        return expected
+    chosen = set(sel.names)
+    unknown = sorted(chosen - set(expected["image_name"]))
+    report.checks.append(
+        Check(
+            f"images/{fmt}/{split}/selection",
+            "failed" if unknown else "ok",
+            f"a subset of {len(chosen):,} of {len(expected):,} images ({sel.describe()}); "
+            "images are checked against it",
+            {"selected": len(chosen), "in_metadata": len(expected)},
+            [f"{n}: selected but not in the metadata" for n in unknown],
+        )
+    )
+    return expected[expected["image_name"].isin(chosen)]
+
+
 def verify_data(
     layout: Layout,
     manifest: Manifest,
@@ -661,6 +686,7 @@ def verify_data(
                     expected = frames.get("ground_truth_v2")
             else:
                 expected = frames.get("test_metadata")
+            expected = _apply_selection(layout, fmt, s, expected, report)
             report.checks += _image_checks(layout, fmt, s, expected, deep, progress)
     report.seconds = time.monotonic() - start
     return report

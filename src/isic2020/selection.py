@@ -1,0 +1,337 @@
+"""Choosing a subset of images from the metadata: ``--images FILE``, ``--where``, ``--sample``.
+
+Why it is built this way:
+
+* **Over the metadata, not the archive.** Users think in labels ("malignant, female, torso"),
+  which only the CSVs hold; the frame is :func:`isic2020.dataset.load_metadata`'s (Kaggle column
+  names, typed), so a ``--where`` that works in a notebook works here.
+* **One order of operations.** ``where`` filters the metadata, the images file intersects that,
+  ``sample`` draws from what is left. So ``--where "target == 1" --sample 50`` means "50 of the
+  malignant ones", the only reading that is not a surprise.
+* **Deterministic everywhere.** The sample is stratified by ``target`` (the test split has no
+  target: a plain sample) and ordered by a hash of the seed and the image name, not by a
+  library's random generator: the same seed gives the same images on every machine, pandas and
+  numpy version, and whatever the CSV's row order. Each stratum gets its proportional share
+  (largest remainder), and at least one image when ``N`` allows, so a 20-image sample of a
+  2%-malignant split still holds a melanoma.
+* **Errors a user can act on.** Unknown or malformed names in an images file are listed (the
+  first few, with their line numbers); a bad ``--where`` gives pandas' message on one line.
+* **Recorded.** A :class:`Selection` (names plus how they were chosen) is saved by the caller in
+  the state folder, so ``verify`` can check a subset against what was asked for and say so.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import UsageError
+from .state import atomic_write_json, read_json
+
+_NAME_RE = re.compile(r"^ISIC_\d{7}$")
+_SUFFIX_RE = re.compile(r"\.(jpe?g|dcm)$", re.IGNORECASE)
+SELECTION_VERSION = 1
+SHOW = 5
+
+
+@dataclass
+class Selection:
+    """Which images a subset fetch chose, and how (enough to repeat and to check it)."""
+
+    split: str
+    names: list[str]
+    images_file: str | None = None
+    sample: int | None = None
+    seed: int = 0
+    where: str | None = None
+    format: str | None = None
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the sorted names: two selections with the same images compare equal."""
+        return hashlib.sha256("\n".join(sorted(self.names)).encode()).hexdigest()
+
+    def describe(self) -> str:
+        """``--where "..." --sample 500 --seed 1``: how this subset was made, for messages."""
+        parts = []
+        if self.where:
+            parts.append(f"--where {json.dumps(self.where)}")
+        if self.images_file:
+            parts.append(f"--images {self.images_file}")
+        if self.sample is not None:
+            parts.append(f"--sample {self.sample} --seed {self.seed}")
+        return " ".join(parts) or "all images"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": SELECTION_VERSION,
+            "split": self.split,
+            "format": self.format,
+            "images_file": self.images_file,
+            "sample": self.sample,
+            "seed": self.seed,
+            "where": self.where,
+            "created_at": self.created_at,
+            "count": len(self.names),
+            "fingerprint": self.fingerprint,
+            "names": list(self.names),
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Selection:
+        if not isinstance(doc, dict) or doc.get("version") != SELECTION_VERSION:
+            raise ValueError("not a selection record of this version")
+        names = [str(n) for n in doc["names"]]
+        sel = cls(
+            split=str(doc["split"]),
+            names=names,
+            images_file=doc.get("images_file"),
+            sample=None if doc.get("sample") is None else int(doc["sample"]),
+            seed=int(doc.get("seed", 0)),
+            where=doc.get("where"),
+            format=doc.get("format"),
+            created_at=float(doc.get("created_at", 0.0)),
+        )
+        if doc.get("fingerprint") not in (None, sel.fingerprint):
+            raise ValueError("selection record does not match its fingerprint")
+        return sel
+
+
+def selection_path(state_dir: Path, split: str, fmt: str) -> Path:
+    """``DATA/.isic2020/selections/<split>-<format>.json``: the subset of one image folder."""
+    return Path(state_dir) / "selections" / f"{split}-{fmt}.json"
+
+
+def save_selection(path: Path, selection: Selection) -> None:
+    atomic_write_json(path, selection.to_dict())
+
+
+def load_selection(path: Path) -> Selection | None:
+    """The recorded selection, or None when there is none (or it is unreadable)."""
+    doc = read_json(path)
+    if doc is None:
+        return None
+    try:
+        return Selection.from_dict(doc)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# The images file
+
+
+def _clean_name(raw: str) -> str:
+    """``train/ISIC_0000000.jpg`` or ``ISIC_0000000`` -> ``ISIC_0000000`` (spaces, BOM, quotes)."""
+    s = raw.strip().strip("\ufeff").strip().strip('"').strip("'").strip()
+    s = re.split(r"[\\/]", s)[-1]
+    return _SUFFIX_RE.sub("", s)
+
+
+def read_images_file(path: str | Path) -> list[str]:
+    """Image names from a file: one per line (blank lines, ``#`` comments ignored), or a CSV
+    with an ``image_name`` column (any other columns are ignored). Order kept, duplicates
+    dropped; a malformed name is a UsageError listing the first few with line numbers."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UsageError(f"images file {p} does not exist", "give an existing file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read images file {p}: {exc}", "give a UTF-8 text file") from None
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
+    header = [c.strip().strip('"') for c in next(csv.reader([first]))] if first else []
+    entries: list[tuple[int, str]] = []
+    if "image_name" in header:
+        col = header.index("image_name")
+        start = lines.index(first) + 1
+        reader = csv.reader(io.StringIO("\n".join(lines[start:])))
+        for k, row in enumerate(reader, start=start + 1):
+            if row and len(row) > col and row[col].strip():
+                entries.append((k, row[col]))
+    else:
+        for k, ln in enumerate(lines, start=1):
+            s = ln.split("#", 1)[0].strip()
+            if s:
+                entries.append((k, s.split(",")[0]))
+    names: list[str] = []
+    seen: set[str] = set()
+    bad: list[str] = []
+    for k, raw in entries:
+        name = _clean_name(raw)
+        if not _NAME_RE.match(name):
+            bad.append(f"line {k}: {raw.strip()!r}")
+            continue
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    if bad:
+        raise UsageError(
+            f"{p}: {len(bad)} entries are not image names like ISIC_0000000 "
+            f"({', '.join(bad[:SHOW])}{', ...' if len(bad) > SHOW else ''})",
+            "one name per line, or a CSV with an image_name column",
+        )
+    if not names:
+        raise UsageError(f"{p} names no images", "one name per line, or a CSV with image_name")
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling
+
+
+def _rank(seed: int, name: str) -> bytes:
+    return hashlib.sha256(f"{seed}\x00{name}".encode()).digest()
+
+
+def _allocate(n: int, sizes: Sequence[int]) -> list[int]:
+    """Proportional shares of ``n`` (largest remainder), each stratum >= 1 when ``n`` allows."""
+    total = sum(sizes)
+    if n >= total:
+        return list(sizes)
+    exact = [n * s / total for s in sizes]
+    take = [min(s, int(e)) for s, e in zip(sizes, exact)]
+    if n >= sum(1 for s in sizes if s):
+        take = [max(t, 1 if s else 0) for t, s in zip(take, sizes)]
+    # Hand out what is left by largest remainder; take back from the largest shares if the
+    # minimum of one pushed us over.
+    order = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - int(exact[i])), i))
+    while sum(take) < n:
+        for i in order:
+            if sum(take) < n and take[i] < sizes[i]:
+                take[i] += 1
+    while sum(take) > n:
+        pool = [j for j in range(len(sizes)) if take[j] > 1] or [
+            j for j in range(len(sizes)) if take[j] > 0
+        ]
+        i = max(pool, key=lambda j: (take[j] - exact[j], take[j], -j))
+        take[i] -= 1
+    return take
+
+
+def stratified_sample(df: pd.DataFrame, n: int, seed: int = 0) -> list[str]:
+    """``n`` image names stratified by ``target`` when the frame has one; metadata order."""
+    if n <= 0:
+        raise UsageError(f"--sample must be a positive number, not {n}")
+    names = df["image_name"].astype(str)
+    if "target" in df.columns:
+        keys = df["target"].astype("string").fillna("<NA>")
+    else:
+        keys = pd.Series("all", index=df.index)
+    groups = sorted(keys.unique())
+    members = [names[keys == g].tolist() for g in groups]
+    shares = _allocate(n, [len(m) for m in members])
+    chosen: set[str] = set()
+    for group, k in zip(members, shares):
+        chosen.update(sorted(group, key=lambda s: _rank(seed, s))[:k])
+    return [s for s in names if s in chosen]
+
+
+# --------------------------------------------------------------------------------------------
+# The whole selection
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _query(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    try:
+        out = df.query(where)
+    except Exception as exc:  # noqa: BLE001 - pandas raises many kinds; all are the user's input
+        raise UsageError(
+            f"--where {where!r} is not a valid query: {_one_line(exc)}",
+            "use pandas query syntax over the metadata columns, e.g. "
+            "\"target == 1 and sex == 'female'\"; columns: " + ", ".join(map(str, df.columns)),
+        ) from None
+    if not isinstance(out, pd.DataFrame):
+        raise UsageError(f"--where {where!r} does not select rows", "give a boolean condition")
+    return out
+
+
+def _listing(items: Iterable[str]) -> str:
+    items = list(items)
+    shown = ", ".join(items[:SHOW])
+    return shown + (f" (+{len(items) - SHOW} more)" if len(items) > SHOW else "")
+
+
+def select_images(
+    df: pd.DataFrame,
+    *,
+    images_file: str | Path | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    where: str | None = None,
+) -> list[str]:
+    """The image names chosen from the metadata frame ``df``, in the frame's order.
+
+    ``where`` (a ``DataFrame.query`` expression) first, then the names of ``images_file``
+    (each must be in ``df``: an unknown name is a UsageError listing the first few), then a
+    stratified ``sample`` of ``N`` with ``seed``. With none of them: every image. An empty
+    result is a UsageError saying which step emptied it.
+    """
+    if "image_name" not in df.columns:
+        raise UsageError("the metadata has no image_name column", "load it with load_metadata")
+    frame = df
+    steps: list[str] = []
+    if where is not None and where.strip():
+        frame = _query(frame, where)
+        steps.append(f"--where {where!r}")
+        if frame.empty:
+            raise UsageError(f"--where {where!r} matches no image", "loosen the condition")
+    if images_file is not None:
+        wanted = read_images_file(images_file)
+        known = set(df["image_name"].astype(str))
+        unknown = [n for n in wanted if n not in known]
+        if unknown:
+            raise UsageError(
+                f"{images_file}: {len(unknown)} of {len(wanted)} names are not in the metadata "
+                f"({_listing(unknown)})",
+                "check the split (--split train or test) and the names",
+            )
+        frame = frame[frame["image_name"].astype(str).isin(set(wanted))]
+        steps.append(f"--images {images_file}")
+        if frame.empty:
+            raise UsageError(
+                f"no image of {images_file} is left after {' then '.join(steps[:-1])}",
+                "check the file against the condition",
+            )
+    if sample is not None:
+        return stratified_sample(frame, sample, seed)
+    return frame["image_name"].astype(str).tolist()
+
+
+def make_selection(
+    df: pd.DataFrame,
+    split: str,
+    *,
+    images_file: str | Path | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    where: str | None = None,
+    fmt: str | None = None,
+) -> Selection:
+    """:func:`select_images` plus the record of how it was made."""
+    names = select_images(df, images_file=images_file, sample=sample, seed=seed, where=where)
+    return Selection(
+        split=split,
+        names=names,
+        images_file=None if images_file is None else str(images_file),
+        sample=sample,
+        seed=seed,
+        where=where,
+        format=fmt,
+    )
