@@ -139,7 +139,7 @@ def cli() -> None:
     "-c",
     type=click.IntRange(1, 64),
     default=None,
-    help="Parallel connections per file [default: 8].",
+    help="Parallel connections per file [default: 16].",
 )
 @click.option("--no-extract", is_flag=True, help="Download and verify archives, do not unpack.")
 @click.option(

@@ -565,9 +565,8 @@ def _partial_bytes(layout: Layout, entry: FileEntry) -> int:
     if not isinstance(doc, dict):
         return 0
     try:
-        chunk = int(doc["chunk"])
         size = int(doc["size"])
-        return min(size, sum((int(b) - int(a)) * chunk for a, b in doc.get("done", [])))
+        return min(size, sum(int(b) - int(a) for a, b in doc.get("done", [])))
     except (KeyError, TypeError, ValueError):
         return 0
 
