@@ -19,6 +19,9 @@ Rows (see benchmarks/README.md for the why of each):
   4 ``isic2020 verify`` fast and ``--deep`` on 33,126 + 10,982 images
   5 re-run of a complete ``isic2020 fetch``: seconds and bytes sent by the server
   6 peak RSS of every isic2020 row (a column; plus the same download at 1/10 of the size)
+  7 a subset (``--sample 500``) of the row-3 zip by byte ranges vs its full download: seconds,
+    bytes served (nginx's log) against the members' compressed bytes + central directory
+  8 ``--direct`` vs download + extract vs the download alone, throttled like row 1; peak disk
 
 Exit status: 0 when every isic2020 run succeeded (missing peers are reported and skipped, and
 missed targets are reported, not failures: timings are noisy); 1 when an isic2020 run failed.
@@ -86,17 +89,20 @@ class Params:
     member_max: int
     zip_level: int
     chunk_size: int | None  # ISIC2020_CHUNK_SIZE for isic2020 download runs (None: default)
+    sample_n: int  # row 7: --sample N of the train zip
+    direct_rate: int  # row 8: nginx limit_rate per request, bytes/s
 
 
 FULL = Params(
     quick=False, reps=3, archive_bytes=400 * MB, rate=8 * MiB, connections=(1, 4, 8, 16),
     n_train=33126, n_test=10982, member_min=10_000, member_max=30_000, zip_level=6,
-    chunk_size=None,
+    chunk_size=None, sample_n=500, direct_rate=2 * MiB,
 )
 QUICK = Params(
     quick=True, reps=1, archive_bytes=8 * MB, rate=4 * MiB, connections=(1, 8),
     n_train=500, n_test=200, member_min=10_000, member_max=30_000, zip_level=1,
     chunk_size=1 * MiB,  # 8 MB is a single 8 MiB chunk: smaller chunks so parallelism shows
+    sample_n=50, direct_rate=8 * MiB,
 )
 
 
@@ -142,9 +148,10 @@ def _descendants(pid: int) -> list[int]:
 
 
 def run_child(argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 900.0,
-              cwd: Path | None = None) -> Sample:
+              cwd: Path | None = None, poll: Callable[[], None] | None = None) -> Sample:
     """Run ``argv``: wall time; CPU (user+sys) of the child and its children from ``wait4``;
-    peak RSS polled from /proc (VmHWM of the child and its descendants).
+    peak RSS polled from /proc (VmHWM of the child and its descendants); ``poll`` (cheap: it
+    runs every 2-20 ms) is called beside the RSS polling.
 
     Not ``ru_maxrss``: on Linux a child's ``ru_maxrss`` starts from the RSS of the process that
     forked it (exec keeps the old address space's high-water mark), i.e. this script's ~100 MB.
@@ -168,6 +175,8 @@ def run_child(argv: Sequence[str], env: dict[str, str] | None = None, timeout: f
                     kb = _hwm_kb(p)
                     if kb > peaks.get(p, 0):
                         peaks[p] = kb
+                if poll is not None:
+                    poll()
                 if time.perf_counter() > deadline:
                     proc.kill()
                     pid, status, ru = os.wait4(proc.pid, 0)
@@ -203,6 +212,96 @@ def rmtree(p: Path) -> None:
     shutil.rmtree(p, ignore_errors=True)
 
 
+class DiskUse:
+    """Peak disk use under the data directory ``root`` during a run, polled beside the RSS:
+    blocks allocated (``st_blocks``, like ``du``; ext4 counts delayed allocations in it).
+
+    Not ``statvfs`` of the filesystem: anything else writing to it (another benchmark, a test
+    run) would be counted. Not a full walk every poll either: 33,126 ``stat`` calls cost
+    ~0.14 s of CPU on a 2-CPU machine. The walk is incremental: every directory is listed
+    (``getdents``, no ``stat``: ~25 ms for 33,126 names) and a file is ``stat``-ed again only
+    when it may still grow: hidden names (the ``.NAME.part`` temporaries), files in small
+    directories (``archives/``, the partial download, ``metadata/``) and names not seen before
+    (by inode). An image reaches its final name complete (atomic rename), so a known name and
+    inode keeps its size. Polls are spaced by >= 5x their own cost (>= 0.2 s, so the poller
+    takes < 1/5 of a core); the end of the run is always measured. A file that vanished between
+    two polls (an inode no longer under ``root``: ``--no-keep-archives`` deleting the zip) is
+    counted as if deleted just before the second poll, so the peak just before a deletion is
+    not missed (it is over-estimated by at most what was written in those <= 0.2 s)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.known: dict[tuple[str, int], int] = {}
+        self.inodes: dict[int, int] = {}
+        self.peak = 0
+        self.next = 0.0
+
+    def poll(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now < self.next:
+            return
+        used = self._walk()
+        cost = time.perf_counter() - now
+        self.next = time.perf_counter() + max(0.2, 5 * cost)
+        self.peak = max(self.peak, used)
+
+    def finish(self) -> int:
+        self.poll(force=True)
+        return self.peak
+
+    def _walk(self) -> int:
+        total = 0
+        seen: dict[tuple[str, int], int] = {}
+        todo = [str(self.root)]
+        while todo:
+            try:
+                with os.scandir(todo.pop()) as it:
+                    entries = list(it)
+            except OSError:
+                continue
+            small = len(entries) <= 64
+            for e in entries:
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        todo.append(e.path)
+                        total += e.stat(follow_symlinks=False).st_blocks * 512
+                        continue
+                    key = (e.path, e.inode())
+                    blocks = None if small or e.name.startswith(".") else self.known.get(key)
+                    if blocks is None:
+                        blocks = e.stat(follow_symlinks=False).st_blocks * 512
+                except OSError:  # gone meanwhile (a temporary renamed, the zip deleted)
+                    continue
+                seen[key] = blocks
+                total += blocks
+        self.known = seen
+        inodes = {ino: blocks for (_path, ino), blocks in seen.items()}
+        vanished = sum(b for ino, b in self.inodes.items() if ino not in inodes)
+        self.inodes = inodes
+        return total + vanished
+
+
+def du_bytes(d: Path) -> int:
+    """Blocks allocated under ``d`` (files and directories, like ``du -s``), in bytes."""
+    total = 0
+    todo = [d]
+    while todo:
+        try:
+            it = os.scandir(todo.pop())
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                total += st.st_blocks * 512
+                if e.is_dir(follow_symlinks=False):
+                    todo.append(Path(e.path))
+    return total
+
+
 # --------------------------------------------------------------------------------------------
 # Results
 
@@ -219,6 +318,7 @@ class Tool:
     after: Callable[[int, Sample], None] | None = None  # untimed: check output, clean up
     work_bytes: int = 0  # bytes of payload for CPU s/GB
     items: int = 0  # images for items/s
+    disk: Path | None = None  # measure peak disk use under this directory (DiskUse)
     samples: list[Sample] = field(default_factory=list)
     failed: str = ""
 
@@ -260,17 +360,21 @@ class Bench:
             print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     # -- running tools alternately ------------------------------------------------------
-    def run_tools(self, name: str, tools: list[Tool]) -> list[Tool]:
+    def run_tools(self, name: str, tools: list[Tool], reps: int | None = None) -> list[Tool]:
         """A B C A B C ...: every tool once per repetition, in the same order."""
         tools = [t for t in tools if t is not None]
-        for rep in range(self.p.reps):
+        reps = self.p.reps if reps is None else reps
+        for rep in range(reps):
             for t in tools:
                 if t.failed:
                     continue
                 if t.before:
                     t.before(rep)
                 sync()
-                s = run_child(t.argv(rep), env=t.env)
+                disk = DiskUse(t.disk) if t.disk is not None else None
+                s = run_child(t.argv(rep), env=t.env, poll=disk.poll if disk else None)
+                if disk is not None:
+                    s.extra["disk_peak"] = disk.finish()
                 if s.rc != 0:
                     t.failed = f"exit {s.rc}: {(s.stderr or s.stdout).strip()[-400:]}"
                     self.log(f"{name}: {t.label} FAILED ({t.failed})")
@@ -288,8 +392,9 @@ class Bench:
                         continue
                 t.samples.append(s)
                 self.log(
-                    f"{name}: {t.label} rep {rep + 1}/{self.p.reps}: {s.wall:.2f} s, "
-                    f"cpu {s.cpu:.2f} s, rss {s.rss_mb:.0f} MB"
+                    f"{name}: {t.label} rep {rep + 1}/{reps}: {s.wall:.2f} s, "
+                    f"cpu {s.cpu:.2f} s, rss {s.rss_mb:.0f} MB" + (
+                        f", disk {s.extra['disk_peak'] / MB:.0f} MB" if disk else "")
                 )
         return tools
 
@@ -938,6 +1043,246 @@ def row_verify_and_rerun(b: Bench, ds: Dataset) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Rows 7 and 8: subsets and --direct (byte ranges of the remote zip), bytes served, peak disk
+
+
+def zip_layout(path: Path) -> tuple[dict[str, zipfile.ZipInfo], int]:
+    """The zip's members by name, and its central directory's size in bytes (46 fixed bytes,
+    name, extra field and comment per entry: exactly what a reader of the directory fetches)."""
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+    cd = 0
+    for zi in infos:
+        enc = "utf-8" if zi.flag_bits & 0x800 else "cp437"
+        cd += 46 + len(zi.orig_filename.encode(enc)) + len(zi.extra) + len(zi.comment)
+    return {zi.filename: zi for zi in infos}, cd
+
+
+class Served:
+    """Bytes and requests nginx logged for one run (its access log: server-side counting)."""
+
+    def __init__(self, srv: Any) -> None:
+        self.srv = srv
+        self.n0 = 0
+
+    def mark(self) -> None:
+        self.n0 = len(self.srv.log_entries())
+
+    def since(self, want: int | None = None) -> tuple[int, int, int]:
+        """(body bytes of every request, of the train zip's, requests) since ``mark``. nginx
+        logs a request when its response ends, a moment after the client is done: wait (2 s
+        at most) until the total reaches ``want``, the client's own count."""
+        zip_path = self.srv.url_path(TRAIN_ZIP)
+        deadline = time.monotonic() + 2.0
+        while True:
+            es = self.srv.log_entries()[self.n0:]
+            total = sum(e.body_bytes_sent for e in es)
+            if want is None or total >= want or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        zbytes = sum(e.body_bytes_sent for e in es if e.path == zip_path)
+        return total, zbytes, len(es)
+
+
+def _fresh(d: Path) -> Callable[[int], None]:
+    def f(rep: int) -> None:
+        rmtree(d)
+        d.mkdir(parents=True)
+    return f
+
+
+def _fetch_check(d: Path, served: Served, *, images: int | None, archive: int | None,
+                 extracted: bool, status: str) -> Callable[[int, Sample], None]:
+    """A check of one ``isic2020 fetch --split train --json`` run into ``d``: the report's ok,
+    the zip's status, images on disk (``images``; None: none expected), the archive kept
+    (``archive`` bytes) or not (None), bytes reported == bytes nginx logged; then records
+    served bytes, disk use at the end (walk) and the engine's figures; removes ``d``."""
+
+    def f(rep: int, s: Sample) -> None:
+        doc = fetch_report(s)
+        entry = archive_entry(doc)
+        if entry.get("status") != status and not (status == "downloaded"
+                                                  and entry.get("status") == "verified"):
+            raise RuntimeError(f"{TRAIN_ZIP}: status {entry.get('status')}, expected {status}")
+        total, zbytes, reqs = served.since(doc["bytes_transferred"])
+        if total != doc["bytes_transferred"]:
+            raise RuntimeError(f"report says {doc['bytes_transferred']} bytes transferred, "
+                               f"nginx sent {total}")
+        img_dir = d / "jpeg" / "train"
+        n = count_files(img_dir) if img_dir.exists() else 0
+        if n != (images or 0):
+            raise RuntimeError(f"{n} images on disk, expected {images or 0}")
+        zpath = d / "archives" / TRAIN_ZIP
+        if archive is None:
+            if zpath.exists():
+                raise RuntimeError(f"{zpath.name} is on disk, expected no archive")
+        else:
+            check_file(zpath, archive)
+        ex = entry.get("extraction") or {}
+        if extracted:
+            done = ex.get("written", 0) + ex.get("skipped", 0) + ex.get("already_present", 0)
+            if done != images:
+                raise RuntimeError(f"the report says {done} images unpacked, expected {images}")
+        s.extra.update(served=total, served_zip=zbytes, requests=reqs,
+                       reported=doc["bytes_transferred"], disk_end=du_bytes(d),
+                       engine_s=entry.get("seconds", 0.0), names=sorted(
+                           p.stem for p in img_dir.iterdir()) if status == "subset" else [])
+        if ex.get("seconds") is not None:
+            s.extra["extract_s"] = float(ex["seconds"])
+        if "bytes_wanted" in ex:
+            s.extra["engine_wanted"] = ex["bytes_wanted"]
+            s.extra["directory_bytes"] = ex.get("directory_bytes", 0)
+        rmtree(d)
+
+    return f
+
+
+def _fetch_tool(b: Bench, label: str, base: str, ds: Dataset, d: Path, served: Served,
+                extra: Sequence[str], **check: Any) -> Tool:
+    def before(rep: int) -> None:
+        rmtree(d)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        served.mark()
+
+    argv = isic("fetch", "--split", "train", "--format", "jpeg", "--json", "--quiet",
+                "--mirror", base, "--data-dir", str(d), *extra)
+    return Tool(label, lambda rep, argv=argv: argv, is_isic=True,
+                env=isic_env(ds.manifest, b.p.chunk_size), before=before,
+                after=_fetch_check(d, served, **check), work_bytes=ds.train_zip.stat().st_size,
+                disk=d)
+
+
+def _disk_note(t: Tool) -> str:
+    peak = t.med_extra("disk_peak")
+    end = t.med_extra("disk_end")
+    if peak is None:
+        return ""
+    return f"peak disk {peak / MB:,.0f} MB (at the end {end / MB:,.0f} MB)" if end is not None \
+        else f"peak disk {peak / MB:,.0f} MB"
+
+
+def row_subset(b: Bench, ds: Dataset) -> None:
+    from support.servers import NginxServer
+
+    n = min(b.p.sample_n, ds.n_train)
+    zip_size = ds.train_zip.stat().st_size
+    name = (f"7 subset --sample {n} of {ds.n_train:,} vs full download ({_human(zip_size)} zip, "
+            "nginx, unthrottled)")
+    if b.nginx is None:
+        b.skipped.append("row 7: nginx missing")
+        return
+    out = b.work / "run" / "subset"
+    members, cd_bytes = zip_layout(ds.train_zip)
+    folder = ARCHIVE_FOLDERS[("train", "jpeg")]
+    with NginxServer(ds.mirror, PREFIX) as srv:
+        served = Served(srv)
+        sub = _fetch_tool(b, f"isic2020 --sample {n} --seed 1", srv.url, ds, out / "sample",
+                          served, ["--sample", str(n), "--seed", "1"], images=n, archive=None,
+                          extracted=True, status="subset")
+        full = _fetch_tool(b, "isic2020 --no-extract (full download)", srv.url, ds,
+                           out / "full", served, ["--no-extract"], images=None,
+                           archive=zip_size, extracted=False, status="downloaded")
+        tools = [sub, full]
+        b.log(f"{name}: {', '.join(t.label for t in tools)}")
+        tools = b.run_tools("row 7", tools)
+    # The members the sample chose (the same every run: --seed) and their compressed bytes.
+    wanted = 0
+    if sub.samples:
+        names = sub.samples[0].extra["names"]
+        if any(s.extra["names"] != names for s in sub.samples):
+            b.isic_failures.append("row 7: --sample chose different images in different runs")
+        for nm in names:
+            zi = members.get(f"{folder}/{nm}.jpg")
+            if zi is None:
+                b.isic_failures.append(f"row 7: {nm}.jpg is not a member of the zip")
+                continue
+            wanted += zi.compress_size
+    sub.work_bytes = wanted + cd_bytes  # CPU s/GB of what a subset has to move
+    for t in tools:
+        r = tgt = ""
+        if not t.samples:
+            b.add(name, t)
+            continue
+        sent, zsent = t.med_extra("served") or 0, t.med_extra("served_zip") or 0
+        reqs = t.med_extra("requests") or 0
+        if t is sub:
+            rr = ratio(t, full)
+            r = fmt_ratio(rr, "full download")
+            ideal = wanted + cd_bytes
+            over = zsent / ideal if ideal else float("nan")
+            tgt = verdict(over <= 1.1, "zip bytes served <= 1.1x members + central directory")
+            notes = (f"zip bytes served {_human(int(zsent))} = {over:.3f}x the {n} members' "
+                     f"{_human(wanted)} compressed + the {_human(cd_bytes)} central directory "
+                     f"(engine: {_human(int(t.med_extra('engine_wanted') or 0))} wanted, "
+                     f"{_human(int(t.med_extra('directory_bytes') or 0))} of directory and "
+                     f"tail read); {reqs:.0f} requests, {_human(int(sent))} with the CSVs"
+                     + (f" = {sent / full.med_extra('served'):.1%} of the full download's"
+                        if full.samples else ""))
+        else:
+            notes = (f"served {_human(int(sent))} in {reqs:.0f} requests (zip "
+                     f"{_human(int(zsent))})")
+        dn = _disk_note(t)
+        b.add(name, t, r, tgt, notes + (f"; {dn}" if dn else ""))
+
+
+def row_direct(b: Bench, ds: Dataset) -> None:
+    from support.servers import NginxServer
+
+    rate = b.p.direct_rate
+    zip_size = ds.train_zip.stat().st_size
+    name = (f"8 --direct vs download + extract, {_human(zip_size)} zip of {ds.n_train:,} "
+            f"images, {rate / MiB:g} MiB/s per conn, 16 conns")
+    if b.nginx is None:
+        b.skipped.append("row 8: nginx missing")
+        return
+    out = b.work / "run" / "direct"
+    n = ds.n_train
+    with NginxServer(ds.mirror, PREFIX, limit_rate=rate) as srv:
+        served = Served(srv)
+        alone = _fetch_tool(b, "isic2020 --no-extract (download alone)", srv.url, ds,
+                            out / "alone", served, ["--no-extract"], images=None,
+                            archive=zip_size, extracted=False, status="downloaded")
+        both = _fetch_tool(b, "isic2020 (download + extract)", srv.url, ds, out / "both",
+                           served, [], images=n, archive=zip_size, extracted=True,
+                           status="downloaded")
+        direct = _fetch_tool(b, "isic2020 --direct", srv.url, ds, out / "direct", served,
+                             ["--direct"], images=n, archive=None, extracted=True,
+                             status="direct")
+        nokeep = _fetch_tool(b, "isic2020 --no-keep-archives (1 run, for its disk)", srv.url,
+                             ds, out / "nokeep", served, ["--no-keep-archives"], images=n,
+                             archive=None, extracted=True, status="downloaded")
+        tools = [alone, both, direct]
+        b.log(f"{name}: {', '.join(t.label for t in tools)}; then {nokeep.label}")
+        tools = b.run_tools("row 8", tools)
+        b.run_tools("row 8", [nokeep], reps=1)
+    ideal = zip_size / (16 * rate)
+    for t in [*tools, nokeep]:
+        r = tgt = ""
+        if not t.samples:
+            b.add(name, t)
+            continue
+        eng = t.med_extra("engine_s") or 0.0
+        if t is direct:
+            rr = ratio(t, alone)
+            r = fmt_ratio(rr, "download alone")
+            rb = ratio(t, both)
+            if rb is not None:
+                r += f"; {rb:.2f}x download + extract"
+            tgt = verdict(None if rr is None else rr <= 1.1, "<= 1.1x the download alone")
+            notes = f"{eng:.2f} s in-engine (directory + members)"
+        elif t is alone:
+            notes = f"archive {eng:.2f} s in-engine; ideal {ideal:.1f} s"
+        else:
+            ex = t.med_extra("extract_s")
+            notes = f"archive {eng:.2f} s in-engine" + (
+                f", then extraction {ex:.2f} s" if ex is not None else "")
+            if t is both:
+                r = fmt_ratio(ratio(t, alone), "download alone")
+        dn = _disk_note(t)
+        b.add(name, t, r, tgt, notes + (f"; {dn}" if dn else ""))
+
+
+# --------------------------------------------------------------------------------------------
 # Report
 
 
@@ -1053,7 +1398,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: tiny sizes, 1 repetition (CI)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
-    ap.add_argument("--rows", default="1,2,3,4,5",
+    ap.add_argument("--rows", default="1,2,3,4,5,7,8",
                     help="which workloads to run, e.g. 1,2 (6, peak RSS, is every row's column)")
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out",
                     help="data and scratch (cached between runs) [benchmarks/out]")
@@ -1061,6 +1406,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="Markdown file to write [benchmarks/RESULTS.md; quick: WORKDIR/...]")
     ap.add_argument("--rate", type=float, default=None,
                     help="row 1 per-connection limit in MiB/s (default 8; quick 4)")
+    ap.add_argument("--direct-rate", type=float, default=None,
+                    help="row 8 per-connection limit in MiB/s (default 2; quick 8)")
     ap.add_argument("--src", type=Path, default=None,
                     help="run isic2020 from this folder (holding isic2020/) instead of src/, "
                          "to measure a patch against the same peers")
@@ -1078,6 +1425,8 @@ def main(argv: list[str] | None = None) -> int:
         p = dataclasses.replace(p, reps=args.reps)
     if args.rate:
         p = dataclasses.replace(p, rate=int(args.rate * MiB))
+    if args.direct_rate:
+        p = dataclasses.replace(p, direct_rate=int(args.direct_rate * MiB))
     rows = {int(x) for x in args.rows.split(",") if x.strip()}
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -1093,13 +1442,17 @@ def main(argv: list[str] | None = None) -> int:
             row_throttled(b)
         if 2 in rows:
             row_unthrottled(b)
-        if rows & {3, 4, 5}:
+        if rows & {3, 4, 5, 7, 8}:
             b.log("building the image dataset (cached in " + str(work / "data") + ")")
             ds = build_image_mirror(work, p)
             if 3 in rows:
                 row_extract(b, ds)
             if rows & {4, 5}:
                 row_verify_and_rerun(b, ds)
+            if 7 in rows:
+                row_subset(b, ds)
+            if 8 in rows:
+                row_direct(b, ds)
     finally:
         rmtree(work / "run")
     text = report(b, raw_argv, time.monotonic() - t0)
