@@ -224,3 +224,199 @@ def test_disk_full_is_a_clean_disk_error_and_resumable(mirror, tmp_path: Path) -
              "--manifest", str(mirror.manifest_path))
     assert r.returncode == 0, r.stderr
     assert len(list(dest.iterdir())) == 24
+
+
+# --------------------------------------------------------------------------------------------
+# Worker processes: damaged members, other compression methods, large members, signals
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory):
+    """Enough members (deflated, distinct images) for several chunks per worker process."""
+    return build_dataset(tmp_path_factory.mktemp("many"), n_train=400, n_test=8,
+                         distinct_images=64, image_size=48)
+
+
+def _workers_alive(marker: str) -> list[int]:
+    """PIDs of processes whose command line mentions ``marker`` (our data directory)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if marker in (p / "cmdline").read_bytes().decode(errors="replace"):
+                    out.append(int(p.name))
+            except OSError:
+                pass
+    return out
+
+
+def _no_children_left() -> bool:
+    try:
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return pid == 0 and not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text()
+
+
+@pytest.mark.parametrize("where", [0.1, 0.5, 0.9])
+def test_flipped_byte_in_a_deflated_member_is_found_by_a_worker_process(
+    many, tmp_path: Path, where: float
+) -> None:
+    """The CRC-32 (or the inflate) check runs in the worker processes: one flipped byte
+    anywhere in a member is a VerificationError naming it, nothing half-written is left, no
+    worker outlives the call, and the rest resumes once the archive is good again."""
+    layout = install(many, tmp_path / "data")
+    zpath = layout.archives_dir / "ISIC_2020_Training_JPEG.zip"
+    victim = f"train/{many.train_names[300]}.jpg"
+    flip_byte(zpath, victim, where=where)
+    with pytest.raises(VerificationError) as ei:
+        extract(split="train", data_dir=layout.root, manifest=many.manifest_path, workers=2)
+    assert repr(victim) in ei.value.message and "damaged" in ei.value.message
+    dest = layout.images_dir("jpeg", "train")
+    assert not [p for p in dest.iterdir() if p.name.startswith(".")]
+    assert f"{many.train_names[300]}.jpg" not in {p.name for p in dest.iterdir()}
+    assert _no_children_left()
+    assert "ISIC_2020_Training_JPEG.zip" not in Records(layout.records_path).extracted
+    shutil.copyfile(many.root / zpath.name, zpath)
+    rep = extract(split="train", data_dir=layout.root, manifest=many.manifest_path, workers=2)
+    a = rep.archives[0]
+    assert a.workers == 2 and a.images == 400 and a.written + a.already_present == 400
+    import zipfile
+
+    with zipfile.ZipFile(zpath) as zf:
+        for n in many.train_names:
+            assert (dest / f"{n}.jpg").read_bytes() == zf.read(f"train/{n}.jpg")
+
+
+def test_processes_and_one_process_give_the_same_files(many, tmp_path: Path) -> None:
+    one = install(many, tmp_path / "one")
+    two = install(many, tmp_path / "two")
+    r1 = extract(split="train", data_dir=one.root, manifest=many.manifest_path, workers=1)
+    r2 = extract(split="train", data_dir=two.root, manifest=many.manifest_path, workers=2)
+    assert r1.archives[0].workers == 1 and r2.archives[0].workers == 2
+    assert r1.archives[0].bytes_written == r2.archives[0].bytes_written > 0
+    assert files_under(one.images_dir("jpeg", "train")) == files_under(
+        two.images_dir("jpeg", "train"))
+    assert _no_children_left()
+
+
+def _rezip(src: Path, dest: Path, compress: int, big: dict[str, bytes] | None = None) -> None:
+    """Rewrite a zip with another compression method, optionally adding members."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w", compress) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info), compress_type=compress)
+        for name, data in (big or {}).items():
+            zout.writestr(name, data, compress_type=compress)
+
+
+@pytest.mark.parametrize("method", ["bzip2", "lzma"])
+def test_other_compression_methods_go_through_zipfile_and_its_crc(
+    many, tmp_path: Path, method: str
+) -> None:
+    import zipfile
+
+    compress = {"bzip2": zipfile.ZIP_BZIP2, "lzma": zipfile.ZIP_LZMA}[method]
+    layout = install(many, tmp_path / "data")
+    zpath = layout.archives_dir / "ISIC_2020_Training_JPEG.zip"
+    _rezip(many.root / zpath.name, zpath, compress)
+    rep = extract(split="train", data_dir=layout.root, manifest=many.manifest_path, workers=2)
+    assert rep.archives[0].written == 400
+    dest = layout.images_dir("jpeg", "train")
+    with zipfile.ZipFile(zpath) as zf:
+        for n in many.train_names[::37]:
+            assert (dest / f"{n}.jpg").read_bytes() == zf.read(f"train/{n}.jpg")
+    # a flipped byte: zipfile's CRC-32 check at the end of the stream (or its decoder) fires
+    shutil.rmtree(dest)
+    Records(layout.records_path).drop_extracted(zpath.name)
+    victim = f"train/{many.train_names[5]}.jpg"
+    flip_byte(zpath, victim, where=0.5)
+    with pytest.raises(VerificationError) as ei:
+        extract(split="train", data_dir=layout.root, manifest=many.manifest_path, workers=1)
+    assert repr(victim) in ei.value.message
+    assert not [p for p in dest.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("compress", ["stored", "deflate"])
+def test_large_members_are_streamed_and_checked(tmp_path: Path, compress: str) -> None:
+    """Members over SMALL_MEMBER are streamed 1 MiB at a time; a flipped byte is still found."""
+    import random
+    import zipfile
+
+    from isic2020.extract import BUFFER, SMALL_MEMBER
+
+    ds = build_dataset(tmp_path / "m", n_train=4, n_test=2)
+    layout = install(ds, tmp_path / "data")
+    zpath = layout.archives_dir / "ISIC_2020_Training_JPEG.zip"
+    rng = random.Random(1)
+    size = SMALL_MEMBER + 3 * BUFFER + 12345
+    big = b"\xff\xd8" + rng.randbytes(size // 2) + bytes(size // 2) + b"\xff\xd9"
+    method = zipfile.ZIP_STORED if compress == "stored" else zipfile.ZIP_DEFLATED
+    _rezip(ds.root / zpath.name, zpath, method, {"train/ISIC_9999999.jpg": big})
+    rep = extract(split="train", data_dir=layout.root, manifest=ds.manifest_path, workers=1)
+    assert rep.archives[0].written == 5
+    assert (layout.images_dir("jpeg", "train") / "ISIC_9999999.jpg").read_bytes() == big
+    shutil.rmtree(layout.images_dir("jpeg", "train"))
+    Records(layout.records_path).drop_extracted(zpath.name)
+    flip_byte(zpath, "train/ISIC_9999999.jpg", where=0.7)
+    with pytest.raises(VerificationError) as ei:
+        extract(split="train", data_dir=layout.root, manifest=ds.manifest_path, workers=1)
+    assert "ISIC_9999999" in ei.value.message and "damaged" in ei.value.message
+    assert not (layout.images_dir("jpeg", "train") / "ISIC_9999999.jpg").exists()
+    assert not [p for p in layout.images_dir("jpeg", "train").iterdir()
+                if p.name.startswith(".")]
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory):
+    return build_dataset(tmp_path_factory.mktemp("big"), n_train=20000, n_test=10,
+                         extra_entries=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_signal_during_extraction_in_processes_is_resumable(
+    big, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Ctrl-C / SIGTERM to a running `isic2020 extract` (workers in processes): exit 130 and
+    one line, no temporary file at all, no worker left running. SIGKILL: the workers stop by
+    themselves (parent-death signal). Then the same command finishes the job."""
+    import time
+
+    layout = install(big, tmp_path / "data")
+    env = {"ISIC2020_MANIFEST": str(big.manifest_path)}
+    marker = str(layout.root)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "isic2020", "extract", "--split", "train",
+         "--data-dir", marker, "-q"], env={**os.environ, **env},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    dest = layout.images_dir("jpeg", "train")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if dest.is_dir() and sum(1 for _ in os.scandir(dest)) > 1000:
+            break
+        time.sleep(0.005)
+    assert len(_workers_alive(marker)) >= 2  # the parent and its workers
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=60)
+    deadline = time.monotonic() + 10
+    while _workers_alive(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _workers_alive(marker), "a worker outlived the command"
+    names = [p.name for p in dest.iterdir()]
+    partial = sum(1 for n in names if not n.startswith("."))
+    assert 0 < partial < 20000
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+        assert sum(1 for n in names if n.startswith(".")) <= 2  # at most one per worker
+    else:
+        assert proc.returncode == 130, err
+        assert err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err
+        assert not [n for n in names if n.startswith(".")]
+    r = _run("extract", "--split", "train", "--data-dir", marker, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    a = json.loads(r.stdout)["archives"][0]
+    assert a["images"] == 20000 and a["already_present"] >= partial - 2
+    assert sorted(p.name for p in dest.iterdir()) == sorted(f"{n}.jpg" for n in big.train_names)

@@ -254,3 +254,41 @@ def test_real_csvs_pass_with_the_real_manifest(tmp_path: Path) -> None:
     rep = verify_data(Layout(tmp_path), man, fmt="none")
     assert rep.exit_code == 0, rep.summary_lines()
     assert rep.check("metadata/ISIC_2020_Training_GroundTruth.csv").figures["malignant"] == 584
+
+
+def test_deep_map_keeps_order_in_bounded_batches() -> None:
+    """The deep-verify thread pool keeps the order and never has more than a few batches
+    (not one future per image) in flight."""
+    import threading
+
+    from isic2020.verify import MAP_BATCH, _map
+
+    live = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def fn(s: str) -> str:
+        nonlocal live, peak
+        with lock:
+            live += 1
+            peak = max(peak, live)
+        with lock:
+            live -= 1
+        return s.upper()
+
+    items = [f"isic_{i:07d}" for i in range(10 * MAP_BATCH + 17)]
+    assert _map(fn, items, 2) == [s.upper() for s in items]
+    assert _map(fn, items[:10], 2) == [s.upper() for s in items[:10]]
+    import gc
+    from concurrent.futures import Future
+
+    before = sum(isinstance(o, Future) for o in gc.get_objects())
+    seen: list[int] = []
+
+    def count(s: str) -> str:
+        if s.endswith("00"):
+            seen.append(sum(isinstance(o, Future) for o in gc.get_objects()) - before)
+        return s
+
+    _map(count, items[: 4 * MAP_BATCH], 2)
+    assert max(seen) <= 8

@@ -17,8 +17,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from .errors import DiskError, UsageError, VerificationError
 from .layout import Layout
@@ -29,6 +28,9 @@ from .metadata import (
     bad_image_names,
     read_metadata_csv,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Image file suffix per format in the fixed layout.
 SUFFIX = {"jpeg": ".jpg", "dicom": ".dcm", "dicom-original": ".dcm"}
@@ -96,12 +98,16 @@ def find_metadata_files(layout: Layout, manifest: Manifest) -> MetadataFiles:
 
 
 def _category(values: pd.Series, known: list[str]) -> pd.Series:
+    import pandas as pd
+
     extra = sorted(set(values.dropna().unique()) - set(known))
     return values.astype(pd.CategoricalDtype([*known, *extra]))
 
 
 def _ages(values: pd.Series, path: Path) -> pd.Series:
     """Ages as nullable integers; the official files write ``45``, Kaggle's ``45.0``."""
+    import pandas as pd
+
     num = pd.to_numeric(values, errors="coerce")
     bad = values.notna() & (num.isna() | (num % 1 != 0) | (num < 0) | (num > 120))
     if bad.any():
@@ -136,6 +142,8 @@ def _check_names(df: pd.DataFrame, path: Path) -> None:
 
 def read_train(path: Path, role: str) -> pd.DataFrame:
     """One training ground truth (v1 or v2) as a typed frame in :data:`TRAIN_COLUMNS` order."""
+    import pandas as pd
+
     df = read_metadata_csv(path, role)
     _check_names(df, path)
     target = pd.to_numeric(df["target"], errors="coerce")
@@ -166,6 +174,8 @@ def read_train(path: Path, role: str) -> pd.DataFrame:
 
 def read_test(path: Path) -> pd.DataFrame:
     """The test metadata (official ISIC or Kaggle column names) in Kaggle's names and dtypes."""
+    import pandas as pd
+
     df = read_metadata_csv(path, "test_metadata")
     _check_names(df, path)
     out = pd.DataFrame(
@@ -184,6 +194,8 @@ def read_test(path: Path) -> pd.DataFrame:
 
 def read_duplicates(path: Path, known: pd.Series | None = None) -> pd.DataFrame:
     """The duplicate pairs; with ``known`` (the training image names) every name must be in it."""
+    import pandas as pd
+
     df = read_metadata_csv(path, "duplicates")
     for col in ("image_name_1", "image_name_2"):
         bad = bad_image_names(df[col])
@@ -241,6 +253,8 @@ def image_paths(
     One directory listing instead of one ``stat`` per image: 33k stats on a network file system
     take seconds, a listing milliseconds.
     """
+    import pandas as pd
+
     folder = layout.images_dir(image_format, split)
     suffix = SUFFIX[image_format]
     try:

@@ -37,15 +37,16 @@ import shutil
 import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from .dataset import SUFFIX, image_paths, load_train_tables, read_test, write_csv_atomic
 from .errors import EXIT_OK, EXIT_VERIFY, DiskError, UsageError
 from .layout import Layout
 from .manifest import load_manifest
 from .metadata import GROUND_TRUTH_COLUMNS, TEST_COLUMNS_KAGGLE
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LAYOUTS = ("kaggle",)
 DICOM_CHOICES = ("auto", "corrected", "original")
@@ -246,6 +247,8 @@ def _same_content(src: os.stat_result, dst: os.stat_result) -> bool:
 
 def _kaggle_frame(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Kaggle's columns, ages as floats (``45.0``), blanks as empty fields."""
+    import pandas as pd
+
     out = df[columns].copy()
     out["age_approx"] = out["age_approx"].astype("float64")
     for c in out.columns:
@@ -289,6 +292,8 @@ def export(
     Exit code 1 when a folder is only partly there (some images of a split/format missing: a
     notebook would crash on them); formats never fetched are simply left out, with a note.
     """
+    import pandas as pd
+
     if layout not in LAYOUTS:
         raise UsageError(f"unknown layout {layout!r}", f"use one of {', '.join(LAYOUTS)}")
     if dicom not in DICOM_CHOICES:

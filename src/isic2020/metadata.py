@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from .errors import VerificationError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 IMAGE_NAME_RE = re.compile(r"^ISIC_\d{7}$")
 
@@ -61,6 +63,8 @@ def read_metadata_csv(path: Path, role: str) -> pd.DataFrame:
     Raises :class:`VerificationError` naming the file when it is missing, unparsable or has
     columns other than the documented ones.
     """
+    import pandas as pd
+
     try:
         df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""])
     except FileNotFoundError:
