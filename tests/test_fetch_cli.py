@@ -205,6 +205,15 @@ def test_json_report_has_the_documented_fields(dataset, mirror, tmp_path):
     assert entry["etag"] == hashlib.md5(dataset.path(entry["name"]).read_bytes()).hexdigest()
 
 
+def test_mirrors_from_the_environment_are_used_in_order(dataset, mirror, tmp_path):
+    env = cli_env(dataset.manifest_path, ISIC2020_MIRROR=f"{refused_url()} {mirror.url}")
+    r = run_cli("fetch", "--data-dir", str(tmp_path / "d"), "--format", "none", "--split",
+                "test", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    (entry,) = r.json["files"]
+    assert entry["url"].startswith(mirror.url) and len(entry["failed_hosts"]) == 1
+
+
 def test_list_shows_urls_and_local_state(dataset, mirror, tmp_path):
     data = tmp_path / "d"
     env = cli_env(dataset.manifest_path)

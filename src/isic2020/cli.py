@@ -111,6 +111,19 @@ def selection_options(default_format: str = "jpeg") -> Callable[[F], F]:
     return deco
 
 
+def mirror_option(what: str) -> Callable[[F], F]:
+    """``--mirror URL`` (repeatable), or ``$ISIC2020_MIRROR`` split on spaces."""
+    return click.option(
+        "--mirror",
+        "mirrors",
+        multiple=True,
+        metavar="URL",
+        envvar=ENV_MIRROR,
+        help=f"{what} <URL>/<official name> instead of the manifest's hosts; repeatable, tried "
+        "in order [env: ISIC2020_MIRROR, space separated]. http:// and file:// only this way.",
+    )
+
+
 def output_options(fn: F) -> F:
     fn = click.option("--quiet", "-q", is_flag=True, help="No progress bars, no summary.")(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="One JSON report on stdout.")(fn)
@@ -126,14 +139,7 @@ def cli() -> None:
 @cli.command()
 @selection_options()
 @common_options
-@click.option(
-    "--mirror",
-    "mirrors",
-    multiple=True,
-    metavar="URL",
-    help="Fetch <URL>/<official name> instead of the manifest's hosts; repeatable, tried in "
-    "order [env: ISIC2020_MIRROR, space separated]. http:// and file:// only this way.",
-)
+@mirror_option("Fetch")
 @click.option(
     "--connections",
     "-c",
@@ -203,8 +209,6 @@ def fetch(
     """Download, verify, unpack and check the chosen split and format."""
     from .fetch import fetch as do_fetch
 
-    if not mirrors and os.environ.get(ENV_MIRROR):
-        mirrors = tuple(os.environ[ENV_MIRROR].split())
     _run(
         lambda: do_fetch(
             split=split,
@@ -233,13 +237,7 @@ def fetch(
 @cli.command()
 @selection_options()
 @common_options
-@click.option(
-    "--mirror",
-    "mirrors",
-    multiple=True,
-    metavar="URL",
-    help="Read <URL>/<official name> instead of the manifest's hosts; repeatable.",
-)
+@mirror_option("Read")
 @output_options
 def inspect(
     split: str,
@@ -253,9 +251,6 @@ def inspect(
     """Read the remote archives' directories: members, sizes, names against the metadata."""
     from .fetch import check_mirrors, download_options
     from .remotezip import inspect as do_inspect
-
-    if not mirrors and os.environ.get(ENV_MIRROR):
-        mirrors = tuple(os.environ[ENV_MIRROR].split())
 
     def call() -> Any:
         opts = download_options()
@@ -275,7 +270,7 @@ def inspect(
 
 @cli.command("list")
 @common_options
-@click.option("--mirror", "mirrors", multiple=True, metavar="URL", help="Show mirror URLs.")
+@mirror_option("Show")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def list_cmd(
     data_dir: str | None, manifest: str | None, mirrors: tuple[str, ...], as_json: bool
@@ -283,8 +278,6 @@ def list_cmd(
     """Every manifest entry with its URLs, published size and local state."""
     from .fetch import list_files
 
-    if not mirrors and os.environ.get(ENV_MIRROR):
-        mirrors = tuple(os.environ[ENV_MIRROR].split())
     _run(lambda: list_files(data_dir=data_dir, manifest=manifest, mirrors=mirrors), as_json, False)
 
 
