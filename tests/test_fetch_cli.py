@@ -429,9 +429,10 @@ def test_two_fetches_at_once_on_one_data_dir(dataset, tmp_path):
     data = tmp_path / "d"
     env = cli_env(manifest)
     with FaultServer(root, prefix=PREFIX) as srv:
-        srv.add_fault(Throttle(bytes_per_second=2_000_000), None, times=None)
+        # ~2 s of download (2 connections at 1 MB/s), so the second run surely meets the first.
+        srv.add_fault(Throttle(bytes_per_second=1_000_000), None, times=None)
         args = cli_cmd("fetch", "--data-dir", str(data), "--split", "train", "--format", "jpeg",
-                       "--no-extract", "--mirror", srv.url, "--json")
+                       "--no-extract", "--mirror", srv.url, "--json", "--connections", "2")
         a = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
         time.sleep(0.5)
