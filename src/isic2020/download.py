@@ -137,8 +137,12 @@ class _HostFailed(Exception):
     """This host cannot give us this file (after retries); try the next one."""
 
 
-class _RangesIgnored(Exception):
-    """The server answered a ranged GET with the whole body."""
+class _RangesIgnored(_HostFailed):
+    """The server answered a ranged GET with the whole body (the engine falls back to one
+    plain stream; where ranges are indispensable it is a failed host)."""
+
+    def __init__(self) -> None:
+        super().__init__("the server ignores byte ranges (answered 200 to a Range request)")
 
 
 class _Retryable(Exception):
@@ -421,10 +425,17 @@ class _Transfer:
         self.abort = threading.Event()
         self.error: BaseException | None = None
         self.throttle = _Throttle(opts.connections)
-        self.transferred = 0
-        self.retries = 0
-        self.last_progress = time.monotonic()
-        self.last_error = ""
+        self.client = RangeClient(
+            remote.url,
+            self.size,
+            remote.etag,
+            remote.last_modified,
+            timeouts=opts.timeouts,
+            retry=opts.retry,
+            throttle=self.throttle,
+            abort=self.abort,
+            on_bytes=bar.update if bar is not None else None,
+        )
         self.resumed_bytes = 0
         self.fd = -1
         self.follower: _Hashers | None = None
@@ -586,33 +597,114 @@ class _Transfer:
             session.close()
 
     def _fetch_chunk(self, session: requests.Session, start: int, end: int) -> None:
+        """Write ``[start, end)`` in place; the client retries and checks every response."""
+        offset = [start]
+
+        def write(block: bytes) -> None:
+            view = memoryview(block)
+            try:
+                while view:
+                    n = os.pwrite(self.fd, view, offset[0])
+                    view = view[n:]
+                    offset[0] += n
+            except OSError as exc:
+                raise _disk_error(self.partial, exc) from None
+
+        self.client.stream(session, start, end, write)
+
+    @property
+    def transferred(self) -> int:
+        return self.client.transferred
+
+    @property
+    def retries(self) -> int:
+        return self.client.retries
+
+
+class RangeClient:
+    """Strict ranged GETs of one pinned object, retried from the byte where a body broke.
+
+    The one place that asks for bytes by range: the engine's chunks (``_Transfer``) and the
+    remote zip's directory and members (``remotezip``) both go through :meth:`stream`.
+    Thread-safe counters; each thread passes its own session.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        size: int,
+        etag: str | None,
+        last_modified: str | None,
+        *,
+        timeouts: Timeouts,
+        retry: RetryPolicy,
+        throttle: _Throttle | None = None,
+        abort: threading.Event | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.size = size
+        self.etag = etag
+        self.last_modified = last_modified
+        self.timeouts = timeouts
+        self.retry = retry
+        self.throttle = throttle or _Throttle(64)
+        self.abort = abort or threading.Event()
+        self.on_bytes = on_bytes
+        self.lock = threading.Lock()
+        self.transferred = 0
+        self.retries = 0
+        self.last_progress = time.monotonic()
+        self.last_error = ""
+
+    def read(self, session: requests.Session, start: int, end: int) -> bytes:
+        out = bytearray()
+        self.stream(session, start, end, out.extend)
+        return bytes(out)
+
+    def stream(
+        self,
+        session: requests.Session,
+        start: int,
+        end: int,
+        sink: Callable[[bytes], None],
+    ) -> None:
+        """Feed ``sink`` every byte of ``[start, end)`` exactly once, in order, across retries."""
         pos = start
         attempt = 0
         while pos < end:
             if self.abort.is_set():
                 raise Interrupted("aborted")
             headers = {"Range": f"bytes={pos}-{end - 1}"}
-            if self.remote.etag:
-                headers["If-Match"] = f'"{self.remote.etag}"'
-            elif self.remote.last_modified:
-                headers["If-Unmodified-Since"] = self.remote.last_modified
+            if self.etag:
+                headers["If-Match"] = f'"{self.etag}"'
+            elif self.last_modified:
+                headers["If-Unmodified-Since"] = self.last_modified
             self.throttle.acquire(self.abort)
             ok = False
+            before = pos
             try:
-                cursor = [pos]
                 try:
                     with session.get(
-                        self.remote.url,
-                        headers=headers,
-                        stream=True,
-                        timeout=self.opts.timeouts.as_tuple(),
+                        self.url, headers=headers, stream=True, timeout=self.timeouts.as_tuple()
                     ) as resp:
                         self._check(resp, pos, end)
-                        self._copy_body(resp, cursor, end)
+                        raw = resp.raw
+                        while pos < end:
+                            if self.abort.is_set():
+                                raise Interrupted("aborted")
+                            block = raw.read(min(BLOCK, end - pos), decode_content=False)
+                            if not block:
+                                break
+                            pos += len(block)
+                            with self.lock:
+                                self.transferred += len(block)
+                                self.last_progress = time.monotonic()
+                            if self.on_bytes is not None:
+                                self.on_bytes(len(block))
+                            sink(block)
                 finally:
-                    progressed = cursor[0] > pos
-                    pos = cursor[0]
-                    if progressed:
+                    if pos > before:
                         attempt = 0
                 ok = pos >= end
                 if not ok:
@@ -626,29 +718,11 @@ class _Transfer:
             finally:
                 self.throttle.release(ok)
 
-    def _note_retry(
-        self, why: str, retry_after: float | None, slowdown: bool, attempt: int
-    ) -> None:
-        with self.lock:
-            self.retries += 1
-            self.last_error = why
-            stalled = time.monotonic() - self.last_progress
-        if stalled > self.opts.retry.window:
-            raise _HostFailed(f"no progress for {stalled:.0f}s (last error: {why})")
-        delay = self.opts.retry.delay(attempt, retry_after)
-        if slowdown:
-            self.throttle.slowdown(delay)
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline:
-            if self.abort.is_set():
-                raise Interrupted("aborted")
-            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-
     def _check(self, resp: requests.Response, pos: int, end: int) -> None:
         status = resp.status_code
         etag = normalize_etag(resp.headers.get("ETag"))
-        if status in (200, 206) and self.remote.etag and etag and etag != self.remote.etag:
-            raise ObjectChanged(f"ETag changed from {self.remote.etag} to {etag}")
+        if status in (200, 206) and self.etag and etag and etag != self.etag:
+            raise ObjectChanged(f"{self.url}: ETag changed from {self.etag} to {etag}")
         if status == 206:
             enc = resp.headers.get("Content-Encoding", "identity").lower()
             if enc not in ("identity", ""):
@@ -657,9 +731,9 @@ class _Transfer:
             if not m:
                 raise _Retryable("206 without a valid Content-Range")
             a, b, total = int(m.group(1)), int(m.group(2)), m.group(3)
-            if a != pos or b != end - 1 or (total != "*" and int(total) != self.size):
-                if total != "*" and int(total) != self.size:
-                    raise ObjectChanged(f"object size changed to {total}")
+            if total != "*" and int(total) != self.size:
+                raise ObjectChanged(f"{self.url}: object size changed to {total}")
+            if a != pos or b != end - 1:
                 raise _Retryable(
                     f"Content-Range {a}-{b} does not match the request {pos}-{end - 1}"
                 )
@@ -667,37 +741,31 @@ class _Transfer:
         if status == 200:
             raise _RangesIgnored()
         if status in (412, 416):
-            raise ObjectChanged(f"HTTP {status} to a conditional range request")
+            raise ObjectChanged(f"{self.url}: HTTP {status} to a conditional range request")
         if status in (429, 503):
             raise _Retryable(f"HTTP {status} (slow down)", _retry_after(resp), slowdown=True)
         if status >= 500 or status == 408:
             raise _Retryable(f"HTTP {status}", _retry_after(resp))
         raise _HostFailed(f"HTTP {status}")
 
-    def _copy_body(self, resp: requests.Response, cursor: list[int], end: int) -> None:
-        """Write the body in place; ``cursor[0]`` always says how far it got, even on error."""
-        raw = resp.raw
-        pos = cursor[0]
-        while pos < end:
+    def _note_retry(
+        self, why: str, retry_after: float | None, slowdown: bool, attempt: int
+    ) -> None:
+        with self.lock:
+            self.retries += 1
+            self.last_error = why
+            stalled = time.monotonic() - self.last_progress
+        if stalled > self.retry.window:
+            raise _HostFailed(f"no progress for {stalled:.0f}s (last error: {why})")
+        delay = self.retry.delay(attempt, retry_after)
+        if slowdown:
+            self.throttle.slowdown(delay)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
             if self.abort.is_set():
                 raise Interrupted("aborted")
-            block = raw.read(min(BLOCK, end - pos), decode_content=False)
-            if not block:
-                break
-            try:
-                view = memoryview(block)
-                while view:
-                    n = os.pwrite(self.fd, view, pos)
-                    view = view[n:]
-                    pos += n
-                    cursor[0] = pos
-            except OSError as exc:
-                raise _disk_error(self.partial, exc) from None
-            with self.lock:
-                self.transferred += len(block)
-                self.last_progress = time.monotonic()
-            if self.bar is not None:
-                self.bar.update(len(block))
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
 
 
 # --------------------------------------------------------------------------------------------

@@ -62,15 +62,11 @@ from urllib.parse import unquote, urlsplit
 import requests
 
 from .download import (
-    _CONTENT_RANGE_RE,
-    _NETWORK_ERRORS,
     Downloader,
     DownloadOptions,
+    RangeClient,
     RetryPolicy,
-    _describe,
     _HostFailed,
-    _retry_after,
-    _Retryable,
     _Throttle,
 )
 from .errors import (
@@ -258,148 +254,6 @@ def _damaged(archive: str, what: str) -> VerificationError:
 # Strict ranged GETs with retries
 
 
-class _RangeClient:
-    """Ranged GETs of one pinned object, retried like the download engine's chunks.
-
-    Thread-safe counters; each thread passes its own session.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        size: int,
-        etag: str | None,
-        last_modified: str | None,
-        *,
-        timeouts: Timeouts,
-        retry: RetryPolicy,
-        throttle: _Throttle | None = None,
-        abort: threading.Event | None = None,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> None:
-        self.url = url
-        self.size = size
-        self.etag = etag
-        self.last_modified = last_modified
-        self.timeouts = timeouts
-        self.retry = retry
-        self.throttle = throttle or _Throttle(64)
-        self.abort = abort or threading.Event()
-        self.on_bytes = on_bytes
-        self.lock = threading.Lock()
-        self.transferred = 0
-        self.retries = 0
-        self.last_progress = time.monotonic()
-
-    def read(self, session: requests.Session, start: int, end: int) -> bytes:
-        out = bytearray()
-        self.stream(session, start, end, out.extend)
-        return bytes(out)
-
-    def stream(
-        self,
-        session: requests.Session,
-        start: int,
-        end: int,
-        sink: Callable[[bytes], None],
-    ) -> None:
-        """Feed ``sink`` every byte of ``[start, end)`` exactly once, in order, across retries."""
-        pos = start
-        attempt = 0
-        while pos < end:
-            if self.abort.is_set():
-                raise Interrupted("aborted")
-            headers = {"Range": f"bytes={pos}-{end - 1}"}
-            if self.etag:
-                headers["If-Match"] = f'"{self.etag}"'
-            elif self.last_modified:
-                headers["If-Unmodified-Since"] = self.last_modified
-            self.throttle.acquire(self.abort)
-            ok = False
-            before = pos
-            try:
-                try:
-                    with session.get(
-                        self.url, headers=headers, stream=True, timeout=self.timeouts.as_tuple()
-                    ) as resp:
-                        self._check(resp, pos, end)
-                        raw = resp.raw
-                        while pos < end:
-                            if self.abort.is_set():
-                                raise Interrupted("aborted")
-                            block = raw.read(min(BLOCK, end - pos), decode_content=False)
-                            if not block:
-                                break
-                            pos += len(block)
-                            with self.lock:
-                                self.transferred += len(block)
-                                self.last_progress = time.monotonic()
-                            if self.on_bytes is not None:
-                                self.on_bytes(len(block))
-                            sink(block)
-                finally:
-                    if pos > before:
-                        attempt = 0
-                ok = pos >= end
-                if not ok:
-                    raise _Retryable("connection closed before the range was complete")
-            except _Retryable as exc:
-                self._note_retry(str(exc), exc.retry_after, exc.slowdown, attempt)
-                attempt += 1
-            except _NETWORK_ERRORS as exc:
-                self._note_retry(_describe(exc), None, False, attempt)
-                attempt += 1
-            finally:
-                self.throttle.release(ok)
-
-    def _check(self, resp: requests.Response, pos: int, end: int) -> None:
-        status = resp.status_code
-        etag = normalize_etag(resp.headers.get("ETag"))
-        if status in (200, 206) and self.etag and etag and etag != self.etag:
-            raise ObjectChanged(f"{self.url}: ETag changed from {self.etag} to {etag}")
-        if status == 206:
-            enc = resp.headers.get("Content-Encoding", "identity").lower()
-            if enc not in ("identity", ""):
-                raise _HostFailed(f"server sent Content-Encoding {enc} despite identity")
-            m = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", "").strip())
-            if not m:
-                raise _Retryable("206 without a valid Content-Range")
-            a, b, total = int(m.group(1)), int(m.group(2)), m.group(3)
-            if total != "*" and int(total) != self.size:
-                raise ObjectChanged(f"{self.url}: object size changed to {total}")
-            if a != pos or b != end - 1:
-                raise _Retryable(
-                    f"Content-Range {a}-{b} does not match the request {pos}-{end - 1}"
-                )
-            return
-        if status == 200:
-            raise _HostFailed("the server ignores byte ranges (answered 200 to a Range request)")
-        if status in (412, 416):
-            raise ObjectChanged(f"{self.url}: HTTP {status} to a conditional range request")
-        if status in (429, 503):
-            raise _Retryable(f"HTTP {status} (slow down)", _retry_after(resp), slowdown=True)
-        if status >= 500 or status == 408:
-            raise _Retryable(f"HTTP {status}", _retry_after(resp))
-        raise _HostFailed(f"HTTP {status}")
-
-    def _note_retry(
-        self, why: str, retry_after: float | None, slowdown: bool, attempt: int
-    ) -> None:
-        with self.lock:
-            self.retries += 1
-            stalled = time.monotonic() - self.last_progress
-        if stalled > self.retry.window:
-            raise _HostFailed(f"no progress for {stalled:.0f}s (last error: {why})")
-        delay = self.retry.delay(attempt, retry_after)
-        if slowdown:
-            self.throttle.slowdown(delay)
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline:
-            if self.abort.is_set():
-                raise Interrupted("aborted")
-            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-
-
 def _host_failed(url: str, exc: _HostFailed) -> DownloadError:
     return DownloadError(
         f"{url}: {exc}",
@@ -453,7 +307,7 @@ def read_central_directory(
         raise ObjectChanged(f"{url}: ETag is {etag}, expected {expected}")
     own = session is None
     sess = session or make_session(2)
-    client = _RangeClient(url, size, etag, last_modified, timeouts=timeouts, retry=retry)
+    client = RangeClient(url, size, etag, last_modified, timeouts=timeouts, retry=retry)
     try:
         remote = _read_cd(client, sess, url, size)
     except _HostFailed as exc:
@@ -466,7 +320,7 @@ def read_central_directory(
     return remote
 
 
-def _read_cd(client: _RangeClient, session: requests.Session, url: str, size: int) -> RemoteZip:
+def _read_cd(client: RangeClient, session: requests.Session, url: str, size: int) -> RemoteZip:
     name = unquote(urlsplit(url).path).rsplit("/", 1)[-1]
     if size < _EOCD.size:
         raise _damaged(name, f"{size} bytes is too small to be a zip")
@@ -496,7 +350,7 @@ def _end_records(
     tail: bytes,
     tail_start: int,
     size: int,
-    client: _RangeClient,
+    client: RangeClient,
     session: requests.Session,
 ) -> tuple[int, int, int]:
     """``(cd_offset, cd_size, entries)`` from the EOCD (and the ZIP64 records when needed)."""
@@ -780,7 +634,7 @@ def plan_ranges(
 class _SpanWriter:
     """Consumes one span's bytes in order and turns its members into verified files.
 
-    Fed by :meth:`_RangeClient.stream`, which resumes after a break at the exact byte: the
+    Fed by :meth:`RangeClient.stream`, which resumes after a break at the exact byte: the
     parser and the inflater never see a seam, so a retry costs no re-download of the member.
     """
 
@@ -1052,7 +906,7 @@ def fetch_members(
     bar = _bar(progress, sum(s.length for s in spans), remote.name)
     abort = threading.Event()
     throttle = _Throttle(max(1, connections))
-    client = _RangeClient(
+    client = RangeClient(
         remote.url, remote.size, remote.etag, remote.last_modified,
         timeouts=timeouts, retry=retry, throttle=throttle, abort=abort,
         on_bytes=(bar.update if bar is not None else None),
