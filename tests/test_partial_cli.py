@@ -3,6 +3,7 @@ straight into the layout, and `verify` checks a subset against its recorded sele
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 import zipfile
 
@@ -117,3 +118,143 @@ def test_inspect_reports_members_against_the_metadata(dataset, mirror, tmp_path)
         assert arch["entries"] == len(zf.infolist())
     # The tail and the central directory only: a small part of the archive.
     assert mirror.bytes_sent(zip_name) < dataset.path(zip_name).stat().st_size / 4
+
+
+# --------------------------------------------------------------------------------------------
+# --dry-run of subsets and --direct: the figures of the fetch that follows, nothing written
+
+
+def _snapshot(root):
+    """Every path under ``root`` with its bytes' digest, size and mtime (folders: mtime), so
+    a file created and removed again (a lock, a temporary) still shows as a change."""
+    if not root.exists():
+        return None
+    out = {".": root.stat().st_mtime_ns}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        rel = str(p.relative_to(root))
+        if p.is_dir():
+            out[rel] = ("dir", st.st_mtime_ns)
+        else:
+            out[rel] = (hashlib.sha256(p.read_bytes()).hexdigest(), st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _zip_row(doc, zip_name):
+    (row,) = [x for x in doc["dry_run"] if x["name"] == zip_name]
+    return row
+
+
+def test_dry_run_of_a_sample_predicts_the_fetch_and_writes_nothing(dataset, mirror, tmp_path):
+    data = tmp_path / "d"
+    zip_name = "ISIC_2020_Training_JPEG.zip"
+    assert _fetch(data, mirror, dataset, "--split", "train", "--format", "none").returncode == 0
+    before = _snapshot(data)
+    r = _fetch(data, mirror, dataset, "--split", "train", "--sample", "12", "--seed", "3",
+               "--dry-run")
+    assert r.returncode == 0, r.stderr
+    row = _zip_row(r.json, zip_name)
+    assert row["mode"] == "subset" and row["selection"] == "--sample 12 --seed 3"
+    assert (row["images"], row["not_in_archive"], row["present"], row["to_fetch"]) == (
+        12, 0, 0, 12
+    )
+    assert row["archive_images"] == len(dataset.train_names)
+    assert not row["directory_cached"] and row["directory_bytes"] > 0
+    assert row["to_transfer"] == row["directory_bytes"] + row["member_bytes"]
+    # Nothing written: not the images, not the directory cache, no lock, no selection record.
+    assert _snapshot(data) == before
+    assert not (data / ".isic2020" / "remote").exists()
+    # The dry run read the directory (tail and CD) and no member.
+    dry_bytes = mirror.bytes_sent(zip_name)
+    assert dry_bytes == row["directory_bytes"]
+    expected = select_images(_metadata(data, "train"), sample=12, seed=3)
+    with zipfile.ZipFile(dataset.path(zip_name)) as zf:
+        sizes = {i.filename.rsplit("/", 1)[-1][:-4]: i.file_size for i in zf.infolist()}
+    assert row["disk_needed"] == sum(sizes[n] for n in expected)
+
+    real = _fetch(data, mirror, dataset, "--split", "train", "--sample", "12", "--seed", "3")
+    assert real.returncode == 0, real.stderr
+    served = mirror.bytes_sent(zip_name) - dry_bytes
+    assert abs(served - row["to_transfer"]) <= 0.01 * row["to_transfer"], (served, row)
+
+    # After that partial fetch: a larger sample finds the ones already there, and the cached
+    # directory costs nothing (the HEAD only).
+    bigger = select_images(_metadata(data, "train"), sample=30, seed=3)
+    have = len(set(bigger) & set(expected))
+    assert have, "samples of one seed overlap"
+    before = _snapshot(data)
+    sent = mirror.bytes_sent(zip_name)
+    again = _fetch(data, mirror, dataset, "--split", "train", "--sample", "30", "--seed", "3",
+                   "--dry-run")
+    assert again.returncode == 0, again.stderr
+    row = _zip_row(again.json, zip_name)
+    assert (row["images"], row["present"], row["to_fetch"]) == (30, have, 30 - have)
+    assert row["directory_cached"] and row["directory_bytes"] == 0
+    assert mirror.bytes_sent(zip_name) == sent
+    assert _snapshot(data) == before
+    real = _fetch(data, mirror, dataset, "--split", "train", "--sample", "30", "--seed", "3")
+    assert real.returncode == 0, real.stderr
+    assert mirror.bytes_sent(zip_name) - sent == row["to_transfer"]
+    (out,) = [f for f in real.json["files"] if f["name"] == zip_name]
+    assert out["extraction"]["skipped"] == have
+
+    human = run_cli("fetch", "--data-dir", str(data), "--mirror", mirror.url, "--split",
+                    "train", "--sample", "30", "--seed", "3", "--dry-run",
+                    env=cli_env(dataset.manifest_path))
+    assert human.returncode == 0, human.stderr
+    assert "nothing was written" in human.stdout
+    assert "30 images chosen, 0 not in the archive; 30 already present, 0 to fetch" in human.stdout
+
+
+def test_direct_dry_run_on_an_empty_data_dir(dataset, mirror, tmp_path):
+    data = tmp_path / "d"
+    zip_name = "ISIC_2020_Test_JPEG.zip"
+    r = _fetch(data, mirror, dataset, "--split", "test", "--direct", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert not data.exists()
+    row = _zip_row(r.json, zip_name)
+    n = len(dataset.test_names)
+    assert row["mode"] == "direct" and row["selection"] == "all images"
+    assert (row["images"], row["not_in_archive"], row["present"], row["to_fetch"]) == (n, 0, 0, n)
+    with zipfile.ZipFile(dataset.path(zip_name)) as zf:
+        images = [i for i in zf.infolist() if i.filename.endswith(".jpg")]
+        assert row["disk_needed"] == sum(i.file_size for i in images)
+    # The CSV rows are the plain dry run's: a HEAD each, the whole file to transfer.
+    csv_rows = [x for x in r.json["dry_run"] if x["name"] != zip_name]
+    assert csv_rows and all("selection" not in x for x in csv_rows)
+    assert all(x["to_transfer"] == x["size"] for x in csv_rows)
+    dry_bytes = mirror.bytes_sent(zip_name)
+    real = _fetch(data, mirror, dataset, "--split", "test", "--direct")
+    assert real.returncode == 0, real.stderr
+    assert mirror.bytes_sent(zip_name) - dry_bytes == row["to_transfer"]
+    assert len(list((data / "jpeg" / "test").iterdir())) == n
+
+
+def test_subset_dry_run_without_the_csvs_says_they_come_first(dataset, mirror, tmp_path):
+    data = tmp_path / "d"
+    r = run_cli("fetch", "--data-dir", str(data), "--mirror", mirror.url, "--split", "train",
+                "--sample", "5", "--dry-run", env=cli_env(dataset.manifest_path))
+    assert r.returncode == 0, r.stderr
+    assert not data.exists()
+    assert "needs the metadata CSVs: they are downloaded first, the subset cannot be sized" \
+        in r.stdout
+    assert "--format none" in r.stdout
+    j = _fetch(data, mirror, dataset, "--split", "train", "--sample", "5", "--dry-run")
+    assert j.returncode == 0, j.stderr
+    row = _zip_row(j.json, "ISIC_2020_Training_JPEG.zip")
+    assert row["images"] is None and row["to_fetch"] is None
+    assert row["state"].startswith("needs the metadata CSVs")
+    # The CSVs themselves are still planned, to be downloaded whole.
+    assert any(x["name"].endswith(".csv") and x["to_transfer"] > 0 for x in j.json["dry_run"])
+    assert not data.exists()
+
+
+def test_subset_still_refuses_no_extract_and_a_bad_where_in_a_dry_run(dataset, mirror, tmp_path):
+    data = tmp_path / "d"
+    r = _fetch(data, mirror, dataset, "--split", "train", "--sample", "3", "--no-extract")
+    assert r.returncode == 2 and "--no-extract" in r.error_lines[0]
+    assert _fetch(data, mirror, dataset, "--split", "train", "--format", "none").returncode == 0
+    before = _snapshot(data)
+    bad = _fetch(data, mirror, dataset, "--split", "train", "--where", "target ==", "--dry-run")
+    assert bad.returncode == 2 and "--where" in bad.error_lines[0]
+    assert _snapshot(data) == before

@@ -22,8 +22,9 @@ How a file travels (every step is there for a failure we have seen or expect):
    takes over (keeping the partial file when it serves the same object).
 4. **Hash while downloading**: a follower thread reads the contiguous finished prefix back from
    the page cache and feeds SHA-256, MD5 and per-part MD5s, so verification needs no second pass
-   over the file after the last byte. The follower is also where a streaming consumer (unzip
-   while downloading) plugs in later.
+   over the file after the last byte. A :class:`TransferObserver` is told of every block as it
+   lands (``streaming`` unpacks a zip's members from them while the rest downloads) and may ask
+   for a region first (the zip's central directory, at its end).
 5. **Verify, then land**: size, the S3 ETag when it is a content hash, the manifest's sha256 when
    known. Only then is the partial file fsynced and renamed to its final path.
 """
@@ -398,6 +399,43 @@ class _Hashers:
 
 
 # --------------------------------------------------------------------------------------------
+# Watching a transfer
+
+
+class TransferObserver:
+    """Told where a ranged transfer's bytes land, as they land; the base class ignores it all.
+
+    Why a hook and not a second pass: whatever can be done with the bytes of a region (unpack
+    the zip members inside it) can start as soon as that region is on disk, so the work hides
+    behind the download instead of following it. ``arrived`` runs in a download thread after
+    every block (about 1 MiB): it must be quick and must never raise. Nothing derived from the
+    partial file may be trusted after ``discard`` (it was thrown away: changed object, failed
+    verification, a server that ignores ranges).
+    """
+
+    def first_offset(self, size: int) -> int | None:
+        """Bytes from this offset to the end are fetched before the others (None: in order)."""
+        return None
+
+    def begin(
+        self,
+        remote: RemoteObject,
+        fd: int,
+        done: list[list[int]],
+        prioritize: Callable[[int, int], None],
+    ) -> None:
+        """A transfer of ``remote`` starts into the partial file ``fd`` (valid until the call
+        returns: ``os.dup`` it to keep it), with ``done`` already there from a resumed run.
+        ``prioritize(start, end)`` moves queued chunks of that region to the front."""
+
+    def arrived(self, start: int, end: int) -> None:
+        """``[start, end)`` is written to the partial file."""
+
+    def discard(self) -> None:
+        """The partial file was deleted; anything made from its bytes is void."""
+
+
+# --------------------------------------------------------------------------------------------
 # One transfer of one object from one URL
 
 
@@ -409,8 +447,10 @@ class _Transfer:
         partial: Path,
         state_path: Path,
         bar: Any,
+        observer: TransferObserver | None = None,
     ) -> None:
         assert remote.size is not None
+        self.observer = observer
         self.opts = opts
         self.remote = remote
         self.size = remote.size
@@ -525,12 +565,12 @@ class _Transfer:
         self.follower = _Hashers(self.fd, self.size, self.remote.part_size, kind == "md5")
         self.follower.start()
         self.follower.advance(self._frontier())
-        pending = [
-            (a, min(b, a + self.chunk))
-            for start, end in missing_ranges(self.done, self.size)
-            for a in range(start, end, self.chunk)
-            for b in (end,)
-        ]
+        first = None
+        if self.observer is not None:
+            self.observer.begin(self.remote, self.fd, [list(iv) for iv in self.done],
+                                self.prioritize)
+            first = self.observer.first_offset(self.size)
+        pending = self._plan(first)
         self._queue = list(reversed(pending))  # pop() from the end: lowest offsets first
         workers = [
             threading.Thread(target=self._worker, name=f"isic2020-dl-{k}", daemon=True)
@@ -554,6 +594,43 @@ class _Transfer:
             with self.lock, contextlib.suppress(DiskError):
                 self._save_state()
             raise
+
+    def _plan(self, first: int | None) -> list[tuple[int, int]]:
+        """The chunks still missing, in the order they are fetched: ``[first, size)`` (cut
+        finer, so that every connection helps with it) before the rest, each part in order."""
+
+        def cut(ranges: list[tuple[int, int]], step: int) -> list[tuple[int, int]]:
+            return [(a, min(end, a + step)) for start, end in ranges
+                    for a in range(start, end, step)]
+
+        missing = missing_ranges(self.done, self.size)
+        if first is None or not 0 <= first < self.size:
+            return cut(missing, self.chunk)
+        head = [(max(a, first), b) for a, b in missing if b > first]
+        rest = [(a, min(b, first)) for a, b in missing if a < first]
+        step = max(256 * 1024, min(self.chunk, -(-(self.size - first) // self.opts.connections)))
+        return cut(head, step) + cut(rest, self.chunk)
+
+    def prioritize(self, start: int, end: int) -> None:
+        """Fetch what is queued of ``[start, end)`` next, cut so that every connection helps:
+        queued chunks are split at its edges and the inside re-cut finer."""
+        step = max(256 * 1024, min(self.chunk, -(-(end - start) // self.opts.connections)))
+        with self.lock:
+            rest: list[tuple[int, int]] = []
+            hit: list[tuple[int, int]] = []
+            for a, b in self._queue:
+                if b <= start or a >= end:
+                    rest.append((a, b))
+                    continue
+                if a < start:
+                    rest.append((a, start))
+                if b > end:
+                    rest.append((end, b))
+                lo, hi = max(a, start), min(b, end)
+                hit.extend((x, min(hi, x + step)) for x in range(lo, hi, step))
+            rest.sort(reverse=True)  # popped from the end: lowest offsets first
+            hit.sort(reverse=True)
+            self._queue = rest + hit
 
     def finish(self) -> None:
         """Flush the data to disk before the rename makes it final."""
@@ -599,9 +676,11 @@ class _Transfer:
     def _fetch_chunk(self, session: requests.Session, start: int, end: int) -> None:
         """Write ``[start, end)`` in place; the client retries and checks every response."""
         offset = [start]
+        observer = self.observer
 
         def write(block: bytes) -> None:
             view = memoryview(block)
+            at = offset[0]
             try:
                 while view:
                     n = os.pwrite(self.fd, view, offset[0])
@@ -609,6 +688,8 @@ class _Transfer:
                     offset[0] += n
             except OSError as exc:
                 raise _disk_error(self.partial, exc) from None
+            if observer is not None:
+                observer.arrived(at, offset[0])
 
         self.client.stream(session, start, end, write)
 
@@ -869,8 +950,11 @@ class Downloader:
         expected_size: int | None = None,
         expected_etag: str | None = None,
         expected_sha256: str | None = None,
+        observer: TransferObserver | None = None,
     ) -> DownloadResult:
-        """Fetch ``name`` from the first URL that works; verified bytes land at ``final``."""
+        """Fetch ``name`` from the first URL that works; verified bytes land at ``final``.
+
+        ``observer`` watches ranged transfers (not single streams or ``file://`` copies)."""
         failures: list[str] = []
         verify_failures: list[str] = []
         t0 = time.monotonic()
@@ -882,7 +966,7 @@ class Downloader:
                     )
                 return self._download_from(
                     name, url, partial, state_path, final,
-                    expected_size, expected_etag, expected_sha256, failures, t0,
+                    expected_size, expected_etag, expected_sha256, failures, t0, observer,
                 )
             except _HostFailed as exc:
                 failures.append(f"{url}: {exc}")
@@ -914,6 +998,7 @@ class Downloader:
         expected_sha256: str | None,
         failures: list[str],
         t0: float,
+        observer: TransferObserver | None = None,
     ) -> DownloadResult:
         restarts = 0
         total_transferred = 0
@@ -935,12 +1020,12 @@ class Downloader:
                     resumed = 0
                     transfer = None
                 else:
-                    transfer = _Transfer(self.opts, remote, partial, state_path, bar)
+                    transfer = _Transfer(self.opts, remote, partial, state_path, bar, observer)
                     try:
                         sha, md5, mp = transfer.run()
                     except _RangesIgnored:
                         transfer._close()
-                        self._discard(partial, state_path)
+                        self._discard(partial, state_path, observer)
                         self._log(f"{name}: {url} ignores byte ranges; using one plain stream")
                         sha, md5, mp, n, r = self._single_stream(
                             remote, partial, bar, expected_size
@@ -958,7 +1043,7 @@ class Downloader:
                 if bar is not None:
                     bar.close()
                 restarts += 1
-                self._discard(partial, state_path)
+                self._discard(partial, state_path, observer)
                 if restarts > self.opts.retry.object_restarts:
                     raise _HostFailed(f"the object keeps changing ({exc.message})") from None
                 self._log(f"{name}: {exc.message}; the remote file changed, starting over")
@@ -972,7 +1057,7 @@ class Downloader:
             size = partial.stat().st_size
             check = self._verify(name, remote, size, sha, md5, mp, expected_sha256)
             if check.startswith("FAILED"):
-                self._discard(partial, state_path)
+                self._discard(partial, state_path, observer)
                 raise VerificationError(f"{name} from {url}: {check[len('FAILED: '):]}")
             if transfer is not None:
                 transfer.finish()
@@ -1216,10 +1301,14 @@ class Downloader:
             raise _disk_error(final, exc) from None
 
     @staticmethod
-    def _discard(partial: Path, state_path: Path) -> None:
+    def _discard(
+        partial: Path, state_path: Path, observer: TransferObserver | None = None
+    ) -> None:
         for p in (partial, state_path):
             with contextlib.suppress(OSError):
                 p.unlink()
+        if observer is not None:
+            observer.discard()
 
     def _bar(self, name: str, size: int | None) -> Any:
         if not self.opts.progress:

@@ -133,6 +133,7 @@ class ArchiveExtraction:
     duplicates: list[str] = field(default_factory=list)
     directories: int = 0
     workers: int = 0
+    from_staging: int = 0  # unpacked while the archive downloaded (see ``streaming``)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -827,6 +828,27 @@ def _present(dest_dir: Path) -> dict[str, int]:
     return out
 
 
+def _take_staged(
+    layout: Layout, entry: FileEntry, records: Records, size: int, dest_dir: Path,
+    members: list[_Member],
+) -> int:
+    """Move in the images unpacked while this archive downloaded, if they were unpacked from
+    this very version of it (ETag and size, as recorded when it landed); else drop them."""
+    from .streaming import promote, staging_matches
+
+    staging = layout.staging_dir(entry)
+    if not staging.exists():
+        return 0
+    rec = records.file(entry.name)
+    try:
+        if rec is not None and staging_matches(staging, rec.etag, size):
+            return promote(staging, dest_dir, members)
+        shutil.rmtree(staging)
+    except OSError as exc:
+        raise _disk_error(exc, dest_dir) from None
+    return 0
+
+
 def extract_archive(
     layout: Layout,
     entry: FileEntry,
@@ -887,6 +909,7 @@ def extract_archive(
         dest_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _disk_error(exc, dest_dir) from None
+    result.from_staging = _take_staged(layout, entry, records, st.st_size, dest_dir, members)
     present = _present(dest_dir)
     todo = [m for m in members if present.get(m.final) != m.info.file_size]
     result.already_present = len(members) - len(todo)
@@ -927,7 +950,7 @@ def extract_archive(
             )
         # Flush file data before the record claims completion: after a power cut the record
         # must never vouch for files the disk does not hold.
-        if todo:
+        if todo or result.from_staging:
             flusher.final()
     except KeyboardInterrupt:
         raise Interrupted(

@@ -189,6 +189,10 @@ class FetchReport:
                     f"  {row['name']:<40} {row['state']:<28} "
                     f"to transfer {_human(row['to_transfer'])}"
                 )
+                if "selection" in row:  # a subset or --direct archive (see plan.py)
+                    from .plan import member_lines
+
+                    lines.extend(member_lines(row))
                 total += row["to_transfer"]
                 need += row["disk_needed"]
             lines.append(
@@ -260,17 +264,28 @@ def fetch(
         raise UsageError(
             "a subset is chosen from one split", "add --split train or --split test"
         )
-    if (subset or direct) and (dry_run or not extract):
+    if (subset or direct) and not extract:
         raise UsageError(
             "--images/--sample/--where/--direct write images, not archives",
-            "drop --dry-run/--no-extract",
+            "drop --no-extract",
         )
     mirror_list = check_mirrors(mirrors)
     layout = Layout.at(data_dir)
     opts = options or download_options(connections, progress, log)
     report = FetchReport(str(layout.root), split, fmt)
     if dry_run:
-        report.dry_run = _plan(layout, entries, mirror_list, opts, extract, keep_archives)
+        members_only = subset or direct
+        plain = [e for e in entries if not (e.is_archive and members_only)]
+        report.dry_run = _plan(layout, plain, mirror_list, opts, extract, keep_archives)
+        if members_only:
+            from .plan import plan_members
+
+            free = free_bytes(layout.root)
+            report.dry_run += [
+                plan_members(layout, man, e, mirror_list, opts, images=images, sample=sample,
+                             seed=seed, where=where, free=free).to_dict()
+                for e in entries if e.is_archive
+            ]
         report.seconds = time.monotonic() - t0
         return report
     try:
@@ -385,6 +400,7 @@ def _fetch_one(
     final = layout.final_path(entry)
     rec = records.file(entry.name)
     done_extraction = entry.is_archive and entry.name in records.extracted
+    stream_stats = None
     if rec is not None and rec.matches_stat(final):
         outcome = FileOutcome(_cached(rec, final), entry.name, "cached")
     elif rec is not None and done_extraction and not final.exists() and extract:
@@ -401,16 +417,25 @@ def _fetch_one(
                 log(f"{entry.name}: the file in {final.parent} could not be verified; "
                     "downloading it again")
         if result is None:
-            result = downloader.download(
-                entry.name,
-                entry.urls(mirrors),
-                layout.partial_path(entry),
-                layout.partial_state_path(entry),
-                final,
-                expected_size=entry.size,
-                expected_etag=entry.etag,
-                expected_sha256=entry.sha256,
-            )
+            streamer = _streamer(layout, entry, extract, log)
+            try:
+                result = downloader.download(
+                    entry.name,
+                    entry.urls(mirrors),
+                    layout.partial_path(entry),
+                    layout.partial_state_path(entry),
+                    final,
+                    expected_size=entry.size,
+                    expected_etag=entry.etag,
+                    expected_sha256=entry.sha256,
+                    observer=streamer,
+                )
+            except BaseException:
+                if streamer is not None:
+                    streamer.abort()
+                raise
+            if streamer is not None:
+                stream_stats = streamer.finish()
         st = final.stat()
         records.put_file(
             FileRecord(
@@ -433,10 +458,22 @@ def _fetch_one(
 
         ext = extract_archive(layout, entry, records=records, progress=progress, log=log)
         outcome.extraction = ext.to_dict()
+        if stream_stats is not None:
+            outcome.extraction["while_downloading"] = stream_stats.to_dict()
         if not keep_archives:
             with contextlib.suppress(FileNotFoundError):
                 final.unlink()
     return outcome
+
+
+def _streamer(layout: Layout, entry: FileEntry, extract: bool, log: Log | None) -> Any:
+    """The observer that unpacks ``entry`` while it downloads (``streaming``), or None when
+    it will not be unpacked (or ``$ISIC2020_STREAM=0`` turns it off, to compare)."""
+    if not (entry.is_archive and extract) or os.environ.get("ISIC2020_STREAM", "1") == "0":
+        return None
+    from .streaming import StreamingExtractor
+
+    return StreamingExtractor(layout, entry, log=log)
 
 
 def _fetch_members(

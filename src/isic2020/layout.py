@@ -5,7 +5,8 @@
     DATA/jpeg/{train,test}/ISIC_xxxxxxx.jpg
     DATA/dicom/{train,test}/ISIC_xxxxxxx.dcm           (corrected DICOM)
     DATA/dicom-original/{train,test}/ISIC_xxxxxxx.dcm
-    DATA/.isic2020/                                    state: lock, records, partial downloads
+    DATA/.isic2020/                                    state: lock, records, partial downloads,
+                                                       images unpacked while their archive downloads
 
 Partial files live in the state folder, on the same filesystem as their final paths, so the
 final ``os.replace`` is atomic and nothing half-written ever sits at a final path.
@@ -77,3 +78,7 @@ class Layout:
 
     def partial_state_path(self, entry: FileEntry) -> Path:
         return self.partial_dir / (entry.name + ".state.json")
+
+    def staging_dir(self, entry: FileEntry) -> Path:
+        """Images unpacked while ``entry`` downloads wait here until the archive is verified."""
+        return self.state_dir / "staging" / entry.name

@@ -1,0 +1,228 @@
+"""Unpacking a kept archive while it downloads (``isic2020.streaming``), against real servers.
+
+What a user depends on: the images are unpacked during the download (not after it), yet none
+reaches the layout before the whole archive is verified; a failed verification or a changed
+object leaves no image from the bad bytes anywhere; a killed run keeps what it unpacked and the
+next run reuses it; and the result is always exactly the archive's images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from support.cli import cli_cmd, cli_env, run_cli
+from support.dataset import files_under
+from support.servers import FaultServer, IgnoreRange, ReplaceObject
+
+from isic2020.manifest import load_manifest, manifest_to_toml
+from isic2020.synthetic import build_dataset
+
+PREFIX = "/challenges/2020/"
+TRAIN = "ISIC_2020_Training_JPEG.zip"
+N_TRAIN = 300
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory):
+    return build_dataset(tmp_path_factory.mktemp("stream"), n_train=N_TRAIN, n_test=4,
+                         image_size=64)
+
+
+def _args(data: Path, url: str, *extra: str) -> list[str]:
+    return ["fetch", "--data-dir", str(data), "--mirror", url, "--split", "train",
+            "--format", "jpeg", "--connections", "2", *extra]
+
+
+def _env(manifest: Path, **extra: str) -> dict[str, str]:
+    return cli_env(manifest, ISIC2020_CHUNK_SIZE=str(64 * 1024), **extra)
+
+
+class _Watcher(threading.Thread):
+    """Looks at the data directory every few ms while a fetch runs: were images staged while
+    the archive was still partial, and did any reach the layout before the archive landed?"""
+
+    def __init__(self, data: Path) -> None:
+        super().__init__(daemon=True)
+        self.data = data
+        self.staged_while_partial = 0
+        self.in_layout_before_archive = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        partial = self.data / ".isic2020" / "partial" / f"{TRAIN}.part"
+        staged = self.data / ".isic2020" / "staging" / TRAIN / "images"
+        layout = self.data / "jpeg" / "train"
+        archive = self.data / "archives" / TRAIN
+        while not self.done.is_set():
+            if partial.exists():
+                n = _count(staged)
+                self.staged_while_partial = max(self.staged_while_partial, n)
+            if not archive.exists():
+                self.in_layout_before_archive = max(self.in_layout_before_archive,
+                                                    _count(layout))
+            time.sleep(0.005)
+
+
+def _count(d: Path) -> int:
+    try:
+        return sum(1 for n in os.listdir(d) if n.endswith(".jpg") and not n.startswith("."))
+    except FileNotFoundError:
+        return 0
+
+
+def _unchanged_manifest(dataset, tmp_path: Path) -> Path:
+    """The dataset's manifest without the archive's size and sha256 (like the real one today):
+    only the server's ETag and the zip's own CRCs check it."""
+    man = load_manifest(dataset.manifest_path)
+    files = tuple(
+        dataclasses.replace(f, size=None, sha256=None) if f.name == TRAIN else f
+        for f in man.files
+    )
+    path = tmp_path / "loose.toml"
+    path.write_text(manifest_to_toml(dataclasses.replace(man, files=files)))
+    return path
+
+
+def test_images_are_unpacked_during_the_download_but_land_only_after_it(dataset, tmp_path):
+    data = tmp_path / "d"
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        srv.throttle(100_000)
+        watcher = _Watcher(data)
+        watcher.start()
+        r = run_cli(*_args(data, srv.url, "--json"), env=_env(dataset.manifest_path))
+        watcher.done.set()
+        watcher.join()
+    assert r.returncode == 0, r.stderr
+    (train,) = [f for f in r.json["files"] if f["name"] == TRAIN]
+    ext = train["extraction"]
+    stream = ext["while_downloading"]
+    assert stream["members"] == N_TRAIN and stream["disabled"] is None
+    assert stream["unpacked"] == N_TRAIN
+    assert ext["from_staging"] == N_TRAIN and ext["written"] == 0
+    # Overlap, observed on disk: images were staged while the archive was still partial...
+    assert watcher.staged_while_partial > 0
+    # ...and none reached the layout before the verified archive did.
+    assert watcher.in_layout_before_archive == 0
+    assert r.json["verification"]["ok"] is True
+    assert not (data / ".isic2020" / "staging").exists() or not any(
+        (data / ".isic2020" / "staging").iterdir()
+    )
+
+
+def test_streamed_images_equal_those_of_a_plain_extraction(dataset, tmp_path):
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        a = run_cli(*_args(tmp_path / "a", srv.url), env=_env(dataset.manifest_path))
+        b = run_cli(*_args(tmp_path / "b", srv.url),
+                    env=_env(dataset.manifest_path, ISIC2020_STREAM="0"))
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    streamed = files_under(tmp_path / "a" / "jpeg")
+    assert streamed == files_under(tmp_path / "b" / "jpeg")
+    assert len(streamed) == N_TRAIN
+    modes = {(tmp_path / "a" / "jpeg" / p).stat().st_mode & 0o777 for p in streamed}
+    assert all(not m & 0o002 for m in modes)
+
+
+def test_an_archive_failing_verification_leaves_no_image_anywhere(dataset, tmp_path):
+    man = load_manifest(dataset.manifest_path)
+    files = tuple(
+        dataclasses.replace(f, sha256="0" * 64) if f.name == TRAIN else f for f in man.files
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_text(manifest_to_toml(dataclasses.replace(man, files=files)))
+    data = tmp_path / "d"
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        srv.throttle(200_000)
+        r = run_cli(*_args(data, srv.url), env=_env(bad))
+    assert r.returncode != 0
+    assert "sha256" in r.stderr and "Traceback" not in r.stderr
+    assert _count(data / "jpeg" / "train") == 0
+    staging = data / ".isic2020" / "staging"
+    assert not staging.exists() or not any(staging.rglob("*.jpg"))
+
+
+def test_a_changed_object_discards_what_was_unpacked_from_the_old_one(dataset, tmp_path):
+    # The new version: the same entries, the same sizes, other bytes (so that nothing but the
+    # object's identity can tell an image unpacked from the old version).
+    new_root = tmp_path / "new"
+    new_root.mkdir()
+    with zipfile.ZipFile(dataset.archive("train", "jpeg")) as old, zipfile.ZipFile(
+        new_root / TRAIN, "w", zipfile.ZIP_DEFLATED
+    ) as out:
+        for info in old.infolist():
+            data = bytearray(old.read(info))
+            if info.filename.endswith(".jpg"):
+                data[len(data) // 2] ^= 0x01
+            out.writestr(info.filename, bytes(data))
+    for f in dataset.root.iterdir():
+        if f.name != TRAIN and f.is_file():
+            (new_root / f.name).write_bytes(f.read_bytes())
+    new_zip = (new_root / TRAIN).read_bytes()
+    manifest = _unchanged_manifest(dataset, tmp_path)
+    data = tmp_path / "d"
+    served = tmp_path / "served"  # the fault rewrites the served file: not the shared dataset
+    shutil.copytree(dataset.root, served)
+    with FaultServer(served, prefix=PREFIX) as srv:
+        srv.throttle(100_000)
+        srv.add_fault(ReplaceObject(content=new_zip, after_bytes=200_000), TRAIN)
+        r = run_cli(*_args(data, srv.url, "--json"), env=_env(manifest))
+    assert r.returncode == 0, r.stderr
+    (train,) = [f for f in r.json["files"] if f["name"] == TRAIN]
+    assert (data / "archives" / TRAIN).read_bytes() == new_zip
+    ref = tmp_path / "ref"
+    with FaultServer(new_root, prefix=PREFIX) as srv2:
+        rr = run_cli(*_args(ref, srv2.url), env=_env(manifest, ISIC2020_STREAM="0"))
+    assert rr.returncode == 0, rr.stderr
+    assert files_under(data / "jpeg") == files_under(ref / "jpeg")
+    assert train["extraction"]["images"] == N_TRAIN
+
+
+def test_a_kill_keeps_the_staged_images_and_the_next_run_reuses_them(dataset, tmp_path):
+    data = tmp_path / "d"
+    env = _env(dataset.manifest_path)
+    args = cli_cmd(*_args(data, "URL", "--json"))
+    staged = data / ".isic2020" / "staging" / TRAIN / "images"
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        srv.throttle(60_000)
+        args[args.index("URL")] = srv.url
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while _count(staged) < 20 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the fetch ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kept = _count(staged)
+        assert kept >= 20
+        assert _count(data / "jpeg" / "train") == 0
+        srv.clear_faults()
+        r = run_cli(*args[3:], env=env)
+    assert r.returncode == 0, r.stderr
+    (train,) = [f for f in r.json["files"] if f["name"] == TRAIN]
+    assert train["status"] == "resumed"
+    stream = train["extraction"]["while_downloading"]
+    assert stream["already_staged"] >= kept - 2  # a member being renamed at the kill may go
+    assert stream["already_staged"] + stream["unpacked"] == N_TRAIN
+    assert _count(data / "jpeg" / "train") == N_TRAIN
+    assert r.json["verification"]["ok"] is True
+
+
+def test_a_server_ignoring_ranges_still_gives_every_image(dataset, tmp_path):
+    data = tmp_path / "d"
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        srv.add_fault(IgnoreRange(), TRAIN, times=None)
+        r = run_cli(*_args(data, srv.url, "--json"), env=_env(dataset.manifest_path))
+    assert r.returncode == 0, r.stderr
+    (train,) = [f for f in r.json["files"] if f["name"] == TRAIN]
+    assert train["extraction"]["while_downloading"]["members"] == 0  # one plain stream
+    assert train["extraction"]["written"] == N_TRAIN
+    assert _count(data / "jpeg" / "train") == N_TRAIN
