@@ -23,7 +23,15 @@ from pathlib import Path
 
 import pytest
 from support.dataset import add_entry, add_symlink, files_under, flip_byte, install
-from support.servers import FaultServer, IgnoreRange, ReplaceObject, Reset, Status, ranged
+from support.servers import (
+    FaultServer,
+    IgnoreRange,
+    ReplaceObject,
+    Reset,
+    Status,
+    Throttle,
+    ranged,
+)
 
 from isic2020 import remotezip as rz
 from isic2020.download import RetryPolicy
@@ -199,6 +207,77 @@ def test_inspect_of_a_big_zip_reads_only_its_directory(big) -> None:
           f"{remote.cd_size} B, transferred {sent} B ({sent / size:.2%}) in {seconds:.2f}s")
 
 
+def _cd_bounds(path: Path) -> tuple[int, int, int]:
+    """(cd_offset, cd_end, tail_start) of a plain zip: where the directory pieces are read."""
+    data = path.read_bytes()
+    eocd = data.rfind(b"PK\x05\x06")
+    cd_size, cd_offset = struct.unpack_from("<LL", data, eocd + 12)
+    return cd_offset, cd_offset + cd_size, max(0, len(data) - rz.TAIL_BYTES)
+
+
+def _range_of(header: str | None) -> tuple[int, int]:
+    """``bytes=a-b`` -> ``(a, b + 1)``."""
+    assert header is not None and header.startswith("bytes=")
+    a, b = header[6:].split("-")
+    return int(a), int(b) + 1
+
+
+def test_directory_is_read_in_parallel_pieces_each_byte_once(
+    big, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory is cut into one piece per connection, read at once over separate
+    connections (each throttled: in sequence they would take 4x longer), never a byte twice."""
+    monkeypatch.setattr(rz, "CD_MIN_PIECE", 16 * KiB)
+    path = big.archive("train", "jpeg")
+    cd_offset, cd_end, tail_start = _cd_bounds(path)
+    head = tail_start - cd_offset  # the part of the directory the tail does not hold
+    assert head > 100 * KiB
+    rate = head // 4  # bytes/s per connection: ~1 s for 4 parallel pieces, ~4 s in sequence
+    with _serve(big.root) as srv:
+        srv.add_fault(Throttle(rate), TRAIN, times=None,
+                      when=lambda r: r.ranged and cd_offset <= r.start < tail_start)
+        t0 = time.monotonic()
+        remote = rz.read_central_directory(srv.url_for(TRAIN), connections=4, **FAST)
+        seconds = time.monotonic() - t0
+        sent = srv.bytes_sent(TRAIN)
+        gets = srv.requests(TRAIN, "GET")
+    assert _rlisting(remote) == _listing(path)
+    ranges = sorted(_range_of(r.header("Range")) for r in gets)
+    assert ranges[-1] == (tail_start, path.stat().st_size)  # the tail, read first
+    pieces = ranges[:-1]
+    assert len(pieces) == 4, pieces
+    assert pieces[0][0] == cd_offset and pieces[-1][1] == tail_start
+    assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))  # adjacent, no overlap
+    assert sent == remote.cd_size + 22 == remote.bytes_read
+    assert all(r.status == 206 and r.header("If-Match") for r in gets)
+    assert seconds < 3.0, f"{seconds:.1f}s: the pieces were not read in parallel"
+
+
+def test_directory_pieces_are_retried_and_a_damaged_piece_is_refused(
+    tmp_path: Path, big, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rz, "CD_MIN_PIECE", 16 * KiB)
+    root = tmp_path / "m"
+    shutil.copytree(big.root, root)
+    path = root / TRAIN
+    cd_offset, cd_end, tail_start = _cd_bounds(path)
+    with _serve(root) as srv:
+        # A break in the middle of every directory piece: each is resumed where it broke.
+        srv.add_fault(Reset(after=(1, 8 * KiB), seed=2), TRAIN, times=4,
+                      when=lambda r: r.ranged and cd_offset <= r.start < tail_start)
+        remote = rz.read_central_directory(srv.url_for(TRAIN), connections=4, **FAST)
+        assert _rlisting(remote) == _listing(path)
+        assert remote.retries >= 4 and remote.bytes_read == remote.cd_size + 22
+    # One entry's signature damaged in the third quarter of the directory (a piece read by
+    # another connection than the first): the whole directory is refused, naming the entry.
+    data = bytearray(path.read_bytes())
+    at = data.index(b"PK\x01\x02", cd_offset + 5 * (tail_start - cd_offset) // 8)
+    data[at + 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with _serve(root) as srv, pytest.raises(VerificationError, match="bad central directory"):
+        rz.read_central_directory(srv.url_for(TRAIN), connections=4, **FAST)
+
+
 def test_not_a_zip_and_truncated_directory_are_named(tmp_path: Path, small) -> None:
     root = tmp_path / "m"
     root.mkdir()
@@ -334,6 +413,49 @@ def test_direct_mode_equals_download_then_extract(
     assert files_under(direct) == files_under(layout.images_dir("jpeg", "train"))
     # each member byte once; the directory is not fetched again
     assert sent < remote.cd_offset <= ds.archive("train", "jpeg").stat().st_size
+
+
+@pytest.mark.parametrize("compression", ["deflate", "stored"])
+@pytest.mark.parametrize("block", [1, 7, 4096, 1 << 20])
+def test_members_cut_anywhere_by_block_seams_land_identical(
+    tmp_path: Path, compression: str, block: int
+) -> None:
+    """A span's bytes arrive in blocks of any size (a retry resumes mid-member): members whole
+    inside a block and members cut by a seam (in the header, the name, the data) both land
+    byte-identical, and a damaged one is refused either way with nothing left behind."""
+    ds = build_dataset(tmp_path / "m", n_train=40, n_test=5, compression=compression,
+                       force_zip64=compression == "deflate")
+    path = ds.archive("train", "jpeg")
+    victim = f"train/{ds.train_names[29]}.jpg"
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as zf:
+        infos, cd_offset = zf.infolist(), zf.start_dir
+    members = [rz.RemoteMember(i.filename, i.compress_size, i.file_size, i.CRC,
+                               i.header_offset, i.compress_type, i.flag_bits) for i in infos]
+    remote = rz.RemoteZip("http://x/" + TRAIN, len(data), None, members, cd_offset, 0)
+    images = list(rz.image_members(remote, "jpeg").values())
+    (span,) = rz.plan_ranges(remote, images, max_span=1 << 30)
+
+    def feed_all(raw: bytes, out: Path) -> rz._SpanWriter:
+        out.mkdir(parents=True)
+        finals = {m.header_offset: str(out / m.image_file_name()) for m in images}
+        writer = rz._SpanWriter(TRAIN, span, finals, 0o644)
+        try:
+            for a in range(span.start, span.end, block):
+                writer.feed(raw[a : min(a + block, span.end)])
+            writer.check_complete()
+        finally:
+            writer.cleanup()
+        return writer
+
+    writer = feed_all(data, tmp_path / "ok")
+    assert writer.done == 40
+    _assert_identical(path, images, tmp_path / "ok")
+    flip_byte(path, victim)
+    with pytest.raises(VerificationError, match=victim):
+        feed_all(path.read_bytes(), tmp_path / "bad")
+    assert not (tmp_path / "bad" / f"{ds.train_names[29]}.jpg").exists()
+    assert _no_temp_files(tmp_path / "bad")
 
 
 def test_resume_skips_members_already_in_place(big, tmp_path: Path) -> None:
@@ -535,6 +657,69 @@ def test_kill_during_direct_mode_resumes(big, tmp_path: Path) -> None:
     assert sent < path.stat().st_size * (1 - 0.9 * len(done) / 3000) + remote.cd_size + 64 * KiB
     assert _no_temp_files(out)
     _assert_identical(path, members, out)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_direct_mode_stops_cleanly(big, tmp_path: Path) -> None:
+    """SIGINT while 2 connections download and the unpackers write: the process ends soon
+    with Interrupted, every file at a final path is complete, no temporary file is left."""
+    out = tmp_path / "out"
+    path = big.archive("train", "jpeg")
+    with _serve(big.root) as srv:
+        srv.throttle(1_000_000, TRAIN)
+        proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, srv.url_for(TRAIN),
+                                 str(out)], stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.is_dir() and sum(1 for _ in os.scandir(out)) > 600:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=15)
+        finally:
+            proc.kill()
+    assert proc.returncode != 0 and "Interrupted" in err, err[-2000:]
+    done = [p for p in out.iterdir()]
+    assert 0 < len(done) < 3000 and _no_temp_files(out)
+    with zipfile.ZipFile(path) as zf:
+        for p in done:
+            assert p.read_bytes() == zf.read(f"train/{p.name}"), p.name
+
+
+_FSIZE_SCRIPT = r"""
+import resource, signal, sys
+from pathlib import Path
+from isic2020 import remotezip as rz
+from isic2020.errors import DiskError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+url, out, limit = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+remote = rz.read_central_directory(url)
+members = list(rz.image_members(remote, "jpeg").values())
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    rz.fetch_members(remote, members, lambda m: out / m.image_file_name(), connections=4,
+                     max_span=64 * 1024)
+except DiskError as exc:
+    print("DiskError:", exc.message)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE")
+def test_file_too_large_is_a_disk_error_and_leaves_no_partial_file(big, tmp_path: Path) -> None:
+    """A write cut short by the file-size limit (then EFBIG) in an unpacker thread stops the
+    whole job with a DiskError; what was finished is complete, no temporary file is left."""
+    out = tmp_path / "out"
+    with zipfile.ZipFile(big.archive("train", "jpeg")) as zf:
+        sizes = sorted(i.file_size for i in zf.infolist() if i.filename.endswith(".jpg"))
+    limit = sizes[len(sizes) // 2]  # about half the members fit
+    with _serve(big.root) as srv:
+        proc = subprocess.run([sys.executable, "-c", _FSIZE_SCRIPT, srv.url_for(TRAIN),
+                               str(out), str(limit)], capture_output=True, text=True,
+                              timeout=120)
+    assert "DiskError: file too large" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert _no_temp_files(out)
+    assert all(p.stat().st_size <= limit for p in out.iterdir())
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,9 +31,10 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # imported where used: `fetch --direct` imports this module, not pandas
+    import pandas as pd
 
 from .errors import UsageError
 from .state import atomic_write_json, read_json
@@ -223,6 +224,7 @@ def _allocate(n: int, sizes: Sequence[int]) -> list[int]:
 
 def stratified_sample(df: pd.DataFrame, n: int, seed: int = 0) -> list[str]:
     """``n`` image names stratified by ``target`` when the frame has one; metadata order."""
+    import pandas as pd
     if n <= 0:
         raise UsageError(f"--sample must be a positive number, not {n}")
     names = df["image_name"].astype(str)
@@ -249,6 +251,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _query(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    import pandas as pd
+
     try:
         out = df.query(where)
     except Exception as exc:  # noqa: BLE001 - pandas raises many kinds; all are the user's input
