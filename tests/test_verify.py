@@ -292,3 +292,30 @@ def test_deep_map_keeps_order_in_bounded_batches() -> None:
 
     _map(count, items[: 4 * MAP_BATCH], 2)
     assert max(seen) <= 8
+
+
+def test_metadata_checked_ahead_is_used_only_while_the_csvs_are_unchanged(data) -> None:
+    """A fetch checks the CSVs while its archives download (MetadataPrecheck); a CSV that
+    changes after that must be checked again, never vouched for by the earlier result."""
+    from isic2020.manifest import load_manifest
+    from isic2020.verify import MetadataPrecheck, verify_data
+
+    ds, layout = data
+    man = load_manifest(ds.manifest_path)
+    pre = MetadataPrecheck(layout, man, "train")
+    assert pre.result() is None  # never started: nothing to reuse
+    pre.start()
+    ahead = pre.result()
+    assert ahead is not None
+    rep = verify_data(layout, man, split="train", fmt="jpeg", metadata=ahead)
+    assert rep.exit_code == 0
+    plain = verify_data(layout, man, split="train", fmt="jpeg")
+    assert [c.name for c in rep.checks] == [c.name for c in plain.checks]
+    # Now a CSV changes after it was checked: the result is not reused, the damage is found.
+    v2 = layout.metadata_dir / "ISIC_2020_Training_GroundTruth_v2.csv"
+    text = v2.read_bytes().split(b"\r\n")
+    text[3] = text[3].replace(b",benign,0", b",malignant,1")
+    v2.write_bytes(b"\r\n".join(text))
+    assert pre.result() is None
+    rep = verify_data(layout, man, split="train", fmt="jpeg", metadata=pre.result())
+    assert "metadata/v1 = v2" in {c.name for c in rep.failed()}

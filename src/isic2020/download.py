@@ -61,6 +61,9 @@ MiB = 1 << 20
 DEFAULT_CONNECTIONS = 16
 DEFAULT_CHUNK = 8 * MiB
 BLOCK = 1 * MiB
+#: Bytes per socket read of a ranged body: with 16 connections, 1 MiB reads held ~30 MB more
+#: (http.client's buffer and the block, per connection) for no measurable gain in throughput.
+READ_BLOCK = 256 * 1024
 # Part sizes seen in the wild (aws cli/boto3 8 MiB, s3cmd 15 MiB, the multipart minimum 5 MiB).
 COMMON_PART_SIZES = tuple(m * MiB for m in (8, 16, 5, 15, 32, 64, 100, 128, 10, 50, 256, 512))
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -475,6 +478,7 @@ class _Transfer:
             throttle=self.throttle,
             abort=self.abort,
             on_bytes=bar.update if bar is not None else None,
+            block=READ_BLOCK,
         )
         self.resumed_bytes = 0
         self.fd = -1

@@ -849,6 +849,9 @@ def _take_staged(
     return 0
 
 
+Plan = tuple[list[_Member], list[str], list[str], int]  # members, non-images, duplicates, dirs
+
+
 def extract_archive(
     layout: Layout,
     entry: FileEntry,
@@ -857,8 +860,13 @@ def extract_archive(
     progress: bool = False,
     workers: int | None = None,
     log: Callable[[str], None] | None = None,
+    plan: Plan | None = None,
 ) -> ArchiveExtraction:
     """Unpack one archive (at ``layout.final_path(entry)``) into ``DATA/<format>/<split>/``.
+
+    ``plan`` is :func:`_plan` of this very archive when the caller already made it (the
+    streaming extractor parses the directory while the archive downloads): parsing and checking
+    33,126 entries again costs ~0.4 s and a second copy of them in memory.
 
     The caller holds the data-dir lock. Raises VerificationError (unsafe or damaged archive,
     naming the entry), DiskError (disk full, unwritable) or Interrupted; what was finished
@@ -890,17 +898,17 @@ def extract_archive(
     if done:
         records.drop_extracted(entry.name)
 
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise VerificationError(
-            f"{entry.name} is not a readable zip: {exc}",
-            f"delete {path} and run `isic2020 fetch` again",
-        ) from None
-    with zf:
-        members, non_images, duplicates, directories = _plan(
-            zf, entry.name, entry.format, st.st_size
-        )
+    if plan is None:
+        try:
+            zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise VerificationError(
+                f"{entry.name} is not a readable zip: {exc}",
+                f"delete {path} and run `isic2020 fetch` again",
+            ) from None
+        with zf:
+            plan = _plan(zf, entry.name, entry.format, st.st_size)
+    members, non_images, duplicates, directories = plan
     result.images = len(members)
     result.non_images = non_images
     result.duplicates = duplicates

@@ -299,8 +299,13 @@ def fetch(
         records = Records(layout.records_path)
         _check_space(layout, records, entries, extract, keep_archives, direct or subset)
         downloader = Downloader(opts)
+        precheck = _precheck(layout, man, split) if extract else None
         try:
             for entry in entries:  # the CSVs come first: a subset is chosen from them
+                if precheck is not None and not subset and _will_transfer(
+                    layout, records, entry, direct
+                ):
+                    precheck.start()
                 if entry.is_archive and (direct or subset):
                     outcome = _fetch_members(
                         layout, records, man, entry, mirror_list, opts, images=images,
@@ -313,7 +318,8 @@ def fetch(
         finally:
             downloader.close()
         if extract:
-            report.verification = _verify_if_changed(layout, man, records, split, fmt, progress)
+            report.verification = _verify_if_changed(layout, man, records, split, fmt, progress,
+                                                     precheck)
         if report.exit_code == 0:
             _write_notices(layout)
     report.seconds = time.monotonic() - t0
@@ -359,8 +365,34 @@ def selection_fingerprint(layout: Layout, man: Manifest, split: str, fmt: str) -
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
+def _precheck(layout: Layout, man: Manifest, split: str) -> Any:
+    from .verify import MetadataPrecheck
+
+    return MetadataPrecheck(layout, man, split)
+
+
+def _will_transfer(layout: Layout, records: Records, entry: FileEntry, direct: bool) -> bool:
+    """Is ``entry`` an archive this run will download (so the metadata checks of the closing
+    verify can run meanwhile)? A cheap guess from the records and the image folder."""
+    if not entry.is_archive:
+        return False
+    if direct:
+        try:
+            with os.scandir(layout.images_dir(entry.format, entry.split)) as it:
+                have = sum(1 for _ in it)
+        except FileNotFoundError:
+            have = 0
+        return entry.images is None or have < entry.images
+    rec = records.file(entry.name)
+    final = layout.final_path(entry)
+    if rec is not None and rec.matches_stat(final):
+        return False
+    return not (rec is not None and entry.name in records.extracted and not final.exists())
+
+
 def _verify_if_changed(
-    layout: Layout, man: Manifest, records: Records, split: str, fmt: str, progress: bool
+    layout: Layout, man: Manifest, records: Records, split: str, fmt: str, progress: bool,
+    precheck: Any = None,
 ) -> Any:
     from .verify import Check, VerifyReport, verify_data
 
@@ -368,6 +400,8 @@ def _verify_if_changed(
     fingerprint = selection_fingerprint(layout, man, split, fmt)
     last = records.verified.get(key)
     if last and last.get("fingerprint") == fingerprint:
+        if precheck is not None:
+            precheck.result()  # not needed, but no thread outlives the fetch
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.get("at", 0)))
         report = VerifyReport(str(layout.root), split, fmt, False)
         report.checks.append(
@@ -380,7 +414,9 @@ def _verify_if_changed(
             )
         )
         return report
-    report = verify_data(layout, man, split=split, fmt=fmt, progress=progress)
+    metadata = precheck.result() if precheck is not None else None
+    report = verify_data(layout, man, split=split, fmt=fmt, progress=progress,
+                         metadata=metadata)
     if report.ok:
         records.put_verified(key, {"fingerprint": fingerprint, "at": time.time()})
     return report
@@ -401,6 +437,7 @@ def _fetch_one(
     rec = records.file(entry.name)
     done_extraction = entry.is_archive and entry.name in records.extracted
     stream_stats = None
+    plan = None  # the archive's directory, parsed while it downloaded
     if rec is not None and rec.matches_stat(final):
         outcome = FileOutcome(_cached(rec, final), entry.name, "cached")
     elif rec is not None and done_extraction and not final.exists() and extract:
@@ -436,6 +473,7 @@ def _fetch_one(
                 raise
             if streamer is not None:
                 stream_stats = streamer.finish()
+                plan = streamer.plan
         st = final.stat()
         records.put_file(
             FileRecord(
@@ -456,7 +494,8 @@ def _fetch_one(
     if entry.is_archive and extract:
         from .extract import extract_archive
 
-        ext = extract_archive(layout, entry, records=records, progress=progress, log=log)
+        ext = extract_archive(layout, entry, records=records, progress=progress, log=log,
+                              plan=plan)
         outcome.extraction = ext.to_dict()
         if stream_stats is not None:
             outcome.extraction["while_downloading"] = stream_stats.to_dict()

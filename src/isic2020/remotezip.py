@@ -80,6 +80,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 
 from .download import (
+    READ_BLOCK,
     Downloader,
     DownloadOptions,
     RangeClient,
@@ -1255,7 +1256,7 @@ class _MemberFetch:
             remote.url, remote.size, remote.etag, remote.last_modified,
             timeouts=timeouts, retry=retry, throttle=_Throttle(max(1, connections)),
             abort=self.abort, on_bytes=(bar.update if bar is not None else None),
-            block=256 * KiB,
+            block=READ_BLOCK,
         )
         self.unpackers = _Unpackers(UNPACKERS, self.abort, self.fail, self.done)
         # Like extract: the destination's filesystem is flushed in the background while the

@@ -54,7 +54,7 @@ from typing import Any
 
 from .download import RemoteObject, TransferObserver, add_interval
 from .errors import Isic2020Error
-from .extract import _Flusher, _Member, _plan, _write_member
+from .extract import Plan, _Flusher, _Member, _plan, _write_member
 from .layout import Layout
 from .manifest import FileEntry
 from .remotezip import TAIL_BYTES, _end_records
@@ -134,6 +134,7 @@ class StreamingExtractor(TransferObserver):
         self.prioritize: Callable[[int, int], None] = lambda a, b: None
         self.avail: list[list[int]] = []
         self.members: list[_Member] = []
+        self.plan: Plan | None = None  # the directory's plan, for ``extract_archive``
         self.starts: list[int] = []
         self.ends: list[int] = []
         self.queued = bytearray()
@@ -201,6 +202,7 @@ class StreamingExtractor(TransferObserver):
 
     def discard(self) -> None:
         self._stop_threads()
+        self.plan = None
         with contextlib.suppress(OSError):
             shutil.rmtree(self.staging)
 
@@ -243,7 +245,8 @@ class StreamingExtractor(TransferObserver):
                 self.prioritize(cd_offset, self.tail_from)
                 if not self._wait_for(cd_offset):
                     return
-            members, starts, ends = self._read_directory(fd)
+            plan, starts, ends = self._read_directory(fd)
+            members = plan[0]
         except (Isic2020Error, zipfile.BadZipFile, OSError, ValueError, EOFError,
                 struct.error) as exc:
             why = exc.message if isinstance(exc, Isic2020Error) else str(exc)
@@ -252,6 +255,7 @@ class StreamingExtractor(TransferObserver):
         staged = self._staged()
         with self._cond:
             self.members, self.starts, self.ends = members, starts, ends
+            self.plan = plan
             self.queued = bytearray(len(members))
             for i, m in enumerate(members):
                 if staged.get(m.final) == m.info.file_size:
@@ -265,16 +269,17 @@ class StreamingExtractor(TransferObserver):
         if self.log is not None:
             self.log(f"{self.entry.name}: unpacking {len(members)} images while it downloads")
 
-    def _read_directory(self, fd: int) -> tuple[list[_Member], list[int], list[int]]:
+    def _read_directory(self, fd: int) -> tuple[Plan, list[int], list[int]]:
         with os.fdopen(os.dup(fd), "rb") as fh, zipfile.ZipFile(fh) as zf:
             cd_offset = zf.start_dir
-            members, _, _, _ = _plan(zf, self.entry.name, self.entry.format, self.size)
+            plan = _plan(zf, self.entry.name, self.entry.format, self.size)
             offsets = sorted({i.header_offset for i in zf.infolist()})
+        members = plan[0]
         members.sort(key=lambda m: m.info.header_offset)
         starts = [m.info.header_offset for m in members]
         nxt = {a: b for a, b in zip(offsets, [*offsets[1:], cd_offset])}
         ends = [nxt[a] for a in starts]
-        return members, starts, ends
+        return plan, starts, ends
 
     def _release(self, start: int, end: int) -> bool:
         """Queue the members that ``[start, end)`` completed (under the lock)."""
@@ -371,6 +376,7 @@ class StreamingExtractor(TransferObserver):
             self.flusher = None
         with self._cond:
             self.threads = []
+            self.starts, self.ends, self.queued = [], [], bytearray()  # ``plan`` stays
             if self.fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(self.fd)
