@@ -732,8 +732,17 @@ class MetadataPrecheck:
     def _run(self) -> None:
         try:
             stats = self._files()
-            result = _metadata_checks(self.layout, self.manifest, self.splits)
-            self._stats, self._result = stats, result
+            checks, frames = _metadata_checks(self.layout, self.manifest, self.splits)
+            # The fast verify needs only the names of the expected images: the full frames
+            # (~20 MB each for the training CSVs) would sit in memory for the whole download.
+            names = {
+                role: df[["image_name"]].copy()
+                for role, df in frames.items()
+                if role in ("ground_truth", "ground_truth_v2", "test_metadata")
+            }
+            del frames
+            self._stats, self._result = stats, (checks, names)
+            _release_free_memory()
         except Exception:  # noqa: BLE001 - the closing verify does the checks itself
             self._result = None
 
