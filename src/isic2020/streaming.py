@@ -114,7 +114,7 @@ class StreamingExtractor(TransferObserver):
 
     def __init__(
         self, layout: Layout, entry: FileEntry, *, threads: int = STREAM_THREADS,
-        log: Log | None = None,
+        log: Log | None = None, on_planned: Callable[[], None] | None = None,
     ) -> None:
         self.layout = layout
         self.entry = entry
@@ -122,6 +122,7 @@ class StreamingExtractor(TransferObserver):
         self.images = self.staging / IMAGES_DIR
         self.n_threads = max(1, threads)
         self.log = log
+        self.on_planned = on_planned  # called once the directory is parsed and checked
         self.stats = StreamStats()
         self._cond = threading.Condition()
         self._reset()
@@ -268,6 +269,8 @@ class StreamingExtractor(TransferObserver):
             self._cond.notify_all()
         if self.log is not None:
             self.log(f"{self.entry.name}: unpacking {len(members)} images while it downloads")
+        if self.on_planned is not None:
+            self.on_planned()
 
     def _read_directory(self, fd: int) -> tuple[Plan, list[int], list[int]]:
         with os.fdopen(os.dup(fd), "rb") as fh, zipfile.ZipFile(fh) as zf:
