@@ -226,3 +226,21 @@ def test_a_server_ignoring_ranges_still_gives_every_image(dataset, tmp_path):
     assert train["extraction"]["while_downloading"]["members"] == 0  # one plain stream
     assert train["extraction"]["written"] == N_TRAIN
     assert _count(data / "jpeg" / "train") == N_TRAIN
+
+
+def test_a_server_without_etags_unpacks_after_the_download(dataset, tmp_path):
+    """Without an ETag nothing proves the staged images came from the archive that landed, so
+    streaming says why it stays off and the extraction after the download does the work."""
+    data = tmp_path / "d"
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        srv.set_etag(TRAIN, "none")
+        r = run_cli(*_args(data, srv.url, "--json"), env=_env(dataset.manifest_path))
+    assert r.returncode == 0, r.stderr
+    (train,) = [f for f in r.json["files"] if f["name"] == TRAIN]
+    stream = train["extraction"]["while_downloading"]
+    assert stream["members"] == 0 and "ETag" in stream["disabled"]
+    assert train["extraction"]["written"] == N_TRAIN
+    assert _count(data / "jpeg" / "train") == N_TRAIN
+    assert not (data / ".isic2020" / "staging").exists() or not any(
+        (data / ".isic2020" / "staging").rglob("*.jpg")
+    )

@@ -161,8 +161,10 @@ class StreamingExtractor(TransferObserver):
         prioritize: Callable[[int, int], None],
     ) -> None:
         self._stop_threads()
-        if remote.size is None or not (remote.etag or remote.last_modified):
-            self.stats.disabled = "the server names no version of the archive (ETag)"
+        if remote.size is None or not remote.etag:
+            # Without an ETag nothing could prove, after the download, that staged images came
+            # from the archive that landed: ``extract`` would drop them and unpack again.
+            self.stats.disabled = "the server names no version of the archive (no ETag)"
             return
         ident = {"size": remote.size, "etag": remote.etag, "last_modified": remote.last_modified}
         try:
