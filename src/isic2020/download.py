@@ -612,13 +612,16 @@ class _Transfer:
             return cut(missing, self.chunk)
         head = [(max(a, first), b) for a, b in missing if b > first]
         rest = [(a, min(b, first)) for a, b in missing if a < first]
-        step = max(256 * 1024, min(self.chunk, -(-(self.size - first) // self.opts.connections)))
-        return cut(head, step) + cut(rest, self.chunk)
+        return cut(head, self._fine_step(self.size - first)) + cut(rest, self.chunk)
+
+    def _fine_step(self, length: int) -> int:
+        """Chunk size for a region wanted first: shared by all connections, >= 256 KiB."""
+        return max(256 * 1024, min(self.chunk, -(-length // self.opts.connections)))
 
     def prioritize(self, start: int, end: int) -> None:
         """Fetch what is queued of ``[start, end)`` next, cut so that every connection helps:
         queued chunks are split at its edges and the inside re-cut finer."""
-        step = max(256 * 1024, min(self.chunk, -(-(end - start) // self.opts.connections)))
+        step = self._fine_step(end - start)
         with self.lock:
             rest: list[tuple[int, int]] = []
             hit: list[tuple[int, int]] = []

@@ -433,6 +433,16 @@ def _copy_raw(zfd: int, info: zipfile.ZipInfo, fd: int) -> int:
     pos = start
     written = 0
     crc = 0
+
+    def emit(out: bytes) -> None:
+        nonlocal written, crc
+        written += len(out)
+        if written > size:
+            raise _Damaged(f"more than {size} bytes")
+        crc = zlib.crc32(out, crc)
+        if out:
+            _write_all(fd, out)
+
     while left > 0:
         if _stop_requested:
             raise _Stop()
@@ -443,24 +453,12 @@ def _copy_raw(zfd: int, info: zipfile.ZipInfo, fd: int) -> int:
         left -= len(raw_b)
         chunk: bytes = raw_b
         while True:
-            out = chunk if inflate is None else inflate.decompress(chunk, BUFFER)
-            written += len(out)
-            if written > size:
-                raise _Damaged(f"more than {size} bytes")
-            crc = zlib.crc32(out, crc)
-            if out:
-                _write_all(fd, out)
+            emit(chunk if inflate is None else inflate.decompress(chunk, BUFFER))
             if inflate is None or not inflate.unconsumed_tail:
                 break
             chunk = inflate.unconsumed_tail
     if inflate is not None and not inflate.eof:
-        out = inflate.flush()  # what zlib still holds (at most its 32 KB window)
-        written += len(out)
-        if written > size:
-            raise _Damaged(f"more than {size} bytes")
-        crc = zlib.crc32(out, crc)
-        if out:
-            _write_all(fd, out)
+        emit(inflate.flush())  # what zlib still holds (at most its 32 KB window)
     if inflate is not None and not inflate.eof:
         raise _Damaged("deflate stream does not end where it should")
     if written != size:
@@ -815,15 +813,18 @@ def _disk_error(exc: OSError, path: Path) -> DiskError:
     )
 
 
-def _present(dest_dir: Path) -> dict[str, int]:
-    """File name -> size for what is already in the split's folder (one scandir)."""
+def present_files(folder: str | os.PathLike[str]) -> dict[str, int]:
+    """File name -> size of the regular files in ``folder`` (empty when it cannot be listed,
+    e.g. not made yet): one ``scandir`` instead of a ``stat`` per member. Shared by every
+    writer of the layout (extract, streaming, remote members) for its resume rule."""
     out: dict[str, int] = {}
     try:
-        with os.scandir(dest_dir) as it:
+        with os.scandir(os.fspath(folder) or ".") as it:
             for e in it:
-                if e.is_file(follow_symlinks=False):
-                    out[e.name] = e.stat(follow_symlinks=False).st_size
-    except FileNotFoundError:
+                with contextlib.suppress(OSError):  # gone between the listing and the stat
+                    if e.is_file(follow_symlinks=False):
+                        out[e.name] = e.stat(follow_symlinks=False).st_size
+    except OSError:
         pass
     return out
 
@@ -886,7 +887,7 @@ def extract_archive(
 
     done = records.extracted.get(entry.name)
     if done and done.get("st_size") == st.st_size and done.get("st_mtime_ns") == st.st_mtime_ns:
-        present = _present(dest_dir)
+        present = present_files(dest_dir)
         ext = EXTENSIONS[entry.format]
         n = sum(1 for k in present if k.endswith("." + ext) and not k.startswith("."))
         if n >= int(done.get("images", 0)):
@@ -918,7 +919,7 @@ def extract_archive(
     except OSError as exc:
         raise _disk_error(exc, dest_dir) from None
     result.from_staging = _take_staged(layout, entry, records, st.st_size, dest_dir, members)
-    present = _present(dest_dir)
+    present = present_files(dest_dir)
     todo = [m for m in members if present.get(m.final) != m.info.file_size]
     result.already_present = len(members) - len(todo)
     need = sum(m.info.file_size for m in todo)

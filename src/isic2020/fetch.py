@@ -302,9 +302,8 @@ def fetch(
         precheck = _precheck(layout, man, split) if extract else None
         try:
             for entry in entries:  # the CSVs come first: a subset is chosen from them
-                if precheck is not None and direct and not subset and _will_transfer(
-                    layout, records, entry, direct
-                ):
+                if (precheck is not None and direct and not subset and entry.is_archive
+                        and _direct_has_work(layout, entry)):
                     precheck.start()
                 if entry.is_archive and (direct or subset):
                     outcome = _fetch_members(
@@ -371,23 +370,16 @@ def _precheck(layout: Layout, man: Manifest, split: str) -> Any:
     return MetadataPrecheck(layout, man, split)
 
 
-def _will_transfer(layout: Layout, records: Records, entry: FileEntry, direct: bool) -> bool:
-    """Is ``entry`` an archive this run will download (so the metadata checks of the closing
-    verify can run meanwhile)? A cheap guess from the records and the image folder."""
-    if not entry.is_archive:
-        return False
-    if direct:
-        try:
-            with os.scandir(layout.images_dir(entry.format, entry.split)) as it:
-                have = sum(1 for _ in it)
-        except FileNotFoundError:
-            have = 0
-        return entry.images is None or have < entry.images
-    rec = records.file(entry.name)
-    final = layout.final_path(entry)
-    if rec is not None and rec.matches_stat(final):
-        return False
-    return not (rec is not None and entry.name in records.extracted and not final.exists())
+def _direct_has_work(layout: Layout, entry: FileEntry) -> bool:
+    """Will ``--direct`` fetch members of ``entry`` (so the metadata checks of the closing
+    verify can run meanwhile)? A cheap guess: fewer images in its folder than it holds. (A
+    downloaded archive starts them itself, once its directory is parsed: ``_streamer``.)"""
+    try:
+        with os.scandir(layout.images_dir(entry.format, entry.split)) as it:
+            have = sum(1 for _ in it)
+    except FileNotFoundError:
+        have = 0
+    return entry.images is None or have < entry.images
 
 
 def _verify_if_changed(
@@ -503,13 +495,15 @@ def _fetch_one(
         if not keep_archives:
             with contextlib.suppress(FileNotFoundError):
                 final.unlink()
-        from .verify import _release_free_memory
+        if stream_stats is not None:
+            from .verify import _release_free_memory
 
-        # The archive's parsed directory and the transfer's buffers are garbage now: hand the
-        # heap back before the next archive's transfer and plan take theirs (peak RSS of a
-        # complete fetch: 164 -> see benchmarks/RESULTS.md row 5a).
-        del plan
-        _release_free_memory()
+            # The archive's parsed directory and the transfer's buffers are garbage now: hand
+            # the heap back before the next archive's transfer and plan take theirs (measured
+            # on a complete fetch of all JPEGs: peak RSS 164 -> 156 MB, before the CLI's heap
+            # settings; see cli._flat_heap). Not on a re-run: nothing was allocated.
+            del plan
+            _release_free_memory()
     return outcome
 
 

@@ -4,10 +4,11 @@ Why a module of its own, and why it does not simply call the fetch path: a membe
 its decisions (the selection from the CSVs, which members are already in the layout, how the
 ranges coalesce) interleaved with side effects. ``open_remote`` caches the central directory,
 ``fetch_members`` creates the image folder, ``_fetch_members`` records the selection. A dry run
-promises to write nothing anywhere, so it repeats the decisions with the pure pieces instead:
-the cache is only *read* (``load_cached``), the directory is read with ``read_central_directory``
-(a HEAD and ranged GETs, never stored), and the spans come from the same ``plan_ranges`` with the
-same defaults, so the figure it prints is what the fetch then moves.
+promises to write nothing anywhere, so it takes the same decisions with the same pieces, minus
+their writes: ``open_remote(save=False)`` (the same HEAD, cache key and ETag rule; a directory
+read from the server is never stored), ``_checked_in_order`` and ``present_files`` for what is
+already in place, and the same ``plan_ranges`` with the same defaults, so the figure it prints
+is what the fetch then moves.
 
 The one thing it cannot do without writing is choose a subset before the metadata CSVs are on
 disk: the fetch downloads them first. Then the row says so instead of guessing, and the exit
@@ -24,21 +25,18 @@ from typing import Any
 
 from .download import DownloadOptions
 from .errors import DownloadError, UsageError, VerificationError
+from .extract import present_files
 from .fetch import _human
 from .layout import Layout
 from .manifest import FileEntry, Manifest
 from .remotezip import (
     RemoteMember,
     RemoteZip,
-    _already_there,
-    _check_member_limits,
-    cache_key,
+    _checked_in_order,
     cache_path,
     image_members,
-    load_cached,
+    open_remote,
     plan_ranges,
-    probe,
-    read_central_directory,
 )
 from .selection import Selection, make_selection, read_images_file
 
@@ -81,22 +79,6 @@ class MemberPlan:
         return asdict(self)
 
 
-def _read_directory(
-    url: str, entry: FileEntry, layout: Layout, opts: DownloadOptions
-) -> RemoteZip:
-    """``open_remote`` without its cache write: the same HEAD, the same cache key and ETag
-    rule, so ``from_cache`` says exactly whether the fetch would read the directory again."""
-    size, etag, last_modified = probe(url, timeouts=opts.timeouts, retry=opts.retry)
-    cached = load_cached(cache_path(layout.state_dir, entry.name),
-                         cache_key(etag, size, last_modified))
-    if cached is not None and (not entry.etag or cached.etag == entry.etag):
-        cached.url = url
-        return cached
-    return read_central_directory(
-        url, timeouts=opts.timeouts, retry=opts.retry, expected_etag=entry.etag or etag
-    )
-
-
 def _has_csvs(layout: Layout, man: Manifest, split: str) -> bool:
     from .dataset import find_metadata_files
 
@@ -107,17 +89,13 @@ def _has_csvs(layout: Layout, man: Manifest, split: str) -> bool:
 def _todo(
     remote: RemoteZip, chosen: list[RemoteMember], dest_dir: Path
 ) -> tuple[int, list[RemoteMember]]:
-    """``(present, to fetch)`` by ``fetch_members``' own loop: duplicates and folders dropped,
-    the same limits refused, presence by the directory's size at the final path."""
-    seen: set[int] = set()
+    """``(present, to fetch)`` by ``fetch_members``' own pieces: each member once, in archive
+    order, within the same limits; present when its final path has the directory's size."""
+    here = present_files(dest_dir)
     present = 0
     todo: list[RemoteMember] = []
-    for m in chosen:
-        if m.header_offset in seen or m.is_dir:
-            continue
-        seen.add(m.header_offset)
-        _check_member_limits(remote, m)
-        if _already_there(m, dest_dir / str(m.image_file_name()), "size"):
+    for m in _checked_in_order(remote, chosen):
+        if here.get(str(m.image_file_name())) == m.file_size:
             present += 1
         else:
             todo.append(m)
@@ -185,7 +163,11 @@ def plan_members(
     failures: list[str] = []
     for url in http_urls:
         try:
-            remote = _read_directory(url, entry, layout, opts)
+            remote = open_remote(
+                url, cache_path(layout.state_dir, entry.name), timeouts=opts.timeouts,
+                retry=opts.retry, expected_etag=entry.etag, connections=opts.connections,
+                save=False,
+            )
             found = image_members(remote, fmt)
             break
         except (DownloadError, VerificationError) as exc:

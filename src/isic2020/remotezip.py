@@ -107,6 +107,7 @@ from .extract import (
     _file_mode,
     _Flusher,
     _write_all,
+    present_files,
     temp_name,
     unsafe_reason,
 )
@@ -682,10 +683,11 @@ def open_remote(
     retry: RetryPolicy | None = None,
     expected_etag: str | None = None,
     connections: int = DEFAULT_CONNECTIONS,
+    save: bool = True,
 ) -> RemoteZip:
     """The directory of the object now at ``url``: from ``cache`` when the ETag and size still
     match (one HEAD, no body bytes), else read from the server (over up to ``connections``
-    connections) and cached."""
+    connections) and cached (unless ``save`` is false: a dry run writes nothing)."""
     timeouts = timeouts or Timeouts()
     retry = retry or RetryPolicy()
     size, etag, last_modified = probe(url, timeouts=timeouts, retry=retry)
@@ -699,7 +701,7 @@ def open_remote(
         raise ObjectChanged(f"{url}: ETag is {etag}, expected {expected}")
     remote = _read_directory(url, size, etag, last_modified, session=None, timeouts=timeouts,
                              retry=retry, connections=connections)
-    if cache is not None and remote.cache_key is not None:
+    if save and cache is not None and remote.cache_key is not None:
         save_cached(cache, remote)
     return remote
 
@@ -1299,7 +1301,7 @@ class _MemberFetch:
             folder, name = os.path.split(final)
             here = present.get(folder)
             if here is None:
-                here = present[folder] = _present(folder)
+                here = present[folder] = present_files(folder)
             if here.get(name) == m.file_size and (
                 check == "size" or _already_there(m, Path(final), check)
             ):
@@ -1495,21 +1497,6 @@ def _raise_first(errors: list[BaseException], url: str) -> None:
         raise exc
     if errors:
         raise errors[0]
-
-
-def _present(folder: str) -> dict[str, int]:
-    """File name -> size of what is in ``folder`` (empty when it does not exist yet): one
-    ``scandir`` per folder instead of a ``stat`` per member."""
-    out: dict[str, int] = {}
-    try:
-        with os.scandir(folder or ".") as it:
-            for e in it:
-                with contextlib.suppress(OSError):
-                    if e.is_file(follow_symlinks=False):
-                        out[e.name] = e.stat(follow_symlinks=False).st_size
-    except OSError:
-        pass
-    return out
 
 
 def _bar(enabled: bool, total: int, name: str) -> Any:

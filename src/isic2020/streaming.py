@@ -54,7 +54,7 @@ from typing import Any
 
 from .download import RemoteObject, TransferObserver, add_interval
 from .errors import Isic2020Error
-from .extract import Plan, _Flusher, _Member, _plan, _write_member
+from .extract import Plan, _Flusher, _Member, _plan, _write_member, present_files
 from .layout import Layout
 from .manifest import FileEntry
 from .remotezip import TAIL_BYTES, _end_records
@@ -255,7 +255,7 @@ class StreamingExtractor(TransferObserver):
             why = exc.message if isinstance(exc, Isic2020Error) else str(exc)
             self._stop(f"the directory could not be read while downloading ({why})")
             return
-        staged = self._staged()
+        staged = present_files(self.images)  # temporaries never match a final name
         with self._cond:
             self.members, self.starts, self.ends = members, starts, ends
             self.plan = plan
@@ -349,14 +349,6 @@ class StreamingExtractor(TransferObserver):
         self.images.mkdir(parents=True, exist_ok=True)
         if doc != ident:
             atomic_write_json(doc_path, ident, durable=False)
-
-    def _staged(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        with contextlib.suppress(FileNotFoundError), os.scandir(self.images) as it:
-            for e in it:
-                if not e.name.startswith("."):
-                    out[e.name] = e.stat(follow_symlinks=False).st_size
-        return out
 
     def _stop(self, why: str) -> None:
         with self._cond:
