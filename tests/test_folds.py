@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.metadata import make_real_data_dir, make_synthetic, needs_real, run_cli
+from support.metadata import make_real_data_dir, make_synthetic, run_cli
 
 from isic2020.dataset import load_train_tables
 from isic2020.errors import UsageError
@@ -202,7 +202,6 @@ def test_cli_missing_metadata(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- real metadata
 
 
-@needs_real
 def test_real_folds(tmp_path: Path) -> None:
     root = make_real_data_dir(tmp_path)
     train, pairs = _tables(root)
@@ -222,7 +221,6 @@ def test_real_folds(tmp_path: Path) -> None:
     )
 
 
-@needs_real
 def test_real_pairs_never_cross_patients(tmp_path: Path) -> None:
     """Documented fact the folds do not rely on (they merge such patients if it ever changes)."""
     report = make_folds(data_dir=make_real_data_dir(tmp_path))
@@ -230,7 +228,6 @@ def test_real_pairs_never_cross_patients(tmp_path: Path) -> None:
     assert report.images == 33126 and report.patients == 2056 and report.malignant == 584
 
 
-@needs_real
 def test_real_folds_under_a_second(tmp_path: Path) -> None:
     root = make_real_data_dir(tmp_path)
     make_folds(data_dir=root)  # warm caches, imports
@@ -246,7 +243,6 @@ def test_real_folds_under_a_second(tmp_path: Path) -> None:
     assert len(table) == 33126
 
 
-@needs_real
 def test_real_drop_duplicates(tmp_path: Path) -> None:
     root = make_real_data_dir(tmp_path)
     report = make_folds(data_dir=root, drop_duplicates=True)

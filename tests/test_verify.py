@@ -13,6 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from support.dataset import flip_byte, install, truncate
+from support.metadata import make_real_data_dir
 
 from isic2020.errors import VerificationError
 from isic2020.extract import extract, temp_name
@@ -235,21 +236,12 @@ def test_full_size_verify_speed(tmp_path: Path) -> None:
     assert el < 15, f"verify took {el:.1f} s for 44,108 images"
 
 
-REAL = Path("/work/shared/isic2020-metadata")
-
-
-@pytest.mark.skipif(not REAL.is_dir(), reason="real metadata copies not available")
 def test_real_csvs_pass_with_the_real_manifest(tmp_path: Path) -> None:
     from isic2020.manifest import load_manifest
     from isic2020.synthetic import official_manifest
     from isic2020.verify import verify_data
 
-    meta = tmp_path / "metadata"
-    meta.mkdir()
-    for n in ("ISIC_2020_Training_GroundTruth.csv", "ISIC_2020_Training_GroundTruth_v2.csv",
-              "ISIC_2020_Training_Duplicates.csv"):
-        shutil.copyfile(REAL / n, meta / n)
-    shutil.copyfile(REAL / "kaggle_test.csv", meta / "ISIC_2020_Test_Metadata.csv")
+    make_real_data_dir(tmp_path)
     man = load_manifest(official_manifest().path)
     rep = verify_data(Layout(tmp_path), man, fmt="none")
     assert rep.exit_code == 0, rep.summary_lines()
