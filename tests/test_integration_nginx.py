@@ -16,13 +16,13 @@ import hashlib
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 from support.cli import cli_cmd, cli_env, run_cli
+from support.servers import most_at_once
 
 from isic2020.manifest import load_manifest, manifest_to_toml
 from isic2020.synthetic import build_dataset
@@ -269,55 +269,29 @@ def test_object_replaced_on_nginx_mid_download_restarts_with_the_new_object(
 # Parallel ranges and resume, witnessed by nginx
 
 
-def _established(port: int) -> int:
-    """Established TCP connections whose local (server) port is ``port`` (IPv4 loopback)."""
-    n = 0
-    with open("/proc/net/tcp") as fh:
-        next(fh)
-        for line in fh:
-            fields = line.split()
-            local, st = fields[1], fields[3]
-            if int(local.split(":")[1], 16) == port and st == "01":
-                n += 1
-    return n
-
-
 def test_rate_limited_nginx_is_fetched_with_several_concurrent_ranges(
     dataset, nginx_server_factory, tmp_path
 ):
     """With nginx's per-connection limit_rate, only parallel ranges make the download fast:
-    at 1 MB/s per connection a 4 MiB file takes ~4.2 s on one connection; with 4 it must take
-    well under that, with several connections open at once and many ranged 206s in the log."""
+    at 1 MB/s per connection a 4 MiB file takes ~4.2 s on one connection. With
+    ``--connections 4``, nginx's own log shows the ranges served over several connections and
+    several of them in flight at the same moment (each takes ~0.26 s at the rate limit, so a
+    serial client could never overlap two). Counted from the log, not timed: the speed itself
+    is measured in benchmarks/."""
     root, manifest, blob = _blob_mirror(dataset, tmp_path, 4 * MiB)
     nginx = nginx_server_factory(root, limit_rate=1_000_000)
     data = tmp_path / "d"
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, _established(nginx.port))
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    t0 = time.monotonic()
-    try:
-        r = _fetch(data, nginx.url, "--split", "train", "--format", "jpeg", "--no-extract",
-                   "--connections", "4", "--json", manifest=manifest,
-                   ISIC2020_CHUNK_SIZE=str(256 * KiB))
-    finally:
-        elapsed = time.monotonic() - t0
-        stop.set()
-        sampler.join()
+    r = _fetch(data, nginx.url, "--split", "train", "--format", "jpeg", "--no-extract",
+               "--connections", "4", "--json", manifest=manifest,
+               ISIC2020_CHUNK_SIZE=str(256 * KiB))
     assert r.returncode == 0, r.stderr
     assert (data / "archives" / ARCHIVE).read_bytes() == blob
     ranged = [e for e in nginx.log_entries() if e.path.endswith(ARCHIVE) and e.status == 206]
     assert len(ranged) >= 16  # 4 MiB in 256 KiB ranges
     assert all(e.range.startswith("bytes=") for e in ranged)
-    assert peak >= 3, f"at most {peak} connections to nginx at once"
-    assert elapsed < 4.0, f"{elapsed:.1f}s: no faster than one rate-limited connection"
+    assert len({e.connection for e in ranged}) >= 3, "ranges came over fewer than 3 connections"
+    at_once = most_at_once(ranged)
+    assert at_once >= 3, f"at most {at_once} ranges in flight at once: no parallel transfer"
     assert _body_bytes(nginx, ARCHIVE) == len(blob)
 
 

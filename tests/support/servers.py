@@ -1263,13 +1263,33 @@ class NginxLogEntry:
     method: str
     request_uri: str
     range: str
+    #: nginx's connection serial number: requests with the same number shared a connection.
+    connection: int = 0
+    #: When the response ended (epoch seconds, ms resolution) and how long it took: the
+    #: request was being served during ``[end - duration, end]``.
+    end: float = 0.0
+    duration: float = 0.0
 
     @property
     def path(self) -> str:
         return urllib.parse.unquote(urllib.parse.urlsplit(self.request_uri).path)
 
 
-_NGINX_LOG_RE = re.compile(r'^(\d+) (\d+) "([A-Z]+)" "([^"]*)" "([^"]*)"$')
+_NGINX_LOG_RE = re.compile(
+    r'^(\d+) (\d+) "([A-Z]+)" "([^"]*)" "([^"]*)"(?: (\d+) ([\d.]+) ([\d.]+))?$'
+)
+
+
+def most_at_once(entries: list[NginxLogEntry]) -> int:
+    """The most requests nginx was serving at the same moment (from the log's times)."""
+    events = sorted(
+        [(e.end - e.duration, 1) for e in entries] + [(e.end, -1) for e in entries]
+    )  # at equal times an end (-1) sorts before a start: touching is not overlapping
+    peak = live = 0
+    for _, step in events:
+        live += step
+        peak = max(peak, live)
+    return peak
 
 
 class NginxServer:
@@ -1351,7 +1371,8 @@ http {{
     fastcgi_temp_path {w}/fastcgi;
     uwsgi_temp_path {w}/uwsgi;
     scgi_temp_path {w}/scgi;
-    log_format counting '$status $body_bytes_sent "$request_method" "$request_uri" "$http_range"';
+    log_format counting '$status $body_bytes_sent "$request_method" "$request_uri" "$http_range" '
+                        '$connection $msec $request_time';
     access_log {w}/access.log counting;
     sendfile on;
     tcp_nopush on;
@@ -1479,6 +1500,9 @@ http {{
                                 method=m.group(3),
                                 request_uri=m.group(4),
                                 range=m.group(5) if m.group(5) != "-" else "",
+                                connection=int(m.group(6) or 0),
+                                end=float(m.group(7) or 0),
+                                duration=float(m.group(8) or 0),
                             )
                         )
             if len(entries) >= wait_for or time.monotonic() >= deadline:
