@@ -461,6 +461,7 @@ class FaultServer:
         self._stop = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._active = 0
+        self._peak_active = 0
         self._httpd: _QuietThreadingServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -748,6 +749,7 @@ class FaultServer:
     def _busy(self, delta: int) -> None:
         with self._idle:
             self._active += delta
+            self._peak_active = max(self._peak_active, self._active)
             if self._active == 0:
                 self._idle.notify_all()
 
@@ -788,11 +790,18 @@ class FaultServer:
             log = [r for r in log if r.method == method.upper()]
         return log
 
+    def most_at_once(self) -> int:
+        """The most responses this server was sending at the same moment (a stalled one stops
+        counting once it stalls): how parallel a client really was, counted, not timed."""
+        with self._lock:
+            return self._peak_active
+
     def reset_counters(self) -> None:
-        """Forget byte counts and the request log (faults stay)."""
+        """Forget byte counts, the request log and :meth:`most_at_once` (faults stay)."""
         with self._lock:
             self._bytes.clear()
             self._log.clear()
+            self._peak_active = self._active
 
     def _record(self, entry: LoggedRequest) -> None:
         with self._lock:
