@@ -287,8 +287,13 @@ def test_malformed_csv_is_found_by_verify_exit_1(dataset, mirror, tmp_path):
     assert r.returncode == 1, r.stderr
     assert f"metadata/{TEST_CSV}" in r.json["failed"]
     (check,) = [c for c in r.json["checks"] if c["name"] == f"metadata/{TEST_CSV}"]
-    problems = " ".join(check["problems"])
-    assert "'ISIC_12'" in problems and "IP_x" in problems and "maybe" in problems
+    # each of the four injected errors is named, with its column, in a problem of its own
+    injected = [("'ISIC_12'", "image name"), ("'IP_x'", "patient_id"), ("'maybe'", "sex"),
+                ("'400'", "age_approx")]
+    assert len(check["problems"]) == len(injected), check["problems"]
+    for value, column in injected:
+        (hit,) = [p for p in check["problems"] if value in p]
+        assert column in hit, hit
 
 
 @pytest.mark.parametrize("damage", ["flipped byte in archive", "malformed CSV"])
