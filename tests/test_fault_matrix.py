@@ -122,22 +122,23 @@ def test_503_slowdown_retry_after_is_waited_for(tmp_path):
 def test_server_that_stalls_forever_ends_in_exit_3_not_a_hang(dataset, tmp_path, where):
     """A server that accepts and then sends nothing (after the headers of a ranged GET, or not
     even the HEAD's headers): the read timeout fires on every attempt and after
-    ``$ISIC2020_RETRY_WINDOW`` seconds without progress the run ends: exit 3, one line."""
+    ``$ISIC2020_RETRY_WINDOW`` seconds without progress the run ends: exit 3, one line.
+    The stalls last 600 s, beyond the CLI's 120 s subprocess timeout, and none had ended when
+    the CLI returned: the client gave up on its own (a hang fails the subprocess timeout)."""
     data = tmp_path / "d"
     with FaultServer(dataset.root, prefix=PREFIX) as srv:
         if where == "body":
-            srv.add_fault(Stall(seconds=120, after=0), ARCHIVE, times=None, when=ranged)
+            srv.add_fault(Stall(seconds=600, after=0), ARCHIVE, times=None, when=ranged)
         else:
-            srv.add_fault(Stall(seconds=120, before_headers=True), ARCHIVE, times=None)
-        t0 = time.monotonic()
+            srv.add_fault(Stall(seconds=600, before_headers=True), ARCHIVE, times=None)
         r = _fetch(data, srv.url, extra=("--split", "train", "--format", "jpeg"),
                    manifest=dataset.manifest_path, ISIC2020_READ_TIMEOUT="1",
                    ISIC2020_RETRY_WINDOW="2", ISIC2020_CHUNK_SIZE=str(16 * KiB))
-        elapsed = time.monotonic() - t0
+        ended = [q for q in srv.requests(ARCHIVE, settle=0) if q.outcome == "stall"]
     assert r.returncode == 3, r.stderr
     line = _one_error_line(r)
     assert ARCHIVE in line and "timed out" in line
-    assert elapsed < 30, f"took {elapsed:.0f}s"
+    assert ended == [], "a stall ended before the client gave up"
     assert not (data / "archives" / ARCHIVE).exists()
     # What finished before the stall is kept: the CSVs came through.
     assert (data / "metadata" / TEST_CSV).exists() is False  # --split train: no test CSV
@@ -248,7 +249,9 @@ def test_second_fetch_with_lock_timeout_gives_up_with_exit_3(dataset, mirror, tm
     assert r.returncode == 3, r.stderr
     line = _one_error_line(r)
     assert "another isic2020" in line and f"pid {os.getpid()}" in line
-    assert 1 <= elapsed < 15
+    # It waited (a lower bound: a busy machine only makes it later) and then gave up on its
+    # own, while the lock was still held (waiting for ever fails the subprocess timeout).
+    assert elapsed >= 1
     assert mirror.bytes_sent() == 0
     assert not (data / "metadata").exists()
 
