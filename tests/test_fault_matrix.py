@@ -35,7 +35,16 @@ from cryptography.x509.oid import NameOID
 from support.cli import cli_cmd, cli_env, run_cli
 from support.dataset import flip_byte
 from support.fs import small_filesystem
-from support.servers import FaultServer, Stall, Status, free_port, ranged, unresolvable_url
+from support.servers import (
+    ExtraHeaders,
+    FaultServer,
+    Stall,
+    Status,
+    free_port,
+    ranged,
+    unresolvable_url,
+)
+from support.snapshot import changed, snapshot
 from support.source_audit import package_offences, process_offences, tls_offences
 
 import isic2020
@@ -558,8 +567,11 @@ def test_nothing_fetched_is_world_writable_even_under_umask_000(dataset, mirror,
 
 
 def test_names_from_manifest_and_server_cannot_leave_the_data_directory(dataset, tmp_path):
-    """Final paths come from validated manifest names only; a name with a path in it is
-    refused at load time (zip entries: tests/test_extract.py::test_zip_slip_*)."""
+    """Final paths come from validated manifest names only. A manifest name with a path in it
+    is refused at load time (zip entries: tests/test_extract.py::test_zip_slip_*). A server's
+    names are never used: the mirror redirects to another path, whose answer carries a
+    ``Content-Disposition`` filename climbing out of the folder; the file still lands under
+    its manifest name in DATA/metadata and nothing else appears anywhere in the test's tree."""
     man = load_manifest(dataset.manifest_path)
     for evil in ("../x.zip", "/etc/passwd", "a/b.zip", ".", "..", "x\\y.zip", "CON:x.zip"):
         files = (dataclasses.replace(man.files[0], name=evil), *man.files[1:])
@@ -567,16 +579,48 @@ def test_names_from_manifest_and_server_cannot_leave_the_data_directory(dataset,
         p.write_text(manifest_to_toml(dataclasses.replace(man, files=files)))
         with pytest.raises(ManifestError, match="'name'"):
             load_manifest(p)
-
-
-def test_fetch_report_json_is_valid_and_names_no_outside_path(dataset, mirror, tmp_path):
-    """Every path the fetch report names is inside the data directory."""
+    root = tmp_path / "www"
+    root.mkdir()
+    shutil.copyfile(dataset.path(TEST_CSV), root / "served-as.csv")
     data = tmp_path / "d"
+    with FaultServer(root, prefix=PREFIX) as srv:
+        srv.add_fault(Status(302, {"Location": f"{PREFIX}sub/../served-as.csv"}), TEST_CSV,
+                      times=None)
+        srv.add_fault(ExtraHeaders({"Content-Disposition":
+                                    'attachment; filename="../../../escaped.csv"'}),
+                      "served-as.csv", times=None)
+        before = snapshot(tmp_path)
+        r = _fetch(data, srv.url, extra=("--split", "test", "--format", "none"),
+                   manifest=dataset.manifest_path)
+        followed = srv.requests("served-as.csv", "GET")
+    assert r.returncode == 0, r.stderr
+    assert followed and all(q.status in (200, 206) for q in followed)  # the server's name won
+    assert (data / "metadata" / TEST_CSV).read_bytes() == dataset.path(TEST_CSV).read_bytes()
+    assert changed(before, snapshot(tmp_path), allowed=(data,)) == []
+    landed = [p for p in snapshot(data) if "served-as" in p or "escaped" in p]
+    assert landed == []
+
+
+def test_fetch_report_json_is_valid_and_names_no_outside_path(
+    dataset, mirror, tmp_path, tmp_path_factory
+):
+    """Every path the fetch report names is inside the data directory, and nothing is written
+    outside it: not in the whole pytest temporary tree (which holds the served mirror), not in
+    $HOME, not in $TMPDIR (fresh ones for the run, with the XDG folders inside $HOME)."""
+    data = tmp_path / "d"
+    home, tmpdir = tmp_path / "home", tmp_path / "tmpdir"
+    home.mkdir()
+    tmpdir.mkdir()
+    base = tmp_path_factory.getbasetemp()
+    before = snapshot(base)
     r = _fetch(data, mirror.url, extra=("--split", "train", "--format", "jpeg", "--json"),
-               manifest=dataset.manifest_path)
+               manifest=dataset.manifest_path, HOME=str(home), TMPDIR=str(tmpdir),
+               XDG_CACHE_HOME=str(home / ".cache"), XDG_CONFIG_HOME=str(home / ".config"),
+               XDG_DATA_HOME=str(home / ".local" / "share"),
+               XDG_STATE_HOME=str(home / ".local" / "state"))
     assert r.returncode == 0, r.stderr
     root = str(data.resolve())
     for f in r.json["files"]:
         assert os.path.realpath(f["path"]).startswith(root + os.sep)
-    # nothing appeared next to the data directory
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    assert changed(before, snapshot(base), allowed=(data,)) == []
+    assert list(home.iterdir()) == [] and list(tmpdir.iterdir()) == []

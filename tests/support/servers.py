@@ -365,6 +365,18 @@ class Throttle(Fault):
 
 
 @dataclass
+class ExtraHeaders(Fault):
+    """Add ``headers`` to a normal answer (200/206/HEAD): e.g. a ``Content-Disposition`` whose
+    ``filename`` tries to choose where the client saves the file."""
+
+    headers: Mapping[str, str] = field(default_factory=dict)
+    kind: str = field(default="extra_headers", init=False)
+
+    def applies(self, req: RequestInfo) -> bool:
+        return True
+
+
+@dataclass
 class FaultRule:
     """A fault installed on a server: where, how often, for which requests; and its history.
 
@@ -1169,6 +1181,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             start = min(max(0, start + bf.shift), size - 1)
             end = min(start + length - 1, size - 1)
         length = max(0, end - start + 1)
+        more = chosen.get("extra_headers")
+        if more is not None:
+            assert isinstance(more[1], ExtraHeaders)
+            extra.update(more[1].headers)
 
         self.send_response(code)
         for k, v in common.items():
