@@ -1,4 +1,4 @@
-"""The rows of the fault matrix (docs/fault-matrix.md) not already proven elsewhere.
+"""The rows of README.md's fault matrix ("Fault matrix") not already proven elsewhere.
 
 Each test is one row: what is tried, and what the user sees (exit code, one line on stderr,
 what is left on disk, whether the same command resumes). Rows already covered live in
@@ -311,8 +311,8 @@ def test_malformed_csv_is_found_by_verify_exit_1(dataset, mirror, tmp_path):
 @pytest.mark.parametrize("damage", ["flipped byte in archive", "malformed CSV"])
 def test_verify_failure_is_one_error_line_on_stderr(dataset, mirror, tmp_path, damage):
     """README: every failure is one line on stderr, ``isic2020: error: <what>; <what to do>``.
-    A failed ``verify`` (exit 1) prints its report on stdout but nothing on stderr today, so
-    a script that logs stderr sees a silent exit 1. See the report: fix in ``cli._run``."""
+    A failed ``verify`` (exit 1) prints its report on stdout and, on stderr, one line naming
+    what failed, so a script that logs only stderr never sees a silent exit 1."""
     if damage == "malformed CSV":
         data = _fetched(dataset, tmp_path, mirror, "--split", "test", "--format", "none")
         _malformed_csv(data)
@@ -492,9 +492,8 @@ def test_untrusted_tls_certificate_is_refused_never_downgraded(dataset, tmp_path
 
 def test_https_host_redirecting_to_plain_http_is_not_followed(dataset, tmp_path):
     """Never a silent downgrade: an https host (trusted certificate) that answers 301 to an
-    http:// URL must not make the client fetch over plain http. Today requests follows the
-    redirect (``allow_redirects=True`` in the probe, the default in GETs) and the file comes
-    over http. See the report: fix in ``isic2020.http.make_session``."""
+    http:// URL must not make the client fetch over plain http (requests would follow it:
+    the session's response hook refuses the downgrade); the run ends with exit 3."""
     data = tmp_path / "d"
     with FaultServer(dataset.root, prefix=PREFIX) as plain, _https_server(
         tmp_path, tmp_path, redirect_to=plain.url
@@ -549,10 +548,9 @@ def test_extracted_images_follow_the_umask_and_are_never_world_writable(
 
 
 def test_nothing_fetched_is_world_writable_even_under_umask_000(dataset, mirror, tmp_path):
-    """The issue: files are never world-writable. Extraction enforces it for images even
-    under ``umask 000``; the downloaded archives and CSVs (created 0o666 & ~umask) do not.
-    See the report: fix in ``Downloader._land``. (Folders are 0o777 & ~umask: the user's
-    choice, not checked here.)"""
+    """Files are never world-writable, even under ``umask 000``: extracted images and the
+    downloaded archives and CSVs alike. (Folders are 0o777 & ~umask: the user's choice, not
+    checked here.)"""
     data = tmp_path / "d"
     proc = subprocess.run(
         cli_cmd("fetch", "--data-dir", str(data), "--mirror", mirror.url, "--quiet",

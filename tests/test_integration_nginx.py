@@ -153,11 +153,9 @@ def test_nginx_etag_is_reported_unverifiable_when_nothing_else_proves_content(
 def test_nginx_etag_with_pinned_sha256_says_etag_unverifiable_and_sha256_checked(
     dataset, nginx_server_factory, tmp_path
 ):
-    """The issue: nginx's ETags cannot be checked and ``--json`` must say so; the manifest's
-    sha256 is what proves the bytes. Today ``etag_check`` is just ``"sha256"`` for an opaque
-    ETag (while a multipart ETag of unknown part size says ``unverifiable: ...`` even when the
-    sha256 matched): the JSON hides that the server's ETag proved nothing. See the report
-    to the lead: fix in ``Downloader._verify``."""
+    """nginx's ETags (``"mtime-size"``) are no content hash: ``--json``'s ``etag_check``
+    says ``unverifiable`` and names the manifest's sha256 as what proved the bytes, so the
+    JSON never suggests the server's ETag proved anything."""
     nginx = nginx_server_factory(dataset.root)
     r = _fetch(tmp_path / "d", nginx.url, "--split", "test", "--format", "none", "--json",
                manifest=dataset.manifest_path)
