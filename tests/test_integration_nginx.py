@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -246,9 +247,9 @@ def test_object_replaced_on_nginx_mid_download_restarts_with_the_new_object(
     )
     state = data / ".isic2020" / "partial" / (ARCHIVE + ".state.json")
     deadline = time.monotonic() + 20
-    while not state.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.4)  # some ranges of the old object are done
+    while not _done_bytes(state) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # some ranges of the old object are done
+    assert proc.poll() is None and _done_bytes(state), "no range done before the change"
     tmp = root / (ARCHIVE + ".new")
     tmp.write_bytes(new)
     os.replace(tmp, root / ARCHIVE)
@@ -265,6 +266,15 @@ def test_object_replaced_on_nginx_mid_download_restarts_with_the_new_object(
 
 # --------------------------------------------------------------------------------------------
 # Parallel ranges and resume, witnessed by nginx
+
+
+def _done_bytes(state: Path) -> int:
+    """Bytes a partial download's state file records as done (0 while it does not exist)."""
+    try:
+        doc = json.loads(state.read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
+    return sum(b - a for a, b in doc.get("done", []))
 
 
 def test_rate_limited_nginx_is_fetched_with_several_concurrent_ranges(
@@ -307,14 +317,16 @@ def test_sigkill_during_nginx_download_resumes_with_little_refetched(
                    "--format", "jpeg", "--no-extract", "--connections", "4", "--quiet")
     state = data / ".isic2020" / "partial" / (ARCHIVE + ".state.json")
     final = data / "archives" / ARCHIVE
-    rng = __import__("random").Random(4)
     for _ in range(4):
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
+        # kill once this run has finished at least one more chunk of the archive (start-up and
+        # CSVs are done, the transfer is under way), not after a guessed delay
+        before = _done_bytes(state)
         deadline = time.monotonic() + 20
-        while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)  # the archive's transfer has started (CSVs and start-up done)
-        time.sleep(rng.uniform(0.3, 0.7))
+        while _done_bytes(state) < before + 128 * KiB and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert proc.poll() is None, "finished before the kill: the test proves nothing"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
