@@ -32,7 +32,15 @@ import pytest
 from support.cli import cli_cmd, cli_env, run_cli
 from support.dataset import flip_byte
 from support.fs import small_filesystem
-from support.servers import FaultServer, Stall, Status, free_port, ranged, unresolvable_url
+from support.servers import (
+    FaultServer,
+    Stall,
+    Status,
+    Throttle,
+    free_port,
+    ranged,
+    unresolvable_url,
+)
 
 import isic2020
 from isic2020.download import Downloader, DownloadOptions, RetryPolicy
@@ -85,31 +93,49 @@ def _fetched(dataset, tmp_path: Path, mirror: FaultServer, *extra: str) -> Path:
 
 
 def test_503_slowdown_retry_after_is_waited_for(tmp_path):
-    """503 SlowDown with ``Retry-After: 2``: the engine waits those 2 s (every connection pauses),
-    rather than its own sub-second backoff, then finishes exactly. (tests/test_download.py
-    proves the retry; this proves the wait.)"""
+    """503 SlowDown with ``Retry-After: 2`` on one connection: every connection waits those
+    2 s (not only the one that was told, and not its own sub-second backoff), then the file is
+    finished exactly. (tests/test_download.py proves the retry; this proves the wait.)
+
+    Chunk 0 comes in ~0.3 s, the other chunks in ~1.1 s, so when the connection that did
+    chunk 0 asks for its next chunk and gets the 503, the three others are still reading
+    their bodies: none of them may send a request in the 2 s after the 503, as the server's
+    log shows (arrival times on the machine's one monotonic clock)."""
     root = tmp_path / "mirror"
     root.mkdir()
     data = os.urandom(MiB + 17)
     (root / ARCHIVE).write_bytes(data)
+    chunk = 128 * KiB
     opts = DownloadOptions(
-        connections=4, chunk_size=128 * KiB, timeouts=Timeouts(connect=2, read=2),
+        connections=4, chunk_size=chunk, timeouts=Timeouts(connect=2, read=5),
         retry=RetryPolicy(base=0.01, cap=0.1, window=20),
     )
     with FaultServer(root, prefix=PREFIX) as srv:
-        srv.add_fault(Status.slow_down(retry_after=2), ARCHIVE, times=1, when=ranged)
+        # the first matching rule of a kind wins: chunks 1.. slow, chunk 0 less so (all four
+        # connections have sent their first request before chunk 0 is done)
+        srv.add_fault(Throttle(bytes_per_second=120_000), ARCHIVE, times=None,
+                      when=lambda req: req.ranged and req.start >= chunk)
+        srv.add_fault(Throttle(bytes_per_second=400_000), ARCHIVE, times=None, when=ranged)
+        srv.add_fault(Status.slow_down(retry_after=2), ARCHIVE, times=1,
+                      when=lambda req: req.ranged and req.start >= 4 * chunk)
         d = Downloader(opts)
-        t0 = time.monotonic()
         try:
             res = d.download(ARCHIVE, [srv.url_for(ARCHIVE)], tmp_path / "p" / "x.part",
                              tmp_path / "p" / "x.json", tmp_path / "out" / ARCHIVE)
         finally:
             d.close()
-        elapsed = time.monotonic() - t0
-        statuses = [r.status for r in srv.requests(ARCHIVE, "GET")]
+        gets = [r for r in srv.requests(ARCHIVE, "GET") if r.header("Range")]
     assert (tmp_path / "out" / ARCHIVE).read_bytes() == data
-    assert statuses.count(503) == 1 and res.retries >= 1
-    assert elapsed >= 1.9, f"finished in {elapsed:.2f}s: Retry-After: 2 was not honoured"
+    (slow_down,) = [r for r in gets if r.status == 503]
+    assert res.retries >= 1
+    t503 = slow_down.arrived
+    before = [r for r in gets if r.arrived < t503]
+    assert len({r.peer for r in before}) == 4, "the 503 did not come while 4 connections ran"
+    inside = [(round(r.arrived - t503, 3), r.header("Range"), r.peer) for r in gets
+              if t503 < r.arrived < t503 + 2.0]
+    assert inside == [], f"requests inside the Retry-After window: {inside}"
+    after = [r for r in gets if r.arrived >= t503 + 2.0]
+    assert after and all(r.status == 206 for r in after)
 
 
 @pytest.mark.parametrize(
@@ -495,9 +521,10 @@ def test_https_host_redirecting_to_plain_http_is_not_followed(dataset, tmp_path)
     ) as (url, cert, seen):
         r = _fetch(data, url, extra=("--split", "test", "--format", "none"),
                    manifest=dataset.manifest_path, REQUESTS_CA_BUNDLE=str(cert))
-        sent = plain.bytes_sent()
+        over_http = [f"{q.method} {q.path} {q.header('Range') or ''}" for q in plain.requests()]
     assert seen, "the https host was never asked"
-    assert sent == 0, f"{sent} bytes of the file came over plain http after a redirect"
+    # not a HEAD, not a GET aborted after its headers: the plain server was never asked at all
+    assert over_http == [], f"requests over plain http after a redirect: {over_http}"
     assert r.returncode == 3, r.stderr
     assert not (data / "metadata" / TEST_CSV).exists()
 
