@@ -517,6 +517,8 @@ def test_sigint_leaves_resumable_state_and_one_line(dataset, tmp_path):
         assert proc.returncode == 130, err
         lines = [ln for ln in err.splitlines() if ln.startswith("isic2020:")]
         assert lines[-1].startswith("isic2020: interrupted") and "resume" in lines[-1]
+        assert sum(ln.startswith("isic2020: interrupted") for ln in err.splitlines()) == 1, err
+        assert not [ln for ln in lines if ln.startswith("isic2020: error")], err
         assert "Traceback" not in err
         partial = data / ".isic2020" / "partial"
         assert (partial / "ISIC_2020_Training_JPEG.zip.state.json").exists()
