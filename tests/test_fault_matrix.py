@@ -20,11 +20,13 @@ import http.server
 import ipaddress
 import os
 import shutil
+import socket
 import ssl
 import stat
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,9 +169,28 @@ def test_server_that_stalls_forever_ends_in_exit_3_not_a_hang(dataset, tmp_path,
 
 
 def test_dns_failure_is_exit_3_naming_dns_and_a_later_mirror_takes_over(
-    dataset, mirror, tmp_path
+    dataset, mirror, tmp_path, monkeypatch
 ):
+    """A host name that does not resolve: asked once (no retries: they cannot help), the next
+    mirror gets the work; with no other mirror, exit 3 and one line naming DNS."""
     dead = unresolvable_url(PREFIX).rstrip("/")
+    dead_host = urllib.parse.urlsplit(dead).hostname
+    # In-process, to count the look-ups: the real resolver, watched (not replaced).
+    lookups: list[str] = []
+    resolve = socket.getaddrinfo
+
+    def watched(host, *args, **kwargs):
+        lookups.append(host)
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", watched)
+    report = isic2020.fetch(split="test", fmt="none", data_dir=tmp_path / "api",
+                            manifest=dataset.manifest_path, mirrors=[dead, mirror.url])
+    monkeypatch.undo()
+    (entry,) = report.to_dict()["files"]
+    assert lookups.count(dead_host) == 1, lookups
+    assert entry["url"].startswith(mirror.url) and "DNS" in entry["failed_hosts"][0]
+    assert mirror.bytes_sent(TEST_CSV) == dataset.path(TEST_CSV).stat().st_size
     data = tmp_path / "d"
     extra = ("--split", "test", "--format", "none", "--json")
     r = _fetch(data, dead, extra=extra, manifest=dataset.manifest_path)
