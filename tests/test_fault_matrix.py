@@ -350,7 +350,9 @@ def test_verify_failure_is_one_error_line_on_stderr(dataset, mirror, tmp_path, d
     r = run_cli("verify", "--data-dir", str(data), *args, env=cli_env(dataset.manifest_path))
     assert r.returncode == 1
     line = _one_error_line(r)
-    assert line.startswith("isic2020: error:") and named in line
+    assert line.startswith("isic2020: error: verification failed:") and named in line
+    what_to_do = line.split("; ", 1)[1] if "; " in line else ""
+    assert "isic2020 fetch" in what_to_do, line
 
 
 def _manifest_variant(dataset, tmp_path: Path, old: str, new: str) -> Path:
@@ -362,22 +364,37 @@ def _manifest_variant(dataset, tmp_path: Path, old: str, new: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("old", "new", "expect"),
-    [
-        ("schema = 1", "schema = [", "not valid TOML"),
-        ("schema = 1", "schema = 2", "'schema'"),
-        ('hosts = ["https://', 'hosts = ["http://', "'hosts'"),
-        ('sha256 = "', 'sha256 = "xyz', "'sha256'"),
-        ('name = "ISIC_2020_Training_JPEG.zip"', 'name = "../evil.zip"', "'name'"),
-        ("images = 24", "images = -1", "'images'"),
+    ("old", "new", "entry", "named"),
+    [  # entry None: the fault is not inside an entry (the TOML itself, the top-level schema)
+        ("schema = 1", "schema = [", None, ("not valid TOML", "line 5")),
+        ("schema = 1", "schema = 2", None, ("field 'schema'", "found 2")),
+        ('hosts = ["https://', 'hosts = ["http://', "ISIC_2020_Training_GroundTruth.csv",
+         ("field 'hosts'", "http://")),
+        ('sha256 = "', 'sha256 = "xyz', "ISIC_2020_Training_GroundTruth.csv",
+         ("field 'sha256'", "xyz")),
+        ('name = "ISIC_2020_Training_JPEG.zip"', 'name = "../evil.zip"', "../evil.zip",
+         ("field 'name'",)),
+        ("images = 24", "images = -1", "ISIC_2020_Training_JPEG.zip", ("field 'images'", "-1")),
     ],
+    ids=["not-toml", "schema", "http-host", "sha256", "path-in-name", "negative-count"],
 )
-def test_malformed_manifest_exit_2_one_line_naming_the_file(dataset, tmp_path, old, new, expect):
+def test_malformed_manifest_exit_2_one_line_naming_the_file(
+    dataset, tmp_path, old, new, entry, named
+):
+    """Exit 2, one line naming the file, the entry (when the fault is in one) and the field
+    with the bad value, then what to do; nothing written. (A bad field value, ``format``:
+    tests/test_fetch_cli.py::test_broken_manifest_names_file_entry_and_field.)"""
     bad = _manifest_variant(dataset, tmp_path, old, new)
     r = run_cli("fetch", "--data-dir", str(tmp_path / "d"), env=cli_env(bad))
     assert r.returncode == 2, r.stderr
     line = _one_error_line(r)
-    assert str(bad) in line and expect in line
+    what, _, to_do = line.partition("; ")
+    assert f"manifest {bad}:" in what, line
+    if entry is not None:
+        assert f"entry {entry!r}:" in what, line
+    for part in named:
+        assert part in what, line
+    assert to_do.strip(), f"no 'what to do' after the '; ': {line}"
     assert not (tmp_path / "d").exists()
 
 

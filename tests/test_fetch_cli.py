@@ -280,7 +280,9 @@ def test_broken_manifest_names_file_entry_and_field(dataset, tmp_path):
     r = run_cli("fetch", "--data-dir", str(tmp_path / "d"), env=cli_env(bad))
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
-    assert str(bad) in line and "ISIC_2020_Training_JPEG.zip" in line and "'format'" in line
+    what, _, to_do = line.partition("; ")
+    assert str(bad) in what and "entry 'ISIC_2020_Training_JPEG.zip'" in what
+    assert "field 'format'" in what and "'jpg'" in what and to_do.strip(), line
 
 
 def test_unreachable_host_exits_3_with_one_line_and_no_partial_at_final_path(dataset, tmp_path):
