@@ -115,11 +115,21 @@ def test_503_slowdown_with_retry_after_is_retried(served, tmp_path):
 
 
 def test_500_is_retried(served, tmp_path):
+    """Four 500s in a row on one range: retried with exponential backoff (full jitter: each
+    wait is 0.5-1x of base * 2^attempt), as the gaps between the server's arrivals show."""
     srv, data = served
-    srv.add_fault(Status.internal_error(), NAME, times=4, when=ranged)
-    res = _download(tmp_path, [srv.url_for(NAME)])
+    srv.add_fault(Status.internal_error(), NAME, times=4,
+                  when=lambda req: req.ranged and req.start == 0)
+    policy = RetryPolicy(base=0.2, cap=5.0, window=20.0, probe_attempts=2)
+    res = _download(tmp_path, [srv.url_for(NAME)], _options(retry=policy))
     _assert_landed(tmp_path, data)
     assert res.retries >= 4
+    first = sorted((r for r in srv.requests(NAME, "GET")
+                    if (r.header("Range") or "").startswith("bytes=0-")), key=lambda r: r.arrived)
+    assert [r.status for r in first] == [500, 500, 500, 500, 206]
+    gaps = [b.arrived - a.arrived for a, b in zip(first, first[1:])]
+    for attempt, gap in enumerate(gaps):
+        assert gap >= 0.5 * policy.base * 2**attempt - 0.01, (attempt, gaps)
 
 
 def test_stall_fires_read_timeout_instead_of_hanging(served, tmp_path):
@@ -138,6 +148,9 @@ def test_server_ignoring_ranges_falls_back_to_one_stream(served, tmp_path):
     _assert_landed(tmp_path, data)
     assert res.sha256 == hashlib.sha256(data).hexdigest()
     assert res.etag_check == "md5"
+    # exactly one plain GET (no Range), and it carried the whole file
+    plain = [r for r in srv.requests(NAME, "GET") if r.header("Range") is None]
+    assert [(r.status, r.bytes_sent) for r in plain] == [(200, len(data))]
 
 
 def test_mismatched_content_range_is_never_written(served, tmp_path):

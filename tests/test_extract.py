@@ -27,6 +27,8 @@ from isic2020.extract import extract, extract_archive
 from isic2020.state import Records
 from isic2020.synthetic import build_dataset
 
+ZIP = "ISIC_2020_Training_JPEG.zip"
+
 
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory: pytest.TempPathFactory):
@@ -42,6 +44,28 @@ def stored(tmp_path_factory: pytest.TempPathFactory):
 def _run(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "isic2020", *args], capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=120, **kw)
+
+
+def _kept(dest: Path) -> dict[str, tuple[int, int]]:
+    """The finished images (final names) in ``dest``: name -> (inode, mtime_ns)."""
+    return {e.name: (e.inode(), e.stat().st_mtime_ns) for e in os.scandir(dest)
+            if not e.name.startswith(".")}
+
+
+def _assert_kept_untouched_and_exact(dest: Path, kept: dict[str, tuple[int, int]],
+                                     zip_path: Path) -> None:
+    """The resume left the images it found alone (same inode and mtime: not rewritten), and
+    every image in ``dest`` is byte for byte its member in ``zip_path``."""
+    now = _kept(dest)
+    rewritten = [n for n, st in kept.items() if now.get(n) != st]
+    assert not rewritten, f"kept images rewritten by the resume: {rewritten[:5]}"
+    import zipfile
+
+    with zipfile.ZipFile(zip_path) as zf:
+        members = {i.filename.rsplit("/", 1)[-1]: i.filename for i in zf.infolist()
+                   if i.filename.endswith(".jpg") and "__MACOSX" not in i.filename}
+        for n in now:
+            assert (dest / n).read_bytes() == zf.read(members[n]), n
 
 
 def test_extract_flat_layout_and_non_images(mirror, tmp_path: Path) -> None:
@@ -118,7 +142,7 @@ def test_bad_crc_named_and_interrupted_extraction_resumes(stored, tmp_path: Path
 def test_killed_extraction_resumes(tmp_path: Path) -> None:
     ds = build_dataset(tmp_path / "m", n_train=4000, n_test=10)
     layout = install(ds, tmp_path / "data")
-    env = {"ISIC2020_MANIFEST": str(ds.manifest_path), "PYTHONPATH": str(Path(__file__).parent)}
+    env = {"ISIC2020_MANIFEST": str(ds.manifest_path)}  # PYTHONPATH inherited: this tree's code
     proc = subprocess.Popen(
         [sys.executable, "-m", "isic2020", "extract", "--split", "train",
          "--data-dir", str(layout.root), "-q"], env={**os.environ, **env},
@@ -133,13 +157,16 @@ def test_killed_extraction_resumes(tmp_path: Path) -> None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    partial = sum(1 for p in dest.iterdir() if not p.name.startswith("."))
+    _wait_no_workers(str(layout.root))
+    kept = _kept(dest)
+    partial = len(kept)
     assert 0 < partial < 4000
     r = _run("extract", "--split", "train", "--data-dir", str(layout.root), "--json", env=env)
     assert r.returncode == 0, r.stderr
     a = json.loads(r.stdout)["archives"][0]
     assert a["already_present"] >= partial - 2 and a["images"] == 4000
     assert sorted(p.name for p in dest.iterdir()) == sorted(f"{n}.jpg" for n in ds.train_names)
+    _assert_kept_untouched_and_exact(dest, kept, layout.archives_dir / ZIP)
 
 
 @pytest.mark.parametrize(
@@ -215,23 +242,32 @@ def test_missing_archive_is_a_usage_error(mirror, tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stderr.count("\n") == 1
 
 
-def _limit_fsize() -> None:
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
-
-
 def test_disk_full_is_a_clean_disk_error_and_resumable(mirror, tmp_path: Path) -> None:
+    """RLIMIT_FSIZE while ``extract`` runs: exit 3, one line, no temp file. One image at the
+    end of the archive is bigger than the limit, so the images before it finish first: the
+    resume without the limit keeps them untouched, and every image is exact."""
     layout = install(mirror, tmp_path / "data")
+    zpath = layout.archives_dir / ZIP
+    add_entry(zpath, "train/ISIC_9999999.jpg", b"\xff\xd8" + os.urandom(8192) + b"\xff\xd9")
+    limit = 4096  # above every synthetic image (< 1 KB), below the one added
+
+    def limit_fsize() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     r = _run("extract", "--split", "train", "--data-dir", str(layout.root),
-             "--manifest", str(mirror.manifest_path), preexec_fn=_limit_fsize)
+             "--manifest", str(mirror.manifest_path), preexec_fn=limit_fsize)
     assert r.returncode == DiskError.exit_code, r.stderr
     assert "file too large" in r.stderr and r.stderr.count("\n") == 1
     dest = layout.images_dir("jpeg", "train")
     assert not [p for p in dest.iterdir() if p.name.startswith(".")]
+    kept = _kept(dest)
+    assert 0 < len(kept) <= 24 and "ISIC_9999999.jpg" not in kept
     r = _run("extract", "--split", "train", "--data-dir", str(layout.root),
              "--manifest", str(mirror.manifest_path))
     assert r.returncode == 0, r.stderr
-    assert len(list(dest.iterdir())) == 24
+    assert len(list(dest.iterdir())) == 25
+    _assert_kept_untouched_and_exact(dest, kept, zpath)
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,6 +292,16 @@ def _workers_alive(marker: str) -> list[int]:
             except OSError:
                 pass
     return out
+
+
+def _wait_no_workers(marker: str, timeout: float = 10) -> None:
+    """Until no process mentions ``marker`` (workers stop by themselves after a kill -9)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while _workers_alive(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _workers_alive(marker), "a worker outlived the command"
 
 
 def _no_children_left() -> bool:
@@ -414,7 +460,8 @@ def test_signal_during_extraction_in_processes_is_resumable(
         time.sleep(0.05)
     assert not _workers_alive(marker), "a worker outlived the command"
     names = [p.name for p in dest.iterdir()]
-    partial = sum(1 for n in names if not n.startswith("."))
+    kept = _kept(dest)
+    partial = len(kept)
     assert 0 < partial < 20000
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL
@@ -428,3 +475,4 @@ def test_signal_during_extraction_in_processes_is_resumable(
     a = json.loads(r.stdout)["archives"][0]
     assert a["images"] == 20000 and a["already_present"] >= partial - 2
     assert sorted(p.name for p in dest.iterdir()) == sorted(f"{n}.jpg" for n in big.train_names)
+    _assert_kept_untouched_and_exact(dest, kept, layout.archives_dir / ZIP)

@@ -19,11 +19,13 @@ import http.server
 import ipaddress
 import os
 import shutil
+import socket
 import ssl
 import stat
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +42,7 @@ from support.servers import (
     FaultServer,
     Stall,
     Status,
+    Throttle,
     free_port,
     ranged,
     unresolvable_url,
@@ -98,31 +101,49 @@ def _fetched(dataset, tmp_path: Path, mirror: FaultServer, *extra: str) -> Path:
 
 
 def test_503_slowdown_retry_after_is_waited_for(tmp_path):
-    """503 SlowDown with ``Retry-After: 2``: the engine waits those 2 s (every connection pauses),
-    rather than its own sub-second backoff, then finishes exactly. (tests/test_download.py
-    proves the retry; this proves the wait.)"""
+    """503 SlowDown with ``Retry-After: 2`` on one connection: every connection waits those
+    2 s (not only the one that was told, and not its own sub-second backoff), then the file is
+    finished exactly. (tests/test_download.py proves the retry; this proves the wait.)
+
+    Chunk 0 comes in ~0.3 s, the other chunks in ~1.1 s, so when the connection that did
+    chunk 0 asks for its next chunk and gets the 503, the three others are still reading
+    their bodies: none of them may send a request in the 2 s after the 503, as the server's
+    log shows (arrival times on the machine's one monotonic clock)."""
     root = tmp_path / "mirror"
     root.mkdir()
     data = os.urandom(MiB + 17)
     (root / ARCHIVE).write_bytes(data)
+    chunk = 128 * KiB
     opts = DownloadOptions(
-        connections=4, chunk_size=128 * KiB, timeouts=Timeouts(connect=2, read=2),
+        connections=4, chunk_size=chunk, timeouts=Timeouts(connect=2, read=5),
         retry=RetryPolicy(base=0.01, cap=0.1, window=20),
     )
     with FaultServer(root, prefix=PREFIX) as srv:
-        srv.add_fault(Status.slow_down(retry_after=2), ARCHIVE, times=1, when=ranged)
+        # the first matching rule of a kind wins: chunks 1.. slow, chunk 0 less so (all four
+        # connections have sent their first request before chunk 0 is done)
+        srv.add_fault(Throttle(bytes_per_second=120_000), ARCHIVE, times=None,
+                      when=lambda req: req.ranged and req.start >= chunk)
+        srv.add_fault(Throttle(bytes_per_second=400_000), ARCHIVE, times=None, when=ranged)
+        srv.add_fault(Status.slow_down(retry_after=2), ARCHIVE, times=1,
+                      when=lambda req: req.ranged and req.start >= 4 * chunk)
         d = Downloader(opts)
-        t0 = time.monotonic()
         try:
             res = d.download(ARCHIVE, [srv.url_for(ARCHIVE)], tmp_path / "p" / "x.part",
                              tmp_path / "p" / "x.json", tmp_path / "out" / ARCHIVE)
         finally:
             d.close()
-        elapsed = time.monotonic() - t0
-        statuses = [r.status for r in srv.requests(ARCHIVE, "GET")]
+        gets = [r for r in srv.requests(ARCHIVE, "GET") if r.header("Range")]
     assert (tmp_path / "out" / ARCHIVE).read_bytes() == data
-    assert statuses.count(503) == 1 and res.retries >= 1
-    assert elapsed >= 1.9, f"finished in {elapsed:.2f}s: Retry-After: 2 was not honoured"
+    (slow_down,) = [r for r in gets if r.status == 503]
+    assert res.retries >= 1
+    t503 = slow_down.arrived
+    before = [r for r in gets if r.arrived < t503]
+    assert len({r.peer for r in before}) == 4, "the 503 did not come while 4 connections ran"
+    inside = [(round(r.arrived - t503, 3), r.header("Range"), r.peer) for r in gets
+              if t503 < r.arrived < t503 + 2.0]
+    assert inside == [], f"requests inside the Retry-After window: {inside}"
+    after = [r for r in gets if r.arrived >= t503 + 2.0]
+    assert after and all(r.status == 206 for r in after)
 
 
 @pytest.mark.parametrize(
@@ -155,9 +176,28 @@ def test_server_that_stalls_forever_ends_in_exit_3_not_a_hang(dataset, tmp_path,
 
 
 def test_dns_failure_is_exit_3_naming_dns_and_a_later_mirror_takes_over(
-    dataset, mirror, tmp_path
+    dataset, mirror, tmp_path, monkeypatch
 ):
+    """A host name that does not resolve: asked once (no retries: they cannot help), the next
+    mirror gets the work; with no other mirror, exit 3 and one line naming DNS."""
     dead = unresolvable_url(PREFIX).rstrip("/")
+    dead_host = urllib.parse.urlsplit(dead).hostname
+    # In-process, to count the look-ups: the real resolver, watched (not replaced).
+    lookups: list[str] = []
+    resolve = socket.getaddrinfo
+
+    def watched(host, *args, **kwargs):
+        lookups.append(host)
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", watched)
+    report = isic2020.fetch(split="test", fmt="none", data_dir=tmp_path / "api",
+                            manifest=dataset.manifest_path, mirrors=[dead, mirror.url])
+    monkeypatch.undo()
+    (entry,) = report.to_dict()["files"]
+    assert lookups.count(dead_host) == 1, lookups
+    assert entry["url"].startswith(mirror.url) and "DNS" in entry["failed_hosts"][0]
+    assert mirror.bytes_sent(TEST_CSV) == dataset.path(TEST_CSV).stat().st_size
     data = tmp_path / "d"
     extra = ("--split", "test", "--format", "none", "--json")
     r = _fetch(data, dead, extra=extra, manifest=dataset.manifest_path)
@@ -324,7 +364,9 @@ def test_verify_failure_is_one_error_line_on_stderr(dataset, mirror, tmp_path, d
     r = run_cli("verify", "--data-dir", str(data), *args, env=cli_env(dataset.manifest_path))
     assert r.returncode == 1
     line = _one_error_line(r)
-    assert line.startswith("isic2020: error:") and named in line
+    assert line.startswith("isic2020: error: verification failed:") and named in line
+    what_to_do = line.split("; ", 1)[1] if "; " in line else ""
+    assert "isic2020 fetch" in what_to_do, line
 
 
 def _manifest_variant(dataset, tmp_path: Path, old: str, new: str) -> Path:
@@ -336,22 +378,37 @@ def _manifest_variant(dataset, tmp_path: Path, old: str, new: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("old", "new", "expect"),
-    [
-        ("schema = 1", "schema = [", "not valid TOML"),
-        ("schema = 1", "schema = 2", "'schema'"),
-        ('hosts = ["https://', 'hosts = ["http://', "'hosts'"),
-        ('sha256 = "', 'sha256 = "xyz', "'sha256'"),
-        ('name = "ISIC_2020_Training_JPEG.zip"', 'name = "../evil.zip"', "'name'"),
-        ("images = 24", "images = -1", "'images'"),
+    ("old", "new", "entry", "named"),
+    [  # entry None: the fault is not inside an entry (the TOML itself, the top-level schema)
+        ("schema = 1", "schema = [", None, ("not valid TOML", "line 5")),
+        ("schema = 1", "schema = 2", None, ("field 'schema'", "found 2")),
+        ('hosts = ["https://', 'hosts = ["http://', "ISIC_2020_Training_GroundTruth.csv",
+         ("field 'hosts'", "http://")),
+        ('sha256 = "', 'sha256 = "xyz', "ISIC_2020_Training_GroundTruth.csv",
+         ("field 'sha256'", "xyz")),
+        ('name = "ISIC_2020_Training_JPEG.zip"', 'name = "../evil.zip"', "../evil.zip",
+         ("field 'name'",)),
+        ("images = 24", "images = -1", "ISIC_2020_Training_JPEG.zip", ("field 'images'", "-1")),
     ],
+    ids=["not-toml", "schema", "http-host", "sha256", "path-in-name", "negative-count"],
 )
-def test_malformed_manifest_exit_2_one_line_naming_the_file(dataset, tmp_path, old, new, expect):
+def test_malformed_manifest_exit_2_one_line_naming_the_file(
+    dataset, tmp_path, old, new, entry, named
+):
+    """Exit 2, one line naming the file, the entry (when the fault is in one) and the field
+    with the bad value, then what to do; nothing written. (A bad field value, ``format``:
+    tests/test_fetch_cli.py::test_broken_manifest_names_file_entry_and_field.)"""
     bad = _manifest_variant(dataset, tmp_path, old, new)
     r = run_cli("fetch", "--data-dir", str(tmp_path / "d"), env=cli_env(bad))
     assert r.returncode == 2, r.stderr
     line = _one_error_line(r)
-    assert str(bad) in line and expect in line
+    what, _, to_do = line.partition("; ")
+    assert f"manifest {bad}:" in what, line
+    if entry is not None:
+        assert f"entry {entry!r}:" in what, line
+    for part in named:
+        assert part in what, line
+    assert to_do.strip(), f"no 'what to do' after the '; ': {line}"
     assert not (tmp_path / "d").exists()
 
 
@@ -500,9 +557,10 @@ def test_https_host_redirecting_to_plain_http_is_not_followed(dataset, tmp_path)
     ) as (url, cert, seen):
         r = _fetch(data, url, extra=("--split", "test", "--format", "none"),
                    manifest=dataset.manifest_path, REQUESTS_CA_BUNDLE=str(cert))
-        sent = plain.bytes_sent()
+        over_http = [f"{q.method} {q.path} {q.header('Range') or ''}" for q in plain.requests()]
     assert seen, "the https host was never asked"
-    assert sent == 0, f"{sent} bytes of the file came over plain http after a redirect"
+    # not a HEAD, not a GET aborted after its headers: the plain server was never asked at all
+    assert over_http == [], f"requests over plain http after a redirect: {over_http}"
     assert r.returncode == 3, r.stderr
     assert not (data / "metadata" / TEST_CSV).exists()
 

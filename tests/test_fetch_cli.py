@@ -8,6 +8,7 @@ The synthetic dataset (real CSVs, real JPEGs in real zips) is served from 127.0.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import resource
@@ -19,13 +20,15 @@ from pathlib import Path
 
 import pytest
 from support.cli import cli_cmd, cli_env, run_cli
-from support.fs import read_only_dir, remount_size, small_filesystem
+from support.fs import read_only_dir, small_filesystem
 from support.servers import FaultServer, Throttle, free_port, refused_url
 
 from isic2020.manifest import load_manifest, manifest_to_toml
+from isic2020.state import read_json
 from isic2020.synthetic import build_dataset
 
 PREFIX = "/challenges/2020/"
+ZIP = "ISIC_2020_Training_JPEG.zip"
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +277,9 @@ def test_broken_manifest_names_file_entry_and_field(dataset, tmp_path):
     r = run_cli("fetch", "--data-dir", str(tmp_path / "d"), env=cli_env(bad))
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
-    assert str(bad) in line and "ISIC_2020_Training_JPEG.zip" in line and "'format'" in line
+    what, _, to_do = line.partition("; ")
+    assert str(bad) in what and "entry 'ISIC_2020_Training_JPEG.zip'" in what
+    assert "field 'format'" in what and "'jpg'" in what and to_do.strip(), line
 
 
 def test_unreachable_host_exits_3_with_one_line_and_no_partial_at_final_path(dataset, tmp_path):
@@ -287,29 +292,58 @@ def test_unreachable_host_exits_3_with_one_line_and_no_partial_at_final_path(dat
     assert not (data / "metadata" / "ISIC_2020_Test_Metadata.csv").exists()
 
 
-def test_file_size_limit_mid_download_exits_3_then_resumes(dataset, mirror, tmp_path):
-    """A full disk, simulated with RLIMIT_FSIZE: clean message, exit 3, resumable later."""
+def test_file_size_limit_mid_download_exits_3_then_resumes(dataset, tmp_path):
+    """RLIMIT_FSIZE biting while bytes are arriving: exit 3, one line naming the limit, the
+    chunks written below the limit kept; without the limit the same command resumes.
+
+    A fresh partial file is preallocated to its full size, so there a limit bites before any
+    byte of the file moves. Mid-transfer it bites on a partial file that is already full size
+    (a run killed once its transfer had started): the writes below the limit succeed, the
+    first past it fails with EFBIG."""
+    root, manifest, blob = _big_archive_setup(dataset, tmp_path, size_mib=8)
     data = tmp_path / "d"
-    limit = 1500  # bytes: smaller than the training CSVs
+    env = cli_env(manifest, ISIC2020_CHUNK_SIZE=str(256 * 1024))
+    args = cli_cmd("fetch", "--data-dir", str(data), "--split", "train", "--format", "jpeg",
+                   "--no-extract", "--connections", "4", "--json")
+    limit = len(blob) // 2
 
     def small_files() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    env = cli_env(dataset.manifest_path)
-    proc = subprocess.run(
-        cli_cmd("fetch", "--data-dir", str(data), "--mirror", mirror.url, "--format", "none",
-                "--split", "train"),
-        env=env, capture_output=True, text=True, preexec_fn=small_files, timeout=60,
-    )
-    assert proc.returncode == 3, proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("isic2020: error")]
-    assert len(errors) == 1 and "limit" in errors[0], proc.stderr
-    assert not (data / "metadata" / "ISIC_2020_Training_GroundTruth.csv").exists()
-    r = _fetch(data, mirror.url, "--format", "none", "--split", "train",
-               manifest=dataset.manifest_path)
-    assert r.returncode == 0, r.stderr
-    for f in dataset.manifest.select("train", "none"):
-        assert (data / "metadata" / f.name).read_bytes() == dataset.path(f.name).read_bytes()
+    with FaultServer(root, prefix=PREFIX) as srv:
+        args += ["--mirror", srv.url]
+        throttle = srv.throttle(1_000_000, ZIP)
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            _wait_for(lambda: _done_bytes(data) > 0, proc, "a finished chunk")
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+        done_killed = _done_bytes(data)
+        assert 0 < done_killed < limit
+        srv.remove_fault(throttle)
+        served = srv.bytes_sent(ZIP)
+
+        limited = subprocess.run(args, env=env, capture_output=True, text=True,
+                                 preexec_fn=small_files, timeout=120)
+        assert limited.returncode == 3, limited.stderr
+        errors = [ln for ln in limited.stderr.splitlines() if ln.startswith("isic2020: error")]
+        assert len(errors) == 1 and "file size limit" in errors[0], limited.stderr
+        assert "Traceback" not in limited.stderr
+        assert srv.bytes_sent(ZIP) > served, "the limit bit before any byte moved"
+        done_limited = _done_bytes(data)
+        assert done_killed < done_limited <= limit  # what was written below the limit is kept
+        assert not (data / "archives" / ZIP).exists()
+        served = srv.bytes_sent(ZIP)
+
+        r = run_cli(*args[3:], env=env)
+        assert r.returncode == 0, r.stderr
+        resumed = srv.bytes_sent(ZIP) - served
+    (entry,) = [f for f in r.json["files"] if f["name"] == ZIP]
+    assert entry["status"] == "resumed"
+    assert resumed == entry["bytes_transferred"] == len(blob) - done_limited
+    assert (data / "archives" / ZIP).read_bytes() == blob
 
 
 def test_read_only_data_dir_exits_3_with_one_line(dataset, mirror, tmp_path):
@@ -323,19 +357,78 @@ def test_read_only_data_dir_exits_3_with_one_line(dataset, mirror, tmp_path):
 def test_disk_full_during_download_exits_3_then_resumes_after_space_is_freed(
     dataset, tmp_path
 ):
-    root, manifest, blob = _big_archive_setup(dataset, tmp_path, size_mib=6)
-    with small_filesystem(tmp_path / "small", 4 << 20) as data, FaultServer(
+    """The disk fills while the archive downloads (another writer takes the last free bytes
+    once the partial file is preallocated and chunks have arrived): exit 3, one line naming
+    the full disk, nothing at the final path; once space is freed the same command resumes
+    and fetches only what was missing."""
+    root, manifest, blob = _big_archive_setup(dataset, tmp_path, size_mib=8)
+    env = cli_env(manifest, ISIC2020_CHUNK_SIZE=str(256 * 1024))
+    with small_filesystem(tmp_path / "small", 64 << 20) as fs, FaultServer(
         root, prefix=PREFIX
     ) as srv:
-        args = ("--split", "train", "--format", "jpeg", "--no-extract")
-        r = _fetch(data, srv.url, *args, manifest=manifest)
-        assert r.returncode == 3, r.stderr
-        assert len(r.error_lines) == 1 and "disk" in r.error_lines[0], r.stderr
-        assert not (data / "archives" / "ISIC_2020_Training_JPEG.zip").exists()
-        remount_size(data, 64 << 20)
-        r = _fetch(data, srv.url, *args, manifest=manifest)
+        data = fs / "data"
+        args = cli_cmd("fetch", "--data-dir", str(data), "--mirror", srv.url, "--split",
+                       "train", "--format", "jpeg", "--no-extract", "--connections", "4",
+                       "--json")
+        throttle = srv.throttle(500_000, ZIP)
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        filler = fs / "filler"
+        try:
+            _wait_for(lambda: _done_bytes(data) > 0, proc, "a finished chunk")
+            _fill(filler)
+            _out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+        assert proc.returncode == 3, err
+        errors = [ln for ln in err.splitlines() if ln.startswith("isic2020: error")]
+        assert len(errors) == 1 and "disk is full" in errors[0], err
+        assert "Traceback" not in err
+        assert not (data / "archives" / ZIP).exists()
+        done = _done_bytes(data)
+        assert 0 < done < len(blob)
+        srv.remove_fault(throttle)
+        served = srv.bytes_sent(ZIP)
+        filler.unlink()  # the user frees space
+        r = run_cli(*args[3:], env=env)
         assert r.returncode == 0, r.stderr
-        assert (data / "archives" / "ISIC_2020_Training_JPEG.zip").read_bytes() == blob
+        resumed = srv.bytes_sent(ZIP) - served
+        assert (data / "archives" / ZIP).read_bytes() == blob
+    (entry,) = [f for f in r.json["files"] if f["name"] == ZIP]
+    assert entry["status"] == "resumed"
+    assert resumed == entry["bytes_transferred"] == len(blob) - done
+
+
+def _fill(path: Path) -> None:
+    """Write ``path`` until its filesystem has not one byte left (ENOSPC)."""
+    block = b"\0" * (1 << 20)
+    with open(path, "wb", buffering=0) as fh:
+        while block:
+            try:
+                fh.write(block)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                block = block[: len(block) // 2]
+
+
+def _done_bytes(data: Path, name: str = "ISIC_2020_Training_JPEG.zip") -> int:
+    """Bytes the partial state of ``name`` records as finished (0: no state yet)."""
+    doc = read_json(data / ".isic2020" / "partial" / f"{name}.state.json")
+    try:
+        return sum(int(b) - int(a) for a, b in doc["done"])
+    except (TypeError, KeyError, ValueError):
+        return 0
+
+
+def _wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    """Until ``cond()`` holds while ``proc`` still runs (fails if it ends or never holds)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, f"the fetch ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.005)
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,33 +457,46 @@ def _big_archive_setup(dataset, tmp_path: Path, size_mib: int = 24):
 
 @pytest.mark.slow
 def test_sigkill_twenty_times_then_final_run_is_exact_and_resumed(dataset, tmp_path):
+    """kill -9 twenty times, each time once the recorded partial state has grown (so every
+    kill lands mid-transfer, never in start-up), then a final run: the exact file,
+    ``status: resumed``, and the server sent at most the file plus what can be in flight at
+    a kill (one chunk per connection): an engine that restarted from zero would send each
+    finished prefix again (and could not grow the state past its previous size in time)."""
     root, manifest, blob = _big_archive_setup(dataset, tmp_path, size_mib=24)
     data = tmp_path / "d"
-    env = cli_env(manifest, ISIC2020_CHUNK_SIZE=str(128 * 1024))
+    chunk, connections = 128 * 1024, 4
+    env = cli_env(manifest, ISIC2020_CHUNK_SIZE=str(chunk))
     args = cli_cmd("fetch", "--data-dir", str(data), "--split", "train", "--format", "jpeg",
-                   "--no-extract", "--connections", "4", "--quiet")
-    rng = __import__("random").Random(2020)
+                   "--no-extract", "--connections", str(connections), "--quiet")
     with FaultServer(root, prefix=PREFIX) as srv:
         srv.add_fault(Throttle(bytes_per_second=400_000), None, times=None)
         args += ["--mirror", srv.url]
         kills = 0
+        done = 0
         while kills < 20:
             proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.3, 0.9))
-            if proc.poll() is not None:
-                break
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            try:
+                _wait_for(lambda before=done: _done_bytes(data) > before, proc,
+                          "more chunks finished")
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=30)
             kills += 1
+            done = _done_bytes(data)
+            assert done < len(blob), "the download finished before it was killed 20 times"
         srv.clear_faults()
-        final = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
-        served = srv.bytes_sent("ISIC_2020_Training_JPEG.zip")
+        final = subprocess.run([*args, "--json"], env=env, capture_output=True, text=True,
+                               timeout=120)
+        served = srv.bytes_sent(ZIP)
     assert final.returncode == 0, final.stderr
-    assert kills == 20, "the download finished before it was killed 20 times"
-    out = data / "archives" / "ISIC_2020_Training_JPEG.zip"
+    out = data / "archives" / ZIP
     assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(blob).hexdigest()
-    assert served < 1.5 * len(blob), f"{served} bytes served for a {len(blob)}-byte file"
+    (entry,) = [f for f in __import__("json").loads(final.stdout)["files"] if f["name"] == ZIP]
+    assert entry["status"] == "resumed"
+    assert entry["bytes_transferred"] == len(blob) - done
+    in_flight = kills * connections * chunk
+    assert served <= len(blob) + in_flight, f"{served} bytes served for a {len(blob)}-byte file"
     assert not list((data / ".isic2020" / "partial").iterdir())
 
 
@@ -417,6 +523,8 @@ def test_sigint_leaves_resumable_state_and_one_line(dataset, tmp_path):
         assert proc.returncode == 130, err
         lines = [ln for ln in err.splitlines() if ln.startswith("isic2020:")]
         assert lines[-1].startswith("isic2020: interrupted") and "resume" in lines[-1]
+        assert sum(ln.startswith("isic2020: interrupted") for ln in err.splitlines()) == 1, err
+        assert not [ln for ln in lines if ln.startswith("isic2020: error")], err
         assert "Traceback" not in err
         partial = data / ".isic2020" / "partial"
         assert (partial / "ISIC_2020_Training_JPEG.zip.state.json").exists()

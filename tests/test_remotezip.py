@@ -700,9 +700,10 @@ from pathlib import Path
 from isic2020 import remotezip as rz
 from isic2020.errors import DiskError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-url, out, limit = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+url, out, limit, wanted = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 remote = rz.read_central_directory(url)
-members = list(rz.image_members(remote, "jpeg").values())
+members = [m for m in rz.image_members(remote, "jpeg").values()
+           if not wanted or m.name in wanted]
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 try:
     rz.fetch_members(remote, members, lambda m: out / m.image_file_name(), connections=4,
@@ -715,18 +716,31 @@ except DiskError as exc:
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE")
 def test_file_too_large_is_a_disk_error_and_leaves_no_partial_file(big, tmp_path: Path) -> None:
     """A write cut short by the file-size limit (then EFBIG) in an unpacker thread stops the
-    whole job with a DiskError; what was finished is complete, no temporary file is left."""
+    whole job with a DiskError; what was finished is complete, no temporary file is left.
+
+    Only the last member fetched (in archive order) is over the limit, so the members before
+    it finish first and the "complete" check has something to look at."""
     out = tmp_path / "out"
     with zipfile.ZipFile(big.archive("train", "jpeg")) as zf:
-        sizes = sorted(i.file_size for i in zf.infolist() if i.filename.endswith(".jpg"))
-    limit = sizes[len(sizes) // 2]  # about half the members fit
+        infos = sorted((i for i in zf.infolist() if i.filename.endswith(".jpg")),
+                       key=lambda i: i.header_offset)
+    big_one = max(infos[len(infos) // 2:], key=lambda i: i.file_size)
+    limit = big_one.file_size - 1
+    before = [i for i in infos if i.header_offset < big_one.header_offset
+              and i.file_size <= limit]
+    wanted = [i.filename for i in before[-500:]] + [big_one.filename]
     with _serve(big.root) as srv:
         proc = subprocess.run([sys.executable, "-c", _FSIZE_SCRIPT, srv.url_for(TRAIN),
-                               str(out), str(limit)], capture_output=True, text=True,
+                               str(out), str(limit), *wanted], capture_output=True, text=True,
                               timeout=120)
     assert "DiskError: file too large" in proc.stdout, proc.stdout + proc.stderr[-2000:]
     assert _no_temp_files(out)
-    assert all(p.stat().st_size <= limit for p in out.iterdir())
+    done = list(out.iterdir())
+    assert 0 < len(done) < len(wanted), "the limit must stop the job part-way"
+    assert big_one.filename.rsplit("/", 1)[-1] not in {p.name for p in done}
+    with zipfile.ZipFile(big.archive("train", "jpeg")) as zf:
+        for p in done:  # what was finished is complete: byte for byte the archive's member
+            assert p.read_bytes() == zf.read(f"train/{p.name}"), p.name
 
 
 # --------------------------------------------------------------------------------------------

@@ -132,6 +132,9 @@ def test_streamed_images_equal_those_of_a_plain_extraction(dataset, tmp_path):
 
 
 def test_an_archive_failing_verification_leaves_no_image_anywhere(dataset, tmp_path):
+    """Images are staged from the archive while it downloads; when the landed bytes then fail
+    the manifest's sha256: exit 1, one error line naming the archive and sha256, and none of
+    the staged images is left in the layout or the staging."""
     man = load_manifest(dataset.manifest_path)
     files = tuple(
         dataclasses.replace(f, sha256="0" * 64) if f.name == TRAIN else f for f in man.files
@@ -139,14 +142,54 @@ def test_an_archive_failing_verification_leaves_no_image_anywhere(dataset, tmp_p
     bad = tmp_path / "bad.toml"
     bad.write_text(manifest_to_toml(dataclasses.replace(man, files=files)))
     data = tmp_path / "d"
+    watcher = _Watcher(data)
     with FaultServer(dataset.root, prefix=PREFIX) as srv:
         srv.throttle(200_000)
-        r = run_cli(*_args(data, srv.url), env=_env(bad))
-    assert r.returncode != 0
-    assert "sha256" in r.stderr and "Traceback" not in r.stderr
+        watcher.start()
+        try:
+            r = run_cli(*_args(data, srv.url), env=_env(bad))
+        finally:
+            watcher.done.set()
+            watcher.join()
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.error_lines) == 1, r.stderr
+    assert TRAIN in r.error_lines[0] and "sha256" in r.error_lines[0], r.stderr
+    assert watcher.staged_while_partial > 0, "nothing was staged before the verification"
     assert _count(data / "jpeg" / "train") == 0
     staging = data / ".isic2020" / "staging"
     assert not staging.exists() or not any(staging.rglob("*.jpg"))
+
+
+class _OldStaged(threading.Thread):
+    """Copies images out of the staging folder while ``rule`` (the object's replacement) has
+    not fired yet: bytes that can only have come from the old version of the archive."""
+
+    def __init__(self, data: Path, rule) -> None:
+        super().__init__(daemon=True)
+        self.staged = data / ".isic2020" / "staging" / TRAIN / "images"
+        self.rule = rule
+        self.copies: dict[str, bytes] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set() and not self.rule.done:
+            try:
+                names = [n for n in os.listdir(self.staged)
+                         if n.endswith(".jpg") and not n.startswith(".")]
+            except FileNotFoundError:
+                names = []
+            for n in names:
+                if n in self.copies:
+                    continue
+                try:
+                    content = (self.staged / n).read_bytes()
+                except FileNotFoundError:
+                    continue
+                if self.rule.done:  # read after the swap: could be either version
+                    return
+                self.copies[n] = content
+            time.sleep(0.005)
 
 
 def test_a_changed_object_discards_what_was_unpacked_from_the_old_one(dataset, tmp_path):
@@ -172,9 +215,24 @@ def test_a_changed_object_discards_what_was_unpacked_from_the_old_one(dataset, t
     shutil.copytree(dataset.root, served)
     with FaultServer(served, prefix=PREFIX) as srv:
         srv.throttle(100_000)
-        srv.add_fault(ReplaceObject(content=new_zip, after_bytes=200_000), TRAIN)
-        r = run_cli(*_args(data, srv.url, "--json"), env=_env(manifest))
+        rule = srv.add_fault(ReplaceObject(content=new_zip, after_bytes=200_000), TRAIN)
+        old_staged = _OldStaged(data, rule)
+        old_staged.start()
+        try:
+            r = run_cli(*_args(data, srv.url, "--json"), env=_env(manifest))
+        finally:
+            old_staged.done.set()
+            old_staged.join()
     assert r.returncode == 0, r.stderr
+    assert rule.done
+    # images were staged from the old version before it changed...
+    assert old_staged.copies, "nothing was staged from the old version: the test proves nothing"
+    with zipfile.ZipFile(dataset.archive("train", "jpeg")) as old_zf:
+        for n, content in old_staged.copies.items():
+            assert content == old_zf.read(f"train/{n}"), n
+    # ...and none of them survived: every image is the new version's
+    for n in old_staged.copies:
+        assert (data / "jpeg" / "train" / n).read_bytes() != old_staged.copies[n], n
     (train,) = [f for f in r.json["files"] if f["name"] == TRAIN]
     assert (data / "archives" / TRAIN).read_bytes() == new_zip
     ref = tmp_path / "ref"

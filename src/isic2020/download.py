@@ -53,7 +53,7 @@ import urllib3
 from .errors import DiskError, DownloadError, Interrupted, ObjectChanged, VerificationError
 from .hashing import etag_kind, multipart_count, normalize_etag
 from .http import Timeouts, make_session
-from .state import atomic_write_json, read_json
+from .state import atomic_write_json, read_json, remove_stale_temps
 
 MiB = 1 << 20
 # 16: on S3-like servers that cap each stream, time falls linearly up to 16 connections
@@ -1075,6 +1075,7 @@ class Downloader:
             self._land(partial, final)
             with contextlib.suppress(OSError):
                 state_path.unlink()
+            remove_stale_temps(state_path)  # a kill while the state was being rewritten
             return DownloadResult(
                 name=name,
                 path=str(final),

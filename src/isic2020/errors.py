@@ -39,6 +39,11 @@ class UsageError(Isic2020Error):
 class ManifestError(UsageError):
     """The manifest is broken or incomplete; the message names file, entry and field."""
 
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        # every failure says what to do, also the many per-field checks that give no hint
+        super().__init__(message, hint or "fix that field of the manifest, or use the shipped "
+                         "one (no --manifest, no $ISIC2020_MANIFEST)")
+
 
 class VerificationError(Isic2020Error):
     """The data on disk (or as downloaded) is not what it must be."""

@@ -405,6 +405,11 @@ class LoggedRequest:
     bytes_sent: int
     faults: tuple[str, ...]
     outcome: str  # "ok", "reset", "stall", "short_body", "client_gone"
+    #: ``time.monotonic()`` when the request's headers were read (one clock for the whole
+    #: machine, so a test can compare it with its own): gaps between requests show backoff.
+    arrived: float = 0.0
+    #: the client's TCP port: requests with the same ``peer`` came over one connection.
+    peer: int = 0
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers.items():
@@ -946,6 +951,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 bytes_sent=sent,
                 faults=tuple(faults),
                 outcome=outcome,
+                arrived=getattr(self, "_arrived", 0.0),
+                peer=int(self.client_address[1]),
             )
         )
 
@@ -1029,6 +1036,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         owner = self.owner
+        self._arrived = time.monotonic()
         self._counted = True
         owner._busy(1)
         split = urllib.parse.urlsplit(self.path)
