@@ -86,6 +86,9 @@ def test_default_data_directory_is_the_env_var_then_xdg_then_home(
     cwd.mkdir()
     env = {k: v for k, v in _env(dataset).items() if k != "XDG_DATA_HOME"}
     env["HOME"] = str(home)
+    # The process runs elsewhere: a relative PYTHONPATH would no longer find this package.
+    package_root = str(Path(isic2020.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
     if which == "ISIC2020_DATA_DIR":
         env["ISIC2020_DATA_DIR"] = str(tmp_path / "env-data")
         env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
