@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 from support.cli import cli_cmd, cli_env, run_cli
-from support.netpeers import VIA, ForwardProxy, TrackingServer, blackhole_url
+from support.netpeers import (
+    VIA,
+    ForwardProxy,
+    TrackingServer,
+    blackhole_url,
+    self_signed_certificate,
+    serve_tls,
+)
 from support.servers import FaultServer, Status, range_starts_at_or_after
 
 from isic2020 import __version__
@@ -135,6 +142,27 @@ def test_http_proxy_from_the_environment_carries_every_request_and_no_proxy_bypa
         assert len(proxy.requests()) == before, "NO_PROXY was not honoured"
         seen = origin.requests()
         assert seen and all(req.header("Via") is None for req in seen)
+
+
+def test_https_proxy_from_the_environment_tunnels_the_https_requests(dataset, tmp_path):
+    """The official hosts are https: ``HTTPS_PROXY`` carries them as ``CONNECT`` tunnels to
+    the host (certificate still verified, here via ``REQUESTS_CA_BUNDLE``); every byte the
+    origin sent crossed the proxy, and the origin saw every request."""
+    cert, key = self_signed_certificate(tmp_path / "tls")
+    with FaultServer(dataset.root, prefix=PREFIX) as origin, ForwardProxy() as proxy:
+        url = serve_tls(origin, cert, key)
+        env = dict(_no_proxy_env(_env(dataset)), HTTPS_PROXY=proxy.url,
+                   NO_PROXY="no-such-host.invalid", REQUESTS_CA_BUNDLE=str(cert))
+        r = run_cli("fetch", "--data-dir", str(tmp_path / "d"), "--mirror", url,
+                    "--split", "train", "--format", "jpeg", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        assert r.json["verification"]["ok"] is True
+        sent = origin.bytes_sent()
+        connects = proxy.requests()
+    assert connects and {q.method for q in connects} == {"CONNECT"}
+    assert {q.target for q in connects} == {f"127.0.0.1:{origin.port}"}
+    assert sent >= dataset.path(ZIP).stat().st_size
+    assert proxy.tunneled > sent  # the bodies plus TLS and HTTP overhead, both ways
 
 
 def urlpath(target: str) -> str:

@@ -11,16 +11,20 @@ from __future__ import annotations
 import contextlib
 import http.client
 import http.server
+import select
 import socket
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .servers import FaultServer, RequestInfo
 
-__all__ = ["ForwardProxy", "ProxiedRequest", "TrackingServer", "blackhole_url"]
+__all__ = ["ForwardProxy", "ProxiedRequest", "TrackingServer", "blackhole_url", "serve_tls",
+           "self_signed_certificate"]
 
 #: Headers a proxy must not forward (RFC 9110 section 7.6.1), plus the proxy's own.
 _HOP_BY_HOP = {
@@ -52,6 +56,41 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self._forward()
+
+    def do_CONNECT(self) -> None:
+        """``CONNECT host:port``: a TCP tunnel (how https goes through a proxy); the bytes
+        that cross it are counted both ways."""
+        owner = self.server.owner
+        headers = dict(self.headers.items())
+        host, _, port = self.path.rpartition(":")
+        try:
+            upstream = socket.create_connection((host, int(port)), timeout=30)
+        except (OSError, ValueError):
+            owner.record(ProxiedRequest("CONNECT", self.path, headers, 502))
+            self.send_error(502, "cannot reach the target")
+            return
+        owner.record(ProxiedRequest("CONNECT", self.path, headers, 200))
+        self.send_response(200, "Connection established")
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        client = self.connection
+        try:
+            while True:
+                ready, _, _ = select.select([client, upstream], [], [], 30)
+                if not ready:
+                    return
+                for src in ready:
+                    dst = upstream if src is client else client
+                    block = src.recv(65536)
+                    if not block:
+                        return
+                    dst.sendall(block)
+                    owner.count_tunneled(len(block))
+        except OSError:
+            return
+        finally:
+            upstream.close()
 
     def _forward(self) -> None:
         """Forward to the origin named in the absolute-form target, add ``Via``, stream back."""
@@ -111,6 +150,7 @@ class ForwardProxy:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._log: list[ProxiedRequest] = []
+        self.tunneled = 0
         self._httpd: _ProxyHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -139,6 +179,10 @@ class ForwardProxy:
     def record(self, entry: ProxiedRequest) -> None:
         with self._lock:
             self._log.append(entry)
+
+    def count_tunneled(self, n: int) -> None:
+        with self._lock:
+            self.tunneled += n
 
     def requests(self) -> list[ProxiedRequest]:
         with self._lock:
@@ -224,3 +268,48 @@ class TrackingServer(FaultServer):
                 return False
 
         return predicate
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """(certificate, key) PEM files for ``127.0.0.1``, valid for two days, self-signed."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def serve_tls(server: FaultServer, cert: Path, key: Path) -> str:
+    """Make a started :class:`FaultServer` speak TLS (before any client connects); return its
+    ``https://127.0.0.1:PORT<prefix>`` mirror URL. Its listening socket is wrapped in place,
+    so every later connection is TLS, with all the server's faults and counters."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    httpd = server._httpd
+    assert httpd is not None, "start the server first"
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    return f"https://127.0.0.1:{server.port}{server.prefix}"
