@@ -38,7 +38,6 @@ import math
 import os
 import random
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +50,7 @@ import requests
 import urllib3
 
 from .errors import DiskError, DownloadError, Interrupted, ObjectChanged, VerificationError
+from .fsutil import open_nofollow
 from .hashing import etag_kind, multipart_count, normalize_etag
 from .http import Timeouts, make_session
 from .state import atomic_write_json, read_json
@@ -66,6 +66,7 @@ BLOCK = 1 * MiB
 READ_BLOCK = 256 * 1024
 # Part sizes seen in the wild (aws cli/boto3 8 MiB, s3cmd 15 MiB, the multipart minimum 5 MiB).
 COMMON_PART_SIZES = tuple(m * MiB for m in (8, 16, 5, 15, 32, 64, 100, 128, 10, 50, 256, 512))
+_TRUNCATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC  # partial files, opened with open_nofollow
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _NETWORK_ERRORS = (
     requests.ConnectionError,
@@ -483,6 +484,10 @@ class _Transfer:
         self.resumed_bytes = 0
         self.fd = -1
         self.follower: _Hashers | None = None
+        # The queue exists only once ``run`` has planned it, but the observer's threads may ask
+        # for a region first (``prioritize``) as soon as ``begin`` starts them: kept here.
+        self._queue: list[tuple[int, int]] = []
+        self._early: list[tuple[int, int]] | None = []
 
     # -- state ----------------------------------------------------------------------------
     def _state_doc(self) -> dict[str, Any]:
@@ -549,7 +554,7 @@ class _Transfer:
             self.partial.unlink()
         try:
             fresh = not self.partial.exists()
-            self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o666)
+            self.fd = open_nofollow(self.partial, os.O_RDWR | os.O_CREAT)
             if fresh or os.fstat(self.fd).st_size != self.size:
                 os.ftruncate(self.fd, self.size)
                 if fresh and hasattr(os, "posix_fallocate") and self.size:
@@ -575,7 +580,11 @@ class _Transfer:
                                 self.prioritize)
             first = self.observer.first_offset(self.size)
         pending = self._plan(first)
-        self._queue = list(reversed(pending))  # pop() from the end: lowest offsets first
+        with self.lock:
+            self._queue = list(reversed(pending))  # pop() from the end: lowest offsets first
+            early, self._early = self._early or [], None
+        for a, b in early:
+            self.prioritize(a, b)
         workers = [
             threading.Thread(target=self._worker, name=f"isic2020-dl-{k}", daemon=True)
             for k in range(min(self.opts.connections, len(pending)))
@@ -623,6 +632,9 @@ class _Transfer:
         queued chunks are split at its edges and the inside re-cut finer."""
         step = self._fine_step(end - start)
         with self.lock:
+            if self._early is not None:  # asked before the queue was planned: applied then
+                self._early.append((start, end))
+                return
             rest: list[tuple[int, int]] = []
             hit: list[tuple[int, int]] = []
             for a, b in self._queue:
@@ -1150,7 +1162,7 @@ class Downloader:
                     length = resp.headers.get("Content-Length")
                     partial.parent.mkdir(parents=True, exist_ok=True)
                     try:
-                        fh = open(partial, "wb")  # noqa: SIM115 - closed by the with below
+                        fh = os.fdopen(open_nofollow(partial, _TRUNCATE), "wb")  # noqa: SIM115
                     except OSError as exc:
                         raise _disk_error(partial, exc) from None
                     with fh:
@@ -1218,7 +1230,7 @@ class Downloader:
         partial.parent.mkdir(parents=True, exist_ok=True)
         bar = self._bar(name, size)
         try:
-            with open(src, "rb") as fin, open(partial, "wb") as fout:
+            with open(src, "rb") as fin, os.fdopen(open_nofollow(partial, _TRUNCATE), "wb") as fout:
                 while True:
                     block = fin.read(4 * BLOCK)
                     if not block:
@@ -1348,11 +1360,3 @@ def _hash_file(
         return hashers.digests()
     finally:
         os.close(fd)
-
-
-def free_bytes(path: Path) -> int:
-    """Free space on the filesystem holding ``path`` (its nearest existing ancestor)."""
-    p = path
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return shutil.disk_usage(p).free

@@ -78,6 +78,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DiskError, Interrupted, Isic2020Error, UsageError, VerificationError
+from .fsutil import free_bytes, open_nofollow
 from .layout import Layout
 from .lock import data_dir_lock
 from .manifest import FileEntry, expand_split, load_manifest
@@ -375,7 +376,7 @@ def _write_member(src: _Source, m: _Member, d: str, mode: int, archive: str) -> 
     final = f"{d}/{m.final}"
     tmp = f"{d}/{TEMP_PREFIX}{m.final}{TEMP_SUFFIX}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, mode)
+        fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     except OSError as exc:
         raise _disk_error(exc, Path(tmp)) from None
     try:
@@ -923,8 +924,8 @@ def extract_archive(
     todo = [m for m in members if present.get(m.final) != m.info.file_size]
     result.already_present = len(members) - len(todo)
     need = sum(m.info.file_size for m in todo)
-    free = shutil.disk_usage(dest_dir).free
-    if need > free:
+    free = free_bytes(dest_dir)  # None: the filesystem does not say (ramfs)
+    if free is not None and need > free:
         raise DiskError(
             f"{entry.name} needs {need / 1e9:.2f} GB more in {dest_dir}, only "
             f"{free / 1e9:.2f} GB free",
@@ -1014,6 +1015,7 @@ def extract(
         return report
     with data_dir_lock(layout.lock_path, on_wait=log):
         records = Records(layout.records_path)
+        records.heal(log)
         for s in splits:
             entry = man.archive(s, fmt)
             if entry is None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -55,10 +56,19 @@ from typing import Any
 from .download import RemoteObject, TransferObserver, add_interval
 from .errors import Isic2020Error
 from .extract import Plan, _Flusher, _Member, _plan, _write_member, present_files
+from .fsutil import (
+    O_CLOEXEC,
+    O_DIRECTORY,
+    O_NOFOLLOW,
+    StateLinkError,
+    file_mode,
+    open_nofollow,
+    real_dir,
+)
 from .layout import Layout
 from .manifest import FileEntry
 from .remotezip import TAIL_BYTES, _end_records
-from .state import atomic_write_json, file_mode
+from .state import atomic_write_json
 
 STREAM_THREADS = 2
 BATCH = 16  # members a thread takes at once
@@ -173,6 +183,9 @@ class StreamingExtractor(TransferObserver):
         except OSError as exc:
             self.stats.disabled = f"cannot stage images: {exc.strerror or exc}"
             return
+        except StateLinkError as exc:
+            self.stats.disabled = f"cannot stage images: {exc.message}"
+            return
         with self._cond:
             self._reset()
             self.fd = dup
@@ -236,6 +249,21 @@ class StreamingExtractor(TransferObserver):
             return not self.stopped
 
     def _planner(self) -> None:
+        self._guarded(self._plan_directory)
+
+    def _worker(self) -> None:
+        self._guarded(self._unpack_queued)
+
+    def _guarded(self, work: Callable[[], None]) -> None:
+        """Run a thread's work so that any failure, expected or not, stops the streaming and
+        shows in ``while_downloading.disabled`` (never as a thread's traceback on stderr while
+        the report says nothing went wrong)."""
+        try:
+            work()
+        except Exception as exc:  # noqa: BLE001 - reported, and extraction redoes the work
+            self._stop(f"unpacking while downloading failed ({type(exc).__name__}: {exc})")
+
+    def _plan_directory(self) -> None:
         fd = self.fd
         try:
             if not self._wait_for(self.tail_from):
@@ -303,7 +331,7 @@ class StreamingExtractor(TransferObserver):
             i += 1
         return added
 
-    def _worker(self) -> None:
+    def _unpack_queued(self) -> None:
         mode = file_mode()
         d = str(self.images)
         src = _FdSource(-1)
@@ -338,15 +366,17 @@ class StreamingExtractor(TransferObserver):
 
     # -- helpers ---------------------------------------------------------------------------
     def _prepare(self, ident: dict[str, Any]) -> None:
-        """Make the staging folder for this version of the object (another version's goes)."""
+        """Make the staging folder for this version of the object (another version's goes).
+        Every folder on the way is made here and must not be a link (:func:`real_dir`)."""
         doc_path = self.staging / OBJECT_FILE
         try:
-            doc = json.loads(doc_path.read_text())
+            with open(open_nofollow(doc_path, os.O_RDONLY), "rb") as fh:
+                doc = json.loads(fh.read())
         except (OSError, ValueError):
             doc = None
         if doc != ident and self.staging.exists():
-            shutil.rmtree(self.staging)
-        self.images.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(self.staging)  # fd-based on Linux: never follows a link inside
+        real_dir(self.images, self.layout.state_dir)
         if doc != ident:
             atomic_write_json(doc_path, ident, durable=False)
 
@@ -396,30 +426,65 @@ def staging_matches(staging: Path, etag: str | None, size: int) -> bool:
 
 def promote(staging: Path, dest: Path, members: list[_Member]) -> int:
     """Move the staged images that belong to ``members`` (by name and size) into ``dest``;
-    remove the staging folder. One rename of the folder when ``dest`` is empty."""
+    remove the staging folder. One rename of the folder when ``dest`` is empty.
+
+    The images folder is opened ``O_NOFOLLOW`` and listed, cleaned and moved from through
+    that descriptor: a link planted in its place is refused (:class:`StateLinkError`), so
+    nothing outside the state folder is ever listed, deleted or moved. ``dest`` may be a
+    link the user made (``jpeg/train`` on another disk): images are then moved one by one
+    where the rename can reach, and the rest is left for the extraction to unpack.
+    """
     images = staging / IMAGES_DIR
     want = {m.final: m.info.file_size for m in members}
     keep: list[str] = []
-    with contextlib.suppress(FileNotFoundError), os.scandir(images) as it:
-        for e in it:
-            if want.get(e.name) == e.stat(follow_symlinks=False).st_size:
-                keep.append(e.name)
-            else:  # a temporary left by a kill, or anything else: never promoted
-                with contextlib.suppress(OSError):
-                    os.unlink(e.path)
-    if keep:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        moved = False
-        with contextlib.suppress(OSError):
-            if _empty_or_missing(dest):
-                os.rename(images, dest)  # replaces an empty folder (POSIX rename)
-                moved = True
-        if not moved:
-            dest.mkdir(parents=True, exist_ok=True)
-            for name in keep:
-                os.replace(images / name, dest / name)
+    try:
+        dfd = os.open(images, os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+    except FileNotFoundError:
+        shutil.rmtree(staging, ignore_errors=True)
+        return 0
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise StateLinkError(images, staging.parent.parent) from None
+        raise
+    try:
+        with os.scandir(dfd) as it:
+            for e in it:
+                if not e.is_symlink() and want.get(e.name) == e.stat(
+                        follow_symlinks=False).st_size:
+                    keep.append(e.name)
+                else:  # a temporary left by a kill, or anything else: never promoted
+                    with contextlib.suppress(OSError):
+                        os.unlink(e.name, dir_fd=dfd)
+        if keep:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            moved = False
+            with contextlib.suppress(OSError):
+                if not os.path.islink(dest) and _empty_or_missing(dest) and _same_dir(
+                        os.stat(images, follow_symlinks=False), dfd):
+                    os.rename(images, dest)  # replaces an empty folder (POSIX rename)
+                    moved = True
+            if not moved:
+                dest.mkdir(parents=True, exist_ok=True)
+                moved_one = 0
+                for name in keep:
+                    try:
+                        os.replace(name, dest / name, src_dir_fd=dfd)
+                        moved_one += 1
+                    except OSError as exc:
+                        if exc.errno != errno.EXDEV:
+                            raise
+                        break  # another filesystem: the extraction unpacks the rest
+                keep = keep[:moved_one]
+    finally:
+        os.close(dfd)
     shutil.rmtree(staging, ignore_errors=True)
     return len(keep)
+
+
+def _same_dir(st: os.stat_result, fd: int) -> bool:
+    """``st`` (an ``lstat``) is the folder open as ``fd``: nothing swapped it meanwhile."""
+    fst = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
 
 
 def _empty_or_missing(d: Path) -> bool:
