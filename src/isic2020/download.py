@@ -53,7 +53,7 @@ from .errors import DiskError, DownloadError, Interrupted, ObjectChanged, Verifi
 from .fsutil import open_nofollow
 from .hashing import etag_kind, multipart_count, normalize_etag
 from .http import Timeouts, make_session
-from .state import atomic_write_json, read_json
+from .state import atomic_write_json, done_intervals, read_json
 
 MiB = 1 << 20
 # 16: on S3-like servers that cap each stream, time falls linearly up to 16 connections
@@ -521,15 +521,7 @@ class _Transfer:
             self._log(f"{self.partial.name}: the remote object changed since the partial download; "
                       "starting over")
             return
-        done: list[list[int]] = []
-        try:
-            for a, b in doc.get("done", []):
-                a, b = max(0, int(a)), min(self.size, int(b))
-                if a < b:
-                    done = add_interval(done, a, b)
-        except (TypeError, ValueError):
-            done = []
-        self.done = done
+        self.done = done_intervals(doc.get("done", []), self.size)
         self.resumed_bytes = sum(b - a for a, b in self.done)
 
     def _save_state(self) -> None:

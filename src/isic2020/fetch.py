@@ -35,7 +35,7 @@ from .http import Timeouts
 from .layout import Layout
 from .lock import data_dir_lock
 from .manifest import FileEntry, Manifest, expand_split, load_manifest
-from .state import FileRecord, Records, read_json
+from .state import FileRecord, Records, done_intervals, read_json
 
 Log = Callable[[str], None]
 
@@ -652,11 +652,10 @@ def _partial_bytes(layout: Layout, entry: FileEntry) -> int:
     doc = read_json(layout.partial_state_path(entry))
     if not isinstance(doc, dict):
         return 0
-    try:
-        size = int(doc["size"])
-        return min(size, sum(int(b) - int(a) for a, b in doc.get("done", [])))
-    except (KeyError, TypeError, ValueError):
+    size = doc.get("size")
+    if not isinstance(size, int) or isinstance(size, bool):
         return 0
+    return sum(b - a for a, b in done_intervals(doc.get("done", []), size))
 
 
 def _check_space(

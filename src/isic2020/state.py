@@ -19,8 +19,8 @@ from typing import Any
 from .errors import DiskError
 from .fsutil import atomic_write, file_mode
 
-__all__ = ["FileRecord", "Records", "atomic_write_bytes", "atomic_write_json", "file_mode",
-           "read_json"]
+__all__ = ["FileRecord", "Records", "atomic_write_bytes", "atomic_write_json", "done_intervals",
+           "file_mode", "read_json"]
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
@@ -31,6 +31,30 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
 
 def atomic_write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode(), durable=durable)
+
+
+def done_intervals(raw: Any, size: int) -> list[list[int]]:
+    """The finished byte ranges a partial download's record claims, merged and sorted, or
+    ``[]`` when the record is of the wrong shape in any way (not a list of ``[start, end]``
+    integer pairs with ``0 <= start < end <= size``): a damaged record is not trusted at all,
+    because a range it invents would be taken as downloaded bytes."""
+    if not isinstance(raw, list):
+        return []
+    pairs: list[tuple[int, int]] = []
+    for iv in raw:
+        if not (isinstance(iv, list) and len(iv) == 2 and all(_typed(x, (int,)) for x in iv)):
+            return []
+        a, b = iv
+        if not 0 <= a < b <= size:
+            return []
+        pairs.append((a, b))
+    merged: list[list[int]] = []
+    for a, b in sorted(pairs):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return merged
 
 
 def read_json(path: Path) -> Any | None:
