@@ -269,3 +269,40 @@ def test_an_images_folder_linked_to_another_filesystem_is_filled(dataset, server
         assert r.returncode == 0, r.stderr
         assert _count(other) == N_TRAIN
         assert r.json["verification"]["ok"] is True
+
+
+@pytest.mark.parametrize(
+    ("folder", "extra", "ready"),
+    [
+        (f"staging/{TRAIN}/images", (), lambda d: _count(d) >= 5),
+        ("partial", ("--no-extract",), lambda d: _has_progress(d / f"{TRAIN}.state.json")),
+    ],
+    ids=["staging-images", "partial"],
+)
+def test_a_folder_swapped_for_a_link_during_a_run_gets_nothing_written_through_it(
+    dataset, server, tmp_path, folder, extra, ready
+):
+    """The same attacks while a run is under way: the real folder is moved aside (still in
+    DATA) and a link to the decoy put in its place. What the run writes from then on goes
+    to the folder it opened, or the run stops with one line: never into the decoy."""
+    data, decoy = tmp_path / "d", _decoy(tmp_path / "decoy")
+    before = _snapshot(decoy)
+    target = data / ".isic2020" / folder
+    server.throttle(40_000, TRAIN)
+    proc = subprocess.Popen(cli_cmd(*_args(data, server.url, *extra)), env=_env(dataset),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 60
+    while not ready(target) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the fetch ended before the folder could be swapped"
+    target.rename(target.with_name(target.name + "-moved"))
+    target.symlink_to(decoy)
+    server.clear_faults()
+    _, err = proc.communicate(timeout=120)
+    assert _snapshot(decoy) == before
+    assert "Traceback" not in err and "internal error" not in err, err
+    if proc.returncode != 0:
+        lines = [ln for ln in err.splitlines() if ln.startswith("isic2020: error")]
+        assert proc.returncode == 3 and len(lines) == 1, err
+        assert str(target) in lines[0] and "symbolic link" in lines[0], err

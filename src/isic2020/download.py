@@ -50,7 +50,7 @@ import requests
 import urllib3
 
 from .errors import DiskError, DownloadError, Interrupted, ObjectChanged, VerificationError
-from .fsutil import open_nofollow
+from .fsutil import move_into_place, open_nofollow, remove_file
 from .hashing import etag_kind, multipart_count, normalize_etag
 from .http import Timeouts, make_session
 from .state import atomic_write_json, done_intervals, read_json
@@ -543,7 +543,7 @@ class _Transfer:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         self._load_state()
         if not self.done and self.partial.exists():
-            self.partial.unlink()
+            remove_file(self.partial)
         try:
             fresh = not self.partial.exists()
             self.fd = open_nofollow(self.partial, os.O_RDWR | os.O_CREAT)
@@ -1078,7 +1078,7 @@ class Downloader:
                 transfer.finish()
             self._land(partial, final)
             with contextlib.suppress(OSError):
-                state_path.unlink()
+                remove_file(state_path)
             return DownloadResult(
                 name=name,
                 path=str(final),
@@ -1243,7 +1243,7 @@ class Downloader:
         digest = sha.hexdigest()
         if expected_sha256 and digest != expected_sha256:
             with contextlib.suppress(OSError):
-                partial.unlink()
+                remove_file(partial)
             raise VerificationError(f"{name} from {url}: sha256 differs from the manifest's")
         self._land(partial, final)
         return DownloadResult(
@@ -1302,16 +1302,7 @@ class Downloader:
 
     def _land(self, partial: Path, final: Path) -> None:
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            mode = os.stat(partial).st_mode & 0o777
-            if mode & 0o002:
-                os.chmod(partial, mode & ~0o002)  # never world-writable, whatever the umask
-            os.replace(partial, final)
-            dfd = os.open(final.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            move_into_place(partial, final)
         except OSError as exc:
             raise _disk_error(final, exc) from None
 
@@ -1321,7 +1312,7 @@ class Downloader:
     ) -> None:
         for p in (partial, state_path):
             with contextlib.suppress(OSError):
-                p.unlink()
+                remove_file(p)
         if observer is not None:
             observer.discard()
 

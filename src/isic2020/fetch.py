@@ -30,7 +30,7 @@ from .download import (
     RetryPolicy,
 )
 from .errors import EXIT_OK, EXIT_VERIFY, DiskError, UsageError
-from .fsutil import atomic_write, free_bytes
+from .fsutil import atomic_write, free_bytes, remove_file
 from .http import Timeouts
 from .layout import Layout
 from .lock import data_dir_lock
@@ -604,7 +604,7 @@ def _fetch_members(
         save_selection(sel_path, sel)
     else:
         with contextlib.suppress(FileNotFoundError):
-            sel_path.unlink()  # the whole split is here now: verify against the CSV again
+            remove_file(sel_path)  # the whole split is here now: verify against the CSV again
     result = DownloadResult(
         name=entry.name,
         path=str(dest_dir),

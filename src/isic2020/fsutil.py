@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import DiskError
+from .layout import STATE_DIRNAME
 
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -82,24 +83,30 @@ def atomic_file(path: str | os.PathLike[str], *, durable: bool = True) -> Iterat
 
     On any error (or interrupt) the temporary is removed and ``path`` is untouched. ``durable``
     fsyncs the file before the rename and the folder after it; state that is rewritten many
-    times a second and only saves work (a partial download's progress) may skip that.
+    times a second and only saves work (a partial download's progress) may skip that. The
+    temporary is made, and renamed, relative to a descriptor of the folder (:func:`open_dir`):
+    inside the state folder no link on the way is followed, even one planted meanwhile.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _new_temp(final)
+    dfd = open_dir(final.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        fsync_dir(final.parent)
+        fd, tmp = _new_temp(final.name, dfd)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, final.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+        if durable:
+            with contextlib.suppress(OSError):  # EINVAL where folders cannot be fsync'ed
+                os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
@@ -108,38 +115,160 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, durable: bool = T
         fh.write(data)
 
 
-def _new_temp(final: Path) -> tuple[int, Path]:
-    """A new file beside ``final``: a random name, ``O_EXCL | O_NOFOLLOW``, :func:`file_mode`
-    (``os.open``'s mode passes through the umask, whose bits ``file_mode`` already lacks)."""
+def _new_temp(name: str, dfd: int) -> tuple[int, str]:
+    """A new file beside ``name`` in the folder ``dfd``: a random name, ``O_EXCL |
+    O_NOFOLLOW``, :func:`file_mode` (``os.open``'s mode passes through the umask, whose bits
+    ``file_mode`` already lacks)."""
     for _ in range(100):
-        tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
+        tmp = f".{name}.{secrets.token_hex(6)}.tmp"
         try:
-            return os.open(tmp, _TEMP_CREATE, file_mode()), tmp
+            return os.open(tmp, _TEMP_CREATE, file_mode(), dir_fd=dfd), tmp
         except FileExistsError:
             continue
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(final))
+    raise FileExistsError(errno.EEXIST, "no free temporary name", name)
 
 
-def open_nofollow(path: str | os.PathLike[str], flags: int, mode: int = 0o666) -> int:
+def open_nofollow(
+    path: str | os.PathLike[str], flags: int, mode: int = 0o666, *, dir_fd: int | None = None
+) -> int:
     """``os.open(path, flags)`` that never opens through a symbolic link at ``path``.
 
     With ``O_CREAT``, a link found there is removed (only the link: its target is untouched)
-    and a new file is made in its place; without it, the ``ELOOP`` error is raised.
+    and a new file is made in its place; without it, the ``ELOOP`` error is raised. A path in
+    the state folder is opened relative to :func:`open_dir` of its folder (no link on the way
+    is followed); ``dir_fd``: ``path`` is a name in that open folder.
     """
+    if dir_fd is None and STATE_DIRNAME in os.fspath(path) and state_root(Path(path)):
+        p = Path(path)
+        dfd = open_dir(p.parent, create=bool(flags & os.O_CREAT))
+        try:
+            return open_nofollow(p.name, flags, mode, dir_fd=dfd)
+        finally:
+            os.close(dfd)
     try:
-        return os.open(path, flags | O_NOFOLLOW | O_CLOEXEC, mode)
+        return os.open(path, flags | O_NOFOLLOW | O_CLOEXEC, mode, dir_fd=dir_fd)
     except OSError as exc:
-        if exc.errno != errno.ELOOP or not flags & os.O_CREAT or not _is_link(path):
+        if exc.errno != errno.ELOOP or not flags & os.O_CREAT or not _is_link(path, dir_fd):
             raise
-    os.unlink(path)
-    return os.open(path, flags | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
+    os.unlink(path, dir_fd=dir_fd)
+    return os.open(path, flags | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode, dir_fd=dir_fd)
 
 
-def _is_link(path: str | os.PathLike[str]) -> bool:
+def _is_link(path: str | os.PathLike[str], dir_fd: int | None = None) -> bool:
     try:
-        return stat.S_ISLNK(os.lstat(path).st_mode)
+        return stat.S_ISLNK(os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mode)
     except OSError:
         return False
+
+
+def state_root(path: Path) -> Path | None:
+    """The state folder ``path`` lies in or is (the nearest ``.isic2020`` on its way)."""
+    for p in (path, *path.parents):
+        if p.name == STATE_DIRNAME:
+            return p
+    return None
+
+
+def open_dir(folder: str | os.PathLike[str], *, create: bool = True) -> int:
+    """A descriptor of ``folder`` (made if missing and ``create``), to work relative to.
+
+    Inside the state folder it is reached one component at a time, each opened
+    ``O_NOFOLLOW | O_DIRECTORY`` from the last: a link anywhere from ``.isic2020`` down raises
+    :class:`StateLinkError`, and what is then done through the descriptor stays in that folder
+    even if a link replaces a folder on the way later. Elsewhere (DATA and the layout folders,
+    which may be the user's links) the path is followed as given.
+    """
+    path = Path(folder)
+    root = state_root(path)
+    if root is None:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    if create:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root.parent, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    shown = root.parent
+    for part in (root.name, *path.relative_to(root).parts):
+        shown = shown / part
+        fd = _open_sub(fd, part, create, shown, root)
+    return fd
+
+
+def _open_sub(parent: int, name: str, create: bool, shown: Path, root: Path) -> int:
+    """Open folder ``name`` in ``parent`` without following a link; ``parent`` is closed."""
+    try:
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o777, dir_fd=parent)
+        try:
+            return os.open(name, os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC,
+                           dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(name, parent):
+                raise StateLinkError(shown, root) from None
+            raise
+    finally:
+        os.close(parent)
+
+
+def move_into_place(src: Path, dst: Path) -> None:
+    """Rename a finished file from the state folder (``src``) to its final path ``dst``.
+
+    ``src`` is reached relative to :func:`open_dir` of its folder and opened ``O_NOFOLLOW``
+    to drop the world-write bit through its descriptor (a link there raises, nothing
+    outside is chmod'ed or moved in); a link at ``dst`` is replaced; ``dst``'s folder (the
+    user's, may be a link) is fsync'ed so the new name survives a power cut.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    sfd = open_dir(src.parent, create=False)
+    try:
+        try:
+            fd = os.open(src.name, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC, dir_fd=sfd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StateLinkError(src, state_root(src) or src.parent) from None
+            raise
+        try:
+            mode = os.fstat(fd).st_mode & 0o777
+            if mode & 0o002:
+                os.fchmod(fd, mode & ~0o002)  # never world-writable, whatever the umask
+        finally:
+            os.close(fd)
+        os.replace(src.name, dst, src_dir_fd=sfd)
+    finally:
+        os.close(sfd)
+    fsync_dir(dst.parent)
+
+
+def remove_file(path: str | os.PathLike[str]) -> None:
+    """Unlink ``path`` if it exists (a link there: the link, never its target); in the state
+    folder relative to :func:`open_dir` of its folder."""
+    p = Path(path)
+    try:
+        dfd = open_dir(p.parent, create=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p.name, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Remove the folder ``path`` and everything in it, following no link (``rmtree`` relative
+    to :func:`open_dir` of its parent: fd-based, so a link inside is removed, not entered)."""
+    p = Path(path)
+    try:
+        dfd = open_dir(p.parent, create=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        shutil.rmtree(p.name, dir_fd=dfd)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(dfd)
 
 
 def refuse_state_links(state_dir: Path) -> None:
@@ -166,21 +295,6 @@ def refuse_state_links(state_dir: Path) -> None:
                     raise StateLinkError(Path(e.path), state_dir)
                 if e.is_dir(follow_symlinks=False):
                     stack.append(e.path)
-
-
-def real_dir(path: Path, state_dir: Path) -> Path:
-    """Create ``path`` (inside ``state_dir``) folder by folder, refusing any component that is
-    a symbolic link, so that nothing written below it can land outside the state folder."""
-    rel = path.relative_to(state_dir)
-    state_dir.parent.mkdir(parents=True, exist_ok=True)  # DATA: the user's, may be a link
-    p = state_dir
-    for part in ("", *rel.parts):
-        p = p / part if part else p
-        with contextlib.suppress(FileExistsError):
-            p.mkdir()
-        if _is_link(p):
-            raise StateLinkError(p, state_dir)
-    return path
 
 
 def free_bytes(path: str | os.PathLike[str]) -> int | None:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import DiskError, LockError
-from .fsutil import O_CLOEXEC, O_NOFOLLOW, StateLinkError, file_mode, real_dir, refuse_state_links
+from .fsutil import O_CLOEXEC, O_NOFOLLOW, StateLinkError, file_mode, open_dir, refuse_state_links
 
 
 @contextlib.contextmanager
@@ -35,7 +35,7 @@ def data_dir_lock(
     """Hold the data directory's lock for the duration of the block."""
     state_dir = lock_path.parent
     try:
-        real_dir(state_dir, state_dir)  # a link in place of the state folder is refused
+        os.close(open_dir(state_dir))  # made here; a link in place of it is refused
         # O_NOFOLLOW: a link planted at ``lock`` is refused, never truncated through. Not
         # replaced by a rename either: two runs must lock the same inode.
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, file_mode())

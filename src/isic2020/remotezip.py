@@ -111,7 +111,7 @@ from .extract import (
     temp_name,
     unsafe_reason,
 )
-from .fsutil import atomic_write, open_nofollow
+from .fsutil import atomic_write, open_nofollow, remove_file
 from .hashing import normalize_etag
 from .http import Timeouts, make_session
 
@@ -1560,7 +1560,7 @@ def fetch_remote_members(
             restarts += 1
             if cache is not None:
                 with contextlib.suppress(OSError):
-                    cache.unlink()
+                    remove_file(cache)
             if expected_etag or restarts > retry.object_restarts:
                 failures.append(f"{url}: {exc.message}")
                 i += 1

@@ -42,7 +42,6 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import struct
 import threading
 import time
@@ -56,15 +55,7 @@ from typing import Any
 from .download import RemoteObject, TransferObserver, add_interval
 from .errors import Isic2020Error
 from .extract import Plan, _Flusher, _Member, _plan, _write_member, present_files
-from .fsutil import (
-    O_CLOEXEC,
-    O_DIRECTORY,
-    O_NOFOLLOW,
-    StateLinkError,
-    file_mode,
-    open_nofollow,
-    real_dir,
-)
+from .fsutil import StateLinkError, file_mode, open_dir, open_nofollow, remove_tree
 from .layout import Layout
 from .manifest import FileEntry
 from .remotezip import TAIL_BYTES, _end_records
@@ -156,6 +147,7 @@ class StreamingExtractor(TransferObserver):
         self.active = 0
         self.threads: list[threading.Thread] = []
         self.flusher: _Flusher | None = None
+        self.images_fd = -1  # the staging images folder, reached without following links
 
     # -- the engine's hooks --------------------------------------------------------------
     def first_offset(self, size: int) -> int | None:
@@ -178,8 +170,7 @@ class StreamingExtractor(TransferObserver):
             return
         ident = {"size": remote.size, "etag": remote.etag, "last_modified": remote.last_modified}
         try:
-            self._prepare(ident)
-            dup = os.dup(fd)
+            images_fd = self._prepare(ident)
         except OSError as exc:
             self.stats.disabled = f"cannot stage images: {exc.strerror or exc}"
             return
@@ -188,7 +179,8 @@ class StreamingExtractor(TransferObserver):
             return
         with self._cond:
             self._reset()
-            self.fd = dup
+            self.fd = os.dup(fd)
+            self.images_fd = images_fd
             self.size = remote.size
             self.tail_from = self.first_offset(remote.size) or 0
             self.avail = [list(iv) for iv in done]
@@ -220,7 +212,7 @@ class StreamingExtractor(TransferObserver):
         self._stop_threads()
         self.plan = None
         with contextlib.suppress(OSError):
-            shutil.rmtree(self.staging)
+            remove_tree(self.staging)
 
     # -- the caller's side -----------------------------------------------------------------
     def finish(self) -> StreamStats:
@@ -353,7 +345,7 @@ class StreamingExtractor(TransferObserver):
                 if m.info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                     continue  # left for the extraction after the download
                 try:
-                    _write_member(src, m, d, mode, self.entry.name)
+                    _write_member(src, m, d, mode, self.entry.name, dir_fd=self.images_fd)
                 except (Isic2020Error, OSError) as exc:
                     why = exc.message if isinstance(exc, Isic2020Error) else str(exc)
                     self._stop(f"stopped unpacking while downloading: {why}")
@@ -365,20 +357,26 @@ class StreamingExtractor(TransferObserver):
         return bool(self.threads) and self.threads[0].is_alive()
 
     # -- helpers ---------------------------------------------------------------------------
-    def _prepare(self, ident: dict[str, Any]) -> None:
-        """Make the staging folder for this version of the object (another version's goes).
-        Every folder on the way is made here and must not be a link (:func:`real_dir`)."""
+    def _prepare(self, ident: dict[str, Any]) -> int:
+        """Make the staging folder for this version of the object (another version's goes);
+        a descriptor of its images folder, reached without following any link
+        (:func:`open_dir`), which the workers write relative to."""
         doc_path = self.staging / OBJECT_FILE
         try:
             with open(open_nofollow(doc_path, os.O_RDONLY), "rb") as fh:
                 doc = json.loads(fh.read())
         except (OSError, ValueError):
             doc = None
-        if doc != ident and self.staging.exists():
-            shutil.rmtree(self.staging)  # fd-based on Linux: never follows a link inside
-        real_dir(self.images, self.layout.state_dir)
         if doc != ident:
-            atomic_write_json(doc_path, ident, durable=False)
+            remove_tree(self.staging)
+        images_fd = open_dir(self.images)
+        if doc != ident:
+            try:
+                atomic_write_json(doc_path, ident, durable=False)
+            except BaseException:
+                os.close(images_fd)
+                raise
+        return images_fd
 
     def _stop(self, why: str) -> None:
         with self._cond:
@@ -408,6 +406,10 @@ class StreamingExtractor(TransferObserver):
                 with contextlib.suppress(OSError):
                     os.close(self.fd)
                 self.fd = -1
+            if self.images_fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(self.images_fd)
+                self.images_fd = -1
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,57 +430,61 @@ def promote(staging: Path, dest: Path, members: list[_Member]) -> int:
     """Move the staged images that belong to ``members`` (by name and size) into ``dest``;
     remove the staging folder. One rename of the folder when ``dest`` is empty.
 
-    The images folder is opened ``O_NOFOLLOW`` and listed, cleaned and moved from through
-    that descriptor: a link planted in its place is refused (:class:`StateLinkError`), so
-    nothing outside the state folder is ever listed, deleted or moved. ``dest`` may be a
-    link the user made (``jpeg/train`` on another disk): images are then moved one by one
-    where the rename can reach, and the rest is left for the extraction to unpack.
+    The staging and images folders are reached without following links (:func:`open_dir`;
+    a link there raises :class:`StateLinkError`) and listed, cleaned and moved from through
+    their descriptors, so nothing outside the state folder is listed, deleted or moved.
+    ``dest`` may be a link the user made (``jpeg/train`` on another disk): images are then
+    moved one by one where a rename reaches, and the extraction unpacks the rest.
     """
-    images = staging / IMAGES_DIR
     want = {m.final: m.info.file_size for m in members}
     keep: list[str] = []
     try:
-        dfd = os.open(images, os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        sfd = open_dir(staging, create=False)
     except FileNotFoundError:
-        shutil.rmtree(staging, ignore_errors=True)
         return 0
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise StateLinkError(images, staging.parent.parent) from None
-        raise
     try:
-        with os.scandir(dfd) as it:
-            for e in it:
-                if not e.is_symlink() and want.get(e.name) == e.stat(
-                        follow_symlinks=False).st_size:
-                    keep.append(e.name)
-                else:  # a temporary left by a kill, or anything else: never promoted
-                    with contextlib.suppress(OSError):
-                        os.unlink(e.name, dir_fd=dfd)
-        if keep:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            moved = False
-            with contextlib.suppress(OSError):
-                if not os.path.islink(dest) and _empty_or_missing(dest) and _same_dir(
-                        os.stat(images, follow_symlinks=False), dfd):
-                    os.rename(images, dest)  # replaces an empty folder (POSIX rename)
-                    moved = True
-            if not moved:
-                dest.mkdir(parents=True, exist_ok=True)
-                moved_one = 0
-                for name in keep:
-                    try:
-                        os.replace(name, dest / name, src_dir_fd=dfd)
-                        moved_one += 1
-                    except OSError as exc:
-                        if exc.errno != errno.EXDEV:
-                            raise
-                        break  # another filesystem: the extraction unpacks the rest
-                keep = keep[:moved_one]
+        try:
+            dfd = open_dir(staging / IMAGES_DIR, create=False)
+        except FileNotFoundError:
+            dfd = -1
+        if dfd >= 0:
+            try:
+                keep = _promote_from(sfd, dfd, dest, want)
+            finally:
+                os.close(dfd)
     finally:
-        os.close(dfd)
-    shutil.rmtree(staging, ignore_errors=True)
+        os.close(sfd)
+    with contextlib.suppress(OSError):
+        remove_tree(staging)
     return len(keep)
+
+
+def _promote_from(sfd: int, dfd: int, dest: Path, want: dict[str, int]) -> list[str]:
+    keep: list[str] = []
+    with os.scandir(dfd) as it:
+        for e in it:
+            if not e.is_symlink() and want.get(e.name) == e.stat(follow_symlinks=False).st_size:
+                keep.append(e.name)
+            else:  # a temporary left by a kill, or anything else: never promoted
+                with contextlib.suppress(OSError):
+                    os.unlink(e.name, dir_fd=dfd)
+    if not keep:
+        return keep
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        if (not os.path.islink(dest) and _empty_or_missing(dest)
+                and _same_dir(os.stat(IMAGES_DIR, dir_fd=sfd, follow_symlinks=False), dfd)):
+            os.rename(IMAGES_DIR, dest, src_dir_fd=sfd)  # replaces an empty folder (POSIX)
+            return keep
+    dest.mkdir(parents=True, exist_ok=True)
+    for n, name in enumerate(keep):
+        try:
+            os.replace(name, dest / name, src_dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            return keep[:n]  # another filesystem: the extraction unpacks the rest
+    return keep
 
 
 def _same_dir(st: os.stat_result, fd: int) -> bool:
