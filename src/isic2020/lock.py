@@ -35,10 +35,15 @@ def data_dir_lock(
     """Hold the data directory's lock for the duration of the block."""
     state_dir = lock_path.parent
     try:
-        os.close(open_dir(state_dir))  # made here; a link in place of it is refused
-        # O_NOFOLLOW: a link planted at ``lock`` is refused, never truncated through. Not
-        # replaced by a rename either: two runs must lock the same inode.
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, file_mode())
+        # Made here; a link in place of it is refused. O_NOFOLLOW: a link planted at ``lock``
+        # is refused, never truncated through. Not replaced by a rename either: two runs must
+        # lock the same inode.
+        sfd = open_dir(state_dir)
+        try:
+            fd = os.open(lock_path.name, os.O_RDWR | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC,
+                         file_mode(), dir_fd=sfd)
+        finally:
+            os.close(sfd)
     except OSError as exc:
         if shared and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             # A read-only data directory can still be verified; nobody can write to it anyway.
