@@ -49,8 +49,9 @@ def _run(*args: str, umask: int, env: dict[str, str] | None = None):
 
 @UMASKS
 def test_state_and_notices_written_by_fetch_follow_the_umask(dataset, tmp_path, umask):
-    """records.json, the selection, the cached central directory, CITATION.txt and
-    LICENSE-DATA.txt (a subset fetch writes them all)."""
+    """The lock, records.json, the selection, the cached central directory, CITATION.txt
+    and LICENSE-DATA.txt (a subset fetch writes them all). The lock was 0644 whatever the
+    umask."""
     data = tmp_path / "d"
     with FaultServer(dataset.root, prefix=PREFIX) as srv:
         r = _run("fetch", "--data-dir", str(data), "--mirror", srv.url, "--split", "train",
@@ -58,13 +59,14 @@ def test_state_and_notices_written_by_fetch_follow_the_umask(dataset, tmp_path, 
     assert r.returncode == 0, r.stderr
     state = data / ".isic2020"
     written = [
+        state / "lock",
         state / "records.json",
         *sorted((state / "selections").iterdir()),
         *sorted((state / "remote").iterdir()),
         data / "CITATION.txt",
         data / "LICENSE-DATA.txt",
     ]
-    assert len(written) == 5
+    assert len(written) == 6
     for p in written:
         assert _mode(p) == _expected(umask), p
     _no_temporaries(data)
@@ -99,19 +101,6 @@ def test_export_csvs_follow_the_umask(tmp_path, umask):
     marker = [p for p in dest.iterdir() if p.name.startswith(".") and p.is_file()]
     assert marker and all(_mode(p) == _expected(umask) for p in marker)
     _no_temporaries(tmp_path)
-
-
-def test_a_rewritten_file_is_replaced_not_rewritten_in_place(tmp_path):
-    """A reader holding the old folds.csv keeps the old bytes (a new inode replaces it),
-    which is what makes a half-written file impossible to observe."""
-    data = tmp_path / "d"
-    make_synthetic(data, patients=30)
-    assert run_cli("folds", "--data-dir", str(data), "--k", "3").returncode == 0
-    old = (data / "folds.csv").read_bytes()
-    with open(data / "folds.csv", "rb") as held:
-        assert run_cli("folds", "--data-dir", str(data), "--k", "4").returncode == 0
-        assert held.read() == old
-    assert (data / "folds.csv").read_bytes() != old
 
 
 # --------------------------------------------------------------------------------------------

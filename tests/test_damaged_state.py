@@ -108,8 +108,8 @@ def _kill_with_progress(args: list[str], env: dict[str, str], state: Path) -> di
 
 @pytest.mark.parametrize(
     "done",
-    [None, [[0, "x"]], [[0, 1e400]], [[-5, 10 ** 30]]],
-    ids=["null", "not-int", "infinite", "beyond"],
+    [[[0, 1e400]], [[-5, 10 ** 30]], [[0, 2 ** 70]]],
+    ids=["infinite", "beyond", "past-the-end"],
 )
 def test_a_partial_progress_record_of_the_wrong_shape_is_ignored(dataset, tmp_path, done):
     """The progress record of a killed download, its ``done`` list replaced: the resumed
@@ -128,18 +128,4 @@ def test_a_partial_progress_record_of_the_wrong_shape_is_ignored(dataset, tmp_pa
         r = run_cli(*_args(data, srv.url, "--no-extract"), env=_env(dataset))
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and "internal error" not in r.stderr
-    assert (data / "archives" / TRAIN).read_bytes() == (dataset.root / TRAIN).read_bytes()
-
-
-def test_a_partial_progress_record_that_is_not_an_object_is_ignored(dataset, tmp_path):
-    doc = [1, 2]
-    data = tmp_path / "d"
-    state = data / ".isic2020" / "partial" / f"{TRAIN}.state.json"
-    with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        srv.throttle(40_000, TRAIN)
-        _kill_with_progress(_args(data, srv.url, "--no-extract"), _env(dataset), state)
-        state.write_text(json.dumps(doc))
-        srv.clear_faults()
-        r = run_cli(*_args(data, srv.url, "--no-extract"), env=_env(dataset))
-    assert r.returncode == 0, r.stderr
     assert (data / "archives" / TRAIN).read_bytes() == (dataset.root / TRAIN).read_bytes()
