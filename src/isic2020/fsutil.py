@@ -11,11 +11,17 @@ Files written in place (partial downloads, members being unpacked) are opened wi
 :func:`open_nofollow`: a symbolic link at that name is removed (the link, not its target) and
 the file made anew.
 
-The state folder ``DATA/.isic2020`` belongs to isic2020 alone: :func:`refuse_state_links`
-refuses one that is, or holds, a symbolic link (whoever can write into a shared state folder
-could otherwise point ``staging/<zip>/images`` or ``partial/`` anywhere). Links the user makes
-on purpose are allowed above it: ``DATA`` itself and the layout folders (``jpeg/train`` on
-another disk) are followed.
+The state folder ``DATA/.isic2020`` belongs to isic2020 alone (whoever can write into a shared
+one could otherwise point ``staging/<zip>/images`` or ``partial/`` anywhere):
+
+* before a run writes anything, :func:`refuse_state_links` refuses a state folder that is, or
+  holds, a symbolic link (one line naming it, exit 3);
+* during the run every write, rename and removal there is made relative to a descriptor from
+  :func:`open_dir`, which reaches the folder one ``O_NOFOLLOW`` component at a time: a folder
+  swapped for a link meanwhile is refused the same way, never followed.
+
+Links the user makes on purpose are allowed above it: ``DATA`` itself and the layout folders
+(``jpeg/train`` on another disk) are followed.
 """
 
 from __future__ import annotations

@@ -30,6 +30,10 @@ How, and why each step:
   a staging made for another version of the object (``object.json``: ETag, size) is removed
   before it is reused. A killed run keeps both the partial file and the staged images; the
   next run resumes the download and skips the members already staged.
+* **No links followed.** The staging folder is reached with :func:`isic2020.fsutil.open_dir`
+  and members are written relative to its images folder's descriptor: a link planted there
+  (by whoever else can write into a shared state folder) cannot send a write, a removal or a
+  rename outside DATA (:class:`isic2020.fsutil.StateLinkError` instead).
 * **Never in the way.** Any error here (disk full, a damaged member) stops the streaming and is
   kept for the report; the download goes on and the extraction after it repeats the work,
   raising the error in its usual form if it is real.
