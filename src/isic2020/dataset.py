@@ -12,14 +12,15 @@ kind of thing that only shows up as a crash an hour into training.
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import DiskError, UsageError, VerificationError
+from .fsutil import atomic_file
 from .layout import Layout
 from .manifest import FORMATS, SPLITS, Manifest, load_manifest
 from .metadata import (
@@ -329,16 +330,13 @@ def load_metadata(
 
 
 def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    """Write next to ``path`` then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    """Write ``path`` atomically (:func:`isic2020.fsutil.atomic_file`): a reader never sees
+    half a file, and the file gets the umask's mode like any other."""
     try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            df.to_csv(fh, index=False, lineterminator="\n")
-        os.replace(tmp, path)
+        with atomic_file(path) as fh:
+            text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+            df.to_csv(text, index=False, lineterminator="\n")
+            text.flush()
+            text.detach()  # ``atomic_file`` fsyncs and closes ``fh`` itself
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise DiskError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -38,7 +38,6 @@ import math
 import os
 import random
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -51,9 +50,10 @@ import requests
 import urllib3
 
 from .errors import DiskError, DownloadError, Interrupted, ObjectChanged, VerificationError
+from .fsutil import move_into_place, open_nofollow, remove_file
 from .hashing import etag_kind, multipart_count, normalize_etag
 from .http import Timeouts, make_session
-from .state import atomic_write_json, read_json, remove_stale_temps
+from .state import atomic_write_json, done_intervals, read_json, remove_stale_temps
 
 MiB = 1 << 20
 # 16: on S3-like servers that cap each stream, time falls linearly up to 16 connections
@@ -66,6 +66,7 @@ BLOCK = 1 * MiB
 READ_BLOCK = 256 * 1024
 # Part sizes seen in the wild (aws cli/boto3 8 MiB, s3cmd 15 MiB, the multipart minimum 5 MiB).
 COMMON_PART_SIZES = tuple(m * MiB for m in (8, 16, 5, 15, 32, 64, 100, 128, 10, 50, 256, 512))
+_TRUNCATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC  # partial files, opened with open_nofollow
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _NETWORK_ERRORS = (
     requests.ConnectionError,
@@ -483,6 +484,10 @@ class _Transfer:
         self.resumed_bytes = 0
         self.fd = -1
         self.follower: _Hashers | None = None
+        # The queue exists only once ``run`` has planned it, but the observer's threads may ask
+        # for a region first (``prioritize``) as soon as ``begin`` starts them: kept here.
+        self._queue: list[tuple[int, int]] = []
+        self._early: list[tuple[int, int]] | None = []
 
     # -- state ----------------------------------------------------------------------------
     def _state_doc(self) -> dict[str, Any]:
@@ -516,15 +521,7 @@ class _Transfer:
             self._log(f"{self.partial.name}: the remote object changed since the partial download; "
                       "starting over")
             return
-        done: list[list[int]] = []
-        try:
-            for a, b in doc.get("done", []):
-                a, b = max(0, int(a)), min(self.size, int(b))
-                if a < b:
-                    done = add_interval(done, a, b)
-        except (TypeError, ValueError):
-            done = []
-        self.done = done
+        self.done = done_intervals(doc.get("done", []), self.size)
         self.resumed_bytes = sum(b - a for a, b in self.done)
 
     def _save_state(self) -> None:
@@ -546,10 +543,10 @@ class _Transfer:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         self._load_state()
         if not self.done and self.partial.exists():
-            self.partial.unlink()
+            remove_file(self.partial)
         try:
             fresh = not self.partial.exists()
-            self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o666)
+            self.fd = open_nofollow(self.partial, os.O_RDWR | os.O_CREAT)
             if fresh or os.fstat(self.fd).st_size != self.size:
                 os.ftruncate(self.fd, self.size)
                 if fresh and hasattr(os, "posix_fallocate") and self.size:
@@ -575,7 +572,11 @@ class _Transfer:
                                 self.prioritize)
             first = self.observer.first_offset(self.size)
         pending = self._plan(first)
-        self._queue = list(reversed(pending))  # pop() from the end: lowest offsets first
+        with self.lock:
+            self._queue = list(reversed(pending))  # pop() from the end: lowest offsets first
+            early, self._early = self._early or [], None
+        for a, b in early:
+            self.prioritize(a, b)
         workers = [
             threading.Thread(target=self._worker, name=f"isic2020-dl-{k}", daemon=True)
             for k in range(min(self.opts.connections, len(pending)))
@@ -623,6 +624,9 @@ class _Transfer:
         queued chunks are split at its edges and the inside re-cut finer."""
         step = self._fine_step(end - start)
         with self.lock:
+            if self._early is not None:  # asked before the queue was planned: applied then
+                self._early.append((start, end))
+                return
             rest: list[tuple[int, int]] = []
             hit: list[tuple[int, int]] = []
             for a, b in self._queue:
@@ -1074,7 +1078,7 @@ class Downloader:
                 transfer.finish()
             self._land(partial, final)
             with contextlib.suppress(OSError):
-                state_path.unlink()
+                remove_file(state_path)
             remove_stale_temps(state_path)  # a kill while the state was being rewritten
             return DownloadResult(
                 name=name,
@@ -1151,7 +1155,7 @@ class Downloader:
                     length = resp.headers.get("Content-Length")
                     partial.parent.mkdir(parents=True, exist_ok=True)
                     try:
-                        fh = open(partial, "wb")  # noqa: SIM115 - closed by the with below
+                        fh = os.fdopen(open_nofollow(partial, _TRUNCATE), "wb")  # noqa: SIM115
                     except OSError as exc:
                         raise _disk_error(partial, exc) from None
                     with fh:
@@ -1219,7 +1223,7 @@ class Downloader:
         partial.parent.mkdir(parents=True, exist_ok=True)
         bar = self._bar(name, size)
         try:
-            with open(src, "rb") as fin, open(partial, "wb") as fout:
+            with open(src, "rb") as fin, os.fdopen(open_nofollow(partial, _TRUNCATE), "wb") as fout:
                 while True:
                     block = fin.read(4 * BLOCK)
                     if not block:
@@ -1240,7 +1244,7 @@ class Downloader:
         digest = sha.hexdigest()
         if expected_sha256 and digest != expected_sha256:
             with contextlib.suppress(OSError):
-                partial.unlink()
+                remove_file(partial)
             raise VerificationError(f"{name} from {url}: sha256 differs from the manifest's")
         self._land(partial, final)
         return DownloadResult(
@@ -1299,16 +1303,7 @@ class Downloader:
 
     def _land(self, partial: Path, final: Path) -> None:
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            mode = os.stat(partial).st_mode & 0o777
-            if mode & 0o002:
-                os.chmod(partial, mode & ~0o002)  # never world-writable, whatever the umask
-            os.replace(partial, final)
-            dfd = os.open(final.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            move_into_place(partial, final)
         except OSError as exc:
             raise _disk_error(final, exc) from None
 
@@ -1318,7 +1313,7 @@ class Downloader:
     ) -> None:
         for p in (partial, state_path):
             with contextlib.suppress(OSError):
-                p.unlink()
+                remove_file(p)
         if observer is not None:
             observer.discard()
 
@@ -1349,11 +1344,3 @@ def _hash_file(
         return hashers.digests()
     finally:
         os.close(fd)
-
-
-def free_bytes(path: Path) -> int:
-    """Free space on the filesystem holding ``path`` (its nearest existing ancestor)."""
-    p = path
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return shutil.disk_usage(p).free

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from .dataset import SUFFIX, image_paths, load_train_tables, read_test, write_csv_atomic
 from .errors import EXIT_OK, EXIT_VERIFY, DiskError, UsageError
+from .fsutil import atomic_write
 from .layout import Layout
 from .manifest import load_manifest
 from .metadata import GROUND_TRUTH_COLUMNS, TEST_COLUMNS_KAGGLE
@@ -258,12 +259,8 @@ def _kaggle_frame(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def _write_marker(dest: Path, payload: dict[str, Any]) -> None:
-    tmp = dest / (MARKER + ".tmp")
     try:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, dest / MARKER)
+        atomic_write(dest / MARKER, (json.dumps(payload, indent=2) + "\n").encode())
     except OSError as exc:
         raise DiskError(f"cannot write {dest / MARKER}: {exc.strerror or exc}") from None
 

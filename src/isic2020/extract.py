@@ -63,7 +63,6 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import stat
 import struct
@@ -78,6 +77,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DiskError, Interrupted, Isic2020Error, UsageError, VerificationError
+from .fsutil import free_bytes, open_nofollow, remove_tree
 from .layout import Layout
 from .lock import data_dir_lock
 from .manifest import FileEntry, expand_split, load_manifest
@@ -364,8 +364,12 @@ class _Source:
         os.close(self.fd)
 
 
-def _write_member(src: _Source, m: _Member, d: str, mode: int, archive: str) -> int:
+def _write_member(
+    src: _Source, m: _Member, d: str, mode: int, archive: str, *, dir_fd: int | None = None
+) -> int:
     """Write one member to ``d/.NAME.part``, check its size and CRC-32, rename it to ``d/NAME``.
+    ``dir_fd``: ``d`` open (the staging folder, reached without links): names are relative
+    to it, so a link replacing ``d`` meanwhile changes nothing.
 
     Stored and deflated members (all the official ones) are read with ``pread`` and inflated
     here with zlib, with one CRC-32 over the output; anything else goes through ``zipfile``
@@ -374,8 +378,9 @@ def _write_member(src: _Source, m: _Member, d: str, mode: int, archive: str) -> 
     info = m.info
     final = f"{d}/{m.final}"
     tmp = f"{d}/{TEMP_PREFIX}{m.final}{TEMP_SUFFIX}"
+    at_final, at_tmp = (final, tmp) if dir_fd is None else (m.final, temp_name(m.final))
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, mode)
+        fd = open_nofollow(at_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode, dir_fd=dir_fd)
     except OSError as exc:
         raise _disk_error(exc, Path(tmp)) from None
     try:
@@ -386,19 +391,19 @@ def _write_member(src: _Source, m: _Member, d: str, mode: int, archive: str) -> 
                 written = _copy_zipfile(src.zipfile(), info, fd)
         finally:
             os.close(fd)
-        os.rename(tmp, final)
+        os.rename(at_tmp, at_final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except (_Damaged, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError,
             RuntimeError) as exc:
-        _unlink(tmp)
+        _unlink(at_tmp, dir_fd)
         raise VerificationError(
             f"{archive}: member {info.filename!r} is damaged ({exc})",
             f"delete DATA/archives/{archive} and run `isic2020 fetch` again",
         ) from None
     except OSError as exc:
-        _unlink(tmp)
+        _unlink(at_tmp, dir_fd)
         raise _disk_error(exc, Path(final)) from None
     except BaseException:
-        _unlink(tmp)
+        _unlink(at_tmp, dir_fd)
         raise
     return written
 
@@ -794,9 +799,9 @@ class _Flusher:
             self._fd = -1
 
 
-def _unlink(p: str | Path) -> None:
+def _unlink(p: str | Path, dir_fd: int | None = None) -> None:
     with contextlib.suppress(OSError):
-        os.unlink(p)
+        os.unlink(p, dir_fd=dir_fd)
 
 
 def _disk_error(exc: OSError, path: Path) -> DiskError:
@@ -844,7 +849,7 @@ def _take_staged(
     try:
         if rec is not None and staging_matches(staging, rec.etag, size):
             return promote(staging, dest_dir, members)
-        shutil.rmtree(staging)
+        remove_tree(staging)
     except OSError as exc:
         raise _disk_error(exc, dest_dir) from None
     return 0
@@ -923,8 +928,8 @@ def extract_archive(
     todo = [m for m in members if present.get(m.final) != m.info.file_size]
     result.already_present = len(members) - len(todo)
     need = sum(m.info.file_size for m in todo)
-    free = shutil.disk_usage(dest_dir).free
-    if need > free:
+    free = free_bytes(dest_dir)  # None: the filesystem does not say (ramfs)
+    if free is not None and need > free:
         raise DiskError(
             f"{entry.name} needs {need / 1e9:.2f} GB more in {dest_dir}, only "
             f"{free / 1e9:.2f} GB free",
@@ -1014,6 +1019,7 @@ def extract(
         return report
     with data_dir_lock(layout.lock_path, on_wait=log):
         records = Records(layout.records_path)
+        records.heal(log)
         for s in splits:
             entry = man.archive(s, fmt)
             if entry is None:

@@ -28,14 +28,14 @@ from .download import (
     DownloadOptions,
     DownloadResult,
     RetryPolicy,
-    free_bytes,
 )
 from .errors import EXIT_OK, EXIT_VERIFY, DiskError, UsageError
+from .fsutil import atomic_write, free_bytes, remove_file
 from .http import Timeouts
 from .layout import Layout
 from .lock import data_dir_lock
 from .manifest import FileEntry, Manifest, expand_split, load_manifest
-from .state import FileRecord, Records, atomic_write_bytes, read_json
+from .state import FileRecord, Records, done_intervals, read_json
 
 Log = Callable[[str], None]
 
@@ -197,7 +197,7 @@ class FetchReport:
                 need += row["disk_needed"]
             lines.append(
                 f"total to transfer {_human(total)}; disk needed about {_human(need)}; "
-                f"free {_human(self.dry_run[0]['free']) if self.dry_run else '?'}"
+                f"free {_free(self.dry_run[0]['free']) if self.dry_run else '?'}"
             )
             return lines
         lines = []
@@ -213,6 +213,10 @@ class FetchReport:
             f"({_human(self.bytes_transferred)} transferred in {self.seconds:.1f}s)"
         )
         return lines
+
+
+def _free(n: int | None) -> str:
+    return "unknown (the filesystem does not say)" if n is None else _human(n)
 
 
 def _human(n: float) -> str:
@@ -297,6 +301,7 @@ def fetch(
         ) from None
     with data_dir_lock(layout.lock_path, timeout=lock_timeout, on_wait=log):
         records = Records(layout.records_path)
+        records.heal(log)
         _check_space(layout, records, entries, extract, keep_archives, direct or subset)
         downloader = Downloader(opts)
         precheck = _precheck(layout, man, split) if extract else None
@@ -599,7 +604,7 @@ def _fetch_members(
         save_selection(sel_path, sel)
     else:
         with contextlib.suppress(FileNotFoundError):
-            sel_path.unlink()  # the whole split is here now: verify against the CSV again
+            remove_file(sel_path)  # the whole split is here now: verify against the CSV again
     result = DownloadResult(
         name=entry.name,
         path=str(dest_dir),
@@ -647,11 +652,10 @@ def _partial_bytes(layout: Layout, entry: FileEntry) -> int:
     doc = read_json(layout.partial_state_path(entry))
     if not isinstance(doc, dict):
         return 0
-    try:
-        size = int(doc["size"])
-        return min(size, sum(int(b) - int(a) for a, b in doc.get("done", [])))
-    except (KeyError, TypeError, ValueError):
+    size = doc.get("size")
+    if not isinstance(size, int) or isinstance(size, bool):
         return 0
+    return sum(b - a for a, b in done_intervals(doc.get("done", []), size))
 
 
 def _check_space(
@@ -677,8 +681,8 @@ def _check_space(
             # Images take about the archive's size again; with --no-keep-archives the archive
             # is deleted only after its images are in place, so the peak is the same.
             need += e.approx_bytes
-    free = free_bytes(layout.root)
-    if need > free:
+    free = free_bytes(layout.root)  # None: the filesystem does not say (ramfs)
+    if free is not None and need > free:
         raise DiskError(
             f"not enough disk space in {layout.root}: about {_human(need)} needed, "
             f"{_human(free)} free",
@@ -731,7 +735,7 @@ def _plan(
 
 
 def _row(
-    e: FileEntry, state: str, to_transfer: int, disk: int, free: int, size: int | None,
+    e: FileEntry, state: str, to_transfer: int, disk: int, free: int | None, size: int | None,
     url: str | None,
 ) -> dict[str, Any]:
     return {
@@ -753,7 +757,7 @@ def _write_notices(layout: Layout) -> None:
         path = layout.root / name
         with contextlib.suppress(OSError):
             if not path.exists() or path.read_text() != text:
-                atomic_write_bytes(path, text.encode(), durable=False)
+                atomic_write(path, text.encode(), durable=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,9 @@ so a killed run never leaves a stale lock behind. Writers (fetch, extract) take 
 a second writer waits (saying so once on stderr) until the first is done, or gives up after
 ``timeout`` seconds. Waiting is the default because the second run then finds the work done and
 finishes in a second, which is what two CI jobs sharing a cache want.
+
+Once the lock is held, the state folder is checked for symbolic links
+(:func:`isic2020.fsutil.refuse_state_links`): a run refuses to start on one that holds any.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import DiskError, LockError
+from .fsutil import O_CLOEXEC, O_NOFOLLOW, StateLinkError, file_mode, open_dir, refuse_state_links
 
 
 @contextlib.contextmanager
@@ -29,14 +33,25 @@ def data_dir_lock(
     on_wait: Callable[[str], None] | None = None,
 ) -> Iterator[None]:
     """Hold the data directory's lock for the duration of the block."""
+    state_dir = lock_path.parent
     try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Made here; a link in place of it is refused. O_NOFOLLOW: a link planted at ``lock``
+        # is refused, never truncated through. Not replaced by a rename either: two runs must
+        # lock the same inode.
+        sfd = open_dir(state_dir)
+        try:
+            fd = os.open(lock_path.name, os.O_RDWR | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC,
+                         file_mode(), dir_fd=sfd)
+        finally:
+            os.close(sfd)
     except OSError as exc:
         if shared and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             # A read-only data directory can still be verified; nobody can write to it anyway.
+            refuse_state_links(state_dir)
             yield
             return
+        if exc.errno == errno.ELOOP:
+            raise StateLinkError(lock_path, state_dir) from None
         raise DiskError(
             f"cannot create {lock_path}: {exc.strerror or exc}",
             "make the data directory writable or choose another with --data-dir",
@@ -62,6 +77,7 @@ def data_dir_lock(
                         "wait for it to finish or stop it, then run again",
                     ) from None
                 time.sleep(0.2)
+        refuse_state_links(state_dir)  # under the lock: no other run of ours is changing it
         if not shared:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)

@@ -72,7 +72,7 @@ class MemberPlan:
     ranges: int = 0
     to_transfer: int = 0
     disk_needed: int = 0  # the members to fetch, unpacked
-    free: int = 0
+    free: int | None = 0  # None: the filesystem does not say (ramfs)
     note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,7 +113,7 @@ def plan_members(
     sample: int | None = None,
     seed: int = 0,
     where: str | None = None,
-    free: int = 0,
+    free: int | None = 0,
 ) -> MemberPlan:
     """What ``fetch`` would transfer and write for ``entry`` in subset or direct mode.
 

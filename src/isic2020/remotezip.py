@@ -111,9 +111,9 @@ from .extract import (
     temp_name,
     unsafe_reason,
 )
+from .fsutil import atomic_write, open_nofollow, remove_file
 from .hashing import normalize_etag
 from .http import Timeouts, make_session
-from .state import atomic_write_bytes
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -623,7 +623,7 @@ _MEMBER_FIELDS = [f.name for f in fields(RemoteMember)]
 def save_cached(path: Path, remote: RemoteZip) -> None:
     """Store the directory (gzip'ed, one row per member: ~21 B a member for the real zip)."""
     try:
-        atomic_write_bytes(Path(path), _cache_bytes(remote), durable=False)
+        atomic_write(Path(path), _cache_bytes(remote), durable=False)
     except OSError as exc:
         raise _disk_error(exc, Path(path)) from None
 
@@ -965,7 +965,7 @@ class _SpanWriter:
         tmp = _temp_path(final)
         fd = -1
         try:
-            fd = os.open(tmp, _CREATE, self.mode)
+            fd = open_nofollow(tmp, _CREATE, self.mode)
             if data:
                 _write_all(fd, data)
             os.close(fd)
@@ -1002,7 +1002,7 @@ class _SpanWriter:
         final = self.finals[m.header_offset]
         self.tmp = _temp_path(final)
         try:
-            self.fd = os.open(self.tmp, _CREATE, self.mode)
+            self.fd = open_nofollow(self.tmp, _CREATE, self.mode)
         except OSError as exc:
             self.tmp = None
             raise _disk_error(exc, Path(final)) from None
@@ -1560,7 +1560,7 @@ def fetch_remote_members(
             restarts += 1
             if cache is not None:
                 with contextlib.suppress(OSError):
-                    cache.unlink()
+                    remove_file(cache)
             if expected_etag or restarts > retry.object_restarts:
                 failures.append(f"{url}: {exc.message}")
                 i += 1

@@ -10,47 +10,25 @@ in the same file so ``extract`` and ``fetch`` can skip them too.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import os
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
 from .errors import DiskError
+from .fsutil import atomic_write, file_mode
 
-
-@functools.cache
-def file_mode() -> int:
-    """``0o666`` minus the umask, never world-writable.
-
-    Read once per process: ``os.umask`` can only be read by setting it, which would race with
-    threads creating files.
-    """
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask & ~0o002
+__all__ = ["FileRecord", "Records", "atomic_write_bytes", "atomic_write_json", "done_intervals",
+           "file_mode", "read_json"]
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new content, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, file_mode())  # mkstemp makes 0600; our files follow the umask like others
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``path`` so that readers see the old or the new content, never half
+    (:func:`isic2020.fsutil.atomic_write`)."""
+    atomic_write(path, data, durable=durable)
 
 
 def remove_stale_temps(path: Path) -> None:
@@ -65,6 +43,30 @@ def remove_stale_temps(path: Path) -> None:
 
 def atomic_write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode(), durable=durable)
+
+
+def done_intervals(raw: Any, size: int) -> list[list[int]]:
+    """The finished byte ranges a partial download's record claims, merged and sorted, or
+    ``[]`` when the record is of the wrong shape in any way (not a list of ``[start, end]``
+    integer pairs with ``0 <= start < end <= size``): a damaged record is not trusted at all,
+    because a range it invents would be taken as downloaded bytes."""
+    if not isinstance(raw, list):
+        return []
+    pairs: list[tuple[int, int]] = []
+    for iv in raw:
+        if not (isinstance(iv, list) and len(iv) == 2 and all(_typed(x, (int,)) for x in iv)):
+            return []
+        a, b = iv
+        if not 0 <= a < b <= size:
+            return []
+        pairs.append((a, b))
+    merged: list[list[int]] = []
+    for a, b in sorted(pairs):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return merged
 
 
 def read_json(path: Path) -> Any | None:
@@ -104,10 +106,46 @@ class Records:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        raw = read_json(path) or {}
-        self.files: dict[str, dict[str, Any]] = dict(raw.get("files", {}))
-        self.extracted: dict[str, dict[str, Any]] = dict(raw.get("extracted", {}))
-        self.verified: dict[str, dict[str, Any]] = dict(raw.get("verified", {}))
+        self.problem: str | None = None  # why the file was (partly) ignored, if it was
+        try:
+            raw: Any = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raw = {}
+        except (OSError, ValueError) as exc:
+            raw = {}
+            self.problem = f"not readable JSON ({getattr(exc, 'strerror', None) or exc})"
+        if not isinstance(raw, dict):
+            self.problem = self.problem or f"a JSON {type(raw).__name__}, not an object"
+            raw = {}
+        self.files = self._section(raw, "files", _valid_file)
+        self.extracted = self._section(raw, "extracted", _valid_extracted)
+        self.verified = self._section(raw, "verified", _valid_verified)
+
+    def _section(
+        self, raw: dict[str, Any], key: str, valid: Callable[[str, Any], bool]
+    ) -> dict[str, dict[str, Any]]:
+        """``raw[key]`` without the entries of the wrong shape (each is forgotten, so the file
+        it named is verified, fetched or unpacked again instead of trusted)."""
+        section = raw.get(key, {})
+        if not isinstance(section, dict):
+            self.problem = self.problem or f"{key!r} is not an object"
+            return {}
+        good = {k: v for k, v in section.items() if valid(k, v)}
+        if len(good) != len(section):
+            bad = next(k for k in section if k not in good)
+            self.problem = self.problem or f"{key}[{bad!r}] has the wrong shape"
+        return good
+
+    def heal(self, log: Callable[[str], None] | None) -> None:
+        """Under the lock, before a writer trusts the records: say once that a damaged file was
+        partly ignored and rewrite it without what was ignored."""
+        if self.problem is None:
+            return
+        if log is not None:
+            log(f"warning: {self.path} is damaged ({self.problem}); what it no longer names is "
+                "verified again")
+        self.save()
+        self.problem = None
 
     def file(self, name: str) -> FileRecord | None:
         raw = self.files.get(name)
@@ -149,3 +187,37 @@ class Records:
                 f"cannot write {self.path}: {exc.strerror or exc}",
                 "free disk space or fix permissions, then run again",
             ) from None
+
+
+_FILE_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "size": (int,), "etag": (str, type(None)), "sha256": (str,),
+    "md5": (str, type(None)), "url": (str,), "etag_check": (str,), "st_size": (int,),
+    "st_mtime_ns": (int,), "verified_at": (int, float),
+}
+
+
+def _typed(v: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(v, types) and not isinstance(v, bool)
+
+
+def _valid_file(name: str, v: Any) -> bool:
+    return (
+        isinstance(v, dict) and set(v) == set(_FILE_TYPES) and v["name"] == name
+        and all(_typed(v[k], t) for k, t in _FILE_TYPES.items())
+    )
+
+
+def _valid_extracted(_name: str, v: Any) -> bool:
+    return (
+        isinstance(v, dict)
+        and all(_typed(v.get(k), (int,)) for k in ("images", "st_size", "st_mtime_ns"))
+        and isinstance(v.get("non_images", []), list)
+        and isinstance(v.get("dest", ""), str)
+    )
+
+
+def _valid_verified(_name: str, v: Any) -> bool:
+    return (
+        isinstance(v, dict) and isinstance(v.get("fingerprint"), str)
+        and _typed(v.get("at", 0), (int, float))
+    )

@@ -30,6 +30,10 @@ How, and why each step:
   a staging made for another version of the object (``object.json``: ETag, size) is removed
   before it is reused. A killed run keeps both the partial file and the staged images; the
   next run resumes the download and skips the members already staged.
+* **No links followed.** The staging folder is reached with :func:`isic2020.fsutil.open_dir`
+  and members are written relative to its images folder's descriptor: a link planted there
+  (by whoever else can write into a shared state folder) cannot send a write, a removal or a
+  rename outside DATA (:class:`isic2020.fsutil.StateLinkError` instead).
 * **Never in the way.** Any error here (disk full, a damaged member) stops the streaming and is
   kept for the report; the download goes on and the extraction after it repeats the work,
   raising the error in its usual form if it is real.
@@ -39,9 +43,9 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import json
 import os
-import shutil
 import struct
 import threading
 import time
@@ -55,10 +59,11 @@ from typing import Any
 from .download import RemoteObject, TransferObserver, add_interval
 from .errors import Isic2020Error
 from .extract import Plan, _Flusher, _Member, _plan, _write_member, present_files
+from .fsutil import StateLinkError, file_mode, open_dir, open_nofollow, remove_tree
 from .layout import Layout
 from .manifest import FileEntry
 from .remotezip import TAIL_BYTES, _end_records
-from .state import atomic_write_json, file_mode
+from .state import atomic_write_json
 
 STREAM_THREADS = 2
 BATCH = 16  # members a thread takes at once
@@ -146,6 +151,7 @@ class StreamingExtractor(TransferObserver):
         self.active = 0
         self.threads: list[threading.Thread] = []
         self.flusher: _Flusher | None = None
+        self.images_fd = -1  # the staging images folder, reached without following links
 
     # -- the engine's hooks --------------------------------------------------------------
     def first_offset(self, size: int) -> int | None:
@@ -168,14 +174,17 @@ class StreamingExtractor(TransferObserver):
             return
         ident = {"size": remote.size, "etag": remote.etag, "last_modified": remote.last_modified}
         try:
-            self._prepare(ident)
-            dup = os.dup(fd)
+            images_fd = self._prepare(ident)
         except OSError as exc:
             self.stats.disabled = f"cannot stage images: {exc.strerror or exc}"
             return
+        except StateLinkError as exc:
+            self.stats.disabled = f"cannot stage images: {exc.message}"
+            return
         with self._cond:
             self._reset()
-            self.fd = dup
+            self.fd = os.dup(fd)
+            self.images_fd = images_fd
             self.size = remote.size
             self.tail_from = self.first_offset(remote.size) or 0
             self.avail = [list(iv) for iv in done]
@@ -207,7 +216,7 @@ class StreamingExtractor(TransferObserver):
         self._stop_threads()
         self.plan = None
         with contextlib.suppress(OSError):
-            shutil.rmtree(self.staging)
+            remove_tree(self.staging)
 
     # -- the caller's side -----------------------------------------------------------------
     def finish(self) -> StreamStats:
@@ -236,6 +245,21 @@ class StreamingExtractor(TransferObserver):
             return not self.stopped
 
     def _planner(self) -> None:
+        self._guarded(self._plan_directory)
+
+    def _worker(self) -> None:
+        self._guarded(self._unpack_queued)
+
+    def _guarded(self, work: Callable[[], None]) -> None:
+        """Run a thread's work so that any failure, expected or not, stops the streaming and
+        shows in ``while_downloading.disabled`` (never as a thread's traceback on stderr while
+        the report says nothing went wrong)."""
+        try:
+            work()
+        except Exception as exc:  # noqa: BLE001 - reported, and extraction redoes the work
+            self._stop(f"unpacking while downloading failed ({type(exc).__name__}: {exc})")
+
+    def _plan_directory(self) -> None:
         fd = self.fd
         try:
             if not self._wait_for(self.tail_from):
@@ -303,7 +327,7 @@ class StreamingExtractor(TransferObserver):
             i += 1
         return added
 
-    def _worker(self) -> None:
+    def _unpack_queued(self) -> None:
         mode = file_mode()
         d = str(self.images)
         src = _FdSource(-1)
@@ -325,7 +349,7 @@ class StreamingExtractor(TransferObserver):
                 if m.info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                     continue  # left for the extraction after the download
                 try:
-                    _write_member(src, m, d, mode, self.entry.name)
+                    _write_member(src, m, d, mode, self.entry.name, dir_fd=self.images_fd)
                 except (Isic2020Error, OSError) as exc:
                     why = exc.message if isinstance(exc, Isic2020Error) else str(exc)
                     self._stop(f"stopped unpacking while downloading: {why}")
@@ -337,18 +361,26 @@ class StreamingExtractor(TransferObserver):
         return bool(self.threads) and self.threads[0].is_alive()
 
     # -- helpers ---------------------------------------------------------------------------
-    def _prepare(self, ident: dict[str, Any]) -> None:
-        """Make the staging folder for this version of the object (another version's goes)."""
+    def _prepare(self, ident: dict[str, Any]) -> int:
+        """Make the staging folder for this version of the object (another version's goes);
+        a descriptor of its images folder, reached without following any link
+        (:func:`open_dir`), which the workers write relative to."""
         doc_path = self.staging / OBJECT_FILE
         try:
-            doc = json.loads(doc_path.read_text())
+            with open(open_nofollow(doc_path, os.O_RDONLY), "rb") as fh:
+                doc = json.loads(fh.read())
         except (OSError, ValueError):
             doc = None
-        if doc != ident and self.staging.exists():
-            shutil.rmtree(self.staging)
-        self.images.mkdir(parents=True, exist_ok=True)
         if doc != ident:
-            atomic_write_json(doc_path, ident, durable=False)
+            remove_tree(self.staging)
+        images_fd = open_dir(self.images)
+        if doc != ident:
+            try:
+                atomic_write_json(doc_path, ident, durable=False)
+            except BaseException:
+                os.close(images_fd)
+                raise
+        return images_fd
 
     def _stop(self, why: str) -> None:
         with self._cond:
@@ -378,6 +410,10 @@ class StreamingExtractor(TransferObserver):
                 with contextlib.suppress(OSError):
                     os.close(self.fd)
                 self.fd = -1
+            if self.images_fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(self.images_fd)
+                self.images_fd = -1
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,30 +432,69 @@ def staging_matches(staging: Path, etag: str | None, size: int) -> bool:
 
 def promote(staging: Path, dest: Path, members: list[_Member]) -> int:
     """Move the staged images that belong to ``members`` (by name and size) into ``dest``;
-    remove the staging folder. One rename of the folder when ``dest`` is empty."""
-    images = staging / IMAGES_DIR
+    remove the staging folder. One rename of the folder when ``dest`` is empty.
+
+    The staging and images folders are reached without following links (:func:`open_dir`;
+    a link there raises :class:`StateLinkError`) and listed, cleaned and moved from through
+    their descriptors, so nothing outside the state folder is listed, deleted or moved.
+    ``dest`` may be a link the user made (``jpeg/train`` on another disk): images are then
+    moved one by one where a rename reaches, and the extraction unpacks the rest.
+    """
     want = {m.final: m.info.file_size for m in members}
     keep: list[str] = []
-    with contextlib.suppress(FileNotFoundError), os.scandir(images) as it:
+    try:
+        sfd = open_dir(staging, create=False)
+    except FileNotFoundError:
+        return 0
+    try:
+        try:
+            dfd = open_dir(staging / IMAGES_DIR, create=False)
+        except FileNotFoundError:
+            dfd = -1
+        if dfd >= 0:
+            try:
+                keep = _promote_from(sfd, dfd, dest, want)
+            finally:
+                os.close(dfd)
+    finally:
+        os.close(sfd)
+    with contextlib.suppress(OSError):
+        remove_tree(staging)
+    return len(keep)
+
+
+def _promote_from(sfd: int, dfd: int, dest: Path, want: dict[str, int]) -> list[str]:
+    keep: list[str] = []
+    with os.scandir(dfd) as it:
         for e in it:
-            if want.get(e.name) == e.stat(follow_symlinks=False).st_size:
+            if not e.is_symlink() and want.get(e.name) == e.stat(follow_symlinks=False).st_size:
                 keep.append(e.name)
             else:  # a temporary left by a kill, or anything else: never promoted
                 with contextlib.suppress(OSError):
-                    os.unlink(e.path)
-    if keep:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        moved = False
-        with contextlib.suppress(OSError):
-            if _empty_or_missing(dest):
-                os.rename(images, dest)  # replaces an empty folder (POSIX rename)
-                moved = True
-        if not moved:
-            dest.mkdir(parents=True, exist_ok=True)
-            for name in keep:
-                os.replace(images / name, dest / name)
-    shutil.rmtree(staging, ignore_errors=True)
-    return len(keep)
+                    os.unlink(e.name, dir_fd=dfd)
+    if not keep:
+        return keep
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        if (not os.path.islink(dest) and _empty_or_missing(dest)
+                and _same_dir(os.stat(IMAGES_DIR, dir_fd=sfd, follow_symlinks=False), dfd)):
+            os.rename(IMAGES_DIR, dest, src_dir_fd=sfd)  # replaces an empty folder (POSIX)
+            return keep
+    dest.mkdir(parents=True, exist_ok=True)
+    for n, name in enumerate(keep):
+        try:
+            os.replace(name, dest / name, src_dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            return keep[:n]  # another filesystem: the extraction unpacks the rest
+    return keep
+
+
+def _same_dir(st: os.stat_result, fd: int) -> bool:
+    """``st`` (an ``lstat``) is the folder open as ``fd``: nothing swapped it meanwhile."""
+    fst = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
 
 
 def _empty_or_missing(d: Path) -> bool:
