@@ -115,27 +115,35 @@ def test_default_data_directory_is_the_env_var_then_xdg_then_home(
 
 
 def test_an_internal_error_is_one_line_and_isic2020_debug_shows_the_traceback(dataset, tmp_path):
-    """There is no test hook for an internal error, so this provokes a real one: a
-    ``records.json`` that is valid JSON but not an object makes ``Records`` fail with an
-    AttributeError (a bug: a damaged records file deserves a proper message; once that is
-    fixed this test needs another real trigger). The user sees one line naming the error and
-    saying how to get the traceback, exit 3; with ``ISIC2020_DEBUG=1`` the traceback."""
+    """The CLI's last line of defence against its own bugs. No input is known to cause one (each
+    one found became a proper error), so the child is given one: a ``sitecustomize`` module on
+    its path makes the data directory's resolution raise an AttributeError, exactly as a bug in
+    the package would. The user sees one line naming the error and saying how to get the
+    traceback, exit 3; with ``ISIC2020_DEBUG=1`` the traceback."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import isic2020.layout as _layout\n"
+        "def _broken(*args, **kwargs):\n"
+        "    raise AttributeError('a bug planted by the test')\n"
+        "_layout.Layout.at = staticmethod(_broken)\n"
+    )
     data = tmp_path / "d"
-    (data / ".isic2020").mkdir(parents=True)
-    (data / ".isic2020" / "records.json").write_text("[1]")
-    r = run_cli("list", "--data-dir", str(data), env=_env(dataset))
+    env = _env(dataset)
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    r = run_cli("list", "--data-dir", str(data), env=env)
     assert r.returncode == 3, r.stderr
     assert r.stderr.count("\n") == 1, r.stderr
     line = _one_error_line(r.stderr)
     assert re.fullmatch(
-        r"isic2020: error: internal error AttributeError: .+; please report it "
-        r"\(set ISIC2020_DEBUG=1 to see the traceback\)", line
+        r"isic2020: error: internal error AttributeError: a bug planted by the test; please "
+        r"report it \(set ISIC2020_DEBUG=1 to see the traceback\)", line
     ), line
 
-    r = run_cli("list", "--data-dir", str(data), env=_env(dataset, ISIC2020_DEBUG="1"))
+    r = run_cli("list", "--data-dir", str(data), env={**env, "ISIC2020_DEBUG": "1"})
     assert r.returncode != 0
     assert "Traceback (most recent call last)" in r.stderr
-    assert "AttributeError" in r.stderr.splitlines()[-1]
+    assert "AttributeError: a bug planted by the test" in r.stderr.splitlines()[-1]
 
 
 # --------------------------------------------------------------------------------------------
