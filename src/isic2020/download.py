@@ -50,9 +50,11 @@ from urllib.parse import unquote, urlsplit
 import requests
 import urllib3
 
+from .checkpoint import Checkpointer
 from .errors import DiskError, DownloadError, Interrupted, ObjectChanged, VerificationError
 from .hashing import etag_kind, multipart_count, normalize_etag
-from .http import Timeouts, make_session
+from .http import RedirectRefused, Timeouts, make_session
+from .speed import SpeedGuard, TooSlow, read_block
 from .state import atomic_write_json, read_json
 
 MiB = 1 << 20
@@ -74,6 +76,14 @@ _NETWORK_ERRORS = (
     urllib3.exceptions.HTTPError,
     ConnectionError,
     TimeoutError,
+)
+#: Where a host sends us cannot change by asking again: a failed host at once, then the next.
+_REDIRECT_ERRORS = (
+    RedirectRefused,
+    requests.TooManyRedirects,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema,
 )
 
 Log = Callable[[str], None]
@@ -177,6 +187,12 @@ def _retry_after(resp: requests.Response) -> float | None:
 
 def _describe(exc: BaseException) -> str:
     text = str(exc)
+    if isinstance(exc, requests.TooManyRedirects):
+        return f"redirect loop ({text or 'too many redirects'})"
+    if isinstance(exc, RedirectRefused):
+        return text
+    if isinstance(exc, requests.exceptions.InvalidSchema | requests.exceptions.MissingSchema):
+        return f"redirected to an unusable URL ({text[:120]})"
     if "Name or service not known" in text or "NameResolution" in text or "getaddrinfo" in text:
         return "host name could not be resolved (DNS)"
     if "Connection refused" in text:
@@ -483,17 +499,38 @@ class _Transfer:
         self.resumed_bytes = 0
         self.fd = -1
         self.follower: _Hashers | None = None
+        # Chunks being fetched: start -> [start, end of what is written so far]. The state
+        # claims these too (see checkpoint.py), so an interrupt loses no written byte.
+        self._inflight: dict[int, list[int]] = {}
+        self.checkpoint: Checkpointer | None = None
 
     # -- state ----------------------------------------------------------------------------
-    def _state_doc(self) -> dict[str, Any]:
+    def _state_doc(self, done: list[list[int]] | None = None) -> dict[str, Any]:
         return {
             "version": 2,
             "url": self.remote.url,
             "size": self.size,
             "etag": self.remote.etag,
             "last_modified": self.remote.last_modified,
-            "done": self.done,
+            "done": self.done if done is None else done,
         }
+
+    def _written(self) -> list[list[int]]:
+        """Every byte interval written so far: finished chunks and the written part of the
+        chunks in flight (the checkpoint's snapshot)."""
+        with self.lock:
+            out = [list(iv) for iv in self.done]
+            for a, b in self._inflight.values():
+                if b > a:
+                    out = add_interval(out, a, b)
+        return out
+
+    def _checkpoint_failed(self, exc: BaseException) -> None:
+        err = _disk_error(self.state_path, exc) if isinstance(exc, OSError) else exc
+        with self.lock:
+            if self.error is None:
+                self.error = err
+        self.abort.set()
 
     def _load_state(self) -> None:
         doc = read_json(self.state_path)
@@ -527,9 +564,11 @@ class _Transfer:
         self.done = done
         self.resumed_bytes = sum(b - a for a, b in self.done)
 
-    def _save_state(self) -> None:
+    def _save_state(self, done: list[list[int]] | None = None) -> None:
+        """Replace the state file (not fsynced: see checkpoint.py for why that is safe).
+        Only :class:`Checkpointer` may claim new bytes; other callers save what was loaded."""
         try:
-            atomic_write_json(self.state_path, self._state_doc(), durable=False)
+            atomic_write_json(self.state_path, self._state_doc(done), durable=False)
         except OSError as exc:
             raise _disk_error(self.state_path, exc) from None
 
@@ -576,6 +615,9 @@ class _Transfer:
             first = self.observer.first_offset(self.size)
         pending = self._plan(first)
         self._queue = list(reversed(pending))  # pop() from the end: lowest offsets first
+        self.checkpoint = Checkpointer(self.fd, self._written, self._save_state,
+                                       self._checkpoint_failed)
+        self.checkpoint.start()
         workers = [
             threading.Thread(target=self._worker, name=f"isic2020-dl-{k}", daemon=True)
             for k in range(min(self.opts.connections, len(pending)))
@@ -591,12 +633,13 @@ class _Transfer:
             error = self.follower.join()
             if error is not None:
                 raise _disk_error(self.partial, error) if isinstance(error, OSError) else error
+            self.checkpoint.stop(flush=False)  # the file is synced and renamed by finish()
             return self.follower.digests()
         except BaseException:
             self.abort.set()
             self.follower.stop()
-            with self.lock, contextlib.suppress(DiskError):
-                self._save_state()
+            with contextlib.suppress(OSError, DiskError):
+                self.checkpoint.stop(flush=True)  # claim every byte written, in chunks too
             raise
 
     def _plan(self, first: int | None) -> list[tuple[int, int]]:
@@ -668,10 +711,11 @@ class _Transfer:
                 self._fetch_chunk(session, *span)
                 with self.lock:
                     self.done = add_interval(self.done, *span)
-                    self._save_state()
+                    self._inflight.pop(span[0], None)
                     frontier = self._frontier()
-                assert self.follower is not None
+                assert self.follower is not None and self.checkpoint is not None
                 self.follower.advance(frontier)
+                self.checkpoint.poke()
         except BaseException as exc:
             with self.lock:
                 if self.error is None and not isinstance(exc, Interrupted):
@@ -681,9 +725,12 @@ class _Transfer:
             session.close()
 
     def _fetch_chunk(self, session: requests.Session, start: int, end: int) -> None:
-        """Write ``[start, end)`` in place; the client retries and checks every response."""
+        """Write ``[start, end)`` in place; the client retries and checks every response.
+        What is written is recorded as it goes, so a checkpoint can claim part of a chunk."""
         offset = [start]
         observer = self.observer
+        checkpoint = self.checkpoint
+        assert checkpoint is not None
 
         def write(block: bytes) -> None:
             view = memoryview(block)
@@ -695,6 +742,9 @@ class _Transfer:
                     offset[0] += n
             except OSError as exc:
                 raise _disk_error(self.partial, exc) from None
+            with self.lock:
+                self._inflight[start] = [start, offset[0]]
+            checkpoint.poke()
             if observer is not None:
                 observer.arrived(at, offset[0])
 
@@ -782,19 +832,25 @@ class RangeClient:
                     ) as resp:
                         self._check(resp, pos, end)
                         raw = resp.raw
+                        guard = SpeedGuard(self.timeouts.lowest_speed, self.timeouts.speed_time)
                         while pos < end:
                             if self.abort.is_set():
                                 raise Interrupted("aborted")
-                            block = raw.read(min(self.block, end - pos), decode_content=False)
+                            block = read_block(raw, min(self.block, end - pos), guard)
                             if not block:
                                 break
                             pos += len(block)
+                            # Trickled bytes are no progress: a host that only trickles is
+                            # given up after the retry window, like one that sends nothing.
+                            healthy = guard.healthy()
                             with self.lock:
                                 self.transferred += len(block)
-                                self.last_progress = time.monotonic()
+                                if healthy:
+                                    self.last_progress = time.monotonic()
                             if self.on_bytes is not None:
                                 self.on_bytes(len(block))
                             sink(block)
+                            guard.check()
                 finally:
                     if pos > before:
                         attempt = 0
@@ -804,6 +860,11 @@ class RangeClient:
             except _Retryable as exc:
                 self._note_retry(str(exc), exc.retry_after, exc.slowdown, attempt)
                 attempt += 1
+            except TooSlow as exc:  # fewer parallel requests may be what a slow link needs
+                self._note_retry(str(exc), None, True, attempt)
+                attempt += 1
+            except _REDIRECT_ERRORS as exc:
+                raise _HostFailed(_describe(exc)) from None
             except _NETWORK_ERRORS as exc:
                 self._note_retry(_describe(exc), None, False, attempt)
                 attempt += 1
@@ -887,6 +948,8 @@ class Downloader:
                 resp = self._session.head(
                     url, timeout=self.opts.timeouts.as_tuple(), allow_redirects=True
                 )
+            except _REDIRECT_ERRORS as exc:
+                raise _HostFailed(_describe(exc)) from None
             except _NETWORK_ERRORS as exc:
                 last = _describe(exc)
                 if "DNS" in last or isinstance(exc, requests.exceptions.SSLError):
@@ -1129,13 +1192,25 @@ class Downloader:
     def _single_stream(
         self, remote: RemoteObject, partial: Path, bar: Any, expected_size: int | None
     ) -> tuple[str, str | None, str | None, int, int]:
-        """For servers without byte ranges: one GET, restarted from zero on failure."""
+        """For servers without byte ranges: one GET, restarted from zero on failure.
+
+        Progress is a byte beyond the best attempt so far (at the lowest speed or faster), not
+        a byte received: a server that drops every connection at the same point restarts us
+        from zero forever, yet each attempt "receives". The host is given up after the retry
+        window without such a byte, plus the time the best attempt took to get that far (a
+        restart of a big file must be allowed to catch up).
+        """
         transferred = retries = attempt = 0
+        best = 0
+        best_took = 0.0
         last_progress = time.monotonic()
         kind = etag_kind(remote.etag)
+        timeouts = self.opts.timeouts
         while True:
             sha, md5 = hashlib.sha256(), hashlib.md5()
             written = 0
+            guard = SpeedGuard(timeouts.lowest_speed, timeouts.speed_time)
+            began = guard.start
             try:
                 with self._session.get(
                     remote.url, stream=True, timeout=self.opts.timeouts.as_tuple()
@@ -1157,7 +1232,7 @@ class Downloader:
                         if bar is not None:
                             bar.reset(total=int(length) if length and length.isdigit() else None)
                         while True:
-                            block = resp.raw.read(BLOCK, decode_content=False)
+                            block = read_block(resp.raw, BLOCK, guard)
                             if not block:
                                 break
                             try:
@@ -1169,9 +1244,13 @@ class Downloader:
                                 md5.update(block)
                             written += len(block)
                             transferred += len(block)
-                            last_progress = time.monotonic()
+                            if written > best and guard.healthy():
+                                best = written
+                                last_progress = time.monotonic()
+                                best_took = last_progress - began
                             if bar is not None:
                                 bar.update(len(block))
+                            guard.check()
                         try:
                             fh.flush()
                             os.fsync(fh.fileno())
@@ -1187,11 +1266,20 @@ class Downloader:
                         remote.size = written
                     md5_hex = md5.hexdigest() if kind == "md5" else None
                     return sha.hexdigest(), md5_hex, None, transferred, retries
-            except (_Retryable, *_NETWORK_ERRORS) as exc:
+            except _REDIRECT_ERRORS as exc:
+                raise _HostFailed(_describe(exc)) from None
+            except (_Retryable, TooSlow, *_NETWORK_ERRORS) as exc:
                 retries += 1
-                why = str(exc) if isinstance(exc, _Retryable) else _describe(exc)
-                if time.monotonic() - last_progress > self.opts.retry.window:
-                    raise _HostFailed(f"no progress (last error: {why})") from None
+                why = str(exc) if isinstance(exc, _Retryable | TooSlow) else _describe(exc)
+                if time.monotonic() - last_progress > self.opts.retry.window + best_took:
+                    if not best:
+                        raise _HostFailed(f"no progress (last error: {why})") from None
+                    of = f" of {remote.size}" if remote.size is not None else ""
+                    raise _HostFailed(
+                        "the server neither resumes nor completes a transfer (no byte ranges, "
+                        f"and no attempt got past byte {best}{of} for "
+                        f"{self.opts.retry.window:g} s; last error: {why})"
+                    ) from None
                 ra = exc.retry_after if isinstance(exc, _Retryable) else None
                 time.sleep(self.opts.retry.delay(attempt, ra))
                 attempt += 1
