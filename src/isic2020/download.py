@@ -8,18 +8,24 @@ How a file travels (every step is there for a failure we have seen or expect):
    wrong guess is reported as "unverifiable", never as corruption.
 2. **Plan**: the file is cut into chunks (the part size, else 8 MiB); a preallocated partial file
    in ``DATA/.isic2020/partial/`` receives each chunk in place (``pwrite``). A small JSON state
-   file next to it lists the finished chunks; it is rewritten (atomically) after every chunk, so
-   a killed process loses at most the chunks in flight. The state is tied to the object's size
-   and ETag: a run that finds another ETag starts over instead of splicing two versions.
+   file next to it lists the byte intervals written, inside chunks too; a background checkpoint
+   rewrites it (atomically, at most ten times a second, and at an interrupt) only after an
+   ``fdatasync`` of the data it claims (``checkpoint.py``), so a kill loses at most the last
+   fraction of a second and a power loss never leaves a claim on bytes that are not on disk.
+   The state is tied to the object's size and ETag: a run that finds another ETag starts over
+   instead of splicing two versions.
 3. **Transfer**: ``connections`` worker threads, each with its own session, take chunks from a
    queue. Every ranged GET carries ``If-Match`` (or ``If-Unmodified-Since``) and must answer 206
    with exactly the Content-Range asked for; anything else is a retry, a changed object (start
    over cleanly), or a server that ignores ranges (fall back to one plain stream).
    Body reads are retried by us (urllib3 cannot resume a broken body) from the byte where they
    broke, with exponential backoff and full jitter, honouring ``Retry-After``; a 503/429 also
-   halves the number of parallel requests for a while (AIMD). A host is given up only after
-   ``RetryPolicy.window`` seconds without a single byte of progress, then the next host or mirror
-   takes over (keeping the partial file when it serves the same object).
+   halves the number of parallel requests for a while (AIMD). A body slower than the lowest
+   speed for its window fails the request (``speed.py``; it also halves the parallel requests).
+   A host is given up only after ``RetryPolicy.window`` seconds without progress (a new byte
+   arriving at the lowest speed or faster; in a plain stream, a byte beyond the best attempt),
+   or at once for a redirect loop or a redirect to anything but http(s); then the next host or
+   mirror takes over (keeping the partial file when it serves the same object).
 4. **Hash while downloading**: a follower thread reads the contiguous finished prefix back from
    the page cache and feeds SHA-256, MD5 and per-part MD5s, so verification needs no second pass
    over the file after the last byte. A :class:`TransferObserver` is told of every block as it
@@ -55,7 +61,7 @@ from .errors import DiskError, DownloadError, Interrupted, ObjectChanged, Verifi
 from .hashing import etag_kind, multipart_count, normalize_etag
 from .http import RedirectRefused, Timeouts, make_session
 from .speed import SpeedGuard, TooSlow, read_block
-from .state import atomic_write_json, read_json
+from .state import atomic_write_json, read_json, remove_stale_temps
 
 MiB = 1 << 20
 # 16: on S3-like servers that cap each stream, time falls linearly up to 16 connections
@@ -201,6 +207,10 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, requests.exceptions.SSLError):
         return "TLS certificate verification failed"
+    if "Connection reset by peer" in text or "ConnectionResetError" in text:
+        return "connection reset by the server"
+    if "IncompleteRead" in text or "Connection broken" in text:
+        return "connection closed before the body was complete"
     first = text.splitlines()[0] if text else type(exc).__name__
     return first[:160]
 
@@ -583,6 +593,7 @@ class _Transfer:
     # -- run ------------------------------------------------------------------------------
     def run(self) -> tuple[str, str | None, str | None]:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.state_path)  # a kill during a checkpoint's write
         self._load_state()
         if not self.done and self.partial.exists():
             self.partial.unlink()

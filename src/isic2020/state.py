@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,15 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete what a killed :func:`atomic_write_bytes` of ``path`` left behind (its temp files;
+    only call it while holding the data directory's lock, so no writer is live)."""
+    with contextlib.suppress(OSError):
+        for tmp in path.parent.glob("." + glob_escape(path.name) + ".*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def atomic_write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
