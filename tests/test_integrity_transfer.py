@@ -22,6 +22,7 @@ from support.cli import cli_cmd, cli_env, run_cli
 from support.servers import FaultServer, IgnoreRange, Redirect, Reset, Trickle, method_is, ranged
 
 from isic2020.manifest import load_manifest, manifest_to_toml
+from isic2020.speed import SpeedGuard, parse_rate
 from isic2020.synthetic import build_dataset
 
 PREFIX = "/challenges/2020/"
@@ -292,3 +293,45 @@ def test_interrupt_half_way_then_the_same_command_serves_at_most_1_25x(
     assert entry["status"] == "resumed"
     assert (data / "archives" / ARCHIVE).read_bytes() == mirror.blob
     assert served <= 1.25 * size, f"{served} bytes served for a {size}-byte file"
+
+
+# --------------------------------------------------------------------------------------------
+# The lowest-speed rule itself, on a clock the test moves
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("rate, trips", [(2048, False), (1100, False), (500, True), (0, True)])
+def test_speed_guard_trips_only_after_a_whole_window_below_the_floor(rate: int, trips: bool):
+    """1 KiB/s over 30 s: a body at or above the floor never trips; one below trips once the
+    window has passed, never before (a slow start is not a failure)."""
+    clock = _Clock()
+    guard = SpeedGuard(1024, 30, clock=clock)
+    tripped_at = None
+    for _ in range(120):  # 60 s in steps of 0.5 s
+        clock.now += 0.5
+        if rate:
+            guard.feed(rate // 2)
+        if guard.too_slow() and tripped_at is None:
+            tripped_at = clock.now - 100.0
+    assert (tripped_at is not None) == trips
+    if trips:
+        assert tripped_at >= 30
+    assert guard.healthy() == (not trips)
+
+
+def test_speed_guard_off_and_rates():
+    clock = _Clock()
+    guard = SpeedGuard(0, 30, clock=clock)
+    clock.now += 1000
+    assert not guard.too_slow() and guard.healthy()
+    assert parse_rate("1K") == 1024 and parse_rate("1.5M") == 1.5 * MiB and parse_rate("0") == 0
+    for bad in ("", "fast", "-1", "1Q", "nan", "inf"):
+        with pytest.raises(ValueError):
+            parse_rate(bad)
