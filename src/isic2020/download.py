@@ -853,7 +853,8 @@ class RangeClient:
                             pos += len(block)
                             # Trickled bytes are no progress: a host that only trickles is
                             # given up after the retry window, like one that sends nothing.
-                            healthy = guard.healthy()
+                            # A finished range is (a short one may not reach the rate at all).
+                            healthy = pos >= end or guard.healthy()
                             with self.lock:
                                 self.transferred += len(block)
                                 if healthy:
