@@ -8,18 +8,24 @@ How a file travels (every step is there for a failure we have seen or expect):
    wrong guess is reported as "unverifiable", never as corruption.
 2. **Plan**: the file is cut into chunks (the part size, else 8 MiB); a preallocated partial file
    in ``DATA/.isic2020/partial/`` receives each chunk in place (``pwrite``). A small JSON state
-   file next to it lists the finished chunks; it is rewritten (atomically) after every chunk, so
-   a killed process loses at most the chunks in flight. The state is tied to the object's size
-   and ETag: a run that finds another ETag starts over instead of splicing two versions.
+   file next to it lists the byte intervals written, inside chunks too; a background checkpoint
+   rewrites it (atomically, at most ten times a second, and at an interrupt) only after an
+   ``fdatasync`` of the data it claims (``checkpoint.py``), so a kill loses at most the last
+   fraction of a second and a power loss never leaves a claim on bytes that are not on disk.
+   The state is tied to the object's size and ETag: a run that finds another ETag starts over
+   instead of splicing two versions.
 3. **Transfer**: ``connections`` worker threads, each with its own session, take chunks from a
    queue. Every ranged GET carries ``If-Match`` (or ``If-Unmodified-Since``) and must answer 206
    with exactly the Content-Range asked for; anything else is a retry, a changed object (start
    over cleanly), or a server that ignores ranges (fall back to one plain stream).
    Body reads are retried by us (urllib3 cannot resume a broken body) from the byte where they
    broke, with exponential backoff and full jitter, honouring ``Retry-After``; a 503/429 also
-   halves the number of parallel requests for a while (AIMD). A host is given up only after
-   ``RetryPolicy.window`` seconds without a single byte of progress, then the next host or mirror
-   takes over (keeping the partial file when it serves the same object).
+   halves the number of parallel requests for a while (AIMD). A body slower than the lowest
+   speed for its window fails the request (``speed.py``; it also halves the parallel requests).
+   A host is given up only after ``RetryPolicy.window`` seconds without progress (a new byte
+   arriving at the lowest speed or faster; in a plain stream, a byte beyond the best attempt),
+   or at once for a redirect loop or a redirect to anything but http(s); then the next host or
+   mirror takes over (keeping the partial file when it serves the same object).
 4. **Hash while downloading**: a follower thread reads the contiguous finished prefix back from
    the page cache and feeds SHA-256, MD5 and per-part MD5s, so verification needs no second pass
    over the file after the last byte. A :class:`TransferObserver` is told of every block as it
@@ -49,10 +55,12 @@ from urllib.parse import unquote, urlsplit
 import requests
 import urllib3
 
+from .checkpoint import Checkpointer
 from .errors import DiskError, DownloadError, Interrupted, ObjectChanged, VerificationError
 from .fsutil import move_into_place, open_nofollow, remove_file
 from .hashing import etag_kind, multipart_count, normalize_etag
-from .http import Timeouts, make_session
+from .http import RedirectRefused, Timeouts, make_session
+from .speed import SpeedGuard, TooSlow, read_block
 from .state import atomic_write_json, done_intervals, read_json, remove_stale_temps
 
 MiB = 1 << 20
@@ -75,6 +83,14 @@ _NETWORK_ERRORS = (
     urllib3.exceptions.HTTPError,
     ConnectionError,
     TimeoutError,
+)
+#: Where a host sends us cannot change by asking again: a failed host at once, then the next.
+_REDIRECT_ERRORS = (
+    RedirectRefused,
+    requests.TooManyRedirects,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema,
 )
 
 Log = Callable[[str], None]
@@ -178,6 +194,12 @@ def _retry_after(resp: requests.Response) -> float | None:
 
 def _describe(exc: BaseException) -> str:
     text = str(exc)
+    if isinstance(exc, requests.TooManyRedirects):
+        return f"redirect loop ({text or 'too many redirects'})"
+    if isinstance(exc, RedirectRefused):
+        return text
+    if isinstance(exc, requests.exceptions.InvalidSchema | requests.exceptions.MissingSchema):
+        return f"redirected to an unusable URL ({text[:120]})"
     if "Name or service not known" in text or "NameResolution" in text or "getaddrinfo" in text:
         return "host name could not be resolved (DNS)"
     if "Connection refused" in text:
@@ -186,6 +208,10 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, requests.exceptions.SSLError):
         return "TLS certificate verification failed"
+    if "Connection reset by peer" in text or "ConnectionResetError" in text:
+        return "connection reset by the server"
+    if "IncompleteRead" in text or "Connection broken" in text:
+        return "connection closed before the body was complete"
     first = text.splitlines()[0] if text else type(exc).__name__
     return first[:160]
 
@@ -488,17 +514,38 @@ class _Transfer:
         # for a region first (``prioritize``) as soon as ``begin`` starts them: kept here.
         self._queue: list[tuple[int, int]] = []
         self._early: list[tuple[int, int]] | None = []
+        # Chunks being fetched: start -> [start, end of what is written so far]. The state
+        # claims these too (see checkpoint.py), so an interrupt loses no written byte.
+        self._inflight: dict[int, list[int]] = {}
+        self.checkpoint: Checkpointer | None = None
 
     # -- state ----------------------------------------------------------------------------
-    def _state_doc(self) -> dict[str, Any]:
+    def _state_doc(self, done: list[list[int]] | None = None) -> dict[str, Any]:
         return {
             "version": 2,
             "url": self.remote.url,
             "size": self.size,
             "etag": self.remote.etag,
             "last_modified": self.remote.last_modified,
-            "done": self.done,
+            "done": self.done if done is None else done,
         }
+
+    def _written(self) -> list[list[int]]:
+        """Every byte interval written so far: finished chunks and the written part of the
+        chunks in flight (the checkpoint's snapshot)."""
+        with self.lock:
+            out = [list(iv) for iv in self.done]
+            for a, b in self._inflight.values():
+                if b > a:
+                    out = add_interval(out, a, b)
+        return out
+
+    def _checkpoint_failed(self, exc: BaseException) -> None:
+        err = _disk_error(self.state_path, exc) if isinstance(exc, OSError) else exc
+        with self.lock:
+            if self.error is None:
+                self.error = err
+        self.abort.set()
 
     def _load_state(self) -> None:
         doc = read_json(self.state_path)
@@ -524,9 +571,11 @@ class _Transfer:
         self.done = done_intervals(doc.get("done", []), self.size)
         self.resumed_bytes = sum(b - a for a, b in self.done)
 
-    def _save_state(self) -> None:
+    def _save_state(self, done: list[list[int]] | None = None) -> None:
+        """Replace the state file (not fsynced: see checkpoint.py for why that is safe).
+        Only :class:`Checkpointer` may claim new bytes; other callers save what was loaded."""
         try:
-            atomic_write_json(self.state_path, self._state_doc(), durable=False)
+            atomic_write_json(self.state_path, self._state_doc(done), durable=False)
         except OSError as exc:
             raise _disk_error(self.state_path, exc) from None
 
@@ -541,6 +590,7 @@ class _Transfer:
     # -- run ------------------------------------------------------------------------------
     def run(self) -> tuple[str, str | None, str | None]:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.state_path)  # a kill during a checkpoint's write
         self._load_state()
         if not self.done and self.partial.exists():
             remove_file(self.partial)
@@ -577,6 +627,9 @@ class _Transfer:
             early, self._early = self._early or [], None
         for a, b in early:
             self.prioritize(a, b)
+        self.checkpoint = Checkpointer(self.fd, self._written, self._save_state,
+                                       self._checkpoint_failed)
+        self.checkpoint.start()
         workers = [
             threading.Thread(target=self._worker, name=f"isic2020-dl-{k}", daemon=True)
             for k in range(min(self.opts.connections, len(pending)))
@@ -592,12 +645,13 @@ class _Transfer:
             error = self.follower.join()
             if error is not None:
                 raise _disk_error(self.partial, error) if isinstance(error, OSError) else error
+            self.checkpoint.stop(flush=False)  # the file is synced and renamed by finish()
             return self.follower.digests()
         except BaseException:
             self.abort.set()
             self.follower.stop()
-            with self.lock, contextlib.suppress(DiskError):
-                self._save_state()
+            with contextlib.suppress(OSError, DiskError):
+                self.checkpoint.stop(flush=True)  # claim every byte written, in chunks too
             raise
 
     def _plan(self, first: int | None) -> list[tuple[int, int]]:
@@ -672,10 +726,11 @@ class _Transfer:
                 self._fetch_chunk(session, *span)
                 with self.lock:
                     self.done = add_interval(self.done, *span)
-                    self._save_state()
+                    self._inflight.pop(span[0], None)
                     frontier = self._frontier()
-                assert self.follower is not None
+                assert self.follower is not None and self.checkpoint is not None
                 self.follower.advance(frontier)
+                self.checkpoint.poke()
         except BaseException as exc:
             with self.lock:
                 if self.error is None and not isinstance(exc, Interrupted):
@@ -685,9 +740,12 @@ class _Transfer:
             session.close()
 
     def _fetch_chunk(self, session: requests.Session, start: int, end: int) -> None:
-        """Write ``[start, end)`` in place; the client retries and checks every response."""
+        """Write ``[start, end)`` in place; the client retries and checks every response.
+        What is written is recorded as it goes, so a checkpoint can claim part of a chunk."""
         offset = [start]
         observer = self.observer
+        checkpoint = self.checkpoint
+        assert checkpoint is not None
 
         def write(block: bytes) -> None:
             view = memoryview(block)
@@ -699,6 +757,9 @@ class _Transfer:
                     offset[0] += n
             except OSError as exc:
                 raise _disk_error(self.partial, exc) from None
+            with self.lock:
+                self._inflight[start] = [start, offset[0]]
+            checkpoint.poke()
             if observer is not None:
                 observer.arrived(at, offset[0])
 
@@ -786,19 +847,26 @@ class RangeClient:
                     ) as resp:
                         self._check(resp, pos, end)
                         raw = resp.raw
+                        guard = SpeedGuard(self.timeouts.lowest_speed, self.timeouts.speed_time)
                         while pos < end:
                             if self.abort.is_set():
                                 raise Interrupted("aborted")
-                            block = raw.read(min(self.block, end - pos), decode_content=False)
+                            block = read_block(raw, min(self.block, end - pos), guard)
                             if not block:
                                 break
                             pos += len(block)
+                            # Trickled bytes are no progress: a host that only trickles is
+                            # given up after the retry window, like one that sends nothing.
+                            # A finished range is (a short one may not reach the rate at all).
+                            healthy = pos >= end or guard.healthy()
                             with self.lock:
                                 self.transferred += len(block)
-                                self.last_progress = time.monotonic()
+                                if healthy:
+                                    self.last_progress = time.monotonic()
                             if self.on_bytes is not None:
                                 self.on_bytes(len(block))
                             sink(block)
+                            guard.check()
                 finally:
                     if pos > before:
                         attempt = 0
@@ -808,6 +876,11 @@ class RangeClient:
             except _Retryable as exc:
                 self._note_retry(str(exc), exc.retry_after, exc.slowdown, attempt)
                 attempt += 1
+            except TooSlow as exc:  # fewer parallel requests may be what a slow link needs
+                self._note_retry(str(exc), None, True, attempt)
+                attempt += 1
+            except _REDIRECT_ERRORS as exc:
+                raise _HostFailed(_describe(exc)) from None
             except _NETWORK_ERRORS as exc:
                 self._note_retry(_describe(exc), None, False, attempt)
                 attempt += 1
@@ -891,6 +964,8 @@ class Downloader:
                 resp = self._session.head(
                     url, timeout=self.opts.timeouts.as_tuple(), allow_redirects=True
                 )
+            except _REDIRECT_ERRORS as exc:
+                raise _HostFailed(_describe(exc)) from None
             except _NETWORK_ERRORS as exc:
                 last = _describe(exc)
                 if "DNS" in last or isinstance(exc, requests.exceptions.SSLError):
@@ -1134,13 +1209,25 @@ class Downloader:
     def _single_stream(
         self, remote: RemoteObject, partial: Path, bar: Any, expected_size: int | None
     ) -> tuple[str, str | None, str | None, int, int]:
-        """For servers without byte ranges: one GET, restarted from zero on failure."""
+        """For servers without byte ranges: one GET, restarted from zero on failure.
+
+        Progress is a byte beyond the best attempt so far (at the lowest speed or faster), not
+        a byte received: a server that drops every connection at the same point restarts us
+        from zero forever, yet each attempt "receives". The host is given up after the retry
+        window without such a byte, plus the time the best attempt took to get that far (a
+        restart of a big file must be allowed to catch up).
+        """
         transferred = retries = attempt = 0
+        best = 0
+        best_took = 0.0
         last_progress = time.monotonic()
         kind = etag_kind(remote.etag)
+        timeouts = self.opts.timeouts
         while True:
             sha, md5 = hashlib.sha256(), hashlib.md5()
             written = 0
+            guard = SpeedGuard(timeouts.lowest_speed, timeouts.speed_time)
+            began = guard.start
             try:
                 with self._session.get(
                     remote.url, stream=True, timeout=self.opts.timeouts.as_tuple()
@@ -1162,7 +1249,7 @@ class Downloader:
                         if bar is not None:
                             bar.reset(total=int(length) if length and length.isdigit() else None)
                         while True:
-                            block = resp.raw.read(BLOCK, decode_content=False)
+                            block = read_block(resp.raw, BLOCK, guard)
                             if not block:
                                 break
                             try:
@@ -1174,9 +1261,13 @@ class Downloader:
                                 md5.update(block)
                             written += len(block)
                             transferred += len(block)
-                            last_progress = time.monotonic()
+                            if written > best and guard.healthy():
+                                best = written
+                                last_progress = time.monotonic()
+                                best_took = last_progress - began
                             if bar is not None:
                                 bar.update(len(block))
+                            guard.check()
                         try:
                             fh.flush()
                             os.fsync(fh.fileno())
@@ -1192,11 +1283,20 @@ class Downloader:
                         remote.size = written
                     md5_hex = md5.hexdigest() if kind == "md5" else None
                     return sha.hexdigest(), md5_hex, None, transferred, retries
-            except (_Retryable, *_NETWORK_ERRORS) as exc:
+            except _REDIRECT_ERRORS as exc:
+                raise _HostFailed(_describe(exc)) from None
+            except (_Retryable, TooSlow, *_NETWORK_ERRORS) as exc:
                 retries += 1
-                why = str(exc) if isinstance(exc, _Retryable) else _describe(exc)
-                if time.monotonic() - last_progress > self.opts.retry.window:
-                    raise _HostFailed(f"no progress (last error: {why})") from None
+                why = str(exc) if isinstance(exc, _Retryable | TooSlow) else _describe(exc)
+                if time.monotonic() - last_progress > self.opts.retry.window + best_took:
+                    if not best:
+                        raise _HostFailed(f"no progress (last error: {why})") from None
+                    of = f" of {remote.size}" if remote.size is not None else ""
+                    raise _HostFailed(
+                        "the server neither resumes nor completes a transfer (no byte ranges, "
+                        f"and no attempt got past byte {best}{of} for "
+                        f"{self.opts.retry.window:g} s; last error: {why})"
+                    ) from None
                 ra = exc.retry_after if isinstance(exc, _Retryable) else None
                 time.sleep(self.opts.retry.delay(attempt, ra))
                 attempt += 1

@@ -35,6 +35,7 @@ from .http import Timeouts
 from .layout import Layout
 from .lock import data_dir_lock
 from .manifest import FileEntry, Manifest, expand_split, load_manifest
+from .speed import parse_rate
 from .state import FileRecord, Records, done_intervals, read_json
 
 Log = Callable[[str], None]
@@ -74,6 +75,8 @@ ENV_RETRY_WINDOW = "ISIC2020_RETRY_WINDOW"
 ENV_READ_TIMEOUT = "ISIC2020_READ_TIMEOUT"
 ENV_CONNECT_TIMEOUT = "ISIC2020_CONNECT_TIMEOUT"
 ENV_CHUNK_SIZE = "ISIC2020_CHUNK_SIZE"
+ENV_LOWEST_SPEED = "ISIC2020_LOWEST_SPEED"
+ENV_SPEED_TIME = "ISIC2020_SPEED_TIME"
 
 
 def _env_float(name: str, default: float) -> float:
@@ -89,6 +92,19 @@ def _env_float(name: str, default: float) -> float:
     return value
 
 
+def _env_rate(name: str, default: float) -> float:
+    """Bytes per second, ``0`` for off; ``K``/``M`` suffixes as aria2c's (1K = 1024)."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return parse_rate(raw)
+    except ValueError:
+        raise UsageError(
+            f"${name} must be bytes per second (e.g. 1024, 1K, 0 for off), found {raw!r}"
+        ) from None
+
+
 def download_options(
     connections: int | None = None, progress: bool = False, log: Log | None = None
 ) -> DownloadOptions:
@@ -99,6 +115,8 @@ def download_options(
         timeouts=Timeouts(
             connect=_env_float(ENV_CONNECT_TIMEOUT, Timeouts.connect),
             read=_env_float(ENV_READ_TIMEOUT, Timeouts.read),
+            lowest_speed=_env_rate(ENV_LOWEST_SPEED, Timeouts.lowest_speed),
+            speed_time=_env_float(ENV_SPEED_TIME, Timeouts.speed_time),
         ),
         retry=RetryPolicy(window=_env_float(ENV_RETRY_WINDOW, RetryPolicy.window)),
         progress=progress,

@@ -6,6 +6,8 @@
 - Proxies and CA bundles come from the standard environment (``HTTPS_PROXY``, ``NO_PROXY``,
   ``REQUESTS_CA_BUNDLE``...) because ``trust_env`` stays on; certificates are always verified.
 - A User-Agent that names the tool and its version, so server operators can see who we are.
+- Redirects only ever lead to http(s) URLs, and never from https:// down to http://: anything else
+  (``file://``, a downgrade) raises :class:`RedirectRefused` before it is followed.
 """
 
 from __future__ import annotations
@@ -26,10 +28,18 @@ USER_AGENT = (
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds. ``read`` bounds a stall between two received blocks, not the whole body."""
+    """Seconds. ``read`` bounds a stall between two received blocks, not the whole body.
+
+    A body that trickles (a byte every few seconds) never trips ``read``; the lowest-speed rule
+    does: slower than ``lowest_speed`` bytes/s over ``speed_time`` seconds fails the request
+    (curl's ``--speed-limit``/``--speed-time``, aria2c's ``--lowest-speed-limit``). 0 turns it
+    off. See :mod:`isic2020.speed`.
+    """
 
     connect: float = 10.0
     read: float = 30.0
+    lowest_speed: float = 1024.0
+    speed_time: float = 30.0
 
     def as_tuple(self) -> tuple[float, float]:
         return (self.connect, self.read)
@@ -45,11 +55,23 @@ def make_session(pool_size: int = 8) -> requests.Session:
     return s
 
 
+class RedirectRefused(requests.ConnectionError):
+    """A redirect that is not followed: to another scheme than http(s), or https -> http.
+
+    A ``ConnectionError`` so that any caller treats it as a network failure at worst; the
+    download engine makes it a failed host at once (retrying cannot change where it points).
+    """
+
+
 def _refuse_downgrade(resp: requests.Response, *args: object, **kwargs: object) -> None:
-    """Never follow a redirect from https:// to plain http:// (no silent downgrade)."""
-    if resp.is_redirect and resp.url.startswith("https://"):
-        target = urljoin(resp.url, resp.headers.get("Location", ""))
-        if not target.startswith("https://"):
-            raise requests.ConnectionError(
-                f"refused a redirect from https:// to {target.split(':', 1)[0]}:// ({target})"
-            )
+    """Never follow a redirect from https:// to plain http:// (no silent downgrade), nor to
+    anything but http(s) (``file:///etc/passwd`` would otherwise surface as requests'
+    ``InvalidSchema``, an internal error instead of a failed host)."""
+    if not resp.is_redirect:
+        return
+    target = urljoin(resp.url, resp.headers.get("Location", ""))
+    scheme = target.split(":", 1)[0].lower() if ":" in target else ""
+    if scheme not in ("http", "https"):
+        raise RedirectRefused(f"refused a redirect to {scheme or 'an invalid'}:// ({target[:100]})")
+    if resp.url.startswith("https://") and scheme != "https":
+        raise RedirectRefused(f"refused a redirect from https:// to {scheme}:// ({target[:100]})")

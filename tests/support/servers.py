@@ -54,6 +54,7 @@ __all__ = [
     "LoggedRequest",
     "NginxLogEntry",
     "NginxServer",
+    "Redirect",
     "ReplaceObject",
     "RequestInfo",
     "Reset",
@@ -62,6 +63,7 @@ __all__ = [
     "Stall",
     "Status",
     "Throttle",
+    "Trickle",
     "free_port",
     "multipart_etag_of",
     "method_is",
@@ -278,11 +280,12 @@ class Stall(Fault):
     """Send the headers and ``after`` body bytes, then nothing for ``seconds``, then close.
 
     A client without a read timeout hangs here; one with a timeout must fire it. With
-    ``before_headers`` nothing at all is sent (also hits HEAD). ``close()`` of the server
-    ends a stall at once.
+    ``before_headers`` nothing at all is sent (also hits HEAD). ``seconds=None`` keeps the
+    connection open until the server is closed, so only the client's own timeout can end the
+    request. ``close()`` of the server ends a stall at once.
     """
 
-    seconds: float = 30.0
+    seconds: float | None = 30.0
     after: int = 0
     before_headers: bool = False
     kind: str = field(default="stall", init=False)
@@ -371,6 +374,34 @@ class ExtraHeaders(Fault):
 
     headers: Mapping[str, str] = field(default_factory=dict)
     kind: str = field(default="extra_headers", init=False)
+
+    def applies(self, req: RequestInfo) -> bool:
+        return True
+
+
+@dataclass
+class Trickle(Fault):
+    """Send ``after`` body bytes at full speed, then ``nbytes`` every ``every`` seconds.
+
+    A body that never stalls long enough for a read timeout, yet would take forever: only a
+    lowest-speed rule (curl's ``--speed-limit``) ends it. Stops when the client hangs up or
+    the server is closed.
+    """
+
+    nbytes: int = 1
+    every: float = 2.0
+    after: int = 0
+    kind: str = field(default="trickle", init=False)
+
+
+@dataclass
+class Redirect(Fault):
+    """Answer ``code`` with ``Location: to`` (any method); ``to=None`` redirects the request to
+    itself, a redirect loop. ``to="file:///etc/passwd"`` is what a hostile mirror might try."""
+
+    to: str | None = None
+    code: int = 302
+    kind: str = field(default="redirect", init=False)
 
     def applies(self, req: RequestInfo) -> bool:
         return True
@@ -884,6 +915,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
     server: _QuietThreadingServer
     _counted = False
+    _arrived = 0.0
 
     # silence: the request log is kept by the owner instead
     def log_message(self, format: str, *args: Any) -> None:
@@ -951,7 +983,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 bytes_sent=sent,
                 faults=tuple(faults),
                 outcome=outcome,
-                arrived=getattr(self, "_arrived", 0.0),
+                arrived=self._arrived,
                 peer=int(self.client_address[1]),
             )
         )
@@ -1100,6 +1132,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             sent = self._simple(sfault.code, sfault.body, sfault.headers)
             self._record(sfault.code, sent, names, "ok")
             return
+        redirect = chosen.get("redirect")
+        if redirect is not None:
+            rd = redirect[1]
+            assert isinstance(rd, Redirect)
+            sent = self._simple(rd.code, b"", {"Location": rd.to or self.path})
+            self._record(rd.code, sent, names, "ok")
+            return
 
         if fh is None or st is None or info.size is None:
             sent = self._simple(
@@ -1235,8 +1274,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             rate = max(1, tf.bytes_per_second)
 
         sent = 0
+        trickle = chosen.get("trickle")
         try:
-            sent = self._send_body(info.path, fh, start, limit, rate)
+            if trickle is not None:
+                tr = trickle[1]
+                assert isinstance(tr, Trickle)
+                sent = self._send_trickle(info.path, fh, start, limit, tr)
+            else:
+                sent = self._send_body(info.path, fh, start, limit, rate)
         except (ConnectionError, TimeoutError, OSError):
             self._record(code, sent, names, "client_gone")
             self.close_connection = True
@@ -1260,6 +1305,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if sent < length:
             self.close_connection = True
         self._record(code, sent, names, outcome)
+
+    def _send_trickle(self, path: str, fh: IO[bytes], start: int, count: int, tr: Trickle) -> int:
+        """``tr.after`` bytes at once, then ``tr.nbytes`` every ``tr.every`` seconds."""
+        sent = self._send_body(path, fh, start, min(count, tr.after), None)
+        while sent < count and not self.owner._stop.wait(tr.every):
+            n = min(max(1, tr.nbytes), count - sent)
+            done = self.connection.sendfile(fh, offset=start + sent, count=n)
+            if done <= 0:
+                break
+            sent += done
+            self.owner._count(path, done)
+        return sent
 
     def _send_body(self, path: str, fh: IO[bytes], start: int, count: int, rate: int | None) -> int:
         """Send ``count`` bytes from ``start``; count them as they go (for the tests)."""
