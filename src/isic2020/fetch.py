@@ -35,6 +35,7 @@ from .http import Timeouts
 from .layout import Layout
 from .lock import data_dir_lock
 from .manifest import FileEntry, Manifest, expand_split, load_manifest
+from .plausible import content_problem
 from .state import FileRecord, Records, atomic_write_bytes, read_json
 
 Log = Callable[[str], None]
@@ -431,6 +432,8 @@ def _fetch_one(
     done_extraction = entry.is_archive and entry.name in records.extracted
     stream_stats = None
     plan = None  # the archive's directory, parsed while it downloaded
+    if rec is not None and rec.matches_stat(final) and _implausible(entry, final, log):
+        rec = None  # recorded by an older run that trusted a login page: not verified
     if rec is not None and rec.matches_stat(final):
         outcome = FileOutcome(_cached(rec, final), entry.name, "cached")
     elif rec is not None and done_extraction and not final.exists() and extract:
@@ -442,6 +445,7 @@ def _fetch_one(
             result = downloader.adopt(
                 entry.name, entry.urls(mirrors), final,
                 expected_size=entry.size, expected_sha256=entry.sha256,
+                accept=lambda path: content_problem(entry, path),
             )
             if result is None and log is not None:
                 log(f"{entry.name}: the file in {final.parent} could not be verified; "
@@ -459,6 +463,7 @@ def _fetch_one(
                     expected_etag=entry.etag,
                     expected_sha256=entry.sha256,
                     observer=streamer,
+                    accept=lambda path: content_problem(entry, path),
                 )
             except BaseException:
                 if streamer is not None:
@@ -505,6 +510,14 @@ def _fetch_one(
             del plan
             _release_free_memory()
     return outcome
+
+
+def _implausible(entry: FileEntry, final: Path, log: Log | None) -> bool:
+    """A recorded file that cannot be ``entry`` (``plausible``): say so, distrust the record."""
+    problem = content_problem(entry, final)
+    if problem and log is not None:
+        log(f"{entry.name}: the recorded file {problem}; downloading it again")
+    return problem is not None
 
 
 def _streamer(
