@@ -1176,18 +1176,20 @@ class Downloader:
         second_state = partial.with_name(partial.name + ".repair.state.json")
         self._log(f"{name}: {why[len('FAILED: '):]}; fetching a second copy to find the "
                   "damaged bytes")
-        transferred = 0
         try:
             transferred = self._second_copy(remote, second, second_state, expected_size)
+        except ObjectChanged:
+            self._discard(second, second_state)
+            raise
+        # (interrupted or a failed host: the second copy stays, a later run resumes it)
+        try:
             result = repair(partial, second, content)
         except RepairFailed as exc:
             raise VerificationError(f"{failed}; {exc}") from None
         except OSError as exc:
             raise _disk_error(second, exc) from None
         finally:
-            for p in (second, second_state):
-                with contextlib.suppress(OSError):
-                    p.unlink()
+            self._discard(second, second_state)
         self._log(f"{name}: repaired {len(result.replaced)} damaged range(s) from the second "
                   "copy")
         sha, md5, mp = _hash_file(partial, remote.part_size,
