@@ -14,10 +14,9 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import random
 import subprocess
-import threading
+import sys
 import zipfile
 from pathlib import Path
 
@@ -112,26 +111,33 @@ def _nothing_landed(data: Path, name: str = ARCHIVE) -> None:
 
 
 @pytest.mark.parametrize(
-    ("etag", "answers_part_number", "flips"),
+    ("etag", "answers_part_number", "flips", "plain"),
     [
-        ("multipart", False, 1),  # a mirror that copied S3's ETags: the part size is derived
-        ("multipart", True, 1),  # S3 itself: the part size is stated
-        ("md5", True, 1),
-        ("multipart", True, 2),  # two bodies damaged: two chunks to tell apart
+        ("multipart", False, 1, False),  # a mirror that copied S3's ETags: part size derived
+        ("multipart", True, 1, False),  # S3 itself: the part size is stated
+        ("md5", True, 1, False),
+        ("multipart", True, 2, False),  # two bodies damaged: two chunks to tell apart
+        ("md5", True, 1, True),  # a server that ignores ranges: two plain streams
+        ("multipart", False, 1, True),
     ],
 )
 def test_a_flipped_byte_is_repaired_from_a_second_copy_in_the_same_run(
-    dataset, tmp_path, etag, answers_part_number, flips
+    dataset, tmp_path, etag, answers_part_number, flips, plain
 ):
     blob = _zip_blob(12 * MiB, seed=1)
     root, manifest = _mirror(dataset, tmp_path, blob)
     with FaultServer(root, prefix=PREFIX, etag=etag, part_size=5 * MiB) as srv:
         if not answers_part_number:
             srv.add_fault(NoPartNumber(), ARCHIVE, times=None)
+        if plain:
+            srv.add_fault(IgnoreRange(), ARCHIVE, times=None)
         fault = FlipByte(offset=len(blob) // 2) if flips == 1 else FlipByte()
-        srv.add_fault(fault, ARCHIVE, times=flips)
+        srv.add_fault(fault, ARCHIVE, times=flips, when=lambda q: not plain or not q.ranged)
         r = _fetch(tmp_path / "d", manifest, srv.url, extra=NO_EXTRACT)
         served = srv.bytes_sent(ARCHIVE)
+        if plain:  # not counting the ranged GETs that found out ranges are ignored
+            served = sum(q.bytes_sent for q in srv.requests(ARCHIVE, "GET")
+                         if not q.header("Range"))
         assert not any(rule.fault is fault for rule in srv.faults())  # the flips happened
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "d" / "archives" / ARCHIVE).read_bytes() == blob
@@ -139,6 +145,22 @@ def test_a_flipped_byte_is_repaired_from_a_second_copy_in_the_same_run(
     assert entry["etag_check"].startswith(etag), entry["etag_check"]
     assert entry["repaired"], entry  # the JSON says which bytes came from the second copy
     assert served <= 2.2 * len(blob), served  # one more pass at most
+
+
+def test_a_repair_keeps_memory_flat_whatever_the_file_size(dataset, tmp_path):
+    """The two copies are compared by per-chunk digests, on disk: repairing a 96 MiB archive
+    peaks below the archive's own size (a copy in RAM could not)."""
+    blob = _zip_blob(96 * MiB, seed=10)
+    root, manifest = _mirror(dataset, tmp_path, blob)
+    with FaultServer(root, prefix=PREFIX) as srv:
+        srv.add_fault(FlipByte(offset=len(blob) - 12345), ARCHIVE, times=1)
+        args = cli_cmd("fetch", "--data-dir", str(tmp_path / "d"), "--mirror", srv.url,
+                       "--json", "--quiet", *NO_EXTRACT)
+        code, out, err, rss = _run_measured(args, cli_env(manifest), tmp_path)
+    assert code == 0, err
+    assert _entry(json.loads(out))["repaired"]
+    assert rss < len(blob), rss
+    assert (tmp_path / "d" / "archives" / ARCHIVE).read_bytes() == blob
 
 
 def test_damage_in_every_copy_is_exit_1_with_nothing_landed_and_the_next_run_heals(
@@ -223,30 +245,25 @@ def test_plain_stream_checks_a_multipart_etag_from_its_parts(dataset, tmp_path):
 # C1: what a server claims about parts cannot cost memory
 
 
-def _run_measured(args: list[str], env: dict[str, str], timeout: float = 180):
-    """Run the CLI; (returncode, stdout, stderr, peak RSS of that child in bytes)."""
-    with open(os.devnull, "rb") as devnull:
-        proc = subprocess.Popen(args, env=env, stdin=devnull, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-    bufs: dict[str, str] = {}
+_MEASURE = """\
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[2:]).returncode
+with open(sys.argv[1], "w") as fh:
+    fh.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code)
+"""
 
-    def drain(name: str, stream) -> None:
-        bufs[name] = stream.read()
 
-    readers = [threading.Thread(target=drain, args=(n, s))
-               for n, s in (("out", proc.stdout), ("err", proc.stderr))]
-    for t in readers:
-        t.start()
-    killer = threading.Timer(timeout, proc.kill)
-    killer.start()
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        killer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    for t in readers:
-        t.join()
-    return proc.returncode, bufs["out"], bufs["err"], usage.ru_maxrss * 1024
+def _run_measured(args: list[str], env: dict[str, str], tmp_path: Path, timeout: float = 180):
+    """Run the CLI; (returncode, stdout, stderr, its peak RSS in bytes).
+
+    Measured by a small Python parent: Linux carries a process's peak RSS across fork and
+    exec, so the CLI forked straight from pytest would be charged pytest's own memory."""
+    rss_file = tmp_path / "rss.txt"
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, str(rss_file), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    return proc.returncode, proc.stdout, proc.stderr, int(rss_file.read_text()) * 1024
 
 
 def test_an_absurd_part_count_is_no_content_hash_and_memory_stays_bounded(dataset, tmp_path):
@@ -261,7 +278,7 @@ def test_an_absurd_part_count_is_no_content_hash_and_memory_stays_bounded(datase
         srv.add_fault(PartSizeClaim(length=1), ARCHIVE, times=None)
         args = cli_cmd("fetch", "--data-dir", str(tmp_path / "d"), "--mirror", srv.url,
                        "--json", "--quiet", *NO_EXTRACT)
-        code, out, err, rss = _run_measured(args, cli_env(manifest))
+        code, out, err, rss = _run_measured(args, cli_env(manifest), tmp_path)
     assert rss < 400 * MiB, rss
     assert code == 0, err
     entry = _entry(json.loads(out))
@@ -384,3 +401,82 @@ def test_a_bad_record_from_an_older_run_is_not_trusted_and_heals(dataset, tmp_pa
             assert (data / "metadata" / f.name).read_bytes() == dataset.path(f.name).read_bytes()
     assert sorted(p.stem for p in (data / "jpeg" / "train").iterdir()) == \
         sorted(dataset.train_names)
+
+
+# --------------------------------------------------------------------------------------------
+# The repair search itself (real files, no server): which combinations it can tell apart
+
+
+def _copies(tmp_path: Path, size: int, damage_a: list[int], damage_b: list[int]):
+    good = random.Random(size).randbytes(size)
+    a, b = bytearray(good), bytearray(good)
+    for pos in damage_a:
+        a[pos] ^= 0x10
+    for pos in damage_b:
+        b[pos] ^= 0x10
+    pa, pb = tmp_path / "a.part", tmp_path / "b.part"
+    pa.write_bytes(a)
+    pb.write_bytes(b)
+    return good, pa, pb
+
+
+def test_repair_combines_the_good_chunks_of_two_damaged_copies(tmp_path):
+    """Copy one is damaged in one chunk, copy two in another: neither is right alone; the
+    combination that reproduces the sha256 is found and only that chunk is taken."""
+    from isic2020.repair import CHUNK, ContentCheck, repair
+
+    size = 10 * CHUNK + 777
+    good, pa, pb = _copies(tmp_path, size, [3 * CHUNK + 5], [7 * CHUNK + 9])
+    res = repair(pa, pb, ContentCheck(sha256=hashlib.sha256(good).hexdigest()))
+    assert pa.read_bytes() == good
+    assert res.differing == 2
+    assert res.replaced == [[3 * CHUNK, 4 * CHUNK]]
+
+
+def test_repair_of_a_multipart_etag_tries_every_candidate_part_size(tmp_path):
+    from isic2020.repair import ContentCheck, repair
+
+    size = 3 * MiB + 5
+    good, pa, pb = _copies(tmp_path, size, [2 * MiB], [])
+    etag = multipart_etag_of(good, MiB)
+    res = repair(pa, pb, ContentCheck(multipart=etag, part_sizes=(2 * MiB, MiB)))
+    assert pa.read_bytes() == good and res.replaced
+
+
+@pytest.mark.parametrize(
+    ("damage_a", "damage_b", "why"),
+    [
+        ([1000], [1000], "identical"),  # the same damage in both: the source sends it
+        ([1000], [1001], "no combination"),  # both copies damaged in the same chunk
+    ],
+)
+def test_repair_says_why_when_no_combination_matches(tmp_path, damage_a, damage_b, why):
+    from isic2020.repair import ContentCheck, RepairFailed, repair
+
+    good, pa, pb = _copies(tmp_path, MiB, damage_a, damage_b)
+    before = pa.read_bytes()
+    with pytest.raises(RepairFailed, match=why):
+        repair(pa, pb, ContentCheck(md5=hashlib.md5(good).hexdigest()))
+    assert pa.read_bytes() == before  # nothing written when nothing matched
+
+
+def test_repair_refuses_copies_that_differ_in_too_many_places(tmp_path):
+    from isic2020.repair import CHUNK, MAX_DIFFERING, ContentCheck, RepairFailed, repair
+
+    n = MAX_DIFFERING + 1
+    good, pa, pb = _copies(tmp_path, n * CHUNK, [i * CHUNK for i in range(n)], [])
+    with pytest.raises(RepairFailed, match="differ in"):
+        repair(pa, pb, ContentCheck(sha256=hashlib.sha256(good).hexdigest()))
+
+
+def test_part_size_candidates_follow_s3_rules():
+    from isic2020.hashing import MAX_CANDIDATES, MIN_PART, etag_kind, part_size_candidates
+
+    size = 23 * 10**9
+    parts = -(-size // (8 * MiB))
+    assert part_size_candidates(size, parts)[0] == 8 * MiB
+    assert len(part_size_candidates(size, 2)) <= MAX_CANDIDATES
+    assert all(p >= MIN_PART for p in part_size_candidates(size, 2))
+    assert part_size_candidates(4 * MiB, 4 * MiB) == []  # a part per byte is no S3 upload
+    assert etag_kind("0" * 32 + "-10000") == "multipart"
+    assert etag_kind("0" * 32 + "-10001") == "opaque"

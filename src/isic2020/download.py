@@ -1106,6 +1106,7 @@ class Downloader:
             check = self._verify(name, remote, size, sha, md5, mp, expected_sha256, partial)
             repaired: list[list[int]] = []
             if check.startswith("FAILED") and remote.size in (None, size):
+                ranged = transfer is not None
                 if transfer is not None:
                     transfer.finish()
                     transfer = None
@@ -1113,7 +1114,7 @@ class Downloader:
                     observer.discard()  # what was unpacked came from damaged bytes
                 try:
                     sha, md5, mp, n, repaired = self._repair(
-                        name, remote, partial, expected_size, expected_sha256, check
+                        name, remote, partial, expected_size, expected_sha256, check, ranged
                     )
                 except ObjectChanged as exc:
                     self._discard(partial, state_path, observer)
@@ -1164,6 +1165,7 @@ class Downloader:
         expected_size: int | None,
         expected_sha256: str | None,
         why: str,
+        ranged: bool = True,
     ) -> tuple[str, str | None, str | None, int, list[list[int]]]:
         """A content hash failed: fetch a second copy and keep the bytes that match (see
         ``repair``). Returns the repaired file's digests, the bytes the second copy cost and
@@ -1177,7 +1179,7 @@ class Downloader:
         self._log(f"{name}: {why[len('FAILED: '):]}; fetching a second copy to find the "
                   "damaged bytes")
         try:
-            transferred = self._second_copy(remote, second, second_state, expected_size)
+            transferred = self._second_copy(remote, second, second_state, expected_size, ranged)
         except ObjectChanged:
             self._discard(second, second_state)
             raise
@@ -1197,11 +1199,12 @@ class Downloader:
         return sha, md5, mp, transferred, result.replaced
 
     def _second_copy(
-        self, remote: RemoteObject, path: Path, state: Path, expected_size: int | None
+        self, remote: RemoteObject, path: Path, state: Path, expected_size: int | None,
+        ranged: bool = True,
     ) -> int:
-        """Download the object once more into ``path`` (ranged, else one plain stream);
-        the bytes it cost."""
-        if remote.size is not None:
+        """Download the object once more into ``path`` (ranged, else as the first copy came:
+        one plain stream); the bytes it cost."""
+        if ranged and remote.size is not None:
             transfer = _Transfer(self.opts, remote, path, state, None, None)
             try:
                 transfer.run()
