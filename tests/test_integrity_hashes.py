@@ -392,6 +392,10 @@ def test_a_bad_record_from_an_older_run_is_not_trusted_and_heals(dataset, tmp_pa
             url="http://portal.invalid/" + name, etag_check="md5",
             st_size=st.st_size, st_mtime_ns=st.st_mtime_ns,
         ))
+    listed = run_cli("list", "--data-dir", str(data), "--json", env=cli_env(manifest))
+    assert listed.returncode == 0, listed.stderr
+    states = {row["name"]: row["state"] for row in listed.json["files"]}
+    assert states[ARCHIVE] == "present, not the file the manifest describes", states
     with FaultServer(root, prefix=PREFIX) as srv:
         r = _fetch(data, manifest, srv.url, extra=("--split", "train", "--format", "jpeg"))
     assert r.returncode == 0, r.stderr

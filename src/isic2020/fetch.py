@@ -512,6 +512,12 @@ def _fetch_one(
     return outcome
 
 
+def trusted(rec: FileRecord | None, entry: FileEntry, final: Path) -> bool:
+    """A record vouches for ``final``: same stat as when it was verified, and content that
+    can be ``entry`` (``plausible``; a record an older run made of a login page does not)."""
+    return rec is not None and rec.matches_stat(final) and content_problem(entry, final) is None
+
+
 def _implausible(entry: FileEntry, final: Path, log: Log | None) -> bool:
     """A recorded file that cannot be ``entry`` (``plausible``): say so, distrust the record."""
     problem = content_problem(entry, final)
@@ -681,7 +687,7 @@ def _check_space(
         if e.is_archive and members_only:
             continue  # images only, no archive: extraction checks the space per archive
         rec = records.file(e.name)
-        if rec is not None and rec.matches_stat(layout.final_path(e)):
+        if trusted(rec, e, layout.final_path(e)):
             continue
         if e.is_archive and e.name in records.extracted and not layout.final_path(e).exists():
             continue
@@ -716,7 +722,7 @@ def _plan(
         for e in entries:
             final = layout.final_path(e)
             rec = records.file(e.name)
-            if rec is not None and rec.matches_stat(final):
+            if rec is not None and trusted(rec, e, final):
                 rows.append(_row(e, "verified", 0, 0, free, rec.size, rec.url))
                 continue
             size, url, state = e.size, None, "missing"
@@ -808,8 +814,10 @@ def list_files(
     for e in man.files:
         final = layout.final_path(e)
         rec = records.file(e.name)
-        if rec is not None and rec.matches_stat(final):
+        if trusted(rec, e, final):
             state = "verified"
+        elif rec is not None and rec.matches_stat(final):
+            state = "present, not the file the manifest describes"
         elif final.exists():
             state = "present, changed since verified" if rec else "present, not verified"
         elif _partial_bytes(layout, e):
