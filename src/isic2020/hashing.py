@@ -56,7 +56,7 @@ def etag_kind(etag: str | None) -> str:
 
 
 def is_weak(etag: str | None) -> bool:
-    return bool(etag) and etag.strip().startswith("W/")  # type: ignore[union-attr]
+    return etag is not None and etag.strip().startswith("W/")
 
 
 def conditional_headers(
