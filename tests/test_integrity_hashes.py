@@ -484,3 +484,33 @@ def test_part_size_candidates_follow_s3_rules():
     assert part_size_candidates(4 * MiB, 4 * MiB) == []  # a part per byte is no S3 upload
     assert etag_kind("0" * 32 + "-10000") == "multipart"
     assert etag_kind("0" * 32 + "-10001") == "opaque"
+
+
+def test_verify_reports_a_recorded_login_page_as_the_archive(dataset, tmp_path):
+    """A complete data directory whose archive an older run replaced by a login page and
+    recorded: ``isic2020 verify`` does not trust the record (exit 1, the archive named); the
+    next ``fetch`` puts the real archive back."""
+    root, manifest = _mirror(dataset, tmp_path)
+    data = tmp_path / "d"
+    with FaultServer(root, prefix=PREFIX) as srv:
+        first = _fetch(data, manifest, srv.url, extra=("--split", "train", "--format", "jpeg"))
+        assert first.returncode == 0, first.stderr
+        archive = data / "archives" / ARCHIVE
+        page = CaptivePortal(etag=True).body
+        archive.write_bytes(page)
+        records = Records(data / ".isic2020" / "records.json")
+        rec = records.file(ARCHIVE)
+        assert rec is not None
+        st = archive.stat()
+        records.put_file(dataclasses.replace(
+            rec, size=len(page), sha256=hashlib.sha256(page).hexdigest(),
+            st_size=st.st_size, st_mtime_ns=st.st_mtime_ns,
+        ))
+        checked = run_cli("verify", "--data-dir", str(data), "--split", "train", "--format",
+                          "jpeg", "--json", env=cli_env(manifest))
+        assert checked.returncode == 1, checked.stdout
+        failed = [c for c in checked.json["checks"] if c["status"] == "failed"]
+        assert [c["name"] for c in failed] == [f"archive/{ARCHIVE}"], failed
+        again = _fetch(data, manifest, srv.url, extra=("--split", "train", "--format", "jpeg"))
+    assert again.returncode == 0, again.stderr
+    assert archive.read_bytes() == dataset.path(ARCHIVE).read_bytes()
