@@ -1138,8 +1138,9 @@ class Downloader:
             if transfer is not None:
                 transfer.finish()
             self._land(partial, final)
-            with contextlib.suppress(OSError):
-                state_path.unlink()
+            for p in (state_path, *_repair_paths(partial)):  # (a repair's leftovers too)
+                with contextlib.suppress(OSError):
+                    p.unlink()
             return DownloadResult(
                 name=name,
                 path=str(final),
@@ -1174,8 +1175,7 @@ class Downloader:
         failed = f"{name} from {remote.url}: {why[len('FAILED: '):]}"
         if not content.usable:
             raise VerificationError(failed)
-        second = partial.with_name(partial.name + ".repair")
-        second_state = partial.with_name(partial.name + ".repair.state.json")
+        second, second_state = _repair_paths(partial)
         self._log(f"{name}: {why[len('FAILED: '):]}; fetching a second copy to find the "
                   "damaged bytes")
         try:
@@ -1187,11 +1187,11 @@ class Downloader:
         try:
             result = repair(partial, second, content)
         except RepairFailed as exc:
+            self._discard(second, second_state)
             raise VerificationError(f"{failed}; {exc}") from None
         except OSError as exc:
             raise _disk_error(second, exc) from None
-        finally:
-            self._discard(second, second_state)
+        self._discard(second, second_state)
         self._log(f"{name}: repaired {len(result.replaced)} damaged range(s) from the second "
                   "copy")
         sha, md5, mp = _hash_file(partial, remote.part_size,
@@ -1500,6 +1500,12 @@ class Downloader:
             total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
             leave=True, dynamic_ncols=True, mininterval=0.5,
         )
+
+
+def _repair_paths(partial: Path) -> tuple[Path, Path]:
+    """Where a repair keeps its second copy and that copy's transfer state."""
+    return (partial.with_name(partial.name + ".repair"),
+            partial.with_name(partial.name + ".repair.state.json"))
 
 
 def content_check(remote: RemoteObject, expected_sha256: str | None) -> ContentCheck:
