@@ -11,7 +11,6 @@ from support.metadata import (
     GT2,
     make_real_data_dir,
     make_synthetic,
-    needs_real,
 )
 
 from isic2020.dataset import ImagesMissingWarning, load_metadata
@@ -148,7 +147,6 @@ def test_bad_target_is_rejected(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- real metadata
 
 
-@needs_real
 def test_real_train_and_test(tmp_path: Path) -> None:
     root = make_real_data_dir(tmp_path)
     with pytest.warns(ImagesMissingWarning):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from support.metadata import REAL, TEST, make_real_data_dir, make_synthetic, needs_real, run_cli
+from support.metadata import KAGGLE_TEST, make_real_data_dir, make_synthetic, real_csv, run_cli
 
 from isic2020.errors import UsageError
 from isic2020.export import MARKER, export
@@ -168,7 +168,6 @@ def test_cli_export(tmp_path: Path) -> None:
     assert r.returncode == 2 and "inside the data directory" in r.stderr
 
 
-@needs_real
 def test_real_csvs_match_kaggle(tmp_path: Path) -> None:
     root = make_real_data_dir(tmp_path / "data")
     r = export(tmp_path / "k", data_dir=root)
@@ -179,8 +178,5 @@ def test_real_csvs_match_kaggle(tmp_path: Path) -> None:
     assert (tmp_path / "k" / "train.csv").read_text().splitlines()[1] == (
         "ISIC_2637011,IP_7279968,male,45.0,head/neck,unknown,benign,0"
     )
-    assert REAL is not None
-    kaggle_test = REAL / "kaggle_test.csv"
-    if kaggle_test.is_file() and not (REAL / TEST).is_file():
-        # our test.csv is Kaggle's, byte for byte
-        assert (tmp_path / "k" / "test.csv").read_bytes() == kaggle_test.read_bytes()
+    # the data directory's test CSV is Kaggle's: our test.csv is Kaggle's, byte for byte
+    assert (tmp_path / "k" / "test.csv").read_bytes() == real_csv(KAGGLE_TEST)

@@ -20,6 +20,7 @@ from support.dataset import (
     flip_byte,
     install,
 )
+from support.snapshot import changed, snapshot
 
 from isic2020.errors import DiskError, UsageError, VerificationError
 from isic2020.extract import extract, extract_archive
@@ -155,23 +156,30 @@ def test_zip_slip_refused_and_nothing_written(mirror, tmp_path: Path, entry: str
     else:
         name = entry
         add_entry(zpath, name, b"\xff\xd8evil\xff\xd9")
+    before, cwd_before = snapshot(tmp_path), sorted(os.listdir())
     with pytest.raises(VerificationError) as ei:
         extract_archive(layout, mirror.manifest.archive("train", "jpeg"),
                         records=Records(layout.records_path))
     assert repr(name) in ei.value.message and "unsafe" in ei.value.message
+    # nothing was written anywhere in the test's tree but the tool's own state folder (no
+    # image, no image folder), nor in the working directory, nor at the absolute path
+    assert changed(before, snapshot(tmp_path), allowed=(layout.root / ".isic2020",)) == []
     assert not layout.images_dir("jpeg", "train").exists()
-    assert not (tmp_path / "evil.jpg").exists() and not (tmp_path / "data" / "evil.jpg").exists()
+    assert sorted(os.listdir()) == cwd_before
     assert not Path("/tmp/isic2020-evil").exists()
 
 
 def test_zip_slip_via_cli_is_one_line(mirror, tmp_path: Path) -> None:
     layout = install(mirror, tmp_path / "data")
     add_entry(layout.archives_dir / "ISIC_2020_Test_JPEG.zip", "../../evil.jpg")
+    before = snapshot(tmp_path.parent)  # ../../ of the images folder is above the data dir
     r = _run("extract", "--data-dir", str(layout.root), "--manifest", str(mirror.manifest_path))
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "'../../evil.jpg'" in r.stderr
     assert "Traceback" not in r.stderr
-    assert not (tmp_path / "evil.jpg").exists()
+    # the training zip is fine and may be unpacked; nothing else changed anywhere around
+    allowed = (layout.root / ".isic2020", layout.images_dir("jpeg", "train"))
+    assert changed(before, snapshot(tmp_path.parent), allowed=allowed) == []
 
 
 def test_zip_bomb_refused(mirror, tmp_path: Path) -> None:

@@ -108,17 +108,14 @@ def test_fetch_train_jpeg_end_to_end_then_rerun_transfers_nothing(dataset, mirro
     first = mirror.bytes_sent()
     gets = len(mirror.requests(method="GET"))
 
-    t0 = time.monotonic()
     again = _fetch(data, mirror.url, "--split", "train", "--format", "jpeg", "--json",
                    manifest=dataset.manifest_path)
-    elapsed = time.monotonic() - t0
     assert again.returncode == 0, again.stderr
     assert again.json["bytes_transferred"] == 0
     assert {f["status"] for f in again.json["files"]} == {"cached"}
     assert mirror.bytes_sent() == first  # not a byte more left the server
     assert len(mirror.requests(method="GET")) == gets  # trusted from records: no GET at all
     assert [c["name"] for c in again.json["verification"]["checks"]] == ["unchanged"]
-    assert elapsed < 30  # sanity only; speed is measured in benchmarks/
 
 
 def test_rerun_restores_a_deleted_image_from_the_kept_archive(dataset, mirror, tmp_path):
@@ -407,7 +404,14 @@ def test_sigint_leaves_resumable_state_and_one_line(dataset, tmp_path):
                        "--no-extract", "--mirror", srv.url, "--connections", "2")
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        time.sleep(1.5)
+        # Interrupt mid-transfer, not at start-up: once the archive's state is on disk and
+        # a chunk's worth of it has left the server.
+        state = data / ".isic2020" / "partial" / "ISIC_2020_Training_JPEG.zip.state.json"
+        deadline = time.monotonic() + 60
+        while not (state.exists() and srv.bytes_sent("ISIC_2020_Training_JPEG.zip", settle=0)
+                   >= 256 * 1024) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "finished or failed before the signal: proves nothing"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
@@ -435,7 +439,12 @@ def test_two_fetches_at_once_on_one_data_dir(dataset, tmp_path):
                        "--no-extract", "--mirror", srv.url, "--json", "--connections", "2")
         a = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
-        time.sleep(0.5)
+        # the second starts once the first holds the lock and is transferring the archive
+        deadline = time.monotonic() + 60
+        while not srv.bytes_sent("ISIC_2020_Training_JPEG.zip", settle=0) and a.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert a.poll() is None, "the first fetch ended before the second started"
         b = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
         out_a, err_a = a.communicate(timeout=120)

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 from support.cli import cli_cmd, cli_env, run_cli
+from support.servers import most_at_once
 
 from isic2020.manifest import load_manifest, manifest_to_toml
 from isic2020.synthetic import build_dataset
@@ -163,11 +164,9 @@ def test_nginx_etag_is_reported_unverifiable_when_nothing_else_proves_content(
 def test_nginx_etag_with_pinned_sha256_says_etag_unverifiable_and_sha256_checked(
     dataset, nginx_server_factory, tmp_path
 ):
-    """The issue: nginx's ETags cannot be checked and ``--json`` must say so; the manifest's
-    sha256 is what proves the bytes. Today ``etag_check`` is just ``"sha256"`` for an opaque
-    ETag (while a multipart ETag of unknown part size says ``unverifiable: ...`` even when the
-    sha256 matched): the JSON hides that the server's ETag proved nothing. See the report
-    to the lead: fix in ``Downloader._verify``."""
+    """nginx's ETags (``"mtime-size"``) are no content hash: ``--json``'s ``etag_check``
+    says ``unverifiable`` and names the manifest's sha256 as what proved the bytes, so the
+    JSON never suggests the server's ETag proved anything."""
     nginx = nginx_server_factory(dataset.root)
     r = _fetch(tmp_path / "d", nginx.url, "--split", "test", "--format", "none", "--json",
                manifest=dataset.manifest_path)
@@ -258,9 +257,9 @@ def test_object_replaced_on_nginx_mid_download_restarts_with_the_new_object(
     )
     state = data / ".isic2020" / "partial" / (ARCHIVE + ".state.json")
     deadline = time.monotonic() + 20
-    while not state.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.4)  # some ranges of the old object are done
+    while not _done_bytes(state) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # some ranges of the old object are done
+    assert proc.poll() is None and _done_bytes(state), "no range done before the change"
     tmp = root / (ARCHIVE + ".new")
     tmp.write_bytes(new)
     os.replace(tmp, root / ARCHIVE)
@@ -279,55 +278,38 @@ def test_object_replaced_on_nginx_mid_download_restarts_with_the_new_object(
 # Parallel ranges and resume, witnessed by nginx
 
 
-def _established(port: int) -> int:
-    """Established TCP connections whose local (server) port is ``port`` (IPv4 loopback)."""
-    n = 0
-    with open("/proc/net/tcp") as fh:
-        next(fh)
-        for line in fh:
-            fields = line.split()
-            local, st = fields[1], fields[3]
-            if int(local.split(":")[1], 16) == port and st == "01":
-                n += 1
-    return n
+def _done_bytes(state: Path) -> int:
+    """Bytes a partial download's state file records as done (0 while it does not exist)."""
+    try:
+        doc = json.loads(state.read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
+    return sum(b - a for a, b in doc.get("done", []))
 
 
 def test_rate_limited_nginx_is_fetched_with_several_concurrent_ranges(
     dataset, nginx_server_factory, tmp_path
 ):
     """With nginx's per-connection limit_rate, only parallel ranges make the download fast:
-    at 1 MB/s per connection a 4 MiB file takes ~4.2 s on one connection; with 4 it must take
-    well under that, with several connections open at once and many ranged 206s in the log."""
+    at 1 MB/s per connection a 4 MiB file takes ~4.2 s on one connection. With
+    ``--connections 4``, nginx's own log shows the ranges served over several connections and
+    several of them in flight at the same moment (each takes ~0.26 s at the rate limit, so a
+    serial client could never overlap two). Counted from the log, not timed: the speed itself
+    is measured in benchmarks/."""
     root, manifest, blob = _blob_mirror(dataset, tmp_path, 4 * MiB)
     nginx = nginx_server_factory(root, limit_rate=1_000_000)
     data = tmp_path / "d"
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, _established(nginx.port))
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    t0 = time.monotonic()
-    try:
-        r = _fetch(data, nginx.url, "--split", "train", "--format", "jpeg", "--no-extract",
-                   "--connections", "4", "--json", manifest=manifest,
-                   ISIC2020_CHUNK_SIZE=str(256 * KiB))
-    finally:
-        elapsed = time.monotonic() - t0
-        stop.set()
-        sampler.join()
+    r = _fetch(data, nginx.url, "--split", "train", "--format", "jpeg", "--no-extract",
+               "--connections", "4", "--json", manifest=manifest,
+               ISIC2020_CHUNK_SIZE=str(256 * KiB))
     assert r.returncode == 0, r.stderr
     assert (data / "archives" / ARCHIVE).read_bytes() == blob
     ranged = [e for e in nginx.log_entries() if e.path.endswith(ARCHIVE) and e.status == 206]
     assert len(ranged) >= 16  # 4 MiB in 256 KiB ranges
     assert all(e.range.startswith("bytes=") for e in ranged)
-    assert peak >= 3, f"at most {peak} connections to nginx at once"
-    assert elapsed < 4.0, f"{elapsed:.1f}s: no faster than one rate-limited connection"
+    assert len({e.connection for e in ranged}) >= 3, "ranges came over fewer than 3 connections"
+    at_once = most_at_once(ranged)
+    assert at_once >= 3, f"at most {at_once} ranges in flight at once: no parallel transfer"
     assert _body_bytes(nginx, ARCHIVE) == len(blob)
 
 
@@ -345,14 +327,16 @@ def test_sigkill_during_nginx_download_resumes_with_little_refetched(
                    "--format", "jpeg", "--no-extract", "--connections", "4", "--quiet")
     state = data / ".isic2020" / "partial" / (ARCHIVE + ".state.json")
     final = data / "archives" / ARCHIVE
-    rng = __import__("random").Random(4)
     for _ in range(4):
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
+        # kill once this run has finished at least one more chunk of the archive (start-up and
+        # CSVs are done, the transfer is under way), not after a guessed delay
+        before = _done_bytes(state)
         deadline = time.monotonic() + 20
-        while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)  # the archive's transfer has started (CSVs and start-up done)
-        time.sleep(rng.uniform(0.3, 0.7))
+        while _done_bytes(state) < before + 128 * KiB and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert proc.poll() is None, "finished before the kill: the test proves nothing"
         proc.send_signal(signal.SIGKILL)
         proc.wait()

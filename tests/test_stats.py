@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from support.metadata import TEST, make_real_data_dir, make_synthetic, needs_real, run_cli
+from support.metadata import TEST, make_real_data_dir, make_synthetic, run_cli
 
 from isic2020.stats import compute_stats
 
@@ -49,7 +49,6 @@ def test_cli_json_and_errors(tmp_path: Path) -> None:
     assert "isic2020 fetch --format none" in r.stderr
 
 
-@needs_real
 def test_real_figures(tmp_path: Path) -> None:
     root = make_real_data_dir(tmp_path)
     r = run_cli("stats", "--data-dir", str(root), "--json")

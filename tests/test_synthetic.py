@@ -10,6 +10,7 @@ import pandas as pd
 import pydicom
 import pytest
 from PIL import Image
+from support.metadata import GT2, unpack_real_metadata
 
 from isic2020.hashing import file_digests
 from isic2020.manifest import load_manifest
@@ -21,8 +22,6 @@ from isic2020.metadata import (
     read_metadata_csv,
 )
 from isic2020.synthetic import build_dataset, official_manifest
-
-REAL = Path("/work/shared/isic2020-metadata")
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +121,10 @@ def test_kaggle_columns_zip64_and_determinism(tmp_path: Path) -> None:
         assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="real metadata copies not available")
 def test_sampled_from_real_metadata(tmp_path: Path) -> None:
-    ds = build_dataset(tmp_path, n_train=40, n_test=10, metadata_dir=REAL)
-    real = pd.read_csv(REAL / "ISIC_2020_Training_GroundTruth_v2.csv", dtype=str,
+    real_dir = unpack_real_metadata(tmp_path / "real")
+    ds = build_dataset(tmp_path / "mirror", n_train=40, n_test=10, metadata_dir=real_dir)
+    real = pd.read_csv(real_dir / GT2, dtype=str,
                        keep_default_na=False).set_index("image_name")
     gt = read_metadata_csv(ds.root / "ISIC_2020_Training_GroundTruth_v2.csv", "ground_truth_v2")
     assert len(gt) == 40

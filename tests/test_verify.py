@@ -7,12 +7,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pydicom
 import pytest
 from support.dataset import flip_byte, install, truncate
+from support.metadata import make_real_data_dir
 
 from isic2020.errors import VerificationError
 from isic2020.extract import extract, temp_name
@@ -213,43 +213,52 @@ def test_cli_malformed_csv_and_json(data) -> None:
     doc = json.loads(r.stdout)
     assert doc["status"] == "ok" and all("status" in c for c in doc["checks"])
     csv = layout.metadata_dir / "ISIC_2020_Test_Metadata.csv"
+    size = csv.stat().st_size
+    # An unterminated quote: the CSV cannot be parsed at all; the line says so, gives the
+    # parser's reason and what to do; the file check names both sizes.
     csv.write_bytes(b'image,patient,sex\r\nISIC_1,"unterminated\r\n')
     r = _cli("verify", *common)
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    lines = [ln for ln in r.stdout.splitlines() if "ISIC_2020_Test_Metadata.csv" in ln]
-    assert lines and "failed" in lines[0] and "not" in lines[0]
+    (meta,) = [ln for ln in r.stdout.splitlines()
+               if "metadata/ISIC_2020_Test_Metadata.csv" in ln]
+    assert meta.split()[0] == "failed" and "is not a readable CSV" in meta, meta
+    assert "EOF inside string" in meta and "isic2020 fetch" in meta, meta
+    (file_line,) = [ln for ln in r.stdout.splitlines() if "file/ISIC_2020_Test_Metadata.csv" in ln]
+    assert file_line.split()[0] == "failed", file_line
+    assert f"{csv.stat().st_size} bytes, the manifest says {size}" in file_line, file_line
+    # Readable but with the wrong columns: the columns found and the documented ones are named.
+    csv.write_bytes(b"image,patient,sex\r\nISIC_0000001,IP_1234567,male\r\n")
+    r = _cli("verify", *common)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    (meta,) = [ln for ln in r.stdout.splitlines()
+               if "metadata/ISIC_2020_Test_Metadata.csv" in ln]
+    assert meta.split()[0] == "failed" and "columns image,patient,sex are not" in meta, meta
+    assert "image,patient,sex,age_approx,anatom_site_general" in meta, meta
     r = _cli("verify", "--data-dir", str(layout.root / "nope"), "--manifest",
              str(ds.manifest_path))
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "nothing to verify" in r.stderr
 
 
 @pytest.mark.slow
-def test_full_size_verify_speed(tmp_path: Path) -> None:
+def test_full_size_verify_passes(tmp_path: Path) -> None:
+    """A dataset of the real size (44,108 images) verifies clean. Its speed is benchmarks row 4
+    (>= 20,000 images/s), not a test: a busy machine must not fail CI."""
     ds = build_dataset(tmp_path / "m", n_train=33126, n_test=10982)
     layout = install(ds, tmp_path / "data")
     extract(data_dir=layout.root, manifest=ds.manifest_path)
-    t = time.monotonic()
     rep = _v(ds, layout)
-    el = time.monotonic() - t
-    assert rep.exit_code == 0
-    assert el < 15, f"verify took {el:.1f} s for 44,108 images"
+    assert rep.exit_code == 0, rep.summary_lines()
+    checked = {c.name: c.figures.get("checked") for c in rep.checks
+               if c.name.endswith("/integrity")}
+    assert checked == {"images/jpeg/train/integrity": 33126, "images/jpeg/test/integrity": 10982}
 
 
-REAL = Path("/work/shared/isic2020-metadata")
-
-
-@pytest.mark.skipif(not REAL.is_dir(), reason="real metadata copies not available")
 def test_real_csvs_pass_with_the_real_manifest(tmp_path: Path) -> None:
     from isic2020.manifest import load_manifest
     from isic2020.synthetic import official_manifest
     from isic2020.verify import verify_data
 
-    meta = tmp_path / "metadata"
-    meta.mkdir()
-    for n in ("ISIC_2020_Training_GroundTruth.csv", "ISIC_2020_Training_GroundTruth_v2.csv",
-              "ISIC_2020_Training_Duplicates.csv"):
-        shutil.copyfile(REAL / n, meta / n)
-    shutil.copyfile(REAL / "kaggle_test.csv", meta / "ISIC_2020_Test_Metadata.csv")
+    make_real_data_dir(tmp_path)
     man = load_manifest(official_manifest().path)
     rep = verify_data(Layout(tmp_path), man, fmt="none")
     assert rep.exit_code == 0, rep.summary_lines()

@@ -29,12 +29,52 @@ def _err(msg: str) -> None:
     click.echo(f"isic2020: {msg}", err=True)
 
 
+#: Version of the ``--json`` document's envelope (``command``, ``ok``, ``exit_code``, ``error``).
+#: Raised when a key is renamed or removed; adding keys keeps it.
+JSON_SCHEMA = 1
+
+
+def _command_name() -> str:
+    ctx = click.get_current_context(silent=True)
+    return ctx.info_name if ctx is not None and ctx.info_name else "isic2020"
+
+
+def _envelope(exit_code: int) -> dict[str, Any]:
+    """The keys every ``--json`` document starts with, whatever the command and its outcome."""
+    return {
+        "command": _command_name(),
+        "ok": exit_code == 0,
+        "exit_code": exit_code,
+        "isic2020_version": __version__,
+        "schema": JSON_SCHEMA,
+    }
+
+
 def _emit(report: Any, as_json: bool, quiet: bool) -> None:
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=False, default=str))
+        code = getattr(report, "exit_code", 0)
+        doc = {**_envelope(code), **report.to_dict()}
+        doc.update(ok=code == 0, exit_code=code)  # one meaning for every command
+        click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
     elif not quiet:
         for line in report.summary_lines():
             click.echo(line)
+
+
+def _fail(as_json: bool, exit_code: int, kind: str, line: str, error: Any = None) -> None:
+    """End the command: the JSON document still goes to stdout (with the error), one line to
+    stderr, and the exit code."""
+    if as_json:
+        doc = _envelope(exit_code)
+        message = getattr(error, "message", None)
+        doc["error"] = {
+            "kind": kind,
+            "message": " ".join(message.split()) if message else line,
+            "hint": getattr(error, "hint", None),
+        }
+        click.echo(json.dumps(doc, indent=2))
+    _err(line if kind == "interrupted" else f"error: {line}")
+    sys.exit(exit_code)
 
 
 def _run(fn: Callable[[], Any], as_json: bool, quiet: bool) -> None:
@@ -42,19 +82,20 @@ def _run(fn: Callable[[], Any], as_json: bool, quiet: bool) -> None:
     try:
         report = fn()
     except Isic2020Error as exc:
-        _err(f"error: {exc.one_line()}")
-        sys.exit(exc.exit_code)
+        _fail(as_json, exc.exit_code, type(exc).__name__, exc.one_line(), exc)
     except KeyboardInterrupt:
-        _err("interrupted; what finished is kept: run the same command again to resume")
-        sys.exit(EXIT_INTERRUPTED)
+        _fail(
+            as_json, EXIT_INTERRUPTED, "interrupted",
+            "interrupted; what finished is kept: run the same command again to resume",
+        )
     except Exception as exc:  # a bug: still one line, the traceback on request
         if os.environ.get("ISIC2020_DEBUG"):
             raise
-        _err(
-            f"error: internal error {type(exc).__name__}: {exc}; please report it "
-            "(set ISIC2020_DEBUG=1 to see the traceback)"
+        _fail(
+            as_json, EXIT_DOWNLOAD, "internal",
+            f"internal error {type(exc).__name__}: {exc}; please report it "
+            "(set ISIC2020_DEBUG=1 to see the traceback)",
         )
-        sys.exit(EXIT_DOWNLOAD)
     _emit(report, as_json, quiet)
     code = getattr(report, "exit_code", 0)
     if code:
@@ -130,10 +171,17 @@ def output_options(fn: F) -> F:
     return fn
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    invoke_without_command=True,
+)
 @click.version_option(__version__, prog_name="isic2020")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Fetch the ISIC 2020 Challenge Dataset complete and verified."""
+    if ctx.invoked_subcommand is None:  # bare `isic2020`: the help, as a usage error
+        click.echo(ctx.get_help())
+        ctx.exit(EXIT_USAGE)
 
 
 @cli.command()
@@ -234,7 +282,7 @@ def fetch(
     )
 
 
-@cli.command()
+@cli.command(short_help="Read the remote archives' directories (no download).")
 @selection_options()
 @common_options
 @mirror_option("Read")
@@ -268,7 +316,7 @@ def inspect(
     _run(call, as_json, quiet)
 
 
-@cli.command("list")
+@cli.command("list", short_help="Every manifest entry: URLs, size and local state.")
 @common_options
 @mirror_option("Show")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
@@ -335,9 +383,11 @@ def verify(
     )
 
 
-@cli.command()
+@cli.command(short_help="Patient-grouped, stratified cross-validation folds.")
 @common_options
-@click.option("--k", "k", type=click.IntRange(min=2), default=5, show_default=True, help="Folds.")
+@click.option(
+    "-k", "--k", "k", type=click.IntRange(min=2), default=5, show_default=True, help="Folds."
+)
 @click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same folds.")
 @click.option("--drop-duplicates", is_flag=True, help="Leave out image_name_2 of each pair.")
 @click.option(
@@ -374,7 +424,7 @@ def folds(
     )
 
 
-@cli.command()
+@cli.command(short_help="Counts: images, patients, diagnoses, sites, missing values.")
 @common_options
 @output_options
 def stats(data_dir: str | None, manifest: str | None, as_json: bool, quiet: bool) -> None:
@@ -384,7 +434,7 @@ def stats(data_dir: str | None, manifest: str | None, as_json: bool, quiet: bool
     _run(lambda: compute_stats(data_dir=data_dir, manifest=manifest), as_json, quiet)
 
 
-@cli.command()
+@cli.command(short_help="Hard-link the data into DEST in another layout.")
 @common_options
 @click.option(
     "--layout",
@@ -442,6 +492,14 @@ def _flat_heap() -> None:
     mallopt(-8, 2)  # M_ARENA_MAX
 
 
+def _usage_line(exc: click.ClickException) -> str:
+    """click's message as one line, pointing at the help of the command that refused it."""
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "isic2020"
+    return f"{message}; see '{where} --help'"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     # A file-size limit (RLIMIT_FSIZE) must surface as EFBIG, a clean "disk" error, not kill us.
@@ -451,14 +509,16 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     _flat_heap()
     try:
-        cli.main(args=argv, prog_name="isic2020", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="isic2020", standalone_mode=False)
+        if isinstance(code, int) and code:  # ctx.exit(N) is returned, not raised, here
+            sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         _err("interrupted; run the same command again to resume")
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
-        _err(f"error: {exc.format_message()}; see 'isic2020 --help'")
+        _err(f"error: {_usage_line(exc)}")
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         _err("interrupted; what finished is kept: run the same command again to resume")

@@ -1,7 +1,8 @@
 """Real filesystems with real limits for the tests: a full disk, a read-only data directory.
 
 As root (CI) a tmpfs is mounted for the test, so the errors are the kernel's own (ENOSPC,
-EROFS), not simulations. Elsewhere the tests fall back to what a user can do (chmod) or skip.
+EROFS), not simulations. Elsewhere the tests fall back to what a user can do (chmod) or skip
+(which tests/conftest.py turns into a failure in CI).
 """
 
 from __future__ import annotations
@@ -15,23 +16,26 @@ from pathlib import Path
 import pytest
 
 
-def _mount(path: Path, options: str) -> bool:
+def _mount(path: Path, options: str) -> str | None:
+    """Mount a tmpfs on ``path``; None when mounted, else why not (skip reason)."""
     if os.geteuid() != 0:
-        return False
+        return "mounting a tmpfs needs root (CI runs as root)"
     r = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
         capture_output=True,
         text=True,
+        timeout=30,
     )
-    return r.returncode == 0
+    return None if r.returncode == 0 else f"mount -t tmpfs failed: {r.stderr.strip()}"
 
 
 @contextlib.contextmanager
 def small_filesystem(path: Path, size_bytes: int) -> Iterator[Path]:
     """``path`` becomes a tmpfs of ``size_bytes``: writes past it fail with ENOSPC."""
     path.mkdir(parents=True, exist_ok=True)
-    if not _mount(path, f"size={size_bytes},mode=0755"):
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    why = _mount(path, f"size={size_bytes},mode=0755")
+    if why is not None:
+        pytest.skip(why)
     try:
         yield path
     finally:
@@ -49,8 +53,9 @@ def read_only_dir(path: Path) -> Iterator[Path]:
         finally:
             path.chmod(0o755)
         return
-    if not _mount(path, "ro,size=1m"):
-        pytest.skip("mounting a read-only tmpfs failed")
+    why = _mount(path, "ro,size=1m")
+    if why is not None:
+        pytest.skip(why)
     try:
         yield path
     finally:

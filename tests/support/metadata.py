@@ -1,58 +1,67 @@
-"""Metadata for the tests: the real CSV copies (when present) and small realistic synthetic ones.
+"""Metadata for the tests: the real CSVs (shipped in the repository) and small synthetic ones.
 
-The real copies live beside the repository in ``../shared/isic2020-metadata`` (CI has them)
-or wherever ``$ISIC2020_SHARED_METADATA`` points; tests that need them are marked
-``needs_real`` and skip with the reason when they are absent.
+The real CSVs are shipped gzip-compressed in ``tests/data/isic2020-metadata/`` (CC BY-NC 4.0,
+attribution in the README beside them), so every test runs from a fresh clone: nothing outside
+the repository is read and no test skips for want of them. They are unpacked into each test's
+own temporary folder; the sha256 of every unpacked file is checked, so a damaged fixture fails
+loudly instead of making the figures drift.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
 import random
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 GT = "ISIC_2020_Training_GroundTruth.csv"
 GT2 = "ISIC_2020_Training_GroundTruth_v2.csv"
 DUPS = "ISIC_2020_Training_Duplicates.csv"
 TEST = "ISIC_2020_Test_Metadata.csv"
+KAGGLE_TEST = "kaggle_test.csv"
 SITES = ["torso", "lower extremity", "upper extremity", "head/neck", "palms/soles", ""]
 
+#: Where the real CSVs are shipped (``<name>.gz``), inside the repository.
+SHIPPED = REPO / "tests" / "data" / "isic2020-metadata"
+#: sha256 of each uncompressed CSV (also in the README beside them).
+REAL_SHA256 = {
+    GT: "bcc33f3fe8903d4c28862fe74de95d28020c866cbea3d14467f3defc35ca159a",
+    GT2: "a8912ebda1633a18b37df601175af84fd863a77434b28b9bac25dd7880a2e075",
+    DUPS: "ddfd6c2d42430bd3581f3b2116bdb1433462a7109c715a02bf7f51115fcfabce",
+    KAGGLE_TEST: "af1c3c56b470e31f0e798ffec5f92ebb12a025dc405022b7f7ef858d278f5697",
+}
 
-def real_metadata_dir() -> Path | None:
-    """The real CSV copies: $ISIC2020_SHARED_METADATA, else <repo>/../shared/isic2020-metadata."""
-    env = os.environ.get("ISIC2020_SHARED_METADATA")
-    p = Path(env) if env else REPO.parent / "shared" / "isic2020-metadata"
-    return p if (p / GT2).is_file() or (p / GT).is_file() else None
+
+def real_csv(name: str) -> bytes:
+    """The bytes of one real CSV (``GT``, ``GT2``, ``DUPS`` or ``KAGGLE_TEST``), checked."""
+    data = gzip.decompress((SHIPPED / f"{name}.gz").read_bytes())
+    digest = hashlib.sha256(data).hexdigest()
+    assert digest == REAL_SHA256[name], f"{SHIPPED / name}.gz is damaged (sha256 {digest})"
+    return data
 
 
-REAL = real_metadata_dir()
-needs_real = pytest.mark.skipif(
-    REAL is None,
-    reason="real ISIC 2020 metadata copies not found (set ISIC2020_SHARED_METADATA or put them "
-    "in ../shared/isic2020-metadata)",
-)
+def unpack_real_metadata(dest: Path) -> Path:
+    """The four real CSVs under their own names in ``dest`` (created); returns ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in REAL_SHA256:
+        (dest / name).write_bytes(real_csv(name))
+    return dest
 
 
 def make_real_data_dir(root: Path) -> Path:
     """A data directory whose metadata/ holds the real CSVs (Kaggle's test.csv as test CSV)."""
-    assert REAL is not None
     meta = root / "metadata"
     meta.mkdir(parents=True)
     for name in (GT, GT2, DUPS):
-        if (REAL / name).is_file():
-            shutil.copyfile(REAL / name, meta / name)
-    if (REAL / TEST).is_file():
-        shutil.copyfile(REAL / TEST, meta / TEST)
-    elif (REAL / "kaggle_test.csv").is_file():
-        shutil.copyfile(REAL / "kaggle_test.csv", meta / TEST)
+        (meta / name).write_bytes(real_csv(name))
+    (meta / TEST).write_bytes(real_csv(KAGGLE_TEST))
     return root
 
 

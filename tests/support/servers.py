@@ -373,6 +373,18 @@ class Throttle(Fault):
 
 
 @dataclass
+class ExtraHeaders(Fault):
+    """Add ``headers`` to a normal answer (200/206/HEAD): e.g. a ``Content-Disposition`` whose
+    ``filename`` tries to choose where the client saves the file."""
+
+    headers: Mapping[str, str] = field(default_factory=dict)
+    kind: str = field(default="extra_headers", init=False)
+
+    def applies(self, req: RequestInfo) -> bool:
+        return True
+
+
+@dataclass
 class NoPartNumber(Fault):
     """Ignore ``?partNumber=`` (a mirror that copied S3's ETags but is no S3): the request is
     answered as if the query were absent (HEAD: the whole object's headers; GET: 200/206)."""
@@ -570,6 +582,7 @@ class FaultServer:
         self._stop = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._active = 0
+        self._peak_active = 0
         self._httpd: _QuietThreadingServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -857,6 +870,7 @@ class FaultServer:
     def _busy(self, delta: int) -> None:
         with self._idle:
             self._active += delta
+            self._peak_active = max(self._peak_active, self._active)
             if self._active == 0:
                 self._idle.notify_all()
 
@@ -897,11 +911,18 @@ class FaultServer:
             log = [r for r in log if r.method == method.upper()]
         return log
 
+    def most_at_once(self) -> int:
+        """The most responses this server was sending at the same moment (a stalled one stops
+        counting once it stalls): how parallel a client really was, counted, not timed."""
+        with self._lock:
+            return self._peak_active
+
     def reset_counters(self) -> None:
-        """Forget byte counts and the request log (faults stay)."""
+        """Forget byte counts, the request log and :meth:`most_at_once` (faults stay)."""
         with self._lock:
             self._bytes.clear()
             self._log.clear()
+            self._peak_active = self._active
 
     def _record(self, entry: LoggedRequest) -> None:
         with self._lock:
@@ -1278,6 +1299,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             start = min(max(0, start + bf.shift), size - 1)
             end = min(start + length - 1, size - 1)
         length = max(0, end - start + 1)
+        more = chosen.get("extra_headers")
+        if more is not None:
+            assert isinstance(more[1], ExtraHeaders)
+            extra.update(more[1].headers)
 
         self.send_response(code)
         for k, v in common.items():
@@ -1448,13 +1473,33 @@ class NginxLogEntry:
     method: str
     request_uri: str
     range: str
+    #: nginx's connection serial number: requests with the same number shared a connection.
+    connection: int = 0
+    #: When the response ended (epoch seconds, ms resolution) and how long it took: the
+    #: request was being served during ``[end - duration, end]``.
+    end: float = 0.0
+    duration: float = 0.0
 
     @property
     def path(self) -> str:
         return urllib.parse.unquote(urllib.parse.urlsplit(self.request_uri).path)
 
 
-_NGINX_LOG_RE = re.compile(r'^(\d+) (\d+) "([A-Z]+)" "([^"]*)" "([^"]*)"$')
+_NGINX_LOG_RE = re.compile(
+    r'^(\d+) (\d+) "([A-Z]+)" "([^"]*)" "([^"]*)"(?: (\d+) ([\d.]+) ([\d.]+))?$'
+)
+
+
+def most_at_once(entries: list[NginxLogEntry]) -> int:
+    """The most requests nginx was serving at the same moment (from the log's times)."""
+    events = sorted(
+        [(e.end - e.duration, 1) for e in entries] + [(e.end, -1) for e in entries]
+    )  # at equal times an end (-1) sorts before a start: touching is not overlapping
+    peak = live = 0
+    for _, step in events:
+        live += step
+        peak = max(peak, live)
+    return peak
 
 
 class NginxServer:
@@ -1536,7 +1581,8 @@ http {{
     fastcgi_temp_path {w}/fastcgi;
     uwsgi_temp_path {w}/uwsgi;
     scgi_temp_path {w}/scgi;
-    log_format counting '$status $body_bytes_sent "$request_method" "$request_uri" "$http_range"';
+    log_format counting '$status $body_bytes_sent "$request_method" "$request_uri" "$http_range" '
+                        '$connection $msec $request_time';
     access_log {w}/access.log counting;
     sendfile on;
     tcp_nopush on;
@@ -1664,6 +1710,9 @@ http {{
                                 method=m.group(3),
                                 request_uri=m.group(4),
                                 range=m.group(5) if m.group(5) != "-" else "",
+                                connection=int(m.group(6) or 0),
+                                end=float(m.group(7) or 0),
+                                duration=float(m.group(8) or 0),
                             )
                         )
             if len(entries) >= wait_for or time.monotonic() >= deadline:

@@ -1,0 +1,1 @@
+"""The benchmark's pieces; benchmarks/run.py is the entry point."""

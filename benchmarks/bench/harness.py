@@ -1,0 +1,251 @@
+"""Running one child and measuring it: wall time, CPU from wait4, peak RSS and disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .common import MB, MiB
+
+
+@dataclass(frozen=True)
+class Params:
+    quick: bool
+    reps: int
+    archive_bytes: int  # rows 1, 2
+    rate: int  # row 1: nginx limit_rate per request, bytes/s
+    connections: tuple[int, ...]  # row 1: isic2020 at these connection counts
+    n_train: int  # rows 3-5
+    n_test: int
+    member_min: int
+    member_max: int
+    zip_level: int
+    chunk_size: int | None  # ISIC2020_CHUNK_SIZE for isic2020 download runs (None: default)
+    sample_n: int  # row 7: --sample N of the train zip
+    direct_rate: int  # row 8: nginx limit_rate per request, bytes/s
+
+
+FULL = Params(
+    quick=False, reps=3, archive_bytes=400 * MB, rate=8 * MiB, connections=(1, 4, 8, 16),
+    n_train=33126, n_test=10982, member_min=10_000, member_max=30_000, zip_level=6,
+    chunk_size=None, sample_n=500, direct_rate=2 * MiB,
+)
+QUICK = Params(
+    quick=True, reps=1, archive_bytes=8 * MB, rate=4 * MiB, connections=(1, 8),
+    n_train=500, n_test=200, member_min=10_000, member_max=30_000, zip_level=1,
+    chunk_size=1 * MiB,  # 8 MB is a single 8 MiB chunk: smaller chunks so parallelism shows
+    sample_n=50, direct_rate=8 * MiB,
+)
+
+
+
+
+@dataclass
+class Sample:
+    wall: float
+    cpu: float
+    rss_mb: float
+    rc: int
+    stdout: str = ""
+    stderr: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _hwm_kb(pid: int) -> int:
+    """Peak RSS (VmHWM) of ``pid``'s current program, in KiB (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        for k in kids:
+            out.append(int(k))
+            todo.append(int(k))
+    return out
+
+
+def run_child(argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 900.0,
+              cwd: Path | None = None, poll: Callable[[], None] | None = None) -> Sample:
+    """Run ``argv``: wall time; CPU (user+sys) of the child and its children from ``wait4``;
+    peak RSS polled from /proc (VmHWM of the child and its descendants); ``poll`` (cheap: it
+    runs every 2-20 ms) is called beside the RSS polling.
+
+    Not ``ru_maxrss``: on Linux a child's ``ru_maxrss`` starts from the RSS of the process that
+    forked it (exec keeps the old address space's high-water mark), i.e. this script's ~100 MB.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            env=env, cwd=cwd,
+        )
+        deadline = t0 + timeout
+        peaks: dict[int, int] = {}
+        reaped = False
+        try:
+            while True:
+                pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    reaped = True
+                    break
+                for p in [proc.pid, *_descendants(proc.pid)]:
+                    kb = _hwm_kb(p)
+                    if kb > peaks.get(p, 0):
+                        peaks[p] = kb
+                if poll is not None:
+                    poll()
+                if time.perf_counter() > deadline:
+                    proc.kill()
+                    pid, status, ru = os.wait4(proc.pid, 0)
+                    reaped = True
+                    break
+                # VmHWM only grows: poll often at first (short runs), then gently (2 CPUs).
+                time.sleep(0.002 if time.perf_counter() - t0 < 0.2 else 0.02)
+        finally:
+            if not reaped:  # interrupted: leave no child behind
+                proc.kill()
+                proc.wait()
+        wall = time.perf_counter() - t0
+        rc = os.waitstatus_to_exitcode(status)
+        proc.returncode = rc  # reaped by wait4: tell Popen so it does not try again
+        out.seek(0)
+        err.seek(0)
+        return Sample(
+            wall=wall,
+            cpu=ru.ru_utime + ru.ru_stime,
+            rss_mb=max(peaks.values(), default=0) / 1024.0,
+            rc=rc,
+            stdout=out.read().decode(errors="replace"),
+            stderr=err.read().decode(errors="replace"),
+        )
+
+
+def sync() -> None:
+    """Flush dirty pages outside the timed region, so no run pays for its predecessor."""
+    os.sync()
+
+
+def rmtree(p: Path) -> None:
+    shutil.rmtree(p, ignore_errors=True)
+
+
+class DiskUse:
+    """Peak disk use under the data directory ``root`` during a run, polled beside the RSS:
+    blocks allocated (``st_blocks``, like ``du``; ext4 counts delayed allocations in it).
+
+    Not ``statvfs`` of the filesystem: anything else writing to it (another benchmark, a test
+    run) would be counted. Not a full walk every poll either: 33,126 ``stat`` calls cost
+    ~0.14 s of CPU on a 2-CPU machine. The walk is incremental: every directory is listed
+    (``getdents``, no ``stat``: ~25 ms for 33,126 names) and a file is ``stat``-ed again only
+    when it may still grow: hidden names (the ``.NAME.part`` temporaries), files in small
+    directories (``archives/``, the partial download, ``metadata/``) and names not seen before
+    (by inode). An image reaches its final name complete (atomic rename), so a known name and
+    inode keeps its size. Polls are spaced by >= 5x their own cost (>= 0.2 s, so the poller
+    takes < 1/5 of a core); the end of the run is always measured. A file that vanished between
+    two polls (an inode no longer under ``root``: ``--no-keep-archives`` deleting the zip) is
+    counted as if deleted just before the second poll, so the peak just before a deletion is
+    not missed (it is over-estimated by at most what was written in those <= 0.2 s)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.known: dict[tuple[str, int], int] = {}
+        self.inodes: dict[int, int] = {}
+        self.peak = 0
+        self.next = 0.0
+
+    def poll(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now < self.next:
+            return
+        used = self._walk()
+        cost = time.perf_counter() - now
+        self.next = time.perf_counter() + max(0.2, 5 * cost)
+        self.peak = max(self.peak, used)
+
+    def finish(self) -> int:
+        self.poll(force=True)
+        return self.peak
+
+    def _walk(self) -> int:
+        total = 0
+        seen: dict[tuple[str, int], int] = {}
+        todo = [str(self.root)]
+        while todo:
+            try:
+                with os.scandir(todo.pop()) as it:
+                    entries = list(it)
+            except OSError:
+                continue
+            small = len(entries) <= 64
+            for e in entries:
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        todo.append(e.path)
+                        total += e.stat(follow_symlinks=False).st_blocks * 512
+                        continue
+                    key = (e.path, e.inode())
+                    blocks = None if small or e.name.startswith(".") else self.known.get(key)
+                    if blocks is None:
+                        blocks = e.stat(follow_symlinks=False).st_blocks * 512
+                except OSError:  # gone meanwhile (a temporary renamed, the zip deleted)
+                    continue
+                seen[key] = blocks
+                total += blocks
+        self.known = seen
+        inodes = {ino: blocks for (_path, ino), blocks in seen.items()}
+        vanished = sum(b for ino, b in self.inodes.items() if ino not in inodes)
+        self.inodes = inodes
+        return total + vanished
+
+
+def du_bytes(d: Path) -> int:
+    """Blocks allocated under ``d`` (files and directories, like ``du -s``), in bytes."""
+    total = 0
+    todo = [d]
+    while todo:
+        try:
+            it = os.scandir(todo.pop())
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                total += st.st_blocks * 512
+                if e.is_dir(follow_symlinks=False):
+                    todo.append(Path(e.path))
+    return total
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+def count_files(d: Path) -> int:
+    n = 0
+    for _root, _dirs, files in os.walk(d):
+        n += len(files)
+    return n

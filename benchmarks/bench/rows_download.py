@@ -1,0 +1,198 @@
+"""Rows 1 and 2: downloads against aria2c and curl."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .common import MB, PREFIX, TRAIN_ZIP, MiB
+from .data import build_download_mirror, human, sha256_file
+from .harness import Sample, rmtree
+from .isic import archive_entry, check_file, fetch_report, isic, isic_env
+from .results import Bench, Tool, find, fmt_ratio, ratio, verdict
+
+
+def download_tools(b: Bench, url_base: str, mirror: Path, manifest: Path, size: int,
+                   tag: str, isic_conns: Sequence[int], aria_conns: Sequence[int],
+                   aria_checksum: bool = False, curl: bool = True,
+                   curl_sync: bool = False) -> list[Tool]:
+    out = b.work / "run" / tag
+    sha = sha256_file(mirror / TRAIN_ZIP) if aria_checksum else ""
+    url = url_base + TRAIN_ZIP
+    tools: list[Tool] = []
+
+    def fresh(d: Path) -> Callable[[int], None]:
+        def f(rep: int) -> None:
+            rmtree(d)
+            d.mkdir(parents=True)
+        return f
+
+    for c in isic_conns:
+        d = out / f"isic-c{c}"
+
+        def after(rep: int, s: Sample, d: Path = d) -> None:
+            doc = fetch_report(s)
+            entry = archive_entry(doc)
+            check_file(d / "archives" / TRAIN_ZIP, size)
+            s.extra["engine_s"] = entry["seconds"]
+            s.extra["etag_check"] = entry["etag_check"]
+            s.extra["bytes"] = doc["bytes_transferred"]
+            rmtree(d)
+
+        tools.append(Tool(
+            f"isic2020 -c{c}", lambda rep, d=d, c=c: isic(
+                "fetch", "--split", "train", "--format", "jpeg", "--no-extract", "--json",
+                "--quiet", "--connections", str(c), "--mirror", url_base, "--data-dir", str(d)),
+            is_isic=True, env=isic_env(manifest, b.p.chunk_size), before=fresh(d), after=after,
+            work_bytes=size,
+        ))
+    if shutil.which("aria2c"):
+        for c in aria_conns:
+            for checksum in ([False, True] if aria_checksum else [False]):
+                d = out / f"aria-x{c}{'-sha' if checksum else ''}"
+                argv = ["aria2c", f"-x{c}", f"-s{c}", "--file-allocation=falloc",
+                        "--allow-overwrite=true", "--auto-file-renaming=false",
+                        "--console-log-level=error", "--summary-interval=0",
+                        "--download-result=hide", "-q", "-d", str(d), "-o", TRAIN_ZIP]
+                if checksum:
+                    argv.append(f"--checksum=sha-256={sha}")
+                argv.append(url)
+
+                def after_a(rep: int, s: Sample, d: Path = d) -> None:
+                    check_file(d / TRAIN_ZIP, size)
+                    rmtree(d)
+
+                label = f"aria2c -x{c} -s{c}" + (" --checksum=sha-256" if checksum else "")
+                tools.append(Tool(label, lambda rep, argv=argv: argv, before=fresh(d),
+                                  after=after_a, work_bytes=size))
+    if curl and shutil.which("curl"):
+        for with_sync in ([False, True] if curl_sync else [False]):
+            d = out / ("curl-sync" if with_sync else "curl")
+
+            def after_c(rep: int, s: Sample, d: Path = d) -> None:
+                check_file(d / TRAIN_ZIP, size)
+                rmtree(d)
+
+            argv = ["curl", "-sS", "--fail", "-o", str(d / TRAIN_ZIP), url]
+            if with_sync:  # isic2020 fsyncs before the rename: the same durability
+                argv = ["sh", "-c", " ".join(f"'{a}'" for a in argv) + " && sync"]
+            tools.append(Tool("curl && sync" if with_sync else "curl", lambda rep, a=argv: a,
+                              before=fresh(d), after=after_c, work_bytes=size))
+    return tools
+
+
+
+def row_throttled(b: Bench) -> None:
+    from support.servers import NginxServer
+
+    name = f"1 throttled download {human(b.p.archive_bytes)}, {b.p.rate / MiB:.0f} MiB/s per conn"
+    if b.nginx is None:
+        b.skipped.append("row 1: nginx missing")
+        return
+    mirror, manifest = build_download_mirror(b.work, b.p.archive_bytes)
+    with NginxServer(mirror, PREFIX, limit_rate=b.p.rate) as srv:
+        conns = b.p.connections
+        aria = [c for c in (8, 16) if c in conns or c == 16] if not b.p.quick else [8]
+        tools = download_tools(b, srv.url, mirror, manifest, b.p.archive_bytes, "throttled",
+                               conns, aria)
+        b.log(f"{name}: {', '.join(t.label for t in tools)}")
+        tools = b.run_tools("row 1", tools)
+    curl = find(tools, "curl")
+    ideal = b.p.archive_bytes / b.p.rate
+    for t in tools:
+        r, tgt = "", ""
+        if t.label.startswith("isic2020"):
+            c = int(t.label.split("-c")[1])
+            peer = find(tools, f"aria2c -x{c} -s{c}")
+            if peer is not None:
+                rr = ratio(t, peer)
+                r = fmt_ratio(rr, peer.label)
+                tgt = verdict(rr is not None and rr <= 1.05, "<= 1.05x aria2c")
+            elif c == 1 and curl is not None:
+                r = fmt_ratio(ratio(t, curl), "curl")
+            tgt = tgt or ""
+            eng = t.med_extra("engine_s")
+            notes = (f"archive alone {eng:.2f} s in-engine; ideal {ideal / c:.2f} s"
+                     if eng is not None else "")
+        else:
+            n = 1 if t.label == "curl" else int(t.label.split("-x")[1].split()[0])
+            notes = f"ideal {ideal / n:.2f} s"
+        b.add(name, t, r, tgt, notes)
+
+
+def row_unthrottled(b: Bench) -> None:
+    from support.servers import FaultServer, NginxServer
+
+    size = b.p.archive_bytes
+    name = f"2 unthrottled download {human(size)} (nginx, sha256 pinned)"
+    if b.nginx is None:
+        b.skipped.append("row 2 (nginx part): nginx missing")
+    mirror, manifest = build_download_mirror(b.work, size)
+    small = max(size // 10, MiB)
+    s_mirror, s_manifest = build_download_mirror(b.work, small)
+    if b.nginx is not None:
+        with NginxServer(mirror, PREFIX) as srv, NginxServer(s_mirror, PREFIX) as srv_small:
+            tools = download_tools(b, srv.url, mirror, manifest, size, "nginx",
+                                   (8, 16) if not b.p.quick else (8,),
+                                   (8, 16) if not b.p.quick else (8,), aria_checksum=True,
+                                   curl_sync=True)
+            small_t = download_tools(b, srv_small.url, s_mirror, s_manifest, small,
+                                     "nginx-small", (8,), (), curl=False)[0]
+            small_t.label = f"isic2020 -c8 ({human(small)} archive)"
+            tools.append(small_t)
+            b.log(f"{name}: {', '.join(t.label for t in tools)}")
+            tools = b.run_tools("row 2", tools)
+        curl = find(tools, "curl")
+        for t in tools:
+            r = tgt = notes = ""
+            mbps = size / t.med("wall") / MB if t.samples else 0
+            if t is small_t:
+                notes = "same download at 1/10 of the size: RSS must not grow with size"
+                b.add(name, t, "", "", notes)
+                continue
+            if t.label.startswith("isic2020"):
+                rr = ratio(t, curl)
+                r = fmt_ratio(rr, "curl")
+                tgt = verdict(None if rr is None else rr <= 2.0, ">= 50% of curl's throughput")
+                c = t.label.split("-c")[1]
+                a = find(tools, f"aria2c -x{c} -s{c}")
+                ra = ratio(t, a)
+                if a is not None and ra is not None:
+                    r += f"; {ra:.2f}x {a.label}"
+                chk = t.samples[0].extra.get("etag_check", "?") if t.samples else "?"
+                notes = f"{mbps:.0f} MB/s; checks: size + {chk}"
+            else:
+                notes = f"{mbps:.0f} MB/s" + ("; verifies sha256 after" if "checksum" in t.label
+                                              else "; verifies nothing")
+            b.add(name, t, r, tgt, notes)
+        nginx_curl = find(tools, "curl")
+    else:
+        nginx_curl = None
+
+    # The same with an S3-like MD5 ETag: FaultServer (pure Python, in this process).
+    name2 = f"2b unthrottled download {human(size)} (FaultServer, MD5 ETag + sha256)"
+    with FaultServer(mirror, PREFIX, etag="md5") as fsrv:
+        fsrv.etag_for(TRAIN_ZIP)  # hash once before timing (the server caches it)
+        tools = download_tools(b, fsrv.url, mirror, manifest, size, "fault",
+                               (8,), (8,) if not b.p.quick else ())
+        b.log(f"{name2}: {', '.join(t.label for t in tools)}")
+        tools = b.run_tools("row 2b", tools)
+    curl = find(tools, "curl")
+    for t in tools:
+        r = tgt = notes = ""
+        mbps = size / t.med("wall") / MB if t.samples else 0
+        if t.label.startswith("isic2020"):
+            rr = ratio(t, curl)
+            r = fmt_ratio(rr, "curl")
+            tgt = verdict(None if rr is None else rr <= 2.0, ">= 50% of curl's throughput")
+            chk = t.samples[0].extra.get("etag_check", "?") if t.samples else "?"
+            notes = f"{mbps:.0f} MB/s; checks: size + sha256 + ETag {chk}"
+        else:
+            notes = f"{mbps:.0f} MB/s"
+            ref = nginx_curl if t.label == "curl" else None
+            if ref is not None and t.samples:
+                notes += (f" (from nginx: {size / ref.med('wall') / MB:.0f} MB/s: the Python "
+                          f"server {'is' if t.med('wall') > 1.2 * ref.med('wall') else 'is not'}"
+                          " the bottleneck)")
+        b.add(name2, t, r, tgt, notes)
