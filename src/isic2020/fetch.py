@@ -450,6 +450,10 @@ def _fetch_one(
             if result is None and log is not None:
                 log(f"{entry.name}: the file in {final.parent} could not be verified; "
                     "downloading it again")
+            if result is not None:  # (a run killed right after landing it left its state)
+                for p in (layout.partial_path(entry), layout.partial_state_path(entry)):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
         if result is None:
             streamer = _streamer(layout, entry, extract, log, precheck)
             try:
