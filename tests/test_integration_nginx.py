@@ -50,10 +50,13 @@ def _fetch(data: Path, mirror: str, *extra: str, manifest: Path, **env: str):
 def _blob_mirror(dataset, tmp_path: Path, size: int, *, pin: bool = True, seed: int = 1):
     """A mirror folder whose training 'archive' is ``size`` random bytes (fetched with
     ``--no-extract``), the real synthetic CSVs, and a manifest pinning the blob's size and
-    sha256 (``pin``) or leaving both empty."""
+    sha256 (``pin``) or leaving both empty (then the blob is framed as a zip and its published
+    size is its own: an unpinned file must look like the archive, see ``plausible``)."""
     root = tmp_path / "blobmirror"
     root.mkdir()
     blob = __import__("random").Random(seed).randbytes(size)
+    if not pin:
+        blob = _zipish(blob)
     man = load_manifest(dataset.manifest_path)
     files = []
     for f in man.files:
@@ -63,6 +66,7 @@ def _blob_mirror(dataset, tmp_path: Path, size: int, *, pin: bool = True, seed: 
                 f,
                 size=len(blob) if pin else None,
                 sha256=hashlib.sha256(blob).hexdigest() if pin else None,
+                published_size=f.published_size if pin else f"{len(blob) / 1e6:.1f} MB",
             )
         elif f.kind == "metadata":
             (root / f.name).write_bytes(dataset.path(f.name).read_bytes())
@@ -70,6 +74,12 @@ def _blob_mirror(dataset, tmp_path: Path, size: int, *, pin: bool = True, seed: 
     path = tmp_path / "blob.toml"
     path.write_text(manifest_to_toml(dataclasses.replace(man, files=tuple(files))))
     return root, path, blob
+
+
+def _zipish(data: bytes) -> bytes:
+    """``data`` (same length) with a zip's local-header magic first and an empty end record
+    last: what the content checks of an unpinned archive look for."""
+    return b"PK\x03\x04" + data[4:-22] + b"PK\x05\x06" + bytes(18)
 
 
 def _unpinned_manifest(dataset, tmp_path: Path) -> Path:
@@ -236,7 +246,7 @@ def test_object_replaced_on_nginx_mid_download_restarts_with_the_new_object(
     size), the next ranged GET gets 412 from If-Match, and the client starts over: what lands
     is exactly the new file, never a splice of the two versions."""
     root, manifest, old = _blob_mirror(dataset, tmp_path, 3 * MiB, pin=False)
-    new = os.urandom(3 * MiB + 4321)
+    new = _zipish(os.urandom(3 * MiB + 4321))
     nginx = nginx_server_factory(root, limit_rate=1_000_000)
     data = tmp_path / "d"
     proc = subprocess.Popen(

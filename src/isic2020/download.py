@@ -3,9 +3,9 @@
 How a file travels (every step is there for a failure we have seen or expect):
 
 1. **Probe** (``HEAD``): size, ETag, Last-Modified. For a multipart S3 ETag (``<md5>-<N>``) the
-   part size is asked with ``HEAD ?partNumber=1`` so ranges can be aligned to parts and the ETag
-   checked; a server that does not answer that gets a guess from the usual part sizes, and a
-   wrong guess is reported as "unverifiable", never as corruption.
+   part size is asked with ``HEAD ?partNumber=1`` so the ETag can be checked; for a server that
+   does not answer that, the part sizes that fit the size and part count are tried (a size that
+   reproduces the ETag proves the bytes; none that does is a mismatch).
 2. **Plan**: the file is cut into chunks (the part size, else 8 MiB); a preallocated partial file
    in ``DATA/.isic2020/partial/`` receives each chunk in place (``pwrite``). A small JSON state
    file next to it lists the byte intervals written, inside chunks too; a background checkpoint
@@ -32,7 +32,9 @@ How a file travels (every step is there for a failure we have seen or expect):
    lands (``streaming`` unpacks a zip's members from them while the rest downloads) and may ask
    for a region first (the zip's central directory, at its end).
 5. **Verify, then land**: size, the S3 ETag when it is a content hash, the manifest's sha256 when
-   known. Only then is the partial file fsynced and renamed to its final path.
+   known; a content hash that does not match is repaired from a second copy (``repair``); the
+   caller's content checks (``plausible``: a zip that is a zip, a CSV with its header) run last.
+   Only then is the partial file fsynced and renamed to its final path.
 """
 
 from __future__ import annotations
@@ -58,8 +60,20 @@ import urllib3
 from .checkpoint import Checkpointer
 from .errors import DiskError, DownloadError, Interrupted, ObjectChanged, VerificationError
 from .fsutil import move_into_place, open_nofollow, remove_file
-from .hashing import etag_kind, multipart_count, normalize_etag
+from .hashing import (
+    COMMON_PART_SIZES,  # noqa: F401 - re-exported: callers and tests import it from here
+    MultipartHasher,
+    conditional_headers,
+    etag_kind,
+    matching_part_size,
+    multipart_count,
+    normalize_etag,
+    part_size_candidates,
+    pin_note,
+)
 from .http import RedirectRefused, Timeouts, make_session
+from .plausible import encoding_problem
+from .repair import ContentCheck, RepairFailed, repair
 from .speed import SpeedGuard, TooSlow, read_block
 from .state import atomic_write_json, done_intervals, read_json, remove_stale_temps
 
@@ -72,8 +86,6 @@ BLOCK = 1 * MiB
 #: Bytes per socket read of a ranged body: with 16 connections, 1 MiB reads held ~30 MB more
 #: (http.client's buffer and the block, per connection) for no measurable gain in throughput.
 READ_BLOCK = 256 * 1024
-# Part sizes seen in the wild (aws cli/boto3 8 MiB, s3cmd 15 MiB, the multipart minimum 5 MiB).
-COMMON_PART_SIZES = tuple(m * MiB for m in (8, 16, 5, 15, 32, 64, 100, 128, 10, 50, 256, 512))
 _TRUNCATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC  # partial files, opened with open_nofollow
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _NETWORK_ERRORS = (
@@ -94,6 +106,8 @@ _REDIRECT_ERRORS = (
 )
 
 Log = Callable[[str], None]
+#: A last check of verified bytes before they land: a reason to refuse them, or None.
+Accept = Callable[[Path], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,11 @@ class RemoteObject:
     last_modified: str | None
     part_size: int | None = None
     part_size_source: str | None = None  # "server" or "guess"
+    #: Multipart ETag, part size not stated: the sizes that fit, tried in order (``hashing``).
+    part_sizes: tuple[int, ...] = ()
+    #: The ETag header exactly as received: sent back as the validator, never re-quoted.
+    validator: str | None = None
+    content_encoding: str | None = None
 
 
 @dataclass
@@ -149,6 +168,8 @@ class DownloadResult:
     retries: int
     status: str  # downloaded | resumed | cached
     failed_hosts: list[str] = field(default_factory=list)
+    #: Byte ranges taken from a second copy to make a mismatching content hash match.
+    repaired: list[list[int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -506,6 +527,7 @@ class _Transfer:
             abort=self.abort,
             on_bytes=bar.update if bar is not None else None,
             block=READ_BLOCK,
+            validator=remote.validator,
         )
         self.resumed_bytes = 0
         self.fd = -1
@@ -795,11 +817,15 @@ class RangeClient:
         abort: threading.Event | None = None,
         on_bytes: Callable[[int], None] | None = None,
         block: int = BLOCK,
+        validator: str | None = None,
     ) -> None:
+        """``validator``: the ETag header as the server sent it (``If-Match`` sends it back
+        unchanged; a weak one pins with ``If-Unmodified-Since`` instead, see ``hashing``)."""
         self.url = url
         self.size = size
         self.etag = etag
         self.last_modified = last_modified
+        self.conditions = conditional_headers(etag, last_modified, validator)
         self.timeouts = timeouts
         self.retry = retry
         self.throttle = throttle or _Throttle(64)
@@ -832,11 +858,7 @@ class RangeClient:
         while pos < end:
             if self.abort.is_set():
                 raise Interrupted("aborted")
-            headers = {"Range": f"bytes={pos}-{end - 1}"}
-            if self.etag:
-                headers["If-Match"] = f'"{self.etag}"'
-            elif self.last_modified:
-                headers["If-Unmodified-Since"] = self.last_modified
+            headers = {"Range": f"bytes={pos}-{end - 1}", **self.conditions}
             self.throttle.acquire(self.abort)
             ok = False
             before = pos
@@ -1002,12 +1024,19 @@ class Downloader:
             size=size,
             etag=normalize_etag(resp.headers.get("ETag")),
             last_modified=resp.headers.get("Last-Modified"),
+            validator=resp.headers.get("ETag"),
+            content_encoding=resp.headers.get("Content-Encoding"),
         )
         if size and remote.etag and etag_kind(remote.etag) == "multipart":
             self._find_part_size(remote)
         return remote
 
     def _find_part_size(self, remote: RemoteObject) -> None:
+        """The part size the server states (``HEAD ?partNumber=1``), else the candidates that
+        fit (``hashing.part_size_candidates``): the first is hashed while downloading, the
+        others only if it does not reproduce the ETag. A stated size must cut the object into
+        exactly the ETag's part count (at most 10,000: ``etag_kind``), so what a server claims
+        can never make us keep more than 10,000 part digests."""
         assert remote.size is not None and remote.etag is not None
         n = multipart_count(remote.etag)
         sep = "&" if "?" in remote.url else "?"
@@ -1023,10 +1052,9 @@ class Downloader:
                     return
         except _NETWORK_ERRORS:
             pass
-        for p in COMMON_PART_SIZES:
-            if math.ceil(remote.size / p) == n:
-                remote.part_size, remote.part_size_source = p, "guess"
-                return
+        remote.part_sizes = tuple(part_size_candidates(remote.size, n))
+        if remote.part_sizes:
+            remote.part_size, remote.part_size_source = remote.part_sizes[0], "guess"
 
     # -- download -------------------------------------------------------------------------
     def download(
@@ -1041,10 +1069,13 @@ class Downloader:
         expected_etag: str | None = None,
         expected_sha256: str | None = None,
         observer: TransferObserver | None = None,
+        accept: Accept | None = None,
     ) -> DownloadResult:
         """Fetch ``name`` from the first URL that works; verified bytes land at ``final``.
 
-        ``observer`` watches ranged transfers (not single streams or ``file://`` copies)."""
+        ``observer`` watches ranged transfers (not single streams or ``file://`` copies).
+        ``accept(path)`` checks the verified bytes before they land (``plausible``): a reason
+        it returns fails that host, and the next one is tried."""
         failures: list[str] = []
         verify_failures: list[str] = []
         t0 = time.monotonic()
@@ -1052,11 +1083,13 @@ class Downloader:
             try:
                 if url.startswith("file://"):
                     return self._copy_local(
-                        name, url, partial, final, expected_size, expected_sha256, failures, t0
+                        name, url, partial, final, expected_size, expected_sha256, failures, t0,
+                        accept,
                     )
                 return self._download_from(
                     name, url, partial, state_path, final,
                     expected_size, expected_etag, expected_sha256, failures, t0, observer,
+                    accept,
                 )
             except _HostFailed as exc:
                 failures.append(f"{url}: {exc}")
@@ -1089,6 +1122,7 @@ class Downloader:
         failures: list[str],
         t0: float,
         observer: TransferObserver | None = None,
+        accept: Accept | None = None,
     ) -> DownloadResult:
         restarts = 0
         total_transferred = 0
@@ -1103,6 +1137,9 @@ class Downloader:
                 raise _HostFailed(
                     f"serves ETag {remote.etag} but the manifest pins {expected_etag}"
                 )
+            encoded = encoding_problem(remote.content_encoding)
+            if encoded:
+                raise _HostFailed(encoded)
             bar = self._bar(name, remote.size)
             try:
                 if remote.size is None:
@@ -1145,15 +1182,44 @@ class Downloader:
             if bar is not None:
                 bar.close()
             size = partial.stat().st_size
-            check = self._verify(name, remote, size, sha, md5, mp, expected_sha256)
+            check = self._verify(name, remote, size, sha, md5, mp, expected_sha256, partial)
+            repaired: list[list[int]] = []
+            if check.startswith("FAILED") and remote.size in (None, size):
+                ranged = transfer is not None
+                if transfer is not None:
+                    transfer.finish()
+                    transfer = None
+                if observer is not None:
+                    observer.discard()  # what was unpacked came from damaged bytes
+                try:
+                    sha, md5, mp, n, repaired = self._repair(
+                        name, remote, partial, expected_size, expected_sha256, check, ranged
+                    )
+                except ObjectChanged as exc:
+                    self._discard(partial, state_path, observer)
+                    restarts += 1
+                    if restarts > self.opts.retry.object_restarts:
+                        raise _HostFailed(f"the object keeps changing ({exc.message})") from None
+                    continue
+                except VerificationError:
+                    self._discard(partial, state_path, observer)
+                    raise
+                total_transferred += n
+                check = self._verify(name, remote, size, sha, md5, mp, expected_sha256, partial)
             if check.startswith("FAILED"):
                 self._discard(partial, state_path, observer)
                 raise VerificationError(f"{name} from {url}: {check[len('FAILED: '):]}")
+            if accept is not None:
+                why = accept(partial)
+                if why:
+                    self._discard(partial, state_path, observer)
+                    raise _HostFailed(why)
             if transfer is not None:
                 transfer.finish()
             self._land(partial, final)
-            with contextlib.suppress(OSError):
-                remove_file(state_path)
+            for p in (state_path, *_repair_paths(partial)):  # (a repair's leftovers too)
+                with contextlib.suppress(OSError):
+                    remove_file(p)
             remove_stale_temps(state_path)  # a kill while the state was being rewritten
             return DownloadResult(
                 name=name,
@@ -1169,7 +1235,70 @@ class Downloader:
                 retries=total_retries,
                 status="resumed" if resumed else "downloaded",
                 failed_hosts=list(failures),
+                repaired=repaired,
             )
+
+    def _repair(
+        self,
+        name: str,
+        remote: RemoteObject,
+        partial: Path,
+        expected_size: int | None,
+        expected_sha256: str | None,
+        why: str,
+        ranged: bool = True,
+    ) -> tuple[str, str | None, str | None, int, list[list[int]]]:
+        """A content hash failed: fetch a second copy and keep the bytes that match (see
+        ``repair``). Returns the repaired file's digests, the bytes the second copy cost and
+        the ranges taken from it; raises VerificationError when nothing matches."""
+        content = content_check(remote, expected_sha256)
+        failed = f"{name} from {remote.url}: {why[len('FAILED: '):]}"
+        if not content.usable:
+            raise VerificationError(failed)
+        second, second_state = _repair_paths(partial)
+        self._log(f"{name}: {why[len('FAILED: '):]}; fetching a second copy to find the "
+                  "damaged bytes")
+        try:
+            transferred = self._second_copy(remote, second, second_state, expected_size, ranged)
+        except ObjectChanged:
+            self._discard(second, second_state)
+            raise
+        # (interrupted or a failed host: the second copy stays, a later run resumes it)
+        try:
+            result = repair(partial, second, content)
+        except RepairFailed as exc:
+            self._discard(second, second_state)
+            raise VerificationError(f"{failed}; {exc}") from None
+        except OSError as exc:
+            raise _disk_error(second, exc) from None
+        self._discard(second, second_state)
+        self._log(f"{name}: repaired {len(result.replaced)} damaged range(s) from the second "
+                  "copy")
+        sha, md5, mp = _hash_file(partial, remote.part_size,
+                                  want_md5=etag_kind(remote.etag) == "md5")
+        return sha, md5, mp, transferred, result.replaced
+
+    def _second_copy(
+        self, remote: RemoteObject, path: Path, state: Path, expected_size: int | None,
+        ranged: bool = True,
+    ) -> int:
+        """Download the object once more into ``path`` (ranged, else as the first copy came:
+        one plain stream); the bytes it cost."""
+        if ranged and remote.size is not None:
+            transfer = _Transfer(self.opts, remote, path, state, None, None)
+            try:
+                transfer.run()
+                transfer.finish()
+                return transfer.transferred
+            except _RangesIgnored:
+                transfer._close()
+                done = transfer.transferred
+            finally:
+                transfer._close()
+        else:
+            done = 0
+        _, _, _, n, _ = self._single_stream(remote, path, None, expected_size)
+        return done + n
 
     def _verify(
         self,
@@ -1180,7 +1309,15 @@ class Downloader:
         md5: str | None,
         mp: str | None,
         expected_sha256: str | None,
+        path: Path | None = None,
     ) -> str:
+        """``etag_check``: what proved the bytes, "unverifiable: <why>" when nothing could
+        (the server offers no content hash), or "FAILED: <why>" (then ``repair`` may help).
+
+        A multipart ETag whose part size the server does not state is checked with the part
+        sizes that fit (``remote.part_sizes``; the others than the first cost a pass over
+        ``path``): one that reproduces the ETag proves the bytes, none is a mismatch.
+        """
         if remote.size is not None and size != remote.size:
             return f"FAILED: size {size} differs from the server's {remote.size}"
         if expected_sha256 and sha != expected_sha256:
@@ -1191,20 +1328,34 @@ class Downloader:
                 return f"FAILED: MD5 {md5} differs from the ETag {remote.etag}"
             return "md5"
         if kind == "multipart":
-            if mp == remote.etag:
-                return "multipart"
+            assert remote.etag is not None
             if remote.part_size_source == "server":
+                if mp == remote.etag:
+                    return "multipart"
                 return f"FAILED: multipart MD5 {mp} differs from the ETag {remote.etag}"
-            why = "unverifiable: multipart ETag, part size unknown (server does not say)"
-            return why + ("; sha256 matches the manifest" if expected_sha256 else "")
+            found = remote.part_size if mp == remote.etag else None
+            rest = [p for p in remote.part_sizes if p != remote.part_size]
+            if found is None and rest and path is not None:
+                found = matching_part_size(path, remote.etag, rest)
+            if found is not None:
+                remote.part_size = found
+                return f"multipart (part size {found} bytes, found from the ETag)"
+            if expected_sha256:
+                return ("sha256 (the multipart ETag is reproduced by no part size tried; "
+                        "sha256 matches the manifest)")
+            tried = ", ".join(str(p) for p in remote.part_sizes) or "none fits"
+            return (f"FAILED: the multipart ETag {remote.etag} is reproduced by no part size "
+                    f"(tried: {tried})")
+        note = pin_note(remote.etag, remote.last_modified)
+        note = f"; {note}" if note else ""
         if remote.etag and expected_sha256:
             return (
                 "unverifiable: the server's ETag is not a content hash; "
-                "sha256 matches the manifest"
+                f"sha256 matches the manifest{note}"
             )
         if expected_sha256:
             return "sha256"
-        return "unverifiable: the server's ETag is not a content hash"
+        return f"unverifiable: the server's ETag is not a content hash{note}"
 
     def _single_stream(
         self, remote: RemoteObject, partial: Path, bar: Any, expected_size: int | None
@@ -1225,6 +1376,10 @@ class Downloader:
         timeouts = self.opts.timeouts
         while True:
             sha, md5 = hashlib.sha256(), hashlib.md5()
+            # A multipart ETag is checked from per-part MD5s here too, as in the follower.
+            parts = None
+            if kind == "multipart" and remote.part_size:
+                parts = MultipartHasher(remote.part_size)
             written = 0
             guard = SpeedGuard(timeouts.lowest_speed, timeouts.speed_time)
             began = guard.start
@@ -1236,6 +1391,9 @@ class Downloader:
                         raise _Retryable(f"HTTP {resp.status_code}", _retry_after(resp))
                     if resp.status_code != 200:
                         raise _HostFailed(f"HTTP {resp.status_code}")
+                    encoded = encoding_problem(resp.headers.get("Content-Encoding"))
+                    if encoded:
+                        raise _HostFailed(encoded)
                     etag = normalize_etag(resp.headers.get("ETag"))
                     if remote.etag and etag and etag != remote.etag:
                         raise ObjectChanged(f"ETag changed from {remote.etag} to {etag}")
@@ -1259,6 +1417,8 @@ class Downloader:
                             sha.update(block)
                             if kind == "md5":
                                 md5.update(block)
+                            if parts is not None:
+                                parts.update(block)
                             written += len(block)
                             transferred += len(block)
                             if written > best and guard.healthy():
@@ -1282,7 +1442,8 @@ class Downloader:
                     if remote.size is None:
                         remote.size = written
                     md5_hex = md5.hexdigest() if kind == "md5" else None
-                    return sha.hexdigest(), md5_hex, None, transferred, retries
+                    mp = parts.hexdigest() if parts is not None else None
+                    return sha.hexdigest(), md5_hex, mp, transferred, retries
             except _REDIRECT_ERRORS as exc:
                 raise _HostFailed(_describe(exc)) from None
             except (_Retryable, TooSlow, *_NETWORK_ERRORS) as exc:
@@ -1311,6 +1472,7 @@ class Downloader:
         expected_sha256: str | None,
         failures: list[str],
         t0: float,
+        accept: Accept | None = None,
     ) -> DownloadResult:
         src = Path(unquote(urlsplit(url).path))
         try:
@@ -1346,6 +1508,11 @@ class Downloader:
             with contextlib.suppress(OSError):
                 remove_file(partial)
             raise VerificationError(f"{name} from {url}: sha256 differs from the manifest's")
+        why = accept(partial) if accept is not None else None
+        if why:
+            with contextlib.suppress(OSError):
+                remove_file(partial)
+            raise _HostFailed(why)
         self._land(partial, final)
         return DownloadResult(
             name=name, path=str(final), url=url, size=size, etag=None, sha256=digest, md5=None,
@@ -1362,6 +1529,7 @@ class Downloader:
         *,
         expected_size: int | None = None,
         expected_sha256: str | None = None,
+        accept: Accept | None = None,
     ) -> DownloadResult | None:
         """Check a file already at ``final`` (put there by hand, or records lost) against the
         first reachable host's size and ETag; return a result if it verifies, else None.
@@ -1377,6 +1545,8 @@ class Downloader:
             return None
         if expected_size is not None and size != expected_size:
             return None
+        if accept is not None and accept(final):
+            return None
         for url in urls:
             if url.startswith("file://"):
                 continue
@@ -1390,7 +1560,7 @@ class Downloader:
             if kind == "opaque" and not expected_sha256:
                 return None
             sha, md5, mp = _hash_file(final, remote.part_size, want_md5=kind == "md5")
-            check = self._verify(name, remote, size, sha, md5, mp, expected_sha256)
+            check = self._verify(name, remote, size, sha, md5, mp, expected_sha256, final)
             trusted = not check.startswith(("FAILED", "unverifiable"))
             if not trusted:
                 return None
@@ -1426,6 +1596,30 @@ class Downloader:
             total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
             leave=True, dynamic_ncols=True, mininterval=0.5,
         )
+
+
+def _repair_paths(partial: Path) -> tuple[Path, Path]:
+    """Where a repair keeps its second copy and that copy's transfer state."""
+    return (partial.with_name(partial.name + ".repair"),
+            partial.with_name(partial.name + ".repair.state.json"))
+
+
+def content_check(remote: RemoteObject, expected_sha256: str | None) -> ContentCheck:
+    """The content hashes a repair must reproduce: every one that proves the bytes. A
+    multipart ETag whose part size the server did not state counts only without a sha256
+    (then any part size that fits may reproduce it)."""
+    kind = etag_kind(remote.etag)
+    multipart, sizes = None, ()
+    if kind == "multipart" and remote.part_size_source == "server" and remote.part_size:
+        multipart, sizes = remote.etag, (remote.part_size,)
+    elif kind == "multipart" and not expected_sha256:
+        multipart, sizes = remote.etag, remote.part_sizes
+    return ContentCheck(
+        sha256=expected_sha256,
+        md5=remote.etag if kind == "md5" else None,
+        multipart=multipart,
+        part_sizes=tuple(sizes),
+    )
 
 
 def _hash_file(

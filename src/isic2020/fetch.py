@@ -35,6 +35,7 @@ from .http import Timeouts
 from .layout import Layout
 from .lock import data_dir_lock
 from .manifest import FileEntry, Manifest, expand_split, load_manifest
+from .plausible import content_problem
 from .speed import parse_rate
 from .state import FileRecord, Records, done_intervals, read_json
 
@@ -454,6 +455,8 @@ def _fetch_one(
     done_extraction = entry.is_archive and entry.name in records.extracted
     stream_stats = None
     plan = None  # the archive's directory, parsed while it downloaded
+    if rec is not None and rec.matches_stat(final) and _implausible(entry, final, log):
+        rec = None  # recorded by an older run that trusted a login page: not verified
     if rec is not None and rec.matches_stat(final):
         outcome = FileOutcome(_cached(rec, final), entry.name, "cached")
     elif rec is not None and done_extraction and not final.exists() and extract:
@@ -465,10 +468,15 @@ def _fetch_one(
             result = downloader.adopt(
                 entry.name, entry.urls(mirrors), final,
                 expected_size=entry.size, expected_sha256=entry.sha256,
+                accept=lambda path: content_problem(entry, path),
             )
             if result is None and log is not None:
                 log(f"{entry.name}: the file in {final.parent} could not be verified; "
                     "downloading it again")
+            if result is not None:  # (a run killed right after landing it left its state)
+                for p in (layout.partial_path(entry), layout.partial_state_path(entry)):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
         if result is None:
             streamer = _streamer(layout, entry, extract, log, precheck)
             try:
@@ -482,6 +490,7 @@ def _fetch_one(
                     expected_etag=entry.etag,
                     expected_sha256=entry.sha256,
                     observer=streamer,
+                    accept=lambda path: content_problem(entry, path),
                 )
             except BaseException:
                 if streamer is not None:
@@ -528,6 +537,20 @@ def _fetch_one(
             del plan
             _release_free_memory()
     return outcome
+
+
+def trusted(rec: FileRecord | None, entry: FileEntry, final: Path) -> bool:
+    """A record vouches for ``final``: same stat as when it was verified, and content that
+    can be ``entry`` (``plausible``; a record an older run made of a login page does not)."""
+    return rec is not None and rec.matches_stat(final) and content_problem(entry, final) is None
+
+
+def _implausible(entry: FileEntry, final: Path, log: Log | None) -> bool:
+    """A recorded file that cannot be ``entry`` (``plausible``): say so, distrust the record."""
+    problem = content_problem(entry, final)
+    if problem and log is not None:
+        log(f"{entry.name}: the recorded file {problem}; downloading it again")
+    return problem is not None
 
 
 def _streamer(
@@ -690,7 +713,7 @@ def _check_space(
         if e.is_archive and members_only:
             continue  # images only, no archive: extraction checks the space per archive
         rec = records.file(e.name)
-        if rec is not None and rec.matches_stat(layout.final_path(e)):
+        if trusted(rec, e, layout.final_path(e)):
             continue
         if e.is_archive and e.name in records.extracted and not layout.final_path(e).exists():
             continue
@@ -725,7 +748,7 @@ def _plan(
         for e in entries:
             final = layout.final_path(e)
             rec = records.file(e.name)
-            if rec is not None and rec.matches_stat(final):
+            if rec is not None and trusted(rec, e, final):
                 rows.append(_row(e, "verified", 0, 0, free, rec.size, rec.url))
                 continue
             size, url, state = e.size, None, "missing"
@@ -817,8 +840,10 @@ def list_files(
     for e in man.files:
         final = layout.final_path(e)
         rec = records.file(e.name)
-        if rec is not None and rec.matches_stat(final):
+        if trusted(rec, e, final):
             state = "verified"
+        elif rec is not None and rec.matches_stat(final):
+            state = "present, not the file the manifest describes"
         elif final.exists():
             state = "present, changed since verified" if rec else "present, not verified"
         elif _partial_bytes(layout, e):

@@ -56,6 +56,7 @@ from .layout import Layout
 from .lock import data_dir_lock
 from .manifest import FORMAT_CHOICES, FileEntry, Manifest, expand_split, load_manifest
 from .metadata import GROUND_TRUTH_COLUMNS, bad_image_names, read_metadata_csv
+from .plausible import content_problem
 from .state import Records
 
 if TYPE_CHECKING:
@@ -295,6 +296,13 @@ def _check_recorded(
     kind = "archive" if entry.is_archive else "file"
     name = f"{kind}/{entry.name}"
     rec = records.file(entry.name)
+    problem = content_problem(entry, path)
+    if problem is not None:  # a login page an older run recorded, a gzipped body
+        return Check(
+            name, "failed", f"not the file the manifest describes: it {problem}",
+            {"size": size, "hashed": False},
+            [f"{entry.name} {problem}; `isic2020 fetch` downloads it again"],
+        )
     if rec is not None and not deep and rec.matches_stat(path):
         return Check(
             name, "ok", "unchanged since verified (stat matches the record; not re-hashed)",

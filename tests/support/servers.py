@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import email.utils
 import fcntl
+import gzip
 import hashlib
 import http.server
 import logging
@@ -47,7 +49,10 @@ from typing import IO, Any, Literal, TypeAlias
 __all__ = [
     "DNS_FAIL_URL",
     "BadContentRange",
+    "CaptivePortal",
     "Fault",
+    "FlipByte",
+    "GzipBody",
     "FaultRule",
     "FaultServer",
     "IgnoreRange",
@@ -55,9 +60,12 @@ __all__ = [
     "NginxLogEntry",
     "NginxServer",
     "Redirect",
+    "NoPartNumber",
+    "PartSizeClaim",
     "ReplaceObject",
     "RequestInfo",
     "Reset",
+    "RewriteEtag",
     "S3Server",
     "ShortBody",
     "Stall",
@@ -405,6 +413,107 @@ class Redirect(Fault):
 
     def applies(self, req: RequestInfo) -> bool:
         return True
+
+
+@dataclass
+class NoPartNumber(Fault):
+    """Ignore ``?partNumber=`` (a mirror that copied S3's ETags but is no S3): the request is
+    answered as if the query were absent (HEAD: the whole object's headers; GET: 200/206)."""
+
+    kind: str = field(default="no_part_number", init=False)
+
+    def applies(self, req: RequestInfo) -> bool:
+        return req.part_number is not None
+
+
+@dataclass
+class FlipByte(Fault):
+    """Flip one byte of a GET body (XOR ``mask``): at object offset ``offset`` when the body
+    covers it (only such bodies use up a firing), else (``offset=None``) in the body's middle.
+    ``times=N`` on :meth:`FaultServer.add_fault`: the first N such bodies are damaged."""
+
+    offset: int | None = None
+    mask: int = 0x01
+    kind: str = field(default="flip_byte", init=False)
+
+    def applies(self, req: RequestInfo) -> bool:
+        if req.method != "GET":
+            return False
+        return self.offset is None or req.start <= self.offset <= req.end
+
+    def position(self, start: int, end: int) -> int:
+        """The object offset to flip in a body of ``[start, end]`` (inclusive)."""
+        return self.offset if self.offset is not None else (start + end) // 2
+
+
+@dataclass
+class CaptivePortal(Status):
+    """A hotel/airport login page: 200 ``text/html`` of a few hundred bytes for every URL and
+    method; ``etag=True`` adds the page's own MD5 ETag (which the page then matches)."""
+
+    code: int = 200
+    etag: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.body:
+            self.body = (
+                b"<!DOCTYPE html>\n<html><head><title>Welcome to Hotel WiFi</title></head>"
+                b"<body><h1>Please log in</h1><form method=post action=/login>"
+                b"<input name=room><input name=surname type=text>"
+                b"<button>Connect</button></form><p>Terms apply.</p></body></html>\n"
+            )
+        headers = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
+        if self.etag:
+            headers["ETag"] = f'"{hashlib.md5(self.body).hexdigest()}"'
+        self.headers = {**headers, **dict(self.headers)}
+
+
+@dataclass
+class GzipBody(Fault):
+    """A compressing proxy: 200 with ``Content-Encoding: gzip`` and the gzipped file (ranges
+    ignored). ``etag``: "weak" (nginx's ``W/"..."`` of the object's ETag), "keep" or "none".
+    ``head``: HEAD shows the same (else only GET bodies are encoded)."""
+
+    etag: Literal["weak", "keep", "none"] = "weak"
+    head: bool = True
+    kind: str = field(default="gzip_body", init=False)
+
+    def applies(self, req: RequestInfo) -> bool:
+        return req.method == "GET" or (self.head and req.method == "HEAD")
+
+
+@dataclass
+class PartSizeClaim(Fault):
+    """Answer ``HEAD``/``GET ?partNumber=K`` with 206 and ``Content-Length: length`` (an absurd
+    part size); pair with :class:`RewriteEtag` to claim any part count."""
+
+    length: int = 1
+    kind: str = field(default="part_size_claim", init=False)
+
+    def applies(self, req: RequestInfo) -> bool:
+        return req.part_number is not None
+
+
+@dataclass
+class RewriteEtag(Fault):
+    """Send another ETag (every method): ``style`` "weak" (``W/"<etag>"``), "unquoted"
+    (``<etag>`` without quotes, as some CDNs do) or "value" (``value`` exactly). Conditional
+    requests are judged against what is sent (a weak ETag never matches ``If-Match``)."""
+
+    style: Literal["weak", "unquoted", "value"] = "weak"
+    value: str | None = None
+    kind: str = field(default="rewrite_etag", init=False)
+
+    def applies(self, req: RequestInfo) -> bool:
+        return True
+
+    def rewrite(self, etag: str | None) -> str | None:
+        if self.style == "value":
+            return self.value
+        if etag is None:
+            return None
+        bare = etag.strip('"')
+        return f'W/"{bare}"' if self.style == "weak" else bare
 
 
 @dataclass
@@ -1089,6 +1198,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 )
             chosen = owner._select_faults(info)
             etag = owner._etag(path, fh, st) if fh is not None and st is not None else None
+            rewrite = chosen.get("rewrite_etag")
+            if rewrite is not None and isinstance(rewrite[1], RewriteEtag):
+                etag = rewrite[1].rewrite(etag)
+            if "no_part_number" in chosen and info.part_number is not None:
+                info = dataclasses.replace(info, part_number=None)
+                if not info.ranged:
+                    info = dataclasses.replace(info, start=0, end=(info.size or 0) - 1)
             self._answer(info, chosen, tuple(chosen), fh, st, etag, parsed, mode, n_parts)
         finally:
             if fh is not None:
@@ -1154,6 +1270,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         }
         if etag is not None:
             common["ETag"] = etag
+        if self._answer_special(info, chosen, names, fh, size, etag, common):
+            return
 
         # conditional requests, in RFC 9110 section 13.2.2 order
         if_match = self.headers.get("If-Match")
@@ -1275,11 +1393,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
         sent = 0
         trickle = chosen.get("trickle")
+        flip = chosen.get("flip_byte")
         try:
             if trickle is not None:
                 tr = trickle[1]
                 assert isinstance(tr, Trickle)
                 sent = self._send_trickle(info.path, fh, start, limit, tr)
+            elif flip is not None and isinstance(flip[1], FlipByte):
+                sent = self._send_flipped(info.path, fh, start, limit, flip[1].position(start, end),
+                                          flip[1].mask)
             else:
                 sent = self._send_body(info.path, fh, start, limit, rate)
         except (ConnectionError, TimeoutError, OSError):
@@ -1316,6 +1438,68 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 break
             sent += done
             self.owner._count(path, done)
+        return sent
+
+    def _answer_special(
+        self,
+        info: RequestInfo,
+        chosen: dict[str, tuple[FaultRule, Fault]],
+        names: tuple[str, ...],
+        fh: IO[bytes],
+        size: int,
+        etag: str | None,
+        common: dict[str, str],
+    ) -> bool:
+        """The faults that replace the whole answer (gzip proxy, absurd part size); True when
+        one did."""
+        gz = chosen.get("gzip_body")
+        if gz is not None and isinstance(gz[1], GzipBody):
+            fh.seek(0)
+            body = gzip.compress(fh.read(), mtime=0)
+            headers = {k: v for k, v in common.items() if k not in ("ETag", "Accept-Ranges")}
+            headers["Content-Encoding"] = "gzip"
+            headers["Vary"] = "Accept-Encoding"
+            if etag is not None and gz[1].etag == "keep":
+                headers["ETag"] = etag
+            elif etag is not None and gz[1].etag == "weak":
+                headers["ETag"] = 'W/"' + etag.strip('"').removeprefix("W/").strip('"') + '"'
+            sent = self._simple(200, body, headers)
+            self.owner._count(info.path, sent)
+            self._record(200, sent, names, "ok")
+            return True
+        claim = chosen.get("part_size_claim")
+        if claim is not None and isinstance(claim[1], PartSizeClaim):
+            n = max(0, min(claim[1].length, size))
+            self.send_response(206)
+            for k, v in common.items():
+                self.send_header(k, v)
+            self.send_header("Content-Range", f"bytes 0-{max(0, n - 1)}/{size}")
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            sent = 0
+            if self.command != "HEAD":
+                sent = self._send_body(info.path, fh, 0, n, None)
+            self._record(206, sent, names, "ok")
+            return True
+        return False
+
+    def _send_flipped(
+        self, path: str, fh: IO[bytes], start: int, count: int, flip_at: int, mask: int
+    ) -> int:
+        """Like :meth:`_send_body`, with the byte at object offset ``flip_at`` XOR ``mask``."""
+        owner = self.owner
+        sent = 0
+        sock = self.connection
+        while sent < count:
+            n = min(CHUNK, count - sent)
+            block = bytearray(os.pread(fh.fileno(), n, start + sent))
+            if not block:
+                break
+            if start + sent <= flip_at < start + sent + len(block):
+                block[flip_at - start - sent] ^= mask
+            sock.sendall(block)
+            sent += len(block)
+            owner._count(path, len(block))
         return sent
 
     def _send_body(self, path: str, fh: IO[bytes], start: int, count: int, rate: int | None) -> int:
