@@ -66,7 +66,7 @@ BLOCK = 1 * MiB
 READ_BLOCK = 256 * 1024
 # Part sizes seen in the wild (aws cli/boto3 8 MiB, s3cmd 15 MiB, the multipart minimum 5 MiB).
 COMMON_PART_SIZES = tuple(m * MiB for m in (8, 16, 5, 15, 32, 64, 100, 128, 10, 50, 256, 512))
-_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_CONTENT_RANGE_RE = re.compile(r"^bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)$")
 _NETWORK_ERRORS = (
     requests.ConnectionError,
     requests.Timeout,

@@ -85,7 +85,7 @@ from .state import Records
 from .state import file_mode as _file_mode
 from .zipend import BadEndRecords, local_end_records
 
-IMAGE_RE = re.compile(r"^ISIC_(\d{7})\.(jpg|dcm)$", re.IGNORECASE)
+IMAGE_RE = re.compile(r"^ISIC_([0-9]{7})\.(jpg|dcm)$", re.IGNORECASE | re.ASCII)
 EXTENSIONS = {"jpeg": "jpg", "dicom": "dcm", "dicom-original": "dcm"}
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".part"
