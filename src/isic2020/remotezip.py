@@ -1742,7 +1742,7 @@ def inspect(
             report.notes.append(f"no {s} archive in format {fmt}")
             continue
         urls = entry.urls(list(mirrors))
-        remote, failures = None, []
+        remote, failures, damaged = None, [], []
         for url in (u for u in urls if not u.startswith("file://")):
             try:
                 remote = open_remote(
@@ -1754,9 +1754,17 @@ def inspect(
                 if isinstance(exc, DiskError):
                     raise
                 failures.append(f"{url}: {exc.message}")
+                if isinstance(exc, VerificationError):
+                    damaged.append(exc.message)
                 if log is not None:
                     log(f"{entry.name}: {exc.message}")
         if remote is None:
+            if failures and len(damaged) == len(failures):  # every host answered: bad data
+                raise VerificationError(
+                    f"{entry.name}: every host serves a damaged archive ({'; '.join(damaged)})",
+                    "the server's archive is damaged or not the official one; try another "
+                    "--mirror",
+                )
             raise DownloadError(
                 f"{entry.name}: no host could serve its directory ({'; '.join(failures)})",
                 "check the network or the mirror",
