@@ -465,6 +465,10 @@ class _Transfer:
         self.chunk = plan_chunk(self.size, opts.connections, opts.chunk_size)
         self.done: list[list[int]] = []  # finished byte intervals, sorted and merged
         self.lock = threading.Lock()
+        # None until the plan is made: the observer's planner may ask for priority before
+        # that (a resumed run has the tail on disk at once); its requests wait in _wanted.
+        self._queue: list[tuple[int, int]] | None = None
+        self._wanted: list[tuple[int, int]] = []
         self.abort = threading.Event()
         self.error: BaseException | None = None
         self.throttle = _Throttle(opts.connections)
@@ -575,7 +579,11 @@ class _Transfer:
                                 self.prioritize)
             first = self.observer.first_offset(self.size)
         pending = self._plan(first)
-        self._queue = list(reversed(pending))  # pop() from the end: lowest offsets first
+        with self.lock:
+            self._queue = list(reversed(pending))  # pop() from the end: lowest offsets first
+            wanted, self._wanted = self._wanted, []
+        for a, b in wanted:
+            self.prioritize(a, b)
         workers = [
             threading.Thread(target=self._worker, name=f"isic2020-dl-{k}", daemon=True)
             for k in range(min(self.opts.connections, len(pending)))
@@ -623,6 +631,9 @@ class _Transfer:
         queued chunks are split at its edges and the inside re-cut finer."""
         step = self._fine_step(end - start)
         with self.lock:
+            if self._queue is None:
+                self._wanted.append((start, end))
+                return
             rest: list[tuple[int, int]] = []
             hit: list[tuple[int, int]] = []
             for a, b in self._queue:
