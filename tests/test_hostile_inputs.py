@@ -28,6 +28,7 @@ import pandas as pd
 import pytest
 from support.cli import CliResult, cli_cmd, cli_env, run_cli
 from support.dataset import add_entry, install
+from support.servers import BadLength
 
 from isic2020.dataset import load_metadata
 from isic2020.errors import VerificationError
@@ -357,3 +358,25 @@ def test_formula_cells_in_the_metadata_are_refused_by_export_and_folds(
     v = run_cli("verify", "--data-dir", str(data), "--split", "train", "--format", "none",
                 env=env)
     assert v.returncode == 1
+
+
+# --------------------------------------------------------------------------------------------
+# F: ASCII digits in headers too
+
+
+def test_content_length_with_a_latin1_digit_is_not_a_length(
+    dataset, served_dir, fault_server, tmp_path
+):
+    """``Content-Length: \u00b2`` (one Latin-1 byte that ``str.isdigit`` accepts) on every
+    answer: it used to end in "internal error ValueError". It is no length: the files still
+    land exactly (read to the connection's close, checked against the manifest), or the run
+    fails cleanly."""
+    _mirror(dataset, served_dir, tmp_path)
+    fault_server.add_fault(BadLength(), times=None)
+    data = tmp_path / "d"
+    r = run_cli("fetch", "--data-dir", str(data), "--mirror", fault_server.url, "--split",
+                "train", "--format", "none", env=cli_env(dataset.manifest_path))
+    assert "internal error" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 0, r.stderr[-3000:]
+    for f in dataset.manifest.metadata("train"):
+        assert (data / "metadata" / f.name).read_bytes() == dataset.path(f.name).read_bytes()

@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 from support.cli import CliResult, cli_cmd, cli_env, run_cli
 from support.servers import (
     BadContentRange,
+    BadLength,
     Fault,
     FaultServer,
     IgnoreRange,
@@ -75,6 +76,7 @@ FAULTS: dict[str, st.SearchStrategy[Fault]] = {
     "slow_down": st.builds(Status.slow_down, retry_after=st.just(0)),
     "ignore_range": st.builds(IgnoreRange),
     "stall": st.builds(Stall, seconds=st.just(30.0), after=st.integers(0, 16 * KiB)),
+    "bad_length": st.builds(BadLength),
 }
 #: Requests a fault may hit (default: any it applies to).
 WHEN: dict[str, Predicate] = {"bad_content_range": ranged, "ignore_range": ranged}

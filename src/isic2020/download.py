@@ -52,7 +52,7 @@ import urllib3
 
 from .errors import DiskError, DownloadError, Interrupted, ObjectChanged, VerificationError
 from .hashing import etag_kind, multipart_count, normalize_etag
-from .http import Timeouts, make_session
+from .http import Timeouts, header_int, make_session
 from .state import atomic_write_json, read_json
 
 MiB = 1 << 20
@@ -928,7 +928,7 @@ class Downloader:
             raise _HostFailed(f"HTTP {resp.status_code}")
 
     def _remote_from(self, url: str, resp: requests.Response, length: str | None) -> RemoteObject:
-        size = int(length) if length and length.isdigit() else None
+        size = header_int(length)
         remote = RemoteObject(
             url=url,
             size=size,
@@ -948,7 +948,7 @@ class Downloader:
                 remote.url + sep + "partNumber=1", timeout=self.opts.timeouts.as_tuple()
             )
             length = resp.headers.get("Content-Length", "")
-            if resp.status_code in (200, 206) and length.isdigit():
+            if resp.status_code in (200, 206) and header_int(length) is not None:
                 p = int(length)
                 if p > 0 and math.ceil(remote.size / p) == n and (n > 1 or p == remote.size):
                     remote.part_size, remote.part_size_source = p, "server"
@@ -1166,7 +1166,7 @@ class Downloader:
                         raise _disk_error(partial, exc) from None
                     with fh:
                         if bar is not None:
-                            bar.reset(total=int(length) if length and length.isdigit() else None)
+                            bar.reset(total=header_int(length))
                         while True:
                             block = resp.raw.read(BLOCK, decode_content=False)
                             if not block:
@@ -1188,7 +1188,7 @@ class Downloader:
                             os.fsync(fh.fileno())
                         except OSError as exc:
                             raise _disk_error(partial, exc) from None
-                    if length and length.isdigit() and written != int(length):
+                    if header_int(length) not in (None, written):
                         raise _Retryable("connection closed before the body was complete")
                     if expected_size is not None and written != expected_size:
                         raise _HostFailed(
