@@ -27,6 +27,7 @@ from .metadata import (
     GROUND_TRUTH_COLUMNS,
     TEST_COLUMNS_KAGGLE,
     bad_image_names,
+    check_values,
     read_metadata_csv,
 )
 
@@ -170,6 +171,7 @@ def read_train(path: Path, role: str) -> pd.DataFrame:
             "lesion_id": df["lesion_id"].astype("string"),
         }
     )
+    check_values(df, path)  # after the checks with their own words (target, ages)
     return out.reset_index(drop=True)
 
 
@@ -190,6 +192,7 @@ def read_test(path: Path) -> pd.DataFrame:
             ),
         }
     )
+    check_values(df, path)  # after the checks with their own words (target, ages)
     return out.reset_index(drop=True)
 
 
@@ -198,6 +201,7 @@ def read_duplicates(path: Path, known: pd.Series | None = None) -> pd.DataFrame:
     import pandas as pd
 
     df = read_metadata_csv(path, "duplicates")
+    check_values(df, path)
     for col in ("image_name_1", "image_name_2"):
         bad = bad_image_names(df[col])
         if bad:

@@ -71,7 +71,7 @@ from .hashing import (
     part_size_candidates,
     pin_note,
 )
-from .http import RedirectRefused, Timeouts, make_session
+from .http import RedirectRefused, Timeouts, header_int, make_session
 from .plausible import encoding_problem
 from .repair import ContentCheck, RepairFailed, repair
 from .speed import SpeedGuard, TooSlow, read_block
@@ -87,7 +87,7 @@ BLOCK = 1 * MiB
 #: (http.client's buffer and the block, per connection) for no measurable gain in throughput.
 READ_BLOCK = 256 * 1024
 _TRUNCATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC  # partial files, opened with open_nofollow
-_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_CONTENT_RANGE_RE = re.compile(r"^bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)$")
 _NETWORK_ERRORS = (
     requests.ConnectionError,
     requests.Timeout,
@@ -1018,7 +1018,7 @@ class Downloader:
             raise _HostFailed(f"HTTP {resp.status_code}")
 
     def _remote_from(self, url: str, resp: requests.Response, length: str | None) -> RemoteObject:
-        size = int(length) if length and length.isdigit() else None
+        size = header_int(length)
         remote = RemoteObject(
             url=url,
             size=size,
@@ -1045,7 +1045,7 @@ class Downloader:
                 remote.url + sep + "partNumber=1", timeout=self.opts.timeouts.as_tuple()
             )
             length = resp.headers.get("Content-Length", "")
-            if resp.status_code in (200, 206) and length.isdigit():
+            if resp.status_code in (200, 206) and header_int(length) is not None:
                 p = int(length)
                 if p > 0 and math.ceil(remote.size / p) == n and (n > 1 or p == remote.size):
                     remote.part_size, remote.part_size_source = p, "server"
@@ -1405,7 +1405,7 @@ class Downloader:
                         raise _disk_error(partial, exc) from None
                     with fh:
                         if bar is not None:
-                            bar.reset(total=int(length) if length and length.isdigit() else None)
+                            bar.reset(total=header_int(length))
                         while True:
                             block = read_block(resp.raw, BLOCK, guard)
                             if not block:
@@ -1433,7 +1433,7 @@ class Downloader:
                             os.fsync(fh.fileno())
                         except OSError as exc:
                             raise _disk_error(partial, exc) from None
-                    if length and length.isdigit() and written != int(length):
+                    if header_int(length) not in (None, written):
                         raise _Retryable("connection closed before the body was complete")
                     if expected_size is not None and written != expected_size:
                         raise _HostFailed(

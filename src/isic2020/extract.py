@@ -83,8 +83,9 @@ from .lock import data_dir_lock
 from .manifest import FileEntry, expand_split, load_manifest
 from .state import Records
 from .state import file_mode as _file_mode
+from .zipend import BadEndRecords, local_end_records
 
-IMAGE_RE = re.compile(r"^ISIC_(\d{7})\.(jpg|dcm)$", re.IGNORECASE)
+IMAGE_RE = re.compile(r"^ISIC_([0-9]{7})\.(jpg|dcm)$", re.IGNORECASE | re.ASCII)
 EXTENSIONS = {"jpeg": "jpg", "dicom": "dcm", "dicom-original": "dcm"}
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".part"
@@ -233,6 +234,25 @@ def unsafe_reason(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
+def plan_archive(path: Path, entry: FileEntry) -> Plan:
+    """:func:`_plan` of the landed archive at ``path``. Its end records are checked first
+    (``zipend``: ``zipfile`` sizes its read of the directory from them, unchecked), so a
+    claim of a huge directory or one outside the file is refused in one line, exit 1."""
+    hint = f"delete {path} and run `isic2020 fetch` again"
+    try:
+        with open(path, "rb") as fh:
+            local_end_records(fh.fileno())
+            with zipfile.ZipFile(fh) as zf:
+                return _plan(zf, entry.name, entry.format, os.fstat(fh.fileno()).st_size)
+    except BadEndRecords as exc:
+        raise VerificationError(f"{entry.name} is not a readable zip: {exc}", hint) from None
+    except (zipfile.BadZipFile, OSError, NotImplementedError, EOFError, struct.error) as exc:
+        # NotImplementedError: zipfile refuses an entry's "version needed to extract"
+        raise VerificationError(
+            f"{entry.name} is not a readable zip: {type(exc).__name__}: {exc}", hint
+        ) from None
+
+
 def _plan(
     zf: zipfile.ZipFile, archive: str, fmt: str, archive_size: int
 ) -> tuple[list[_Member], list[str], list[str], int]:
@@ -249,6 +269,15 @@ def _plan(
             raise VerificationError(
                 f"{archive}: refusing to extract: entry {info.filename!r} is unsafe ({why}); "
                 "nothing was written",
+                hint,
+            )
+        if info.header_offset < 0 or (
+            info.header_offset + _LOCAL_HEADER.size + info.compress_size > zf.start_dir
+        ):
+            raise VerificationError(
+                f"{archive}: entry {info.filename!r} points outside the archive's data "
+                f"(offset {info.header_offset}, {info.compress_size} bytes; the directory "
+                f"starts at {zf.start_dir}); nothing was written",
                 hint,
             )
         if info.is_dir():
@@ -320,6 +349,16 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
+def _read_at(zfd: int, n: int, offset: int) -> bytes:
+    """``pread`` of the archive. A failure to *read* it (EINVAL for an offset no file has,
+    EIO) is the archive's problem, not the destination disk's: it must not be reported as
+    "cannot write ..., fix permissions"."""
+    try:
+        return os.pread(zfd, n, offset)
+    except OSError as exc:
+        raise _Damaged(f"cannot read the archive at byte {offset}: {exc.strerror or exc}") from None
+
+
 def _member_data(zfd: int, info: zipfile.ZipInfo) -> tuple[int, bytes]:
     """The offset of the member's data (after the local header), and the first bytes read:
     the header and, for a member up to ``SMALL_MEMBER`` compressed bytes, all of its data
@@ -328,7 +367,7 @@ def _member_data(zfd: int, info: zipfile.ZipInfo) -> tuple[int, bytes]:
     guess = 30 + len(name.encode("utf-8")) + 64
     small = info.compress_size <= SMALL_MEMBER and info.file_size <= SMALL_MEMBER
     want = guess + info.compress_size if small else guess
-    buf = os.pread(zfd, want, info.header_offset)
+    buf = _read_at(zfd, want, info.header_offset)
     if len(buf) < 30:
         raise _Damaged("truncated local header")
     h = _LOCAL_HEADER.unpack_from(buf)
@@ -337,7 +376,7 @@ def _member_data(zfd: int, info: zipfile.ZipInfo) -> tuple[int, bytes]:
     nlen, xlen = h[10], h[11]
     raw_name = buf[30 : 30 + nlen]
     if len(raw_name) < nlen:
-        raw_name = os.pread(zfd, nlen, info.header_offset + 30)
+        raw_name = _read_at(zfd, nlen, info.header_offset + 30)
     local = raw_name.decode("utf-8" if h[3] & 0x800 else "cp437", "replace")
     if local != name:
         raise _Damaged(f"local header names {local!r}")
@@ -451,7 +490,7 @@ def _copy_raw(zfd: int, info: zipfile.ZipInfo, fd: int) -> int:
     while left > 0:
         if _stop_requested:
             raise _Stop()
-        raw_b = os.pread(zfd, min(BUFFER, left), pos)
+        raw_b = _read_at(zfd, min(BUFFER, left), pos)
         if not raw_b:
             raise _Damaged("archive ends inside the member")
         pos += len(raw_b)
@@ -905,15 +944,7 @@ def extract_archive(
         records.drop_extracted(entry.name)
 
     if plan is None:
-        try:
-            zf = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise VerificationError(
-                f"{entry.name} is not a readable zip: {exc}",
-                f"delete {path} and run `isic2020 fetch` again",
-            ) from None
-        with zf:
-            plan = _plan(zf, entry.name, entry.format, st.st_size)
+        plan = plan_archive(path, entry)
     members, non_images, duplicates, directories = plan
     result.images = len(members)
     result.non_images = non_images

@@ -75,3 +75,12 @@ def _refuse_downgrade(resp: requests.Response, *args: object, **kwargs: object) 
         raise RedirectRefused(f"refused a redirect to {scheme or 'an invalid'}:// ({target[:100]})")
     if resp.url.startswith("https://") and scheme != "https":
         raise RedirectRefused(f"refused a redirect from https:// to {scheme}:// ({target[:100]})")
+
+
+def header_int(value: str | None) -> int | None:
+    """A header's non-negative integer (``Content-Length``), or None. ASCII digits only:
+    headers arrive as Latin-1, where ``str.isdigit`` accepts ``'\u00b2'`` (superscript two)
+    and ``int`` then raises."""
+    if value and value.isascii() and value.isdigit():
+        return int(value)
+    return None

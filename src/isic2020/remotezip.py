@@ -17,7 +17,9 @@ How, and the failure each step is there for:
   ``download.py`` does for whole files.
 * **The end records.** One ranged GET of the tail (64 KiB + the fixed records: room for the
   longest zip comment) finds the end-of-central-directory record; when a field is saturated
-  (0xFFFF / 0xFFFFFFFF) the ZIP64 locator and ZIP64 end record give the real values. The rest
+  (0xFFFF / 0xFFFFFFFF) the ZIP64 locator and ZIP64 end record give the real values. The
+  claim is checked (``zipend``: at most ``MAX_CD_BYTES``, entries that fit, a directory that
+  ends where the end records begin) before any buffer is sized from it. The rest
   of the CD (bytes already in the tail are not asked for twice) is read in one piece per
   connection (at least ``CD_MIN_PIECE``), all at once, each on its own connection: a server
   that caps each stream (S3; nginx's ``limit_rate`` in benchmark row 8) served the 2.3 MB
@@ -114,13 +116,11 @@ from .extract import (
 from .fsutil import atomic_write, open_nofollow, remove_file
 from .hashing import normalize_etag
 from .http import Timeouts, make_session
+from .zipend import TAIL_BYTES, BadEndRecords, end_records
 
 KiB = 1 << 10
 MiB = 1 << 20
 BLOCK = 1 * MiB
-#: Tail read first: the longest zip comment (65535) + EOCD (22) + ZIP64 locator (20) + ZIP64 EOCD
-#: (56). One request finds the end records of any zip, a few KB more than the minimum.
-TAIL_BYTES = 65535 + 22 + 20 + 56
 #: The directory is read in pieces of at least this much over parallel connections.
 CD_MIN_PIECE = 256 * KiB
 DEFAULT_MAX_GAP = 64 * KiB
@@ -138,11 +138,6 @@ CACHE_VERSION = 1
 CACHE_BATCH = 1024
 
 _EOCD = struct.Struct("<4s4H2LH")
-_EOCD_SIG = b"PK\x05\x06"
-_LOC64 = struct.Struct("<4sLQL")
-_LOC64_SIG = b"PK\x06\x07"
-_EOCD64 = struct.Struct("<4sQ2H2L4Q")
-_EOCD64_SIG = b"PK\x06\x06"
 _CDH = struct.Struct("<4s4B4HL2L5H2L")
 _CDH_SIG = b"PK\x01\x02"
 _LFH = struct.Struct("<4s2B4HL2L2H")
@@ -400,9 +395,7 @@ def _read_cd(
     tail_start = max(0, size - TAIL_BYTES)
     tail = client.read(session, tail_start, size)
     cd_offset, cd_size, count = _end_records(name, tail, tail_start, size, client, session)
-    if cd_offset + cd_size > size or cd_offset < 0:
-        raise _damaged(name, f"central directory {cd_offset}+{cd_size} lies outside the file")
-    cd = bytearray(cd_size)
+    cd = bytearray(cd_size)  # at most zipend.MAX_CD_BYTES
     cd_end = cd_offset + cd_size
     head_end = min(cd_end, tail_start)  # the part the tail does not hold
     if cd_offset < head_end:
@@ -494,39 +487,13 @@ def _end_records(
     client: RangeClient,
     session: requests.Session,
 ) -> tuple[int, int, int]:
-    """``(cd_offset, cd_size, entries)`` from the EOCD (and the ZIP64 records when needed)."""
-    at = len(tail)
-    while True:
-        at = tail.rfind(_EOCD_SIG, 0, at)
-        if at < 0:
-            raise _damaged(name, "no end-of-central-directory record: not a zip file")
-        (_, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, comment_len) = _EOCD.unpack_from(
-            tail, at
-        )
-        if at + _EOCD.size + comment_len == len(tail):
-            break  # a signature inside the comment would not end exactly at the file's end
-    if disk not in (0, _U16) or cd_disk not in (0, _U16) or n_disk != n_total:
-        raise _damaged(name, "multi-disk (split) zips are not supported")
-    if n_total != _U16 and _U32 not in (cd_size, cd_offset):
-        return cd_offset, cd_size, n_total
-    loc = at - _LOC64.size
-    if loc < 0 or tail[loc : loc + 4] != _LOC64_SIG:
-        raise _damaged(name, "ZIP64 fields without a ZIP64 locator")
-    _, _, eocd64_offset, n_disks = _LOC64.unpack_from(tail, loc)
-    if n_disks > 1:
-        raise _damaged(name, "multi-disk (split) zips are not supported")
-    if eocd64_offset + _EOCD64.size > size:
-        raise _damaged(name, "the ZIP64 end record lies outside the file")
-    if eocd64_offset >= tail_start:
-        rec = tail[eocd64_offset - tail_start : eocd64_offset - tail_start + _EOCD64.size]
-    else:
-        rec = client.read(session, eocd64_offset, eocd64_offset + _EOCD64.size)
-    (sig, _, _, _, _, _, n_disk64, n_total64, cd_size64, cd_offset64) = _EOCD64.unpack(rec)
-    if sig != _EOCD64_SIG:
-        raise _damaged(name, "bad ZIP64 end-of-central-directory signature")
-    if n_disk64 != n_total64:
-        raise _damaged(name, "multi-disk (split) zips are not supported")
-    return cd_offset64, cd_size64, n_total64
+    """``(cd_offset, cd_size, entries)``, checked by :func:`zipend.end_records` (bounded size,
+    entries that fit, a directory that ends where the end records begin)."""
+    try:
+        d = end_records(tail, tail_start, size, lambda a, b: client.read(session, a, b))
+    except BadEndRecords as exc:
+        raise _damaged(name, str(exc)) from None
+    return d.offset, d.size, d.entries
 
 
 def parse_central_directory(
@@ -1775,7 +1742,7 @@ def inspect(
             report.notes.append(f"no {s} archive in format {fmt}")
             continue
         urls = entry.urls(list(mirrors))
-        remote, failures = None, []
+        remote, failures, damaged = None, [], []
         for url in (u for u in urls if not u.startswith("file://")):
             try:
                 remote = open_remote(
@@ -1787,9 +1754,17 @@ def inspect(
                 if isinstance(exc, DiskError):
                     raise
                 failures.append(f"{url}: {exc.message}")
+                if isinstance(exc, VerificationError):
+                    damaged.append(exc.message)
                 if log is not None:
                     log(f"{entry.name}: {exc.message}")
         if remote is None:
+            if failures and len(damaged) == len(failures):  # every host answered: bad data
+                raise VerificationError(
+                    f"{entry.name}: every host serves a damaged archive ({'; '.join(damaged)})",
+                    "the server's archive is damaged or not the official one; try another "
+                    "--mirror",
+                )
             raise DownloadError(
                 f"{entry.name}: no host could serve its directory ({'; '.join(failures)})",
                 "check the network or the mirror",

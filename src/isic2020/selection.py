@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # imported where used: `fetch --direct` imports this module, 
 from .errors import UsageError
 from .state import atomic_write_json, read_json
 
-_NAME_RE = re.compile(r"^ISIC_\d{7}$")
+_NAME_RE = re.compile(r"^ISIC_[0-9]{7}$")
 _SUFFIX_RE = re.compile(r"\.(jpe?g|dcm)$", re.IGNORECASE)
 SELECTION_VERSION = 1
 SHOW = 5

@@ -55,7 +55,12 @@ from .hashing import file_digests
 from .layout import Layout
 from .lock import data_dir_lock
 from .manifest import FORMAT_CHOICES, FileEntry, Manifest, expand_split, load_manifest
-from .metadata import GROUND_TRUTH_COLUMNS, bad_image_names, read_metadata_csv
+from .metadata import (
+    GROUND_TRUTH_COLUMNS,
+    bad_image_names,
+    read_metadata_csv,
+    value_problems,
+)
 from .plausible import content_problem
 from .state import Records
 
@@ -66,7 +71,6 @@ SHOW = 5  # names shown per problem list in the text summary
 DEEP_WORKERS = 2
 PROCESS_THRESHOLD = 2000  # below this, starting processes costs more than it saves
 MAP_BATCH = 256  # paths per task of the deep-verify thread pool
-_PATIENT_RE = r"IP_\d{7}"
 
 
 @dataclass
@@ -155,37 +159,6 @@ class VerifyReport:
 # Metadata
 
 
-def _values_problems(df: pd.DataFrame, role: str) -> list[str]:
-    """Malformed values (blanks are allowed where the real files have them)."""
-    import pandas as pd
-
-    out: list[str] = []
-
-    def bad(col: str, ok: pd.Series, what: str) -> None:
-        vals = df.loc[~ok.fillna(False), ["image_name", col]]
-        for name, v in vals.head(50).itertuples(index=False):
-            out.append(f"{name}: {col} {v!r} is not {what}")
-
-    if "patient_id" in df:
-        bad("patient_id", df["patient_id"].fillna("").str.fullmatch(_PATIENT_RE), "IP_ + 7 digits")
-    # lesion_id is not checked for form: the official v2 file has ``0`` for ISIC_3746471.
-    if "sex" in df:
-        bad("sex", df["sex"].isna() | df["sex"].isin(["male", "female"]), "male/female/blank")
-    if "age_approx" in df:
-        ages = pd.to_numeric(df["age_approx"], errors="coerce")
-        bad("age_approx", df["age_approx"].isna() | ages.between(0, 120), "an age")
-    if "target" in df:
-        consistent = ((df["target"] == "1") & (df["benign_malignant"] == "malignant")) | (
-            (df["target"] == "0") & (df["benign_malignant"] == "benign")
-        )
-        bad("target", consistent, "consistent with benign_malignant")
-    if "diagnosis" in df and "target" in df:
-        # In the official files melanoma and target 1 coincide exactly (584 rows).
-        bad("diagnosis", (df["diagnosis"] == "melanoma") == (df["target"] == "1"),
-            "consistent with target")
-    return out
-
-
 def _check_csv(layout: Layout, entry: FileEntry) -> tuple[Check, pd.DataFrame | None]:
     import pandas as pd
 
@@ -207,7 +180,7 @@ def _check_csv(layout: Layout, entry: FileEntry) -> tuple[Check, pd.DataFrame | 
         problems += [f"image name {n} appears more than once" for n in dup[:50]]
     else:
         df = df.assign(image_name=df["image_name_1"])
-    problems += _values_problems(df, entry.role or "")
+    problems += value_problems(df)
     figures: dict[str, Any] = {"rows": len(df), "expected_rows": entry.rows}
     if entry.role != "duplicates":
         figures["duplicated_names"] = len(dup)
@@ -343,7 +316,7 @@ def _scan(folder: Path, ext: str) -> tuple[set[str], list[str], list[str]]:
     images: set[str] = set()
     other: list[str] = []
     temps: list[str] = []
-    pat = re.compile(r"^(ISIC_\d{7})\." + ext + "$")
+    pat = re.compile(r"^(ISIC_[0-9]{7})\." + ext + "$")
     try:
         with os.scandir(folder) as it:
             for e in it:
@@ -454,7 +427,7 @@ def _dicom_vs_csv(name: str, fields: dict[str, str], row: dict[str, Any] | None)
         if fields["PatientSex"].upper() != want:
             out.append(f"{name}: PatientSex {fields['PatientSex']} but CSV sex {sex}")
     if "PatientAge" in fields and age:
-        m = re.fullmatch(r"(\d{1,3})Y?", fields["PatientAge"].upper())
+        m = re.fullmatch(r"([0-9]{1,3})Y?", fields["PatientAge"].upper())
         try:
             same = m is not None and int(m.group(1)) == int(float(age))
         except ValueError:

@@ -517,6 +517,19 @@ class RewriteEtag(Fault):
 
 
 @dataclass
+class BadLength(Fault):
+    """Send ``value`` as the ``Content-Length`` of a normal answer (the body is the real one,
+    and the connection closes after it). ``"\u00b2"`` (superscript two, one Latin-1 byte) is
+    what ``str.isdigit`` accepts and ``int`` refuses."""
+
+    value: str = "\u00b2"
+    kind: str = field(default="bad_length", init=False)
+
+    def applies(self, req: RequestInfo) -> bool:
+        return req.method in ("GET", "HEAD")
+
+
+@dataclass
 class FaultRule:
     """A fault installed on a server: where, how often, for which requests; and its history.
 
@@ -1358,7 +1371,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(k, v)
         if code == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.send_header("Content-Length", str(length))
+        bad_length = chosen.get("bad_length")
+        if bad_length is not None:
+            assert isinstance(bad_length[1], BadLength)
+            self.send_header("Content-Length", bad_length[1].value)
+            self.close_connection = True  # the client reads the body to the close
+        else:
+            self.send_header("Content-Length", str(length))
         self.end_headers()
         if self.command == "HEAD":
             self._record(code, 0, names, "ok")
