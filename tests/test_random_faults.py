@@ -1,7 +1,9 @@
 """Random faults and kills against the real CLI (hypothesis; issue 11, "What must show").
 
 The promise: whatever a mirror does wrong (resets, short bodies, wrong ``Content-Range``,
-500/503, ranges ignored, stalls, the object replaced) and wherever the command is killed
+500/503, ranges ignored, stalls, trickles, flipped bytes, captive HTML pages, gzip bodies,
+redirect loops and redirects to ``file://``, weak or unquoted ETags, a bad ``Content-Length``,
+no ``?partNumber=``, the object replaced) and wherever the command is killed
 (SIGKILL, or SIGTERM/SIGINT: then exit 130 and no traceback) after some bytes arrived, every
 run ends with the exact bytes at every final path or with a clean exit 1/3 and one error
 line, and nothing at a final path is ever anything but exact. A final run against the
@@ -37,15 +39,22 @@ from support.cli import CliResult, cli_cmd, cli_env, run_cli
 from support.servers import (
     BadContentRange,
     BadLength,
+    CaptivePortal,
     Fault,
     FaultServer,
+    FlipByte,
+    GzipBody,
     IgnoreRange,
+    NoPartNumber,
     Predicate,
+    Redirect,
     ReplaceObject,
     Reset,
+    RewriteEtag,
     ShortBody,
     Stall,
     Status,
+    Trickle,
     ranged,
 )
 
@@ -61,11 +70,12 @@ KiB = 1024
 RUN_TIMEOUT = 90  # per CLI run: the total budget is bounded by runs x this
 #: Fast giving up (a fault that persists ends a run in seconds) and a read timeout small
 #: enough that a stall costs a second.
-ENV = {"ISIC2020_RETRY_WINDOW": "3", "ISIC2020_READ_TIMEOUT": "1"}
+ENV = {"ISIC2020_RETRY_WINDOW": "3", "ISIC2020_READ_TIMEOUT": "1",
+       # and a lowest-speed window short enough that a trickle costs two seconds
+       "ISIC2020_LOWEST_SPEED": "1K", "ISIC2020_SPEED_TIME": "2"}
 
 # --------------------------------------------------------------------------------------------
-# The faults: one line each. Other branches add Flip, CaptiveHtml, Trickle, RedirectLoop
-# here (and, if they must only hit some requests, a predicate in WHEN).
+# The faults: one line each (and, if they must only hit some requests, a predicate in WHEN).
 
 FAULTS: dict[str, st.SearchStrategy[Fault]] = {
     "reset": st.builds(Reset, after=st.integers(0, 64 * KiB), seed=st.integers(0, 9)),
@@ -77,6 +87,15 @@ FAULTS: dict[str, st.SearchStrategy[Fault]] = {
     "ignore_range": st.builds(IgnoreRange),
     "stall": st.builds(Stall, seconds=st.just(30.0), after=st.integers(0, 16 * KiB)),
     "bad_length": st.builds(BadLength),
+    "flip_byte": st.builds(FlipByte, mask=st.sampled_from([0x01, 0x80, 0xFF])),
+    "captive_portal": st.builds(CaptivePortal, etag=st.booleans()),
+    "gzip_body": st.builds(GzipBody, etag=st.sampled_from(["weak", "keep", "none"])),
+    "trickle": st.builds(Trickle, nbytes=st.just(1), every=st.just(0.5),
+                         after=st.integers(0, 16 * KiB)),
+    "redirect_loop": st.builds(Redirect),
+    "redirect_to_file": st.builds(Redirect, to=st.just("file:///etc/passwd")),
+    "weak_or_unquoted_etag": st.builds(RewriteEtag, style=st.sampled_from(["weak", "unquoted"])),
+    "no_part_number": st.builds(NoPartNumber),
 }
 #: Requests a fault may hit (default: any it applies to).
 WHEN: dict[str, Predicate] = {"bad_content_range": ranged, "ignore_range": ranged}
