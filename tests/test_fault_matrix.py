@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import fcntl
 import http.server
-import ipaddress
 import os
 import shutil
 import socket
@@ -30,13 +28,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from support.cli import cli_cmd, cli_env, run_cli
 from support.dataset import flip_byte
 from support.fs import small_filesystem
+from support.netpeers import self_signed_certificate
 from support.servers import (
     ExtraHeaders,
     FaultServer,
@@ -450,34 +445,11 @@ def test_tls_certificates_are_verified_and_there_is_no_switch_to_turn_it_off():
     assert not offences, [str(o) for o in offences]
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(
-            ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 @contextlib.contextmanager
 def _https_server(tmp_path: Path, root: Path, redirect_to: str | None = None):
     """A TLS static server on 127.0.0.1 serving ``root`` at PREFIX, or answering every request
     with a 301 to ``redirect_to`` + the file name (an https -> http downgrade)."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_certificate(tmp_path)
     requests_seen: list[str] = []
 
     class Handler(http.server.SimpleHTTPRequestHandler):
