@@ -1,4 +1,4 @@
-"""Every file isic2020 writes whole is written one way (``isic2020.fsutil.atomic_file``).
+"""Every file isic2020 writes whole is written one way (``isic2020.store.fsutil.atomic_file``).
 
 What a user depends on: the files follow the umask like any other program's (a lab sharing
 ``folds.csv`` or an export under ``umask 002`` gets group-readable files, not 0600), none is

@@ -11,7 +11,7 @@ import pytest
 from support.cli import run_cli
 from support.metadata import make_synthetic
 
-from isic2020 import __version__
+from isic2020.version import __version__
 
 ENVELOPE = ("command", "ok", "exit_code", "isic2020_version", "schema")
 

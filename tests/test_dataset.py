@@ -13,7 +13,7 @@ from support.metadata import (
     make_synthetic,
 )
 
-from isic2020.dataset import ImagesMissingWarning, load_metadata
+from isic2020.catalog.tables import ImagesMissingWarning, load_metadata
 from isic2020.errors import UsageError, VerificationError
 
 # ---------------------------------------------------------------- synthetic metadata
@@ -174,8 +174,9 @@ def test_importing_the_package_and_cli_does_not_import_pandas() -> None:
     import sys
 
     code = (
-        "import sys, isic2020, isic2020.cli, isic2020.export, isic2020.verify, "
-        "isic2020.dataset, isic2020.metadata, isic2020.extract, isic2020.fetch; "
+        "import sys, isic2020, isic2020.cli, isic2020.commands.export, isic2020.checks.verify, "
+        "isic2020.catalog.tables, isic2020.catalog.metadata, isic2020.archive.local, "
+        "isic2020.commands.fetch; "
         "print(sorted(m for m in ('pandas', 'numpy', 'PIL', 'pydicom') if m in sys.modules))"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -27,9 +27,9 @@ from support.servers import (
     unresolvable_url,
 )
 
-from isic2020.download import Downloader, DownloadOptions, RetryPolicy
 from isic2020.errors import DownloadError, VerificationError
-from isic2020.http import Timeouts
+from isic2020.transfer.engine import Downloader, DownloadOptions, RetryPolicy
+from isic2020.transfer.http import Timeouts
 
 KiB = 1024
 MiB = 1024 * KiB

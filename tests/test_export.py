@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from support.metadata import KAGGLE_TEST, make_real_data_dir, make_synthetic, real_csv, run_cli
 
+from isic2020.commands.export import MARKER, export
 from isic2020.errors import UsageError
-from isic2020.export import MARKER, export
 
 # the module, not the function of the same name that isic2020/__init__ may export
-export_mod = importlib.import_module("isic2020.export")
+export_mod = importlib.import_module("isic2020.commands.export")
 
 
 def test_kaggle_layout_hard_links(tmp_path: Path) -> None:

@@ -23,8 +23,8 @@ from support.cli import cli_cmd, cli_env, run_cli
 from support.fs import read_only_dir, small_filesystem
 from support.servers import FaultServer, Throttle, free_port, refused_url
 
-from isic2020.manifest import load_manifest, manifest_to_toml
-from isic2020.state import read_json
+from isic2020.catalog.manifest import load_manifest, manifest_to_toml
+from isic2020.store.records import read_json
 from isic2020.synthetic import build_dataset
 
 PREFIX = "/challenges/2020/"

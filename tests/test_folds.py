@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.metadata import make_real_data_dir, make_synthetic, run_cli
 
-from isic2020.dataset import load_train_tables
-from isic2020.errors import UsageError
-from isic2020.folds import (
+from isic2020.catalog.manifest import load_manifest
+from isic2020.catalog.tables import load_train_tables
+from isic2020.commands.folds import (
     MALIGNANT_BUCKETS,
     SIZE_BINS,
     _quantile_bins,
@@ -22,8 +22,8 @@ from isic2020.folds import (
     make_folds,
     patient_groups,
 )
-from isic2020.layout import Layout
-from isic2020.manifest import load_manifest
+from isic2020.errors import UsageError
+from isic2020.store.layout import Layout
 
 
 def _tables(root: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:

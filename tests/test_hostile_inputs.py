@@ -30,9 +30,9 @@ from support.cli import CliResult, cli_cmd, cli_env, run_cli
 from support.dataset import add_entry, install
 from support.servers import BadLength
 
-from isic2020.dataset import load_metadata
+from isic2020.catalog.manifest import load_manifest, manifest_to_toml
+from isic2020.catalog.tables import load_metadata
 from isic2020.errors import VerificationError
-from isic2020.manifest import load_manifest, manifest_to_toml
 from isic2020.synthetic import build_dataset
 
 TRAIN = "ISIC_2020_Training_JPEG.zip"
@@ -193,7 +193,7 @@ def test_extract_refuses_an_absurd_directory_claim_with_flat_memory(dataset, tmp
 def test_zip64_locator_cannot_hide_the_record_zipfile_reads(tmp_path):
     """``zipfile`` reads the ZIP64 end record just before the locator, whatever the locator
     says: a locator pointing at a harmless record elsewhere is refused, not trusted."""
-    from isic2020 import zipend  # new in issue 11 (imported here: the rest runs without it)
+    from isic2020.archive import zipformat as zipend
 
     path = tmp_path / "x.zip"
     buf = io.BytesIO()

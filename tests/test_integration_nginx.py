@@ -25,7 +25,7 @@ import requests
 from support.cli import cli_cmd, cli_env, run_cli
 from support.servers import most_at_once
 
-from isic2020.manifest import load_manifest, manifest_to_toml
+from isic2020.catalog.manifest import load_manifest, manifest_to_toml
 from isic2020.synthetic import build_dataset
 
 pytestmark = pytest.mark.nginx

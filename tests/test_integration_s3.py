@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from support.cli import cli_env, run_cli
 
-from isic2020.download import COMMON_PART_SIZES, Downloader, DownloadOptions, RetryPolicy
+from isic2020.catalog.manifest import load_manifest, manifest_to_toml
 from isic2020.errors import VerificationError
-from isic2020.http import Timeouts
-from isic2020.manifest import load_manifest, manifest_to_toml
 from isic2020.synthetic import build_dataset
+from isic2020.transfer.engine import COMMON_PART_SIZES, Downloader, DownloadOptions, RetryPolicy
+from isic2020.transfer.http import Timeouts
 
 pytestmark = pytest.mark.s3
 

@@ -36,8 +36,8 @@ from support.servers import (
     multipart_etag_of,
 )
 
-from isic2020.manifest import load_manifest, manifest_to_toml
-from isic2020.state import FileRecord, Records, read_json
+from isic2020.catalog.manifest import load_manifest, manifest_to_toml
+from isic2020.store.records import FileRecord, Records, read_json
 from isic2020.synthetic import build_dataset
 
 PREFIX = "/challenges/2020/"
@@ -471,7 +471,7 @@ def _copies(tmp_path: Path, size: int, damage_a: list[int], damage_b: list[int])
 def test_repair_combines_the_good_chunks_of_two_damaged_copies(tmp_path):
     """Copy one is damaged in one chunk, copy two in another: neither is right alone; the
     combination that reproduces the sha256 is found and only that chunk is taken."""
-    from isic2020.repair import CHUNK, ContentCheck, repair
+    from isic2020.transfer.repair import CHUNK, ContentCheck, repair
 
     size = 10 * CHUNK + 777
     good, pa, pb = _copies(tmp_path, size, [3 * CHUNK + 5], [7 * CHUNK + 9])
@@ -482,7 +482,7 @@ def test_repair_combines_the_good_chunks_of_two_damaged_copies(tmp_path):
 
 
 def test_repair_of_a_multipart_etag_tries_every_candidate_part_size(tmp_path):
-    from isic2020.repair import ContentCheck, repair
+    from isic2020.transfer.repair import ContentCheck, repair
 
     size = 3 * MiB + 5
     good, pa, pb = _copies(tmp_path, size, [2 * MiB], [])
@@ -499,7 +499,7 @@ def test_repair_of_a_multipart_etag_tries_every_candidate_part_size(tmp_path):
     ],
 )
 def test_repair_says_why_when_no_combination_matches(tmp_path, damage_a, damage_b, why):
-    from isic2020.repair import ContentCheck, RepairFailed, repair
+    from isic2020.transfer.repair import ContentCheck, RepairFailed, repair
 
     good, pa, pb = _copies(tmp_path, MiB, damage_a, damage_b)
     before = pa.read_bytes()
@@ -509,7 +509,7 @@ def test_repair_says_why_when_no_combination_matches(tmp_path, damage_a, damage_
 
 
 def test_repair_refuses_copies_that_differ_in_too_many_places(tmp_path):
-    from isic2020.repair import CHUNK, MAX_DIFFERING, ContentCheck, RepairFailed, repair
+    from isic2020.transfer.repair import CHUNK, MAX_DIFFERING, ContentCheck, RepairFailed, repair
 
     n = MAX_DIFFERING + 1
     good, pa, pb = _copies(tmp_path, n * CHUNK, [i * CHUNK for i in range(n)], [])
@@ -518,7 +518,7 @@ def test_repair_refuses_copies_that_differ_in_too_many_places(tmp_path):
 
 
 def test_part_size_candidates_follow_s3_rules():
-    from isic2020.hashing import MAX_CANDIDATES, MIN_PART, etag_kind, part_size_candidates
+    from isic2020.transfer.digests import MAX_CANDIDATES, MIN_PART, etag_kind, part_size_candidates
 
     size = 23 * 10**9
     parts = -(-size // (8 * MiB))

@@ -21,9 +21,10 @@ import pytest
 from support.cli import cli_cmd, cli_env, run_cli
 from support.servers import FaultServer, IgnoreRange, Redirect, Reset, Trickle, method_is, ranged
 
-from isic2020.manifest import load_manifest, manifest_to_toml
-from isic2020.speed import SpeedGuard, parse_rate
+from isic2020.catalog.manifest import load_manifest, manifest_to_toml
+from isic2020.config import parse_rate
 from isic2020.synthetic import build_dataset
+from isic2020.transfer.speed import SpeedGuard
 
 PREFIX = "/challenges/2020/"
 ARCHIVE = "ISIC_2020_Training_JPEG.zip"

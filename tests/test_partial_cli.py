@@ -11,8 +11,8 @@ import pytest
 from support.cli import cli_env, run_cli
 from support.servers import FaultServer
 
-from isic2020.dataset import load_metadata
-from isic2020.selection import select_images
+from isic2020.catalog.selection import select_images
+from isic2020.catalog.tables import load_metadata
 from isic2020.synthetic import build_dataset
 
 PREFIX = "/challenges/2020/"

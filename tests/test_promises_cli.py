@@ -123,7 +123,7 @@ def test_an_internal_error_is_one_line_and_isic2020_debug_shows_the_traceback(da
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
-        "import isic2020.layout as _layout\n"
+        "import isic2020.store.layout as _layout\n"
         "def _broken(*args, **kwargs):\n"
         "    raise AttributeError('a bug planted by the test')\n"
         "_layout.Layout.at = staticmethod(_broken)\n"

@@ -58,7 +58,7 @@ from support.servers import (
     ranged,
 )
 
-from isic2020.extract import is_temp_name
+from isic2020.store.fsutil import is_temp_name
 from isic2020.synthetic import build_dataset
 
 pytestmark = pytest.mark.slow

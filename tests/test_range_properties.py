@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.servers import BadContentRange, FaultServer, Reset, ShortBody, Status, ranged
 
-from isic2020.download import (
+from isic2020.errors import DownloadError
+from isic2020.transfer.engine import (
     Downloader,
     DownloadOptions,
     RetryPolicy,
@@ -24,8 +25,7 @@ from isic2020.download import (
     missing_ranges,
     plan_chunk,
 )
-from isic2020.errors import DownloadError
-from isic2020.http import Timeouts
+from isic2020.transfer.http import Timeouts
 
 NAME = "ISIC_2020_Test_JPEG.zip"
 SIZE = 700_001

@@ -33,13 +33,14 @@ from support.servers import (
     ranged,
 )
 
-from isic2020 import remotezip as rz
-from isic2020.download import RetryPolicy
+from isic2020.archive import remote as rz
+from isic2020.archive.local import extract_archive
 from isic2020.errors import DownloadError, ObjectChanged, VerificationError
-from isic2020.extract import extract_archive, is_temp_name
-from isic2020.http import Timeouts
-from isic2020.state import Records
+from isic2020.store.fsutil import is_temp_name
+from isic2020.store.records import Records
 from isic2020.synthetic import build_dataset
+from isic2020.transfer.engine import RetryPolicy
+from isic2020.transfer.http import Timeouts
 
 PREFIX = "/challenges/2020/"
 TRAIN = "ISIC_2020_Training_JPEG.zip"
@@ -639,7 +640,7 @@ def test_image_members_use_the_extract_rule(small) -> None:
 _KILL_SCRIPT = r"""
 import sys
 from pathlib import Path
-from isic2020 import remotezip as rz
+from isic2020.archive import remote as rz
 url, out = sys.argv[1], Path(sys.argv[2])
 remote = rz.read_central_directory(url)
 members = list(rz.image_members(remote, "jpeg").values())
@@ -708,7 +709,7 @@ def test_ctrl_c_during_direct_mode_stops_cleanly(big, tmp_path: Path) -> None:
 _FSIZE_SCRIPT = r"""
 import resource, signal, sys
 from pathlib import Path
-from isic2020 import remotezip as rz
+from isic2020.archive import remote as rz
 from isic2020.errors import DiskError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 url, out, limit, wanted = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]

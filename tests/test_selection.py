@@ -13,9 +13,7 @@ import pandas as pd
 import pytest
 from support.dataset import install
 
-from isic2020.dataset import load_metadata
-from isic2020.errors import UsageError
-from isic2020.selection import (
+from isic2020.catalog.selection import (
     Selection,
     load_selection,
     make_selection,
@@ -25,6 +23,8 @@ from isic2020.selection import (
     selection_path,
     stratified_sample,
 )
+from isic2020.catalog.tables import load_metadata
+from isic2020.errors import UsageError
 from isic2020.synthetic import build_dataset
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from support.metadata import TEST, make_real_data_dir, make_synthetic, run_cli
 
-from isic2020.stats import compute_stats
+from isic2020.commands.stats import compute_stats
 
 
 def test_synthetic_counts(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import pytest
 from support.cli import cli_cmd, cli_env, run_cli
 from support.servers import FaultServer
 
-from isic2020.remotezip import TAIL_BYTES
+from isic2020.archive.remote import TAIL_BYTES
 from isic2020.synthetic import build_dataset
 
 PREFIX = "/challenges/2020/"

@@ -1,4 +1,4 @@
-"""Unpacking a kept archive while it downloads (``isic2020.streaming``), against real servers.
+"""Unpacking a kept archive while it downloads (``isic2020.archive.streaming``), on real servers.
 
 What a user depends on: the images are unpacked during the download (not after it), yet none
 reaches the layout before the whole archive is verified; a failed verification or a changed
@@ -23,7 +23,7 @@ from support.cli import cli_cmd, cli_env, run_cli
 from support.dataset import files_under
 from support.servers import FaultServer, IgnoreRange, ReplaceObject
 
-from isic2020.manifest import load_manifest, manifest_to_toml
+from isic2020.catalog.manifest import load_manifest, manifest_to_toml
 from isic2020.synthetic import build_dataset
 
 PREFIX = "/challenges/2020/"

@@ -12,9 +12,8 @@ import pytest
 from PIL import Image
 from support.metadata import GT2, unpack_real_metadata
 
-from isic2020.hashing import file_digests
-from isic2020.manifest import load_manifest
-from isic2020.metadata import (
+from isic2020.catalog.manifest import load_manifest
+from isic2020.catalog.metadata import (
     GROUND_TRUTH_COLUMNS,
     GROUND_TRUTH_V2_COLUMNS,
     TEST_COLUMNS_ISIC,
@@ -22,6 +21,7 @@ from isic2020.metadata import (
     read_metadata_csv,
 )
 from isic2020.synthetic import build_dataset, official_manifest
+from isic2020.transfer.digests import file_digests
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ import pytest
 from support.dataset import flip_byte, install, truncate
 from support.metadata import make_real_data_dir
 
+from isic2020.archive.local import extract, temp_name
+from isic2020.checks.verify import verify
 from isic2020.errors import VerificationError
-from isic2020.extract import extract, temp_name
-from isic2020.hashing import file_digests
-from isic2020.layout import Layout
-from isic2020.state import FileRecord, Records
+from isic2020.store.layout import Layout
+from isic2020.store.records import FileRecord, Records
 from isic2020.synthetic import build_dataset
-from isic2020.verify import verify
+from isic2020.transfer.digests import file_digests
 
 
 @pytest.fixture(scope="module")
@@ -254,9 +254,9 @@ def test_full_size_verify_passes(tmp_path: Path) -> None:
 
 
 def test_real_csvs_pass_with_the_real_manifest(tmp_path: Path) -> None:
-    from isic2020.manifest import load_manifest
+    from isic2020.catalog.manifest import load_manifest
+    from isic2020.checks.verify import verify_data
     from isic2020.synthetic import official_manifest
-    from isic2020.verify import verify_data
 
     make_real_data_dir(tmp_path)
     man = load_manifest(official_manifest().path)
@@ -270,7 +270,7 @@ def test_deep_map_keeps_order_in_bounded_batches() -> None:
     (not one future per image) in flight."""
     import threading
 
-    from isic2020.verify import MAP_BATCH, _map
+    from isic2020.checks.verify import MAP_BATCH, _map
 
     live = 0
     peak = 0
@@ -306,8 +306,8 @@ def test_deep_map_keeps_order_in_bounded_batches() -> None:
 def test_metadata_checked_ahead_is_used_only_while_the_csvs_are_unchanged(data) -> None:
     """A fetch checks the CSVs while its archives download (MetadataPrecheck); a CSV that
     changes after that must be checked again, never vouched for by the earlier result."""
-    from isic2020.manifest import load_manifest
-    from isic2020.verify import MetadataPrecheck, verify_data
+    from isic2020.catalog.manifest import load_manifest
+    from isic2020.checks.verify import MetadataPrecheck, verify_data
 
     ds, layout = data
     man = load_manifest(ds.manifest_path)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from isic2020.manifest import load_manifest, manifest_to_toml
+from isic2020.catalog.manifest import load_manifest, manifest_to_toml
 from isic2020.synthetic import ARCHIVE_FOLDERS, build_dataset, jpeg_bytes
 
 from .common import TEST_ZIP, TRAIN_ZIP, MiB

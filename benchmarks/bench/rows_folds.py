@@ -17,7 +17,7 @@ from .results import Bench, Tool, verdict
 
 ENGINE = """
 import json, sys, time
-from isic2020.folds import make_folds
+from isic2020.commands.folds import make_folds
 make_folds(data_dir=sys.argv[1])  # warm: imports, page cache
 times = []
 for _ in range(3):

@@ -2,7 +2,7 @@
 
 The public API mirrors the CLI: ``fetch``, ``list_files``, ``extract``, ``verify`` and the
 metadata helpers. The functions named like their modules are imported eagerly (otherwise
-``isic2020.fetch`` could be the module, depending on import order); the rest lazily.
+``isic2020.commands.fetch`` could be the module, depending on import order); the rest lazily.
 """
 
 from __future__ import annotations
@@ -10,20 +10,19 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
-from .export import export  # noqa: E402
-from .extract import extract  # noqa: E402
-from .fetch import fetch, list_files  # noqa: E402
-from .verify import verify  # noqa: E402
+from isic2020.archive.local import extract  # noqa: E402
+from isic2020.checks.verify import verify  # noqa: E402
+from isic2020.commands.export import export  # noqa: E402
+from isic2020.commands.fetch import fetch, list_files  # noqa: E402
+from isic2020.version import __version__  # noqa: E402
 
 _LAZY = {
-    "load_metadata": "isic2020.dataset",
-    "ImagesMissingWarning": "isic2020.dataset",
-    "make_folds": "isic2020.folds",
-    "assign_folds": "isic2020.folds",
-    "compute_stats": "isic2020.stats",
-    "load_manifest": "isic2020.manifest",
+    "load_metadata": "isic2020.catalog.tables",
+    "ImagesMissingWarning": "isic2020.catalog.tables",
+    "make_folds": "isic2020.commands.folds",
+    "assign_folds": "isic2020.commands.folds",
+    "compute_stats": "isic2020.commands.stats",
+    "load_manifest": "isic2020.catalog.manifest",
     "build_dataset": "isic2020.synthetic",
     "Isic2020Error": "isic2020.errors",
 }

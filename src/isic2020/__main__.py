@@ -1,3 +1,3 @@
-from .cli import main
+from isic2020.cli import main
 
 main()

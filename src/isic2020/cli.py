@@ -9,7 +9,6 @@ Conventions (documented in the README): results go to stdout (one JSON document 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -17,9 +16,10 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__
-from .errors import EXIT_DOWNLOAD, EXIT_INTERRUPTED, EXIT_USAGE, Isic2020Error
-from .manifest import FORMAT_CHOICES, SPLIT_CHOICES
+from isic2020 import config
+from isic2020.catalog.manifest import FORMAT_CHOICES, SPLIT_CHOICES
+from isic2020.errors import EXIT_DOWNLOAD, EXIT_INTERRUPTED, EXIT_USAGE, Isic2020Error
+from isic2020.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 ENV_MIRROR = "ISIC2020_MIRROR"
@@ -89,7 +89,7 @@ def _run(fn: Callable[[], Any], as_json: bool, quiet: bool) -> None:
             "interrupted; what finished is kept: run the same command again to resume",
         )
     except Exception as exc:  # a bug: still one line, the traceback on request
-        if os.environ.get("ISIC2020_DEBUG"):
+        if config.flag(config.DEBUG, False):
             raise
         _fail(
             as_json, EXIT_DOWNLOAD, "internal",
@@ -255,7 +255,7 @@ def fetch(
     quiet: bool,
 ) -> None:
     """Download, verify, unpack and check the chosen split and format."""
-    from .fetch import fetch as do_fetch
+    from isic2020.commands.fetch import fetch as do_fetch
 
     _run(
         lambda: do_fetch(
@@ -297,8 +297,8 @@ def inspect(
     quiet: bool,
 ) -> None:
     """Read the remote archives' directories: members, sizes, names against the metadata."""
-    from .fetch import check_mirrors, download_options
-    from .remotezip import inspect as do_inspect
+    from isic2020.archive.remote import inspect as do_inspect
+    from isic2020.commands.fetch import check_mirrors, download_options
 
     def call() -> Any:
         opts = download_options()
@@ -324,7 +324,7 @@ def list_cmd(
     data_dir: str | None, manifest: str | None, mirrors: tuple[str, ...], as_json: bool
 ) -> None:
     """Every manifest entry with its URLs, published size and local state."""
-    from .fetch import list_files
+    from isic2020.commands.fetch import list_files
 
     _run(lambda: list_files(data_dir=data_dir, manifest=manifest, mirrors=mirrors), as_json, False)
 
@@ -337,7 +337,7 @@ def extract(
     split: str, fmt: str, data_dir: str | None, manifest: str | None, as_json: bool, quiet: bool
 ) -> None:
     """Unpack archives already in DATA/archives into the fixed layout."""
-    from .extract import extract as do_extract
+    from isic2020.archive.local import extract as do_extract
 
     _run(
         lambda: do_extract(
@@ -367,7 +367,7 @@ def verify(
     quiet: bool,
 ) -> None:
     """Prove that what is on disk is complete and intact."""
-    from .verify import verify as do_verify
+    from isic2020.checks.verify import verify as do_verify
 
     _run(
         lambda: do_verify(
@@ -408,7 +408,7 @@ def folds(
     quiet: bool,
 ) -> None:
     """Patient-grouped folds stratified by malignancy and images per patient."""
-    from .folds import make_folds
+    from isic2020.commands.folds import make_folds
 
     _run(
         lambda: make_folds(
@@ -429,7 +429,7 @@ def folds(
 @output_options
 def stats(data_dir: str | None, manifest: str | None, as_json: bool, quiet: bool) -> None:
     """Images, patients, malignant, diagnoses, sites, missing values, duplicates."""
-    from .stats import compute_stats
+    from isic2020.commands.stats import compute_stats
 
     _run(lambda: compute_stats(data_dir=data_dir, manifest=manifest), as_json, quiet)
 
@@ -462,7 +462,7 @@ def export(
     quiet: bool,
 ) -> None:
     """Hard-link the data into DEST in another layout (copies across file systems)."""
-    from .export import export as do_export
+    from isic2020.commands.export import export as do_export
 
     _run(
         lambda: do_export(
@@ -480,7 +480,7 @@ def _flat_heap() -> None:
     buffers move into up to 16 per-thread arenas that are never given back, which cost a
     complete fetch ~20 MB of peak RSS (164 -> see README, Performance). A fixed threshold keeps
     them in mmap (returned on free) and two arenas bound the rest."""
-    if not sys.platform.startswith("linux") or os.environ.get("ISIC2020_MALLOC", "1") == "0":
+    if not sys.platform.startswith("linux") or not config.flag(config.MALLOC, True):
         return
     try:
         import ctypes

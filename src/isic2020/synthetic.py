@@ -36,8 +36,9 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
-from .hashing import file_digests
-from .manifest import FORMATS, FileEntry, Manifest, load_manifest, manifest_to_toml
+from isic2020.catalog.manifest import FORMATS, FileEntry, Manifest, load_manifest, manifest_to_toml
+from isic2020.report import human_size
+from isic2020.transfer.digests import file_digests
 
 __all__ = [
     "SyntheticDataset",
@@ -425,13 +426,6 @@ def _write_zip(
     tmp.replace(path)
 
 
-def _human(n: int) -> str:
-    for unit, div in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
-        if n >= div:
-            return f"{n / div:.1f} {unit}"
-    return f"{max(n, 1)} B"
-
-
 # --------------------------------------------------------------------------------------------
 # The builder
 
@@ -516,7 +510,11 @@ def build_dataset(
              r.site]
             for r in test
         ]
-    from .metadata import DUPLICATES_COLUMNS, GROUND_TRUTH_COLUMNS, GROUND_TRUTH_V2_COLUMNS
+    from isic2020.catalog.metadata import (
+        DUPLICATES_COLUMNS,
+        GROUND_TRUTH_COLUMNS,
+        GROUND_TRUTH_V2_COLUMNS,
+    )
 
     # The reference copy of the ground truth has no final CRLF, other copies do: make both
     # variants so readers are tested against both.
@@ -587,7 +585,7 @@ def build_dataset(
                 size=size,
                 sha256=file_digests(path)["sha256"],
                 etag=None,
-                published_size=_human(size),
+                published_size=human_size(size),
             )
         )
     manifest_path = root / MANIFEST_NAME

@@ -13,7 +13,7 @@ import struct
 import zipfile
 from pathlib import Path
 
-from isic2020.layout import Layout
+from isic2020.store.layout import Layout
 from isic2020.synthetic import SyntheticDataset
 
 

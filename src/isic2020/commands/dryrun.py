@@ -6,7 +6,7 @@ ranges coalesce) interleaved with side effects. ``open_remote`` caches the centr
 ``fetch_members`` creates the image folder, ``_fetch_members`` records the selection. A dry run
 promises to write nothing anywhere, so it takes the same decisions with the same pieces, minus
 their writes: ``open_remote(save=False)`` (the same HEAD, cache key and ETag rule; a directory
-read from the server is never stored), ``_checked_in_order`` and ``present_files`` for what is
+read from the server is never stored), ``checked_in_order`` and ``present_files`` for what is
 already in place, and the same ``plan_ranges`` with the same defaults, so the figure it prints
 is what the fetch then moves.
 
@@ -23,22 +23,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .download import DownloadOptions
-from .errors import DownloadError, UsageError, VerificationError
-from .extract import present_files
-from .fetch import _human
-from .layout import Layout
-from .manifest import FileEntry, Manifest
-from .remotezip import (
+from isic2020.archive.local import present_files
+from isic2020.archive.remote import (
     RemoteMember,
     RemoteZip,
-    _checked_in_order,
     cache_path,
+    checked_in_order,
     image_members,
     open_remote,
     plan_ranges,
 )
-from .selection import Selection, make_selection, read_images_file
+from isic2020.catalog.manifest import FileEntry, Manifest
+from isic2020.catalog.selection import Selection, make_selection, read_images_file
+from isic2020.errors import DownloadError, UsageError, VerificationError
+from isic2020.report import human_size
+from isic2020.store.layout import Layout
+from isic2020.transfer.engine import DownloadOptions
 
 #: ``state`` of a row whose subset cannot be chosen yet (a stable prefix for scripts).
 NEEDS_CSVS = "needs the metadata CSVs"
@@ -80,7 +80,7 @@ class MemberPlan:
 
 
 def _has_csvs(layout: Layout, man: Manifest, split: str) -> bool:
-    from .dataset import find_metadata_files
+    from isic2020.catalog.tables import find_metadata_files
 
     files = find_metadata_files(layout, man)
     return (files.train if split == "train" else files.test_metadata) is not None
@@ -94,7 +94,7 @@ def _todo(
     here = present_files(dest_dir)
     present = 0
     todo: list[RemoteMember] = []
-    for m in _checked_in_order(remote, chosen):
+    for m in checked_in_order(remote, chosen):
         if here.get(str(m.image_file_name())) == m.file_size:
             present += 1
         else:
@@ -122,7 +122,7 @@ def plan_members(
     would give; a host that fails or serves a damaged archive is reported in ``state`` (the
     next URL is tried first), as the plain dry run reports an unreachable host.
     """
-    from .dataset import load_metadata
+    from isic2020.catalog.tables import load_metadata
 
     split, fmt = entry.split, entry.format
     subset = images is not None or sample is not None or where is not None
@@ -226,7 +226,7 @@ def member_lines(row: dict[str, Any]) -> list[str]:
         if row.get("archive_images") is not None:
             lines.append(
                 f"{pad}{row['selection']}: not sized; the figures above count only the "
-                f"directory ({_human(row['directory_bytes'])}) of the archive's "
+                f"directory ({human_size(row['directory_bytes'])}) of the archive's "
                 f"{row['archive_images']} images"
             )
         if row.get("note"):
@@ -238,9 +238,9 @@ def member_lines(row: dict[str, Any]) -> list[str]:
         chosen = (f"{row['selection']}: {row['images']} images chosen, "
                   f"{row['not_in_archive']} not in the archive")
     directory = ("directory cached" if row["directory_cached"]
-                 else f"directory {_human(row['directory_bytes'])}")
+                 else f"directory {human_size(row['directory_bytes'])}")
     return [
         f"{pad}{chosen}; {row['present']} already present, {row['to_fetch']} to fetch",
-        f"{pad}{directory}, members {_human(row['member_bytes'])} in {_ranges(row['ranges'])}; "
-        f"{_human(row['disk_needed'])} unpacked",
+        f"{pad}{directory}, members {human_size(row['member_bytes'])} in {_ranges(row['ranges'])}; "
+        f"{human_size(row['disk_needed'])} unpacked",
     ]

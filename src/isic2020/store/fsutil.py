@@ -37,13 +37,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import DiskError
-from .layout import STATE_DIRNAME
+from isic2020.errors import DiskError
+from isic2020.store.layout import STATE_DIRNAME
 
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _TEMP_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC
+
+TEMP_PREFIX = "."
+TEMP_SUFFIX = ".part"
+
+
+def temp_name(final_name: str) -> str:
+    """The hidden temporary name used while writing ``final_name`` (verify recognises it)."""
+    return f"{TEMP_PREFIX}{final_name}{TEMP_SUFFIX}"
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
 
 
 class StateLinkError(DiskError):

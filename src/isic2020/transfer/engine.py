@@ -57,10 +57,13 @@ from urllib.parse import unquote, urlsplit
 import requests
 import urllib3
 
-from .checkpoint import Checkpointer
-from .errors import DiskError, DownloadError, Interrupted, ObjectChanged, VerificationError
-from .fsutil import move_into_place, open_nofollow, remove_file
-from .hashing import (
+from isic2020.catalog.plausible import encoding_problem
+from isic2020.errors import DiskError, DownloadError, Interrupted, ObjectChanged, VerificationError
+from isic2020.report import progress_bar
+from isic2020.store.fsutil import move_into_place, open_nofollow, remove_file
+from isic2020.store.records import atomic_write_json, done_intervals, read_json, remove_stale_temps
+from isic2020.transfer.checkpoint import Checkpointer
+from isic2020.transfer.digests import (
     COMMON_PART_SIZES,  # noqa: F401 - re-exported: callers and tests import it from here
     MultipartHasher,
     conditional_headers,
@@ -71,11 +74,9 @@ from .hashing import (
     part_size_candidates,
     pin_note,
 )
-from .http import RedirectRefused, Timeouts, header_int, make_session
-from .plausible import encoding_problem
-from .repair import ContentCheck, RepairFailed, repair
-from .speed import SpeedGuard, TooSlow, read_block
-from .state import atomic_write_json, done_intervals, read_json, remove_stale_temps
+from isic2020.transfer.http import RedirectRefused, Timeouts, header_int, make_session
+from isic2020.transfer.repair import ContentCheck, RepairFailed, repair
+from isic2020.transfer.speed import SpeedGuard, TooSlow, read_block
 
 MiB = 1 << 20
 # 16: on S3-like servers that cap each stream, time falls linearly up to 16 connections
@@ -175,11 +176,11 @@ class DownloadResult:
         return asdict(self)
 
 
-class _HostFailed(Exception):
+class HostFailed(Exception):
     """This host cannot give us this file (after retries); try the next one."""
 
 
-class _RangesIgnored(_HostFailed):
+class _RangesIgnored(HostFailed):
     """The server answered a ranged GET with the whole body (the engine falls back to one
     plain stream; where ranges are indispensable it is a failed host)."""
 
@@ -281,7 +282,7 @@ def plan_chunk(size: int, connections: int, base: int = DEFAULT_CHUNK) -> int:
     return max(chunk, min(base, MiB))
 
 
-def _disk_error(path: Path, exc: OSError) -> DiskError:
+def disk_error(path: Path, exc: OSError) -> DiskError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         what = "the disk is full" if exc.errno != errno.EFBIG else "the file size limit was hit"
         return DiskError(
@@ -296,7 +297,7 @@ def _disk_error(path: Path, exc: OSError) -> DiskError:
     return DiskError(f"writing {path}: {exc.strerror or exc}", "check the disk, then run again")
 
 
-class _Throttle:
+class Throttle:
     """Caps requests in flight; halves the cap and pauses everyone on 503 SlowDown / 429."""
 
     def __init__(self, limit: int) -> None:
@@ -515,7 +516,7 @@ class _Transfer:
         self.lock = threading.Lock()
         self.abort = threading.Event()
         self.error: BaseException | None = None
-        self.throttle = _Throttle(opts.connections)
+        self.throttle = Throttle(opts.connections)
         self.client = RangeClient(
             remote.url,
             self.size,
@@ -563,7 +564,7 @@ class _Transfer:
         return out
 
     def _checkpoint_failed(self, exc: BaseException) -> None:
-        err = _disk_error(self.state_path, exc) if isinstance(exc, OSError) else exc
+        err = disk_error(self.state_path, exc) if isinstance(exc, OSError) else exc
         with self.lock:
             if self.error is None:
                 self.error = err
@@ -599,7 +600,7 @@ class _Transfer:
         try:
             atomic_write_json(self.state_path, self._state_doc(done), durable=False)
         except OSError as exc:
-            raise _disk_error(self.state_path, exc) from None
+            raise disk_error(self.state_path, exc) from None
 
     def _log(self, msg: str) -> None:
         if self.opts.log:
@@ -630,7 +631,7 @@ class _Transfer:
                         # EOPNOTSUPP/EINVAL: the filesystem cannot preallocate; that is fine.
         except OSError as exc:
             self._close()
-            raise _disk_error(self.partial, exc) from None
+            raise disk_error(self.partial, exc) from None
         self._save_state()
         if self.bar is not None:
             self.bar.update(self.resumed_bytes)
@@ -666,7 +667,7 @@ class _Transfer:
                 raise self.error
             error = self.follower.join()
             if error is not None:
-                raise _disk_error(self.partial, error) if isinstance(error, OSError) else error
+                raise disk_error(self.partial, error) if isinstance(error, OSError) else error
             self.checkpoint.stop(flush=False)  # the file is synced and renamed by finish()
             return self.follower.digests()
         except BaseException:
@@ -724,7 +725,7 @@ class _Transfer:
         try:
             os.fsync(self.fd)
         except OSError as exc:
-            raise _disk_error(self.partial, exc) from None
+            raise disk_error(self.partial, exc) from None
         finally:
             self._close()
 
@@ -778,7 +779,7 @@ class _Transfer:
                     view = view[n:]
                     offset[0] += n
             except OSError as exc:
-                raise _disk_error(self.partial, exc) from None
+                raise disk_error(self.partial, exc) from None
             with self.lock:
                 self._inflight[start] = [start, offset[0]]
             checkpoint.poke()
@@ -813,7 +814,7 @@ class RangeClient:
         *,
         timeouts: Timeouts,
         retry: RetryPolicy,
-        throttle: _Throttle | None = None,
+        throttle: Throttle | None = None,
         abort: threading.Event | None = None,
         on_bytes: Callable[[int], None] | None = None,
         block: int = BLOCK,
@@ -828,7 +829,7 @@ class RangeClient:
         self.conditions = conditional_headers(etag, last_modified, validator)
         self.timeouts = timeouts
         self.retry = retry
-        self.throttle = throttle or _Throttle(64)
+        self.throttle = throttle or Throttle(64)
         self.abort = abort or threading.Event()
         self.on_bytes = on_bytes
         # Bytes per read: each connection holds about twice this (http.client's buffer and the
@@ -902,7 +903,7 @@ class RangeClient:
                 self._note_retry(str(exc), None, True, attempt)
                 attempt += 1
             except _REDIRECT_ERRORS as exc:
-                raise _HostFailed(_describe(exc)) from None
+                raise HostFailed(_describe(exc)) from None
             except _NETWORK_ERRORS as exc:
                 self._note_retry(_describe(exc), None, False, attempt)
                 attempt += 1
@@ -917,7 +918,7 @@ class RangeClient:
         if status == 206:
             enc = resp.headers.get("Content-Encoding", "identity").lower()
             if enc not in ("identity", ""):
-                raise _HostFailed(f"server sent Content-Encoding {enc} despite identity")
+                raise HostFailed(f"server sent Content-Encoding {enc} despite identity")
             m = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", "").strip())
             if not m:
                 raise _Retryable("206 without a valid Content-Range")
@@ -937,7 +938,7 @@ class RangeClient:
             raise _Retryable(f"HTTP {status} (slow down)", _retry_after(resp), slowdown=True)
         if status >= 500 or status == 408:
             raise _Retryable(f"HTTP {status}", _retry_after(resp))
-        raise _HostFailed(f"HTTP {status}")
+        raise HostFailed(f"HTTP {status}")
 
     def _note_retry(
         self, why: str, retry_after: float | None, slowdown: bool, attempt: int
@@ -947,7 +948,7 @@ class RangeClient:
             self.last_error = why
             stalled = time.monotonic() - self.last_progress
         if stalled > self.retry.window:
-            raise _HostFailed(f"no progress for {stalled:.0f}s (last error: {why})")
+            raise HostFailed(f"no progress for {stalled:.0f}s (last error: {why})")
         delay = self.retry.delay(attempt, retry_after)
         if slowdown:
             self.throttle.slowdown(delay)
@@ -979,7 +980,7 @@ class Downloader:
 
     # -- probe ----------------------------------------------------------------------------
     def probe(self, url: str) -> RemoteObject:
-        """HEAD the object (with a few quick retries); raise _HostFailed when it cannot be had."""
+        """HEAD the object (with a few quick retries); raise HostFailed when it cannot be had."""
         last = ""
         for attempt in range(self.opts.retry.probe_attempts):
             try:
@@ -987,7 +988,7 @@ class Downloader:
                     url, timeout=self.opts.timeouts.as_tuple(), allow_redirects=True
                 )
             except _REDIRECT_ERRORS as exc:
-                raise _HostFailed(_describe(exc)) from None
+                raise HostFailed(_describe(exc)) from None
             except _NETWORK_ERRORS as exc:
                 last = _describe(exc)
                 if "DNS" in last or isinstance(exc, requests.exceptions.SSLError):
@@ -1001,9 +1002,9 @@ class Downloader:
                     last = f"HTTP {resp.status_code}"
                     time.sleep(self.opts.retry.delay(attempt, _retry_after(resp)))
                     continue
-                raise _HostFailed(f"HTTP {resp.status_code}")
+                raise HostFailed(f"HTTP {resp.status_code}")
             time.sleep(self.opts.retry.delay(attempt))
-        raise _HostFailed(last or "no answer")
+        raise HostFailed(last or "no answer")
 
     def _probe_get(self, url: str) -> RemoteObject:
         with self._session.get(
@@ -1015,7 +1016,7 @@ class Downloader:
                 return self._remote_from(url, resp, total if total != "*" else None)
             if resp.status_code == 200:
                 return self._remote_from(url, resp, resp.headers.get("Content-Length"))
-            raise _HostFailed(f"HTTP {resp.status_code}")
+            raise HostFailed(f"HTTP {resp.status_code}")
 
     def _remote_from(self, url: str, resp: requests.Response, length: str | None) -> RemoteObject:
         size = header_int(length)
@@ -1091,7 +1092,7 @@ class Downloader:
                     expected_size, expected_etag, expected_sha256, failures, t0, observer,
                     accept,
                 )
-            except _HostFailed as exc:
+            except HostFailed as exc:
                 failures.append(f"{url}: {exc}")
                 more = "; trying the next host" if url != urls[-1] else ""
                 self._log(f"{name}: {url} failed: {exc}{more}")
@@ -1130,16 +1131,16 @@ class Downloader:
         while True:
             remote = self.probe(url)
             if expected_size is not None and remote.size not in (None, expected_size):
-                raise _HostFailed(
+                raise HostFailed(
                     f"serves {remote.size} bytes but the manifest says {expected_size}"
                 )
             if expected_etag and remote.etag and remote.etag != expected_etag:
-                raise _HostFailed(
+                raise HostFailed(
                     f"serves ETag {remote.etag} but the manifest pins {expected_etag}"
                 )
             encoded = encoding_problem(remote.content_encoding)
             if encoded:
-                raise _HostFailed(encoded)
+                raise HostFailed(encoded)
             bar = self._bar(name, remote.size)
             try:
                 if remote.size is None:
@@ -1172,7 +1173,7 @@ class Downloader:
                 restarts += 1
                 self._discard(partial, state_path, observer)
                 if restarts > self.opts.retry.object_restarts:
-                    raise _HostFailed(f"the object keeps changing ({exc.message})") from None
+                    raise HostFailed(f"the object keeps changing ({exc.message})") from None
                 self._log(f"{name}: {exc.message}; the remote file changed, starting over")
                 continue
             except BaseException:
@@ -1199,7 +1200,7 @@ class Downloader:
                     self._discard(partial, state_path, observer)
                     restarts += 1
                     if restarts > self.opts.retry.object_restarts:
-                        raise _HostFailed(f"the object keeps changing ({exc.message})") from None
+                        raise HostFailed(f"the object keeps changing ({exc.message})") from None
                     continue
                 except VerificationError:
                     self._discard(partial, state_path, observer)
@@ -1213,7 +1214,7 @@ class Downloader:
                 why = accept(partial)
                 if why:
                     self._discard(partial, state_path, observer)
-                    raise _HostFailed(why)
+                    raise HostFailed(why)
             if transfer is not None:
                 transfer.finish()
             self._land(partial, final)
@@ -1270,7 +1271,7 @@ class Downloader:
             self._discard(second, second_state)
             raise VerificationError(f"{failed}; {exc}") from None
         except OSError as exc:
-            raise _disk_error(second, exc) from None
+            raise disk_error(second, exc) from None
         self._discard(second, second_state)
         self._log(f"{name}: repaired {len(result.replaced)} damaged range(s) from the second "
                   "copy")
@@ -1390,10 +1391,10 @@ class Downloader:
                     if resp.status_code in (429, 503) or resp.status_code >= 500:
                         raise _Retryable(f"HTTP {resp.status_code}", _retry_after(resp))
                     if resp.status_code != 200:
-                        raise _HostFailed(f"HTTP {resp.status_code}")
+                        raise HostFailed(f"HTTP {resp.status_code}")
                     encoded = encoding_problem(resp.headers.get("Content-Encoding"))
                     if encoded:
-                        raise _HostFailed(encoded)
+                        raise HostFailed(encoded)
                     etag = normalize_etag(resp.headers.get("ETag"))
                     if remote.etag and etag and etag != remote.etag:
                         raise ObjectChanged(f"ETag changed from {remote.etag} to {etag}")
@@ -1402,7 +1403,7 @@ class Downloader:
                     try:
                         fh = os.fdopen(open_nofollow(partial, _TRUNCATE), "wb")  # noqa: SIM115
                     except OSError as exc:
-                        raise _disk_error(partial, exc) from None
+                        raise disk_error(partial, exc) from None
                     with fh:
                         if bar is not None:
                             bar.reset(total=header_int(length))
@@ -1413,7 +1414,7 @@ class Downloader:
                             try:
                                 fh.write(block)
                             except OSError as exc:
-                                raise _disk_error(partial, exc) from None
+                                raise disk_error(partial, exc) from None
                             sha.update(block)
                             if kind == "md5":
                                 md5.update(block)
@@ -1432,11 +1433,11 @@ class Downloader:
                             fh.flush()
                             os.fsync(fh.fileno())
                         except OSError as exc:
-                            raise _disk_error(partial, exc) from None
+                            raise disk_error(partial, exc) from None
                     if header_int(length) not in (None, written):
                         raise _Retryable("connection closed before the body was complete")
                     if expected_size is not None and written != expected_size:
-                        raise _HostFailed(
+                        raise HostFailed(
                             f"sent {written} bytes but the manifest says {expected_size}"
                         )
                     if remote.size is None:
@@ -1445,15 +1446,15 @@ class Downloader:
                     mp = parts.hexdigest() if parts is not None else None
                     return sha.hexdigest(), md5_hex, mp, transferred, retries
             except _REDIRECT_ERRORS as exc:
-                raise _HostFailed(_describe(exc)) from None
+                raise HostFailed(_describe(exc)) from None
             except (_Retryable, TooSlow, *_NETWORK_ERRORS) as exc:
                 retries += 1
                 why = str(exc) if isinstance(exc, _Retryable | TooSlow) else _describe(exc)
                 if time.monotonic() - last_progress > self.opts.retry.window + best_took:
                     if not best:
-                        raise _HostFailed(f"no progress (last error: {why})") from None
+                        raise HostFailed(f"no progress (last error: {why})") from None
                     of = f" of {remote.size}" if remote.size is not None else ""
-                    raise _HostFailed(
+                    raise HostFailed(
                         "the server neither resumes nor completes a transfer (no byte ranges, "
                         f"and no attempt got past byte {best}{of} for "
                         f"{self.opts.retry.window:g} s; last error: {why})"
@@ -1478,9 +1479,9 @@ class Downloader:
         try:
             size = src.stat().st_size
         except OSError as exc:
-            raise _HostFailed(exc.strerror or str(exc)) from None
+            raise HostFailed(exc.strerror or str(exc)) from None
         if expected_size is not None and size != expected_size:
-            raise _HostFailed(f"has {size} bytes but the manifest says {expected_size}")
+            raise HostFailed(f"has {size} bytes but the manifest says {expected_size}")
         sha = hashlib.sha256()
         partial.parent.mkdir(parents=True, exist_ok=True)
         bar = self._bar(name, size)
@@ -1498,8 +1499,8 @@ class Downloader:
                 os.fsync(fout.fileno())
         except OSError as exc:
             if exc.filename == str(src) or not partial.exists():
-                raise _HostFailed(exc.strerror or str(exc)) from None
-            raise _disk_error(partial, exc) from None
+                raise HostFailed(exc.strerror or str(exc)) from None
+            raise disk_error(partial, exc) from None
         finally:
             if bar is not None:
                 bar.close()
@@ -1512,7 +1513,7 @@ class Downloader:
         if why:
             with contextlib.suppress(OSError):
                 remove_file(partial)
-            raise _HostFailed(why)
+            raise HostFailed(why)
         self._land(partial, final)
         return DownloadResult(
             name=name, path=str(final), url=url, size=size, etag=None, sha256=digest, md5=None,
@@ -1552,7 +1553,7 @@ class Downloader:
                 continue
             try:
                 remote = self.probe(url)
-            except _HostFailed:
+            except HostFailed:
                 continue
             if remote.size is not None and remote.size != size:
                 return None
@@ -1575,7 +1576,7 @@ class Downloader:
         try:
             move_into_place(partial, final)
         except OSError as exc:
-            raise _disk_error(final, exc) from None
+            raise disk_error(final, exc) from None
 
     @staticmethod
     def _discard(
@@ -1590,12 +1591,7 @@ class Downloader:
     def _bar(self, name: str, size: int | None) -> Any:
         if not self.opts.progress:
             return None
-        from tqdm import tqdm
-
-        return tqdm(
-            total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
-            leave=True, dynamic_ncols=True, mininterval=0.5,
-        )
+        return progress_bar(size, name, leave=True)
 
 
 def _repair_paths(partial: Path) -> tuple[Path, Path]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .hashing import MultipartHasher, normalize_etag
+from isic2020.transfer.digests import MultipartHasher, normalize_etag
 
 #: Bytes per compared chunk: small enough that two damaged copies rarely share a chunk,
 #: large enough that a 23 GB file has only ~90k digests (1.4 MB per copy).

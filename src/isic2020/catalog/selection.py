@@ -3,8 +3,9 @@
 Why it is built this way:
 
 * **Over the metadata, not the archive.** Users think in labels ("malignant, female, torso"),
-  which only the CSVs hold; the frame is :func:`isic2020.dataset.load_metadata`'s (Kaggle column
-  names, typed), so a ``--where`` that works in a notebook works here.
+  which only the CSVs hold; the frame is
+  :func:`isic2020.catalog.tables.load_metadata`'s (Kaggle column names,
+  typed), so a ``--where`` that works in a notebook works here.
 * **One order of operations.** ``where`` filters the metadata, the images file intersects that,
   ``sample`` draws from what is left. So ``--where "target == 1" --sample 50`` means "50 of the
   malignant ones", the only reading that is not a surprise.
@@ -36,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported where used: `fetch --direct` imports this module, not pandas
     import pandas as pd
 
-from .errors import UsageError
-from .state import atomic_write_json, read_json
+from isic2020.errors import UsageError
+from isic2020.store.records import atomic_write_json, read_json
 
 _NAME_RE = re.compile(r"^ISIC_[0-9]{7}$")
 _SUFFIX_RE = re.compile(r"\.(jpe?g|dcm)$", re.IGNORECASE)

@@ -76,19 +76,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DiskError, Interrupted, Isic2020Error, UsageError, VerificationError
-from .fsutil import free_bytes, open_nofollow, remove_tree
-from .layout import Layout
-from .lock import data_dir_lock
-from .manifest import FileEntry, expand_split, load_manifest
-from .state import Records
-from .state import file_mode as _file_mode
-from .zipend import BadEndRecords, local_end_records
+from isic2020.archive.zipformat import BadEndRecords, local_end_records
+from isic2020.catalog.manifest import EXTENSIONS, FileEntry, expand_split, load_manifest
+from isic2020.errors import DiskError, Interrupted, Isic2020Error, UsageError, VerificationError
+from isic2020.report import progress_bar
+from isic2020.store.fsutil import free_bytes, open_nofollow, remove_tree, temp_name
+from isic2020.store.layout import Layout
+from isic2020.store.lock import data_dir_lock
+from isic2020.store.records import Records, file_mode
 
 IMAGE_RE = re.compile(r"^ISIC_([0-9]{7})\.(jpg|dcm)$", re.IGNORECASE | re.ASCII)
-EXTENSIONS = {"jpeg": "jpg", "dicom": "dcm", "dicom-original": "dcm"}
-TEMP_PREFIX = "."
-TEMP_SUFFIX = ".part"
 BUFFER = 1 << 20
 MAX_MEMBER_BYTES = 2 * 1024**3  # the largest real images are tens of MB
 MAX_RATIO = 100
@@ -106,15 +103,6 @@ _DEVICE_NAMES = {"CON", "PRN", "AUX", "NUL"} | {
 # Relative, ASCII letters, digits, ``_ - .``, no part starting with a dot (so no ``..``).
 _PLAIN_NAME = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]*/)*[A-Za-z0-9_][A-Za-z0-9_.-]*/?")
 _DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
-
-
-def temp_name(final_name: str) -> str:
-    """The hidden temporary name used while writing ``final_name`` (verify recognises it)."""
-    return f"{TEMP_PREFIX}{final_name}{TEMP_SUFFIX}"
-
-
-def is_temp_name(name: str) -> bool:
-    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
 
 
 @dataclass
@@ -198,7 +186,7 @@ class ExtractReport:
 
 
 @dataclass
-class _Member:
+class Member:
     info: zipfile.ZipInfo
     final: str  # canonical file name
 
@@ -235,7 +223,7 @@ def unsafe_reason(info: zipfile.ZipInfo) -> str | None:
 
 
 def plan_archive(path: Path, entry: FileEntry) -> Plan:
-    """:func:`_plan` of the landed archive at ``path``. Its end records are checked first
+    """:func:`plan_entries` of the landed archive at ``path``. Its end records are checked first
     (``zipend``: ``zipfile`` sizes its read of the directory from them, unchecked), so a
     claim of a huge directory or one outside the file is refused in one line, exit 1."""
     hint = f"delete {path} and run `isic2020 fetch` again"
@@ -243,7 +231,7 @@ def plan_archive(path: Path, entry: FileEntry) -> Plan:
         with open(path, "rb") as fh:
             local_end_records(fh.fileno())
             with zipfile.ZipFile(fh) as zf:
-                return _plan(zf, entry.name, entry.format, os.fstat(fh.fileno()).st_size)
+                return plan_entries(zf, entry.name, entry.format, os.fstat(fh.fileno()).st_size)
     except BadEndRecords as exc:
         raise VerificationError(f"{entry.name} is not a readable zip: {exc}", hint) from None
     except (zipfile.BadZipFile, OSError, NotImplementedError, EOFError, struct.error) as exc:
@@ -253,11 +241,11 @@ def plan_archive(path: Path, entry: FileEntry) -> Plan:
         ) from None
 
 
-def _plan(
+def plan_entries(
     zf: zipfile.ZipFile, archive: str, fmt: str, archive_size: int
-) -> tuple[list[_Member], list[str], list[str], int]:
+) -> tuple[list[Member], list[str], list[str], int]:
     ext = EXTENSIONS[fmt]
-    members: dict[str, _Member] = {}
+    members: dict[str, Member] = {}
     non_images: list[str] = []
     duplicates: list[str] = []
     directories = 0
@@ -308,7 +296,7 @@ def _plan(
                 )
             duplicates.append(info.filename)
             continue
-        members[final] = _Member(info, final)
+        members[final] = Member(info, final)
     if total > MAX_RATIO * max(archive_size, 1) and total > RATIO_FLOOR:
         raise VerificationError(
             f"{archive}: refusing to extract: {total} bytes from a {archive_size}-byte archive "
@@ -335,7 +323,7 @@ _LOCAL_SIG = b"PK\x03\x04"
 _stop_requested = False  # set by a worker's SIGTERM/SIGINT handler
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     """``os.write`` until every byte is written: a write may be short (RLIMIT_FSIZE lets the
     first write stop at the limit; the next one fails with EFBIG, which is what we report)."""
     n = os.write(fd, data)
@@ -403,8 +391,8 @@ class _Source:
         os.close(self.fd)
 
 
-def _write_member(
-    src: _Source, m: _Member, d: str, mode: int, archive: str, *, dir_fd: int | None = None
+def write_member(
+    src: _Source, m: Member, d: str, mode: int, archive: str, *, dir_fd: int | None = None
 ) -> int:
     """Write one member to ``d/.NAME.part``, check its size and CRC-32, rename it to ``d/NAME``.
     ``dir_fd``: ``d`` open (the staging folder, reached without links): names are relative
@@ -416,12 +404,12 @@ def _write_member(
     """
     info = m.info
     final = f"{d}/{m.final}"
-    tmp = f"{d}/{TEMP_PREFIX}{m.final}{TEMP_SUFFIX}"
+    tmp = f"{d}/{temp_name(m.final)}"
     at_final, at_tmp = (final, tmp) if dir_fd is None else (m.final, temp_name(m.final))
     try:
         fd = open_nofollow(at_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode, dir_fd=dir_fd)
     except OSError as exc:
-        raise _disk_error(exc, Path(tmp)) from None
+        raise disk_error(exc, Path(tmp)) from None
     try:
         try:
             if info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
@@ -440,7 +428,7 @@ def _write_member(
         ) from None
     except OSError as exc:
         _unlink(at_tmp, dir_fd)
-        raise _disk_error(exc, Path(final)) from None
+        raise disk_error(exc, Path(final)) from None
     except BaseException:
         _unlink(at_tmp, dir_fd)
         raise
@@ -471,7 +459,7 @@ def _copy_raw(zfd: int, info: zipfile.ZipInfo, fd: int) -> int:
         if zlib.crc32(data) != info.CRC:
             raise _Damaged("Bad CRC-32")
         if size:
-            _write_all(fd, data)
+            write_all(fd, data)
         return size
     # Large members: stream, never more than BUFFER bytes in or out at a time.
     pos = start
@@ -485,7 +473,7 @@ def _copy_raw(zfd: int, info: zipfile.ZipInfo, fd: int) -> int:
             raise _Damaged(f"more than {size} bytes")
         crc = zlib.crc32(out, crc)
         if out:
-            _write_all(fd, out)
+            write_all(fd, out)
 
     while left > 0:
         if _stop_requested:
@@ -531,18 +519,18 @@ def _copy_zipfile(zf: zipfile.ZipFile, info: zipfile.ZipInfo, fd: int) -> int:
             written += len(block)
             if written > info.file_size:
                 raise _Damaged(f"more than {info.file_size} bytes")
-            _write_all(fd, block)
+            write_all(fd, block)
     if written != info.file_size:
         raise _Damaged(f"{written} bytes instead of {info.file_size}")
     return written
 
 
-def _write_run(src: _Source, members: list[_Member], d: str, mode: int, archive: str) -> int:
+def _write_run(src: _Source, members: list[Member], d: str, mode: int, archive: str) -> int:
     total = 0
     for m in members:
         if _stop_requested:
             raise _Stop()
-        total += _write_member(src, m, d, mode, archive)
+        total += write_member(src, m, d, mode, archive)
     return total
 
 
@@ -550,7 +538,7 @@ def _write_run(src: _Source, members: list[_Member], d: str, mode: int, archive:
 # Worker processes
 
 
-def _chunks(members: list[_Member], n_workers: int) -> list[tuple[int, int]]:
+def _chunks(members: list[Member], n_workers: int) -> list[tuple[int, int]]:
     """Contiguous index ranges of ``members`` (in archive order) of about equal work, several
     per worker so that a worker slowed down by the machine simply takes fewer of them."""
     n = min(len(members), n_workers * CHUNKS_PER_WORKER)
@@ -575,7 +563,7 @@ def _on_stop_signal(signum: int, frame: Any) -> None:
 
 def _child(
     path: str,
-    members: list[_Member],
+    members: list[Member],
     chunks: list[tuple[int, int]],
     d: str,
     mode: int,
@@ -610,17 +598,17 @@ def _child(
             line, pending = pending.split(b"\n", 1)
             k = int(line)
             if k < 0:
-                _write_all(msg_w, f"d {total}\n".encode())
+                write_all(msg_w, f"d {total}\n".encode())
                 return 0
             lo, hi = chunks[k]
             total += _write_run(src, members[lo:hi], d, mode, archive)
-            _write_all(msg_w, f"c {hi - lo}\n".encode())
+            write_all(msg_w, f"c {hi - lo}\n".encode())
     except _Stop:
         return 2
     except Isic2020Error as exc:
         doc = {"kind": type(exc).__name__, "message": exc.message, "hint": exc.hint}
         with contextlib.suppress(OSError):
-            _write_all(msg_w, b"e " + json.dumps(doc).encode() + b"\n")
+            write_all(msg_w, b"e " + json.dumps(doc).encode() + b"\n")
         return 1
     except OSError as exc:  # the pipe to the parent (it is gone)
         if _stop_requested or exc.errno == errno.EPIPE:
@@ -649,7 +637,7 @@ class _Worker:
 
 def _run_processes(
     path: str,
-    members: list[_Member],
+    members: list[Member],
     d: str,
     mode: int,
     archive: str,
@@ -683,7 +671,7 @@ def _run_processes(
             k = next_chunk
             next_chunk += 1
         with contextlib.suppress(OSError):
-            _write_all(w.cmd, f"{k}\n".encode())
+            write_all(w.cmd, f"{k}\n".encode())
 
     def stop_all() -> None:
         for w in workers:
@@ -710,7 +698,7 @@ def _run_processes(
                     with contextlib.suppress(BaseException):
                         doc = {"kind": "internal", "message": f"{type(exc).__name__}: {exc}",
                                "hint": None}
-                        _write_all(msg_w, b"e " + json.dumps(doc).encode() + b"\n")
+                        write_all(msg_w, b"e " + json.dumps(doc).encode() + b"\n")
                 finally:
                     os._exit(code)
             os.close(cmd_r)
@@ -790,7 +778,7 @@ def _libc() -> Any:
         return None
 
 
-class _Flusher:
+class Flusher:
     """Flush the destination's filesystem (``syncfs``) while the workers write and once at the
     end, so that the final flush, which must finish before the record claims completion,
     finds little left to write (the kernel alone would start only at ``dirty_background_ratio``
@@ -843,7 +831,7 @@ def _unlink(p: str | Path, dir_fd: int | None = None) -> None:
         os.unlink(p, dir_fd=dir_fd)
 
 
-def _disk_error(exc: OSError, path: Path) -> DiskError:
+def disk_error(exc: OSError, path: Path) -> DiskError:
     if exc.errno in _DISK_ERRNOS:
         what = "file too large for this filesystem" if exc.errno == errno.EFBIG else "disk full"
         return DiskError(
@@ -875,11 +863,11 @@ def present_files(folder: str | os.PathLike[str]) -> dict[str, int]:
 
 def _take_staged(
     layout: Layout, entry: FileEntry, records: Records, size: int, dest_dir: Path,
-    members: list[_Member],
+    members: list[Member],
 ) -> int:
     """Move in the images unpacked while this archive downloaded, if they were unpacked from
     this very version of it (ETag and size, as recorded when it landed); else drop them."""
-    from .streaming import promote, staging_matches
+    from isic2020.archive.streaming import promote, staging_matches
 
     staging = layout.staging_dir(entry)
     if not staging.exists():
@@ -890,11 +878,11 @@ def _take_staged(
             return promote(staging, dest_dir, members)
         remove_tree(staging)
     except OSError as exc:
-        raise _disk_error(exc, dest_dir) from None
+        raise disk_error(exc, dest_dir) from None
     return 0
 
 
-Plan = tuple[list[_Member], list[str], list[str], int]  # members, non-images, duplicates, dirs
+Plan = tuple[list[Member], list[str], list[str], int]  # members, non-images, duplicates, dirs
 
 
 def extract_archive(
@@ -909,7 +897,7 @@ def extract_archive(
 ) -> ArchiveExtraction:
     """Unpack one archive (at ``layout.final_path(entry)``) into ``DATA/<format>/<split>/``.
 
-    ``plan`` is :func:`_plan` of this very archive when the caller already made it (the
+    ``plan`` is :func:`plan_entries` of this very archive when the caller already made it (the
     streaming extractor parses the directory while the archive downloads): parsing and checking
     33,126 entries again costs ~0.4 s and a second copy of them in memory.
 
@@ -953,7 +941,7 @@ def extract_archive(
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _disk_error(exc, dest_dir) from None
+        raise disk_error(exc, dest_dir) from None
     result.from_staging = _take_staged(layout, entry, records, st.st_size, dest_dir, members)
     present = present_files(dest_dir)
     todo = [m for m in members if present.get(m.final) != m.info.file_size]
@@ -974,10 +962,10 @@ def extract_archive(
     result.workers = n_workers
     # Archive order: each worker reads its runs of the zip sequentially.
     todo.sort(key=lambda m: m.info.header_offset)
-    mode = _file_mode()
+    mode = file_mode()
     d = str(dest_dir)
     bar = _progress_bar(progress, len(todo), entry.name)
-    flusher = _Flusher(dest_dir)
+    flusher = Flusher(dest_dir)
     try:
         if n_workers == 1:
             src = _Source(str(path))
@@ -1025,9 +1013,7 @@ def extract_archive(
 def _progress_bar(enabled: bool, total: int, name: str) -> Any:
     if not enabled or total == 0:
         return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", desc=name, leave=False)
+    return progress_bar(total, name, unit="img")
 
 
 def extract(

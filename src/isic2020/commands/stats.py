@@ -14,9 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-from .dataset import image_paths, load_train_tables, read_test
-from .layout import Layout
-from .manifest import FORMATS, SPLITS, load_manifest
+from isic2020.catalog.manifest import FORMATS, SPLITS, load_manifest
+from isic2020.catalog.tables import image_paths, load_train_tables, read_test
+from isic2020.store.layout import Layout
 
 MISSING = "(missing)"
 

@@ -16,17 +16,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import ManifestError, UsageError
+from isic2020 import config
+from isic2020.errors import ManifestError, UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-ENV_MANIFEST = "ISIC2020_MANIFEST"
 SPLITS = ("train", "test")
 FORMATS = ("jpeg", "dicom", "dicom-original")
 FORMAT_CHOICES = (*FORMATS, "none")
+# The file extension of each format's images, in the archives and on disk.
+EXTENSIONS = {"jpeg": "jpg", "dicom": "dcm", "dicom-original": "dcm"}
 SPLIT_CHOICES = (*SPLITS, "all")
 ROLES = ("ground_truth", "ground_truth_v2", "duplicates", "test_metadata")
 KINDS = ("archive", "metadata")
@@ -137,16 +139,16 @@ def parse_size(text: str) -> int:
 
 def default_manifest_path() -> Path:
     """``$ISIC2020_MANIFEST``, else the copy shipped in the wheel, else the source tree's."""
-    env = os.environ.get(ENV_MANIFEST)
-    if env:
-        return Path(env)
+    env = config.path(config.MANIFEST)
+    if env is not None:
+        return env
     try:
         shipped = resources.files("isic2020").joinpath("manifests/isic2020.toml")
         if shipped.is_file():
             return Path(str(shipped))
     except (ModuleNotFoundError, FileNotFoundError):  # pragma: no cover
         pass
-    return Path(__file__).resolve().parents[2] / "manifests" / "isic2020.toml"
+    return Path(__file__).resolve().parents[3] / "manifests" / "isic2020.toml"
 
 
 def load_manifest(path: str | os.PathLike[str] | None = None) -> Manifest:

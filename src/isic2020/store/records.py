@@ -18,8 +18,8 @@ from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
-from .errors import DiskError
-from .fsutil import atomic_write, file_mode
+from isic2020.errors import DiskError
+from isic2020.store.fsutil import atomic_write, file_mode
 
 __all__ = ["FileRecord", "Records", "atomic_write_bytes", "atomic_write_json", "done_intervals",
            "file_mode", "read_json"]
@@ -27,7 +27,7 @@ __all__ = ["FileRecord", "Records", "atomic_write_bytes", "atomic_write_json", "
 
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see the old or the new content, never half
-    (:func:`isic2020.fsutil.atomic_write`)."""
+    (:func:`isic2020.store.fsutil.atomic_write`)."""
     atomic_write(path, data, durable=durable)
 
 

@@ -17,20 +17,30 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from .manifest import FileEntry
+from isic2020 import config
 
-ENV_DATA_DIR = "ISIC2020_DATA_DIR"
 STATE_DIRNAME = ".isic2020"
 
 
 def default_data_dir() -> Path:
     """``$ISIC2020_DATA_DIR``, else ``$XDG_DATA_HOME/isic2020`` (``~/.local/share/isic2020``)."""
-    env = os.environ.get(ENV_DATA_DIR)
-    if env:
-        return Path(env).expanduser()
+    env = config.path(config.DATA_DIR)
+    if env is not None:
+        return env
     xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(xdg) / "isic2020"
+
+
+class Entry(Protocol):
+    """What the layout needs of a manifest entry (the store knows nothing of manifests)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -69,16 +79,16 @@ class Layout:
     def images_dir(self, fmt: str, split: str) -> Path:
         return self.root / fmt / split
 
-    def final_path(self, entry: FileEntry) -> Path:
+    def final_path(self, entry: Entry) -> Path:
         base = self.metadata_dir if entry.kind == "metadata" else self.archives_dir
         return base / entry.name
 
-    def partial_path(self, entry: FileEntry) -> Path:
+    def partial_path(self, entry: Entry) -> Path:
         return self.partial_dir / (entry.name + ".part")
 
-    def partial_state_path(self, entry: FileEntry) -> Path:
+    def partial_state_path(self, entry: Entry) -> Path:
         return self.partial_dir / (entry.name + ".state.json")
 
-    def staging_dir(self, entry: FileEntry) -> Path:
+    def staging_dir(self, entry: Entry) -> Path:
         """Images unpacked while ``entry`` downloads wait here until the archive is verified."""
         return self.state_dir / "staging" / entry.name

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import VerificationError
+from isic2020.errors import VerificationError
 
 if TYPE_CHECKING:
     import pandas as pd

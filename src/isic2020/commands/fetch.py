@@ -20,8 +20,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import __version__
-from .download import (
+from isic2020 import config
+from isic2020.catalog.manifest import FileEntry, Manifest, expand_split, load_manifest
+from isic2020.catalog.plausible import content_problem
+from isic2020.errors import EXIT_OK, EXIT_VERIFY, DiskError, UsageError
+from isic2020.report import human_size
+from isic2020.store.fsutil import atomic_write, free_bytes, remove_file
+from isic2020.store.layout import Layout
+from isic2020.store.lock import data_dir_lock
+from isic2020.store.records import FileRecord, Records, done_intervals, read_json
+from isic2020.transfer.engine import (
     DEFAULT_CHUNK,
     DEFAULT_CONNECTIONS,
     Downloader,
@@ -29,15 +37,8 @@ from .download import (
     DownloadResult,
     RetryPolicy,
 )
-from .errors import EXIT_OK, EXIT_VERIFY, DiskError, UsageError
-from .fsutil import atomic_write, free_bytes, remove_file
-from .http import Timeouts
-from .layout import Layout
-from .lock import data_dir_lock
-from .manifest import FileEntry, Manifest, expand_split, load_manifest
-from .plausible import content_problem
-from .speed import parse_rate
-from .state import FileRecord, Records, done_intervals, read_json
+from isic2020.transfer.http import Timeouts
+from isic2020.version import __version__
 
 Log = Callable[[str], None]
 
@@ -72,54 +73,25 @@ You must give appropriate credit (see CITATION.txt) and may not use the material
 commercial purposes. This notice was written by isic2020 {version} after a verified fetch.
 """
 
-ENV_RETRY_WINDOW = "ISIC2020_RETRY_WINDOW"
-ENV_READ_TIMEOUT = "ISIC2020_READ_TIMEOUT"
-ENV_CONNECT_TIMEOUT = "ISIC2020_CONNECT_TIMEOUT"
-ENV_CHUNK_SIZE = "ISIC2020_CHUNK_SIZE"
-ENV_LOWEST_SPEED = "ISIC2020_LOWEST_SPEED"
-ENV_SPEED_TIME = "ISIC2020_SPEED_TIME"
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise UsageError(f"${name} must be a number of seconds, found {raw!r}") from None
-    if value <= 0:
-        raise UsageError(f"${name} must be positive, found {raw!r}")
-    return value
-
-
-def _env_rate(name: str, default: float) -> float:
-    """Bytes per second, ``0`` for off; ``K``/``M`` suffixes as aria2c's (1K = 1024)."""
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return parse_rate(raw)
-    except ValueError:
-        raise UsageError(
-            f"${name} must be bytes per second (e.g. 1024, 1K, 0 for off), found {raw!r}"
-        ) from None
-
-
 def download_options(
     connections: int | None = None, progress: bool = False, log: Log | None = None
 ) -> DownloadOptions:
     """Engine options, with the timeouts and retry window the environment may override."""
+    env = config.load()
+
+    def pick(value: float | None, default: float) -> float:
+        return default if value is None else value
+
     return DownloadOptions(
         connections=connections or DEFAULT_CONNECTIONS,
-        chunk_size=int(_env_float(ENV_CHUNK_SIZE, DEFAULT_CHUNK)),
+        chunk_size=int(pick(env.chunk_size, DEFAULT_CHUNK)),
         timeouts=Timeouts(
-            connect=_env_float(ENV_CONNECT_TIMEOUT, Timeouts.connect),
-            read=_env_float(ENV_READ_TIMEOUT, Timeouts.read),
-            lowest_speed=_env_rate(ENV_LOWEST_SPEED, Timeouts.lowest_speed),
-            speed_time=_env_float(ENV_SPEED_TIME, Timeouts.speed_time),
+            connect=pick(env.connect_timeout, Timeouts.connect),
+            read=pick(env.read_timeout, Timeouts.read),
+            lowest_speed=pick(env.lowest_speed, Timeouts.lowest_speed),
+            speed_time=pick(env.speed_time, Timeouts.speed_time),
         ),
-        retry=RetryPolicy(window=_env_float(ENV_RETRY_WINDOW, RetryPolicy.window)),
+        retry=RetryPolicy(window=pick(env.retry_window, RetryPolicy.window)),
         progress=progress,
         log=log,
     )
@@ -206,16 +178,16 @@ class FetchReport:
             for row in self.dry_run:
                 lines.append(
                     f"  {row['name']:<40} {row['state']:<28} "
-                    f"to transfer {_human(row['to_transfer'])}"
+                    f"to transfer {human_size(row['to_transfer'])}"
                 )
                 if "selection" in row:  # a subset or --direct archive (see plan.py)
-                    from .plan import member_lines
+                    from isic2020.commands.dryrun import member_lines
 
                     lines.extend(member_lines(row))
                 total += row["to_transfer"]
                 need += row["disk_needed"]
             lines.append(
-                f"total to transfer {_human(total)}; disk needed about {_human(need)}; "
+                f"total to transfer {human_size(total)}; disk needed about {human_size(need)}; "
                 f"free {_free(self.dry_run[0]['free']) if self.dry_run else '?'}"
             )
             return lines
@@ -223,27 +195,19 @@ class FetchReport:
         for f in self.files:
             extra = ""
             if f.result is not None and f.result.bytes_transferred:
-                extra = f" ({_human(f.result.bytes_transferred)} transferred)"
+                extra = f" ({human_size(f.result.bytes_transferred)} transferred)"
             lines.append(f"{f.name}: {f.status}{extra}")
         if self.verification is not None:
             lines.extend(self.verification.summary_lines())
         lines.append(
             f"{'ok' if self.exit_code == 0 else 'FAILED'}: {self.data_dir} "
-            f"({_human(self.bytes_transferred)} transferred in {self.seconds:.1f}s)"
+            f"({human_size(self.bytes_transferred)} transferred in {self.seconds:.1f}s)"
         )
         return lines
 
 
 def _free(n: int | None) -> str:
-    return "unknown (the filesystem does not say)" if n is None else _human(n)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
+    return "unknown (the filesystem does not say)" if n is None else human_size(n)
 
 
 def fetch(
@@ -301,7 +265,7 @@ def fetch(
         plain = [e for e in entries if not (e.is_archive and members_only)]
         report.dry_run = _plan(layout, plain, mirror_list, opts, extract, keep_archives)
         if members_only:
-            from .plan import plan_members
+            from isic2020.commands.dryrun import plan_members
 
             free = free_bytes(layout.root)
             report.dry_run += [
@@ -389,7 +353,7 @@ def selection_fingerprint(layout: Layout, man: Manifest, split: str, fmt: str) -
 
 
 def _precheck(layout: Layout, man: Manifest, split: str) -> Any:
-    from .verify import MetadataPrecheck
+    from isic2020.checks.verify import MetadataPrecheck
 
     return MetadataPrecheck(layout, man, split)
 
@@ -410,7 +374,7 @@ def _verify_if_changed(
     layout: Layout, man: Manifest, records: Records, split: str, fmt: str, progress: bool,
     precheck: Any = None,
 ) -> Any:
-    from .verify import Check, VerifyReport, verify_data
+    from isic2020.checks.verify import Check, VerifyReport, verify_data
 
     key = f"{split}:{fmt}"
     fingerprint = selection_fingerprint(layout, man, split, fmt)
@@ -517,7 +481,7 @@ def _fetch_one(
             records.drop_extracted(entry.name)  # a different archive: unpack it again
         outcome = FileOutcome(result, entry.name, result.status)
     if entry.is_archive and extract:
-        from .extract import extract_archive
+        from isic2020.archive.local import extract_archive
 
         ext = extract_archive(layout, entry, records=records, progress=progress, log=log,
                               plan=plan)
@@ -528,14 +492,14 @@ def _fetch_one(
             with contextlib.suppress(FileNotFoundError):
                 final.unlink()
         if stream_stats is not None:
-            from .verify import _release_free_memory
+            from isic2020.checks.verify import release_free_memory
 
             # The archive's parsed directory and the transfer's buffers are garbage now: hand
             # the heap back before the next archive's transfer and plan take theirs (measured
             # on a complete fetch of all JPEGs: peak RSS 164 -> 156 MB, before the CLI's heap
             # settings; see cli._flat_heap). Not on a re-run: nothing was allocated.
             del plan
-            _release_free_memory()
+            release_free_memory()
     return outcome
 
 
@@ -560,9 +524,9 @@ def _streamer(
     it will not be unpacked (or ``$ISIC2020_STREAM=0`` turns it off, to compare). The closing
     verify's metadata checks start once the archive's directory is parsed: both at once would
     add their peaks of memory (pandas and the CSVs; the 33,126 entries)."""
-    if not (entry.is_archive and extract) or os.environ.get("ISIC2020_STREAM", "1") == "0":
+    if not (entry.is_archive and extract) or not config.flag(config.STREAM, True):
         return None
-    from .streaming import StreamingExtractor
+    from isic2020.archive.streaming import StreamingExtractor
 
     return StreamingExtractor(layout, entry, log=log,
                               on_planned=precheck.start if precheck is not None else None)
@@ -591,15 +555,15 @@ def _fetch_members(
     """
     import warnings
 
-    from .dataset import load_metadata
-    from .remotezip import cache_path, fetch_remote_members, image_members
-    from .selection import (
+    from isic2020.archive.remote import cache_path, fetch_remote_members, image_members
+    from isic2020.catalog.selection import (
         Selection,
         load_selection,
         make_selection,
         save_selection,
         selection_path,
     )
+    from isic2020.catalog.tables import load_metadata
 
     split, fmt = entry.split, entry.format
     subset = images is not None or sample is not None or where is not None
@@ -725,8 +689,8 @@ def _check_space(
     free = free_bytes(layout.root)  # None: the filesystem does not say (ramfs)
     if free is not None and need > free:
         raise DiskError(
-            f"not enough disk space in {layout.root}: about {_human(need)} needed, "
-            f"{_human(free)} free",
+            f"not enough disk space in {layout.root}: about {human_size(need)} needed, "
+            f"{human_size(free)} free",
             "free space, choose another --data-dir, or fetch with --no-extract",
         )
 
@@ -766,7 +730,7 @@ def _plan(
             size = size or e.approx_bytes
             have = _partial_bytes(layout, e)
             if have:
-                state = f"partial ({_human(have)} of {_human(size)})"
+                state = f"partial ({human_size(have)} of {human_size(size)})"
             to_transfer = max(0, size - have)
             disk = to_transfer + (size if e.is_archive and extract else 0)
             rows.append(_row(e, state, to_transfer, disk, free, size, url))
@@ -847,7 +811,7 @@ def list_files(
         elif final.exists():
             state = "present, changed since verified" if rec else "present, not verified"
         elif _partial_bytes(layout, e):
-            state = f"partial ({_human(_partial_bytes(layout, e))})"
+            state = f"partial ({human_size(_partial_bytes(layout, e))})"
         else:
             state = "missing"
         if e.is_archive and e.name in records.extracted:

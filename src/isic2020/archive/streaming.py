@@ -30,10 +30,10 @@ How, and why each step:
   a staging made for another version of the object (``object.json``: ETag, size) is removed
   before it is reused. A killed run keeps both the partial file and the staged images; the
   next run resumes the download and skips the members already staged.
-* **No links followed.** The staging folder is reached with :func:`isic2020.fsutil.open_dir`
+* **No links followed.** The staging folder is reached with :func:`isic2020.store.fsutil.open_dir`
   and members are written relative to its images folder's descriptor: a link planted there
   (by whoever else can write into a shared state folder) cannot send a write, a removal or a
-  rename outside DATA (:class:`isic2020.fsutil.StateLinkError` instead).
+  rename outside DATA (:class:`isic2020.store.fsutil.StateLinkError` instead).
 * **Never in the way.** Any error here (disk full, a damaged member) stops the streaming and is
   kept for the report; the download goes on and the extraction after it repeats the work,
   raising the error in its usual form if it is real.
@@ -56,14 +56,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .download import RemoteObject, TransferObserver, add_interval
-from .errors import Isic2020Error
-from .extract import Plan, _Flusher, _Member, _plan, _write_member, present_files
-from .fsutil import StateLinkError, file_mode, open_dir, open_nofollow, remove_tree
-from .layout import Layout
-from .manifest import FileEntry
-from .remotezip import TAIL_BYTES, _end_records
-from .state import atomic_write_json
+from isic2020.archive.local import Flusher, Member, Plan, plan_entries, present_files, write_member
+from isic2020.archive.remote import TAIL_BYTES, read_end_records
+from isic2020.catalog.manifest import FileEntry
+from isic2020.errors import Isic2020Error
+from isic2020.store.fsutil import StateLinkError, file_mode, open_dir, open_nofollow, remove_tree
+from isic2020.store.layout import Layout
+from isic2020.store.records import atomic_write_json
+from isic2020.transfer.engine import RemoteObject, TransferObserver, add_interval
 
 STREAM_THREADS = 2
 BATCH = 16  # members a thread takes at once
@@ -139,7 +139,7 @@ class StreamingExtractor(TransferObserver):
         self.wait_from = 0
         self.prioritize: Callable[[int, int], None] = lambda a, b: None
         self.avail: list[list[int]] = []
-        self.members: list[_Member] = []
+        self.members: list[Member] = []
         self.plan: Plan | None = None  # the directory's plan, for ``extract_archive``
         self.starts: list[int] = []
         self.ends: list[int] = []
@@ -150,7 +150,7 @@ class StreamingExtractor(TransferObserver):
         self.stopped = False
         self.active = 0
         self.threads: list[threading.Thread] = []
-        self.flusher: _Flusher | None = None
+        self.flusher: Flusher | None = None
         self.images_fd = -1  # the staging images folder, reached without following links
 
     # -- the engine's hooks --------------------------------------------------------------
@@ -189,7 +189,7 @@ class StreamingExtractor(TransferObserver):
             self.tail_from = self.first_offset(remote.size) or 0
             self.avail = [list(iv) for iv in done]
         self.prioritize = prioritize
-        self.flusher = _Flusher(self.images)
+        self.flusher = Flusher(self.images)
         self.flusher.start()
         planner = threading.Thread(target=self._planner, name="isic2020-stream-plan",
                                    daemon=True)
@@ -265,7 +265,7 @@ class StreamingExtractor(TransferObserver):
             if not self._wait_for(self.tail_from):
                 return
             tail = os.pread(fd, self.size - self.tail_from, self.tail_from)
-            cd_offset, _, _ = _end_records(
+            cd_offset, _, _ = read_end_records(
                 self.entry.name, tail, self.tail_from, self.size, _PreadReader(fd), None
             )
             if cd_offset < self.tail_from:
@@ -301,7 +301,7 @@ class StreamingExtractor(TransferObserver):
     def _read_directory(self, fd: int) -> tuple[Plan, list[int], list[int]]:
         with os.fdopen(os.dup(fd), "rb") as fh, zipfile.ZipFile(fh) as zf:
             cd_offset = zf.start_dir
-            plan = _plan(zf, self.entry.name, self.entry.format, self.size)
+            plan = plan_entries(zf, self.entry.name, self.entry.format, self.size)
             offsets = sorted({i.header_offset for i in zf.infolist()})
         members = plan[0]
         members.sort(key=lambda m: m.info.header_offset)
@@ -349,7 +349,7 @@ class StreamingExtractor(TransferObserver):
                 if m.info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                     continue  # left for the extraction after the download
                 try:
-                    _write_member(src, m, d, mode, self.entry.name, dir_fd=self.images_fd)
+                    write_member(src, m, d, mode, self.entry.name, dir_fd=self.images_fd)
                 except (Isic2020Error, OSError) as exc:
                     why = exc.message if isinstance(exc, Isic2020Error) else str(exc)
                     self._stop(f"stopped unpacking while downloading: {why}")
@@ -430,7 +430,7 @@ def staging_matches(staging: Path, etag: str | None, size: int) -> bool:
     return bool(etag) and doc.get("etag") == etag and doc.get("size") == size
 
 
-def promote(staging: Path, dest: Path, members: list[_Member]) -> int:
+def promote(staging: Path, dest: Path, members: list[Member]) -> int:
     """Move the staged images that belong to ``members`` (by name and size) into ``dest``;
     remove the staging folder. One rename of the folder when ``dest`` is empty.
 

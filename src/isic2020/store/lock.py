@@ -7,7 +7,7 @@ a second writer waits (saying so once on stderr) until the first is done, or giv
 finishes in a second, which is what two CI jobs sharing a cache want.
 
 Once the lock is held, the state folder is checked for symbolic links
-(:func:`isic2020.fsutil.refuse_state_links`): a run refuses to start on one that holds any.
+(:func:`isic2020.store.fsutil.refuse_state_links`): a run refuses to start on one that holds any.
 """
 
 from __future__ import annotations
@@ -20,8 +20,15 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import DiskError, LockError
-from .fsutil import O_CLOEXEC, O_NOFOLLOW, StateLinkError, file_mode, open_dir, refuse_state_links
+from isic2020.errors import DiskError, LockError
+from isic2020.store.fsutil import (
+    O_CLOEXEC,
+    O_NOFOLLOW,
+    StateLinkError,
+    file_mode,
+    open_dir,
+    refuse_state_links,
+)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from urllib.parse import urljoin
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import __version__
+from isic2020.version import __version__
 
 USER_AGENT = (
     f"isic2020/{__version__} (+https://doi.org/10.34970/2020-ds01) "
@@ -33,7 +33,7 @@ class Timeouts:
     A body that trickles (a byte every few seconds) never trips ``read``; the lowest-speed rule
     does: slower than ``lowest_speed`` bytes/s over ``speed_time`` seconds fails the request
     (curl's ``--speed-limit``/``--speed-time``, aria2c's ``--lowest-speed-limit``). 0 turns it
-    off. See :mod:`isic2020.speed`.
+    off. See :mod:`isic2020.transfer.speed`.
     """
 
     connect: float = 10.0

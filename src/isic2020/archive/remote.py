@@ -48,7 +48,7 @@ How, and the failure each step is there for:
   inside a block is written with one inflate call, one CRC-32, ``os.open``, one write loop and
   a rename (no file object, no ``Path``: per member, Python time holds the GIL); one cut by a
   block's end is streamed ``OUT_BLOCK`` at a time. The filesystem is flushed in the background
-  while writing (``extract``'s ``_Flusher``), so the flush that must precede any record of
+  while writing (``extract``'s ``Flusher``), so the flush that must precede any record of
   completion is ~0.02 s instead of ~1 s of ``os.sync``. Benchmark row 8 (654 MB, 16
   connections at 2 MiB/s): 25.5 s -> 23.2 s of wall time against 21.0 s for the download
   alone, most of what remains being the final ``verify`` of ``fetch``.
@@ -81,16 +81,22 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
-from .download import (
-    READ_BLOCK,
-    Downloader,
-    DownloadOptions,
-    RangeClient,
-    RetryPolicy,
-    _HostFailed,
-    _Throttle,
+from isic2020.archive.local import (
+    IMAGE_RE,
+    MAX_MEMBER_BYTES,
+    MAX_RATIO,
+    O_CLOEXEC,
+    RATIO_FLOOR,
+    Flusher,
+    disk_error,
+    file_mode,
+    present_files,
+    unsafe_reason,
+    write_all,
 )
-from .errors import (
+from isic2020.archive.zipformat import TAIL_BYTES, BadEndRecords, end_records
+from isic2020.catalog.manifest import EXTENSIONS
+from isic2020.errors import (
     DiskError,
     DownloadError,
     Interrupted,
@@ -98,25 +104,19 @@ from .errors import (
     UsageError,
     VerificationError,
 )
-from .extract import (
-    EXTENSIONS,
-    IMAGE_RE,
-    MAX_MEMBER_BYTES,
-    MAX_RATIO,
-    O_CLOEXEC,
-    RATIO_FLOOR,
-    _disk_error,
-    _file_mode,
-    _Flusher,
-    _write_all,
-    present_files,
-    temp_name,
-    unsafe_reason,
+from isic2020.report import human_size, progress_bar
+from isic2020.store.fsutil import atomic_write, open_nofollow, remove_file, temp_name
+from isic2020.transfer.digests import normalize_etag
+from isic2020.transfer.engine import (
+    READ_BLOCK,
+    Downloader,
+    DownloadOptions,
+    HostFailed,
+    RangeClient,
+    RetryPolicy,
+    Throttle,
 )
-from .fsutil import atomic_write, open_nofollow, remove_file
-from .hashing import normalize_etag
-from .http import Timeouts, make_session
-from .zipend import TAIL_BYTES, BadEndRecords, end_records
+from isic2020.transfer.http import Timeouts, make_session
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -298,7 +298,7 @@ def _damaged(archive: str, what: str) -> VerificationError:
 # Strict ranged GETs with retries
 
 
-def _host_failed(url: str, exc: _HostFailed) -> DownloadError:
+def _host_failed(url: str, exc: HostFailed) -> DownloadError:
     return DownloadError(
         f"{url}: {exc}",
         "check the network or try another --mirror, then run the same command again",
@@ -316,7 +316,7 @@ def probe(
     d = Downloader(DownloadOptions(timeouts=timeouts or Timeouts(), retry=retry or RetryPolicy()))
     try:
         remote = d.probe(url)
-    except _HostFailed as exc:
+    except HostFailed as exc:
         raise _host_failed(url, exc) from None
     finally:
         d.close()
@@ -372,7 +372,7 @@ def _read_directory(
     client = RangeClient(url, size, etag, last_modified, timeouts=timeouts, retry=retry)
     try:
         remote = _read_cd(client, sess, url, size, connections)
-    except _HostFailed as exc:
+    except HostFailed as exc:
         raise _host_failed(url, exc) from None
     finally:
         if own:
@@ -394,7 +394,7 @@ def _read_cd(
         raise _damaged(name, f"{size} bytes is too small to be a zip")
     tail_start = max(0, size - TAIL_BYTES)
     tail = client.read(session, tail_start, size)
-    cd_offset, cd_size, count = _end_records(name, tail, tail_start, size, client, session)
+    cd_offset, cd_size, count = read_end_records(name, tail, tail_start, size, client, session)
     cd = bytearray(cd_size)  # at most zipend.MAX_CD_BYTES
     cd_end = cd_offset + cd_size
     head_end = min(cd_end, tail_start)  # the part the tail does not hold
@@ -479,7 +479,7 @@ def _read_pieces(
         raise (real or errors)[0]
 
 
-def _end_records(
+def read_end_records(
     name: str,
     tail: bytes,
     tail_start: int,
@@ -592,7 +592,7 @@ def save_cached(path: Path, remote: RemoteZip) -> None:
     try:
         atomic_write(Path(path), _cache_bytes(remote), durable=False)
     except OSError as exc:
-        raise _disk_error(exc, Path(path)) from None
+        raise disk_error(exc, Path(path)) from None
 
 
 def _cache_bytes(remote: RemoteZip) -> bytes:
@@ -934,7 +934,7 @@ class _SpanWriter:
         try:
             fd = open_nofollow(tmp, _CREATE, self.mode)
             if data:
-                _write_all(fd, data)
+                write_all(fd, data)
             os.close(fd)
             fd = -1
             os.replace(tmp, final)
@@ -944,7 +944,7 @@ class _SpanWriter:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             if isinstance(exc, OSError):
-                raise _disk_error(exc, Path(final)) from None
+                raise disk_error(exc, Path(final)) from None
             raise
         self.done += 1
         self.bytes_written += m.file_size
@@ -972,7 +972,7 @@ class _SpanWriter:
             self.fd = open_nofollow(self.tmp, _CREATE, self.mode)
         except OSError as exc:
             self.tmp = None
-            raise _disk_error(exc, Path(final)) from None
+            raise disk_error(exc, Path(final)) from None
         self.state = _DATA
         if self.left == 0:
             self._finish()
@@ -1000,9 +1000,9 @@ class _SpanWriter:
         self.crc = zlib.crc32(data, self.crc)
         self.written += len(data)
         try:
-            _write_all(self.fd, data)
+            write_all(self.fd, data)
         except OSError as exc:
-            raise _disk_error(exc, Path(self.finals[m.header_offset])) from None
+            raise disk_error(exc, Path(self.finals[m.header_offset])) from None
 
     def _finish(self) -> None:
         m = self.member
@@ -1024,7 +1024,7 @@ class _SpanWriter:
             self.fd = -1
             os.replace(self.tmp, final)
         except OSError as exc:
-            raise _disk_error(exc, Path(final)) from None
+            raise disk_error(exc, Path(final)) from None
         self.tmp = None
         self.inflater = None
         self.done += 1
@@ -1117,7 +1117,7 @@ def fetch_members(
     """
     t0 = time.monotonic()
     result = FetchMembersResult(remote.name, remote.url, remote.etag, requested=len(members))
-    chosen = _checked_in_order(remote, members)
+    chosen = checked_in_order(remote, members)
     ends = remote.member_end()
     bar = _bar(progress, sum(ends[m.header_offset] - m.header_offset for m in chosen),
                remote.name)
@@ -1156,7 +1156,7 @@ def fetch_members(
     return result
 
 
-def _checked_in_order(
+def checked_in_order(
     remote: RemoteZip, members: Sequence[RemoteMember]
 ) -> list[RemoteMember]:
     """The members to consider, once each, in archive order, every one within the limits:
@@ -1219,11 +1219,11 @@ class _MemberFetch:
         self.errors: list[BaseException] = []
         self.finals: dict[int, str] = {}  # header offset -> final path, of planned members
         self.spans = _SpanQueue()
-        self.mode = _file_mode()
+        self.mode = file_mode()
         self.planned = self.planned_bytes = 0
         self.client = RangeClient(
             remote.url, remote.size, remote.etag, remote.last_modified,
-            timeouts=timeouts, retry=retry, throttle=_Throttle(max(1, connections)),
+            timeouts=timeouts, retry=retry, throttle=Throttle(max(1, connections)),
             abort=self.abort, on_bytes=(bar.update if bar is not None else None),
             block=READ_BLOCK,
         )
@@ -1231,7 +1231,7 @@ class _MemberFetch:
         # Like extract: the destination's filesystem is flushed in the background while the
         # members are written, so the final flush that must precede any record of completion
         # finds little left (os.sync took ~1 s at the end of 650 MB).
-        self.flushers: dict[int, _Flusher] = {}
+        self.flushers: dict[int, Flusher] = {}
         self.threads = [
             threading.Thread(target=self._download, name=f"isic2020-rz-{k}", daemon=True)
             for k in range(max(1, connections))
@@ -1298,9 +1298,9 @@ class _MemberFetch:
             os.makedirs(folder or ".", exist_ok=True)
             dev = os.stat(folder or ".").st_dev
         except OSError as exc:
-            raise _disk_error(exc, Path(folder)) from None
+            raise disk_error(exc, Path(folder)) from None
         if dev not in self.flushers:
-            flusher = self.flushers[dev] = _Flusher(Path(folder or "."))
+            flusher = self.flushers[dev] = Flusher(Path(folder or "."))
             flusher.start()
 
     # -- the downloading threads -----------------------------------------------------------
@@ -1459,7 +1459,7 @@ def _raise_first(errors: list[BaseException], url: str) -> None:
     real = [e for e in errors if not isinstance(e, Interrupted)]
     if real:
         exc = real[0]
-        if isinstance(exc, _HostFailed):
+        if isinstance(exc, HostFailed):
             raise _host_failed(url, exc)
         raise exc
     if errors:
@@ -1469,10 +1469,7 @@ def _raise_first(errors: list[BaseException], url: str) -> None:
 def _bar(enabled: bool, total: int, name: str) -> Any:
     if not enabled:
         return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
-                leave=False, dynamic_ncols=True, mininterval=0.5)
+    return progress_bar(total, name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1619,11 +1616,11 @@ class InspectReport:
     def summary_lines(self) -> list[str]:
         lines: list[str] = []
         for a in self.archives:
-            how = "cached directory" if a.from_cache else f"{_human(a.bytes_transferred)} read"
+            how = "cached directory" if a.from_cache else f"{human_size(a.bytes_transferred)} read"
             lines.append(
                 f"{a.archive}: {a.entries} entries, {a.images} images, "
-                f"{_human(a.compressed_bytes)} compressed, "
-                f"{_human(a.uncompressed_bytes)} unpacked ({how})"
+                f"{human_size(a.compressed_bytes)} compressed, "
+                f"{human_size(a.uncompressed_bytes)} unpacked ({how})"
             )
             s = a.image_sizes
             if s:
@@ -1647,14 +1644,6 @@ class InspectReport:
                     lines.append(f"    extra: {_short(a.extra)}")
         lines.extend(self.notes)
         return lines
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def _short(items: Sequence[str], n: int = 5) -> str:
@@ -1726,9 +1715,9 @@ def inspect(
     cache), and how its image names compare with the metadata CSV when that is on disk."""
     import warnings
 
-    from .dataset import load_metadata
-    from .layout import Layout
-    from .manifest import Manifest, expand_split, load_manifest
+    from isic2020.catalog.manifest import Manifest, expand_split, load_manifest
+    from isic2020.catalog.tables import load_metadata
+    from isic2020.store.layout import Layout
 
     t0 = time.monotonic()
     if fmt == "none":

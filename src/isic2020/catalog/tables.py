@@ -19,17 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import DiskError, UsageError, VerificationError
-from .fsutil import atomic_file
-from .layout import Layout
-from .manifest import FORMATS, SPLITS, Manifest, load_manifest
-from .metadata import (
+from isic2020.catalog.manifest import FORMATS, SPLITS, Manifest, load_manifest
+from isic2020.catalog.metadata import (
     GROUND_TRUTH_COLUMNS,
     TEST_COLUMNS_KAGGLE,
     bad_image_names,
     check_values,
     read_metadata_csv,
 )
+from isic2020.errors import DiskError, UsageError, VerificationError
+from isic2020.store.fsutil import atomic_file
+from isic2020.store.layout import Layout
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -334,7 +334,7 @@ def load_metadata(
 
 
 def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    """Write ``path`` atomically (:func:`isic2020.fsutil.atomic_file`): a reader never sees
+    """Write ``path`` atomically (:func:`isic2020.store.fsutil.atomic_file`): a reader never sees
     half a file, and the file gets the umask's mode like any other."""
     try:
         with atomic_file(path) as fh:

@@ -49,20 +49,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError, VerificationError
-from .extract import EXTENSIONS, is_temp_name
-from .hashing import file_digests
-from .layout import Layout
-from .lock import data_dir_lock
-from .manifest import FORMAT_CHOICES, FileEntry, Manifest, expand_split, load_manifest
-from .metadata import (
+from isic2020.catalog.manifest import (
+    EXTENSIONS,
+    FORMAT_CHOICES,
+    FileEntry,
+    Manifest,
+    expand_split,
+    load_manifest,
+)
+from isic2020.catalog.metadata import (
     GROUND_TRUTH_COLUMNS,
     bad_image_names,
     read_metadata_csv,
     value_problems,
 )
-from .plausible import content_problem
-from .state import Records
+from isic2020.catalog.plausible import content_problem
+from isic2020.errors import UsageError, VerificationError
+from isic2020.store.fsutil import is_temp_name
+from isic2020.store.layout import Layout
+from isic2020.store.lock import data_dir_lock
+from isic2020.store.records import Records
+from isic2020.transfer.digests import file_digests
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -617,7 +624,7 @@ def _image_checks(
 # Entry points
 
 
-def _release_free_memory() -> None:
+def release_free_memory() -> None:
     """Hand the heap that earlier work freed (a download's buffers, an extraction's central
     directory) back to the system before pandas and the image lists take theirs: glibc keeps
     freed memory in its arenas, which a ``fetch`` would otherwise carry into this last step.
@@ -655,7 +662,7 @@ def _apply_selection(
 ) -> pd.DataFrame | None:
     """A subset fetch (``--images/--sample/--where``) is checked against its recorded
     selection, not the whole CSV, and the report says so."""
-    from .selection import load_selection, selection_path
+    from isic2020.catalog.selection import load_selection, selection_path
 
     sel = load_selection(selection_path(layout.state_dir, split, fmt))
     if sel is None or expected is None:
@@ -723,7 +730,7 @@ class MetadataPrecheck:
             }
             del frames
             self._stats, self._result = stats, (checks, names)
-            _release_free_memory()
+            release_free_memory()
         except Exception:  # noqa: BLE001 - the closing verify does the checks itself
             self._result = None
 
@@ -753,7 +760,7 @@ def verify_data(
     Raises VerificationError only when nothing of the selection is on disk at all.
     """
     start = time.monotonic()
-    _release_free_memory()
+    release_free_memory()
     splits = expand_split(split)
     if fmt not in FORMAT_CHOICES:
         raise UsageError(f"unknown format {fmt!r}", f"use one of {', '.join(FORMAT_CHOICES)}")

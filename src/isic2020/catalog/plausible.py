@@ -22,8 +22,8 @@ import csv
 import io
 from pathlib import Path
 
-from .manifest import FileEntry, parse_size
-from .metadata import SCHEMAS
+from isic2020.catalog.manifest import FileEntry, parse_size
+from isic2020.catalog.metadata import SCHEMAS
 
 #: A file more than this many times smaller or larger than its published size is not it.
 SIZE_FACTOR = 10

@@ -144,14 +144,3 @@ def format_rate(bps: float) -> str:
     return f"{bps:g} B/s"
 
 
-def parse_rate(raw: str) -> float:
-    """``1024``, ``1K``, ``1.5M`` (binary, as aria2c) -> bytes/s; ValueError otherwise."""
-    text = raw.strip()
-    scale = 1
-    if text[-1:].upper() in ("K", "M"):
-        scale = 1024 if text[-1].upper() == "K" else 1024 * 1024
-        text = text[:-1]
-    value = float(text) * scale
-    if value < 0 or value != value or value == float("inf"):
-        raise ValueError(raw)
-    return value

@@ -48,10 +48,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .dataset import fetch_hint, load_train_tables, write_csv_atomic
-from .errors import UsageError
-from .layout import Layout
-from .manifest import load_manifest
+from isic2020.catalog.manifest import load_manifest
+from isic2020.catalog.tables import fetch_hint, load_train_tables, write_csv_atomic
+from isic2020.errors import UsageError
+from isic2020.store.layout import Layout
 
 FOLDS_FILENAME = "folds.csv"
 FOLDS_COLUMNS = ["image_name", "patient_id", "fold"]

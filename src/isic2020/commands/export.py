@@ -39,12 +39,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .dataset import SUFFIX, image_paths, load_train_tables, read_test, write_csv_atomic
-from .errors import EXIT_OK, EXIT_VERIFY, DiskError, UsageError
-from .fsutil import atomic_write
-from .layout import Layout
-from .manifest import load_manifest
-from .metadata import GROUND_TRUTH_COLUMNS, TEST_COLUMNS_KAGGLE
+from isic2020.catalog.manifest import load_manifest
+from isic2020.catalog.metadata import GROUND_TRUTH_COLUMNS, TEST_COLUMNS_KAGGLE
+from isic2020.catalog.tables import (
+    SUFFIX,
+    image_paths,
+    load_train_tables,
+    read_test,
+    write_csv_atomic,
+)
+from isic2020.errors import EXIT_OK, EXIT_VERIFY, DiskError, UsageError
+from isic2020.store.fsutil import atomic_write
+from isic2020.store.layout import Layout
 
 if TYPE_CHECKING:
     import pandas as pd
