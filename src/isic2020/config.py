@@ -22,6 +22,7 @@ from isic2020.errors import UsageError
 
 DATA_DIR = "ISIC2020_DATA_DIR"
 MANIFEST = "ISIC2020_MANIFEST"
+MIRROR = "ISIC2020_MIRROR"  # read by click (``envvar=``) for ``--mirror``
 RETRY_WINDOW = "ISIC2020_RETRY_WINDOW"
 READ_TIMEOUT = "ISIC2020_READ_TIMEOUT"
 CONNECT_TIMEOUT = "ISIC2020_CONNECT_TIMEOUT"
@@ -47,6 +48,7 @@ TABLE: tuple[Variable, ...] = (
              "the data directory when --data-dir is not given"),
     Variable(MANIFEST, "the shipped manifests/isic2020.toml",
              "the manifest when --manifest is not given"),
+    Variable(MIRROR, "none", "mirrors, space separated, when no --mirror is given"),
     Variable(RETRY_WINDOW, "300",
              "seconds without a new byte before a host is given up (then the next mirror)"),
     Variable(READ_TIMEOUT, "30", "seconds a request may wait between two received blocks"),
