@@ -324,7 +324,7 @@ def list_cmd(
     data_dir: str | None, manifest: str | None, mirrors: tuple[str, ...], as_json: bool
 ) -> None:
     """Every manifest entry with its URLs, published size and local state."""
-    from isic2020.commands.fetch import list_files
+    from isic2020.commands.listing import list_files
 
     _run(lambda: list_files(data_dir=data_dir, manifest=manifest, mirrors=mirrors), as_json, False)
 
