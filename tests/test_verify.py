@@ -270,7 +270,8 @@ def test_deep_map_keeps_order_in_bounded_batches() -> None:
     (not one future per image) in flight."""
     import threading
 
-    from isic2020.checks.verify import MAP_BATCH, _map
+    from isic2020.checks.images import MAP_BATCH
+    from isic2020.checks.images import map_threads as _map
 
     live = 0
     peak = 0

@@ -13,7 +13,8 @@ from typing import Any
 from isic2020.archive.local import extract  # noqa: E402
 from isic2020.checks.verify import verify  # noqa: E402
 from isic2020.commands.export import export  # noqa: E402
-from isic2020.commands.fetch import fetch, list_files  # noqa: E402
+from isic2020.commands.fetch import fetch  # noqa: E402
+from isic2020.commands.listing import list_files  # noqa: E402
 from isic2020.version import __version__  # noqa: E402
 
 _LAZY = {

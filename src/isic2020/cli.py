@@ -4,6 +4,12 @@ Conventions (documented in the README): results go to stdout (one JSON document 
 ``--json``), progress and messages to stderr; every failure is one line on stderr starting
 ``isic2020: error:`` and a documented exit code (0 ok, 1 verification failed, 2 usage or input,
 3 download/network/disk, 130 interrupted). Nothing here prompts.
+
+Everything the commands do is in the library (``isic2020.commands``, ``isic2020.checks``, ...);
+this module parses options, maps errors (``_run``: the one error mapper) and prints, with the
+``--json`` envelope built in one place (``_envelope``). The allocator settings of ``_flat_heap``
+are here and not in the library because they belong to the command's process: a program that
+imports isic2020 keeps its own.
 """
 
 from __future__ import annotations
@@ -27,6 +33,11 @@ ENV_MIRROR = "ISIC2020_MIRROR"
 
 def _err(msg: str) -> None:
     click.echo(f"isic2020: {msg}", err=True)
+
+
+def _bars(quiet: bool) -> bool:
+    """Progress bars only for a person watching: not with --quiet, not into a log file."""
+    return not quiet and sys.stderr.isatty()
 
 
 #: Version of the ``--json`` document's envelope (``command``, ``ok``, ``exit_code``, ``error``).
@@ -255,31 +266,16 @@ def fetch(
     quiet: bool,
 ) -> None:
     """Download, verify, unpack and check the chosen split and format."""
+    from isic2020.commands.fetch import FetchHow, FetchPlace, FetchWhat
     from isic2020.commands.fetch import fetch as do_fetch
 
-    _run(
-        lambda: do_fetch(
-            split=split,
-            fmt=fmt,
-            data_dir=data_dir,
-            manifest=manifest,
-            mirrors=mirrors,
-            connections=connections,
-            extract=not no_extract,
-            keep_archives=keep_archives,
-            dry_run=dry_run,
-            lock_timeout=lock_timeout,
-            progress=not quiet and sys.stderr.isatty(),
-            log=None if quiet else _err,
-            images=images,
-            sample=sample,
-            seed=seed,
-            where=where,
-            direct=direct,
-        ),
-        as_json,
-        quiet,
-    )
+    what = FetchWhat(split=split, fmt=fmt, images=images, sample=sample, seed=seed, where=where)
+    place = FetchPlace(data_dir=data_dir, manifest=manifest, mirrors=mirrors,
+                       keep_archives=keep_archives)
+    how = FetchHow(connections=connections, extract=not no_extract, direct=direct,
+                   dry_run=dry_run, lock_timeout=lock_timeout, progress=_bars(quiet),
+                   log=None if quiet else _err)
+    _run(lambda: do_fetch(what, place, how), as_json, quiet)
 
 
 @cli.command(short_help="Read the remote archives' directories (no download).")
@@ -324,7 +320,7 @@ def list_cmd(
     data_dir: str | None, manifest: str | None, mirrors: tuple[str, ...], as_json: bool
 ) -> None:
     """Every manifest entry with its URLs, published size and local state."""
-    from isic2020.commands.fetch import list_files
+    from isic2020.commands.listing import list_files
 
     _run(lambda: list_files(data_dir=data_dir, manifest=manifest, mirrors=mirrors), as_json, False)
 
@@ -369,18 +365,8 @@ def verify(
     """Prove that what is on disk is complete and intact."""
     from isic2020.checks.verify import verify as do_verify
 
-    _run(
-        lambda: do_verify(
-            split=split,
-            fmt=fmt,
-            data_dir=data_dir,
-            manifest=manifest,
-            deep=deep,
-            progress=not quiet and sys.stderr.isatty(),
-        ),
-        as_json,
-        quiet,
-    )
+    _run(lambda: do_verify(split=split, fmt=fmt, data_dir=data_dir, manifest=manifest,
+                           deep=deep, progress=_bars(quiet)), as_json, quiet)
 
 
 @cli.command(short_help="Patient-grouped, stratified cross-validation folds.")
@@ -410,18 +396,8 @@ def folds(
     """Patient-grouped folds stratified by malignancy and images per patient."""
     from isic2020.commands.folds import make_folds
 
-    _run(
-        lambda: make_folds(
-            k=k,
-            seed=seed,
-            drop_duplicates=drop_duplicates,
-            data_dir=data_dir,
-            manifest=manifest,
-            out=out,
-        ),
-        as_json,
-        quiet,
-    )
+    _run(lambda: make_folds(k=k, seed=seed, drop_duplicates=drop_duplicates, data_dir=data_dir,
+                            manifest=manifest, out=out), as_json, quiet)
 
 
 @cli.command(short_help="Counts: images, patients, diagnoses, sites, missing values.")
@@ -464,13 +440,8 @@ def export(
     """Hard-link the data into DEST in another layout (copies across file systems)."""
     from isic2020.commands.export import export as do_export
 
-    _run(
-        lambda: do_export(
-            dest, layout=layout, data_dir=data_dir, manifest=manifest, dicom=dicom
-        ),
-        as_json,
-        quiet,
-    )
+    _run(lambda: do_export(dest, layout=layout, data_dir=data_dir, manifest=manifest,
+                           dicom=dicom), as_json, quiet)
 
 
 def _flat_heap() -> None:

@@ -1,23 +1,31 @@
-"""What a subset or ``--direct`` fetch would take out of each remote archive: the dry run.
+"""``fetch --dry-run``: what a fetch would transfer and write, with nothing written anywhere.
 
-Why a module of its own, and why it does not simply call the fetch path: a member fetch makes
-its decisions (the selection from the CSVs, which members are already in the layout, how the
-ranges coalesce) interleaved with side effects. ``open_remote`` caches the central directory,
-``fetch_members`` creates the image folder, ``_fetch_members`` records the selection. A dry run
-promises to write nothing anywhere, so it takes the same decisions with the same pieces, minus
-their writes: ``open_remote(save=False)`` (the same HEAD, cache key and ETag rule; a directory
-read from the server is never stored), ``checked_in_order`` and ``present_files`` for what is
-already in place, and the same ``plan_ranges`` with the same defaults, so the figure it prints
-is what the fetch then moves.
+One row per file of the selection (``FetchReport.dry_run``, the ``dry_run`` key of the JSON).
+Every row has ``name, state, size, url, to_transfer, disk_needed, free``, so scripts summing the
+rows need not know the modes. A whole file's row comes from its record or partial download on
+disk and a HEAD to the first host that answers (``sources.first_answer``); a host that fails is
+reported in ``state``, never a failure of the dry run.
+
+Subset and ``--direct`` archives get a :class:`MemberRow`, and why it does not simply call the
+member fetch: that makes its decisions (the selection from the CSVs, which members are already
+in the layout, how the ranges coalesce) interleaved with side effects. ``open_remote`` caches
+the central directory, ``fetch_members`` creates the image folder, ``commands.members`` records
+the selection. A dry run promises to write nothing anywhere, so it takes the same decisions with
+the same pieces, minus their writes: ``open_remote(save=False)`` (the same HEAD, cache key and
+ETag rule; a directory read from the server is never stored), ``checked_in_order`` and
+``present_files`` for what is already in place, and the same ``plan_ranges`` with the same
+defaults, so the figure it prints is what the fetch then moves.
 
 The one thing it cannot do without writing is choose a subset before the metadata CSVs are on
 disk: the fetch downloads them first. Then the row says so instead of guessing, and the exit
 code stays 0 (nothing is wrong; the answer just needs the CSVs).
+
+Words: a *row* is one file of the dry run; *plan* appears here only in the archive's own
+``plan_ranges`` (how member ranges coalesce into GETs).
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,22 +43,26 @@ from isic2020.archive.remote import (
 )
 from isic2020.catalog.manifest import FileEntry, Manifest
 from isic2020.catalog.selection import Selection, make_selection, read_images_file
-from isic2020.errors import DownloadError, UsageError, VerificationError
+from isic2020.commands.fetch_options import FetchRun, FetchWhat
+from isic2020.commands.ondisk import partial_bytes, trusted
+from isic2020.commands.sources import first_answer, ranged_urls
+from isic2020.errors import DownloadError, VerificationError
 from isic2020.report import human_size
+from isic2020.store.fsutil import free_bytes
 from isic2020.store.layout import Layout
-from isic2020.transfer.engine import DownloadOptions
+from isic2020.store.records import Records
+from isic2020.transfer.engine import Downloader
 
 #: ``state`` of a row whose subset cannot be chosen yet (a stable prefix for scripts).
 NEEDS_CSVS = "needs the metadata CSVs"
 
 
 @dataclass
-class MemberPlan:
+class MemberRow:
     """One archive of a dry run in subset or direct mode (a row of ``FetchReport.dry_run``).
 
-    ``name, state, size, url, to_transfer, disk_needed, free`` are the keys every dry-run row
-    has, so scripts summing the rows need not know the modes. ``images`` and the counts after
-    it are None when the subset could not be chosen (the CSVs are not on disk yet).
+    ``images`` and the counts after it are None when the subset could not be chosen (the CSVs
+    are not on disk yet).
     """
 
     name: str
@@ -78,6 +90,59 @@ class MemberPlan:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+def dry_run(run: FetchRun, entries: list[FileEntry]) -> list[dict[str, Any]]:
+    """The rows of ``fetch --dry-run`` for ``entries``: whole files first, then (subset or
+    ``--direct``) each archive's members."""
+    members_only = run.members_only
+    whole = [e for e in entries if not (e.is_archive and members_only)]
+    rows = file_rows(run, whole)
+    if members_only:
+        free = free_bytes(run.layout.root)
+        rows += [member_row(run, e, free).to_dict() for e in entries if e.is_archive]
+    return rows
+
+
+def file_rows(run: FetchRun, entries: list[FileEntry]) -> list[dict[str, Any]]:
+    """What a fetch would do for each whole file (remote sizes from a HEAD each)."""
+    layout = run.layout
+    records = Records(layout.records_path)
+    free = free_bytes(layout.root)
+    downloader = Downloader(run.options)
+    rows = []
+    try:
+        for e in entries:
+            rec = records.file(e.name)
+            if rec is not None and trusted(rec, e, layout.final_path(e)):
+                rows.append(file_row(e, "verified", 0, 0, free, rec.size, rec.url))
+                continue
+            size, url, state = first_answer(e, run.mirrors, downloader)
+            size = size or e.approx_bytes
+            have = partial_bytes(layout, e)
+            if have:
+                state = f"partial ({human_size(have)} of {human_size(size)})"
+            to_transfer = max(0, size - have)
+            disk = to_transfer + (size if e.is_archive and run.how.extract else 0)
+            rows.append(file_row(e, state, to_transfer, disk, free, size, url))
+    finally:
+        downloader.close()
+    return rows
+
+
+def file_row(
+    e: FileEntry, state: str, to_transfer: int, disk: int, free: int | None, size: int | None,
+    url: str | None,
+) -> dict[str, Any]:
+    """One whole file's row: the keys every row has."""
+    return {
+        "name": e.name,
+        "state": state,
+        "size": size,
+        "url": url,
+        "to_transfer": to_transfer,
+        "disk_needed": disk,
+        "free": free,
+    }
+
 
 def _has_csvs(layout: Layout, man: Manifest, split: str) -> bool:
     from isic2020.catalog.tables import find_metadata_files
@@ -102,19 +167,59 @@ def _todo(
     return present, todo
 
 
-def plan_members(
-    layout: Layout,
-    man: Manifest,
-    entry: FileEntry,
-    mirrors: list[str],
-    opts: DownloadOptions,
-    *,
-    images: str | os.PathLike[str] | None = None,
-    sample: int | None = None,
-    seed: int = 0,
-    where: str | None = None,
-    free: int | None = 0,
-) -> MemberPlan:
+def _choose(
+    layout: Layout, man: Manifest, entry: FileEntry, what: FetchWhat
+) -> tuple[Selection | None, str | None]:
+    """The selection a member fetch would make, or None when the CSVs it is chosen from are
+    not on disk yet (and why the ones there cannot be used, when they are)."""
+    from isic2020.catalog.tables import load_metadata
+
+    split, fmt = entry.split, entry.format
+    if not what.subset:
+        return Selection(split=split, names=[], format=fmt), None
+    sel: Selection | None = None
+    unusable: str | None = None  # why the CSVs on disk cannot be used to choose
+    if _has_csvs(layout, man, split):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                df = load_metadata(split, layout.root, image_format=None, manifest=man.path)
+        except VerificationError as exc:
+            # The fetch would download a CSV that changed since it was verified again
+            # before choosing, so a damaged one is a reason to wait, not a failure.
+            unusable = exc.message
+        else:
+            sel = make_selection(
+                df, split, images_file=what.images, sample=what.sample, seed=what.seed,
+                where=what.where, fmt=fmt,
+            )
+    if sel is None and what.images is not None:
+        read_images_file(what.images)  # a malformed list is refused now, not after the CSVs
+    return sel, unusable
+
+
+def _open_first(
+    run: FetchRun, entry: FileEntry, urls: list[str]
+) -> tuple[RemoteZip | None, dict[str, RemoteMember], list[str]]:
+    """The first archive of ``urls`` whose directory reads (from the cache when valid; never
+    saved), its image members, and why each host before it failed."""
+    opts = run.options
+    failures: list[str] = []
+    for url in urls:
+        try:
+            remote = open_remote(
+                url, cache_path(run.layout.state_dir, entry.name), timeouts=opts.timeouts,
+                retry=opts.retry, expected_etag=entry.etag, connections=opts.connections,
+                save=False,
+            )
+            return remote, image_members(remote, entry.format), failures
+        except (DownloadError, VerificationError) as exc:
+            kind = "damaged" if isinstance(exc, VerificationError) else "unreachable"
+            failures.append(f"{kind} ({exc.message})")
+    return None, {}, failures
+
+
+def member_row(run: FetchRun, entry: FileEntry, free: int | None = 0) -> MemberRow:
     """What ``fetch`` would transfer and write for ``entry`` in subset or direct mode.
 
     Reads the data directory and asks the server (HEAD, ranged GETs for an uncached
@@ -122,96 +227,64 @@ def plan_members(
     would give; a host that fails or serves a damaged archive is reported in ``state`` (the
     next URL is tried first), as the plain dry run reports an unreachable host.
     """
-    from isic2020.catalog.tables import load_metadata
-
+    what, layout = run.what, run.layout
     split, fmt = entry.split, entry.format
-    subset = images is not None or sample is not None or where is not None
-    http_urls = [u for u in entry.urls(mirrors) if not u.startswith("file://")]
-    if not http_urls:
-        raise UsageError(
-            "direct and partial fetch need an http(s) URL (file:// mirrors have no byte ranges)",
-            "fetch the whole archive instead",
-        )
-    sel: Selection | None = None
-    unusable: str | None = None  # why the CSVs on disk cannot be used to choose
-    if not subset:
-        sel = Selection(split=split, names=[], format=fmt)
-    else:
-        if _has_csvs(layout, man, split):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    df = load_metadata(split, layout.root, image_format=None, manifest=man.path)
-            except VerificationError as exc:
-                # The fetch would download a CSV that changed since it was verified again
-                # before choosing, so a damaged one is a reason to wait, not a failure.
-                unusable = exc.message
-            else:
-                sel = make_selection(
-                    df, split, images_file=images, sample=sample, seed=seed, where=where,
-                    fmt=fmt,
-                )
-        if sel is None and images is not None:
-            read_images_file(images)  # a malformed list is refused now, not after the CSVs
-    how = Selection(split=split, names=[], images_file=None if images is None else str(images),
-                    sample=sample, seed=seed, where=where, format=fmt).describe()
-    plan = MemberPlan(
-        name=entry.name, split=split, format=fmt, mode="subset" if subset else "direct",
-        selection=how if subset else "all images", state="", free=free,
+    urls = ranged_urls(entry, run.mirrors)
+    sel, unusable = _choose(layout, run.manifest, entry, what)
+    how = Selection(split=split, names=[],
+                    images_file=None if what.images is None else str(what.images),
+                    sample=what.sample, seed=what.seed, where=what.where, format=fmt).describe()
+    row = MemberRow(
+        name=entry.name, split=split, format=fmt, mode="subset" if what.subset else "direct",
+        selection=how if what.subset else "all images", state="", free=free,
     )
-    remote: RemoteZip | None = None
-    failures: list[str] = []
-    for url in http_urls:
-        try:
-            remote = open_remote(
-                url, cache_path(layout.state_dir, entry.name), timeouts=opts.timeouts,
-                retry=opts.retry, expected_etag=entry.etag, connections=opts.connections,
-                save=False,
-            )
-            found = image_members(remote, fmt)
-            break
-        except (DownloadError, VerificationError) as exc:
-            kind = "damaged" if isinstance(exc, VerificationError) else "unreachable"
-            failures.append(f"{kind} ({exc.message})")
-            remote = None
+    remote, found, failures = _open_first(run, entry, urls)
     if remote is None:
-        plan.state = "; ".join(failures) or "unreachable"
-        plan.url = http_urls[-1]
-        return plan
-    plan.url, plan.size = remote.url, remote.size
-    plan.directory_cached = remote.from_cache
-    plan.directory_bytes = 0 if remote.from_cache else remote.bytes_read
-    plan.archive_images = len(found)
-    plan.to_transfer = plan.directory_bytes
+        row.state = "; ".join(failures) or "unreachable"
+        row.url = urls[-1]
+        return row
+    row.url, row.size = remote.url, remote.size
+    row.directory_cached = remote.from_cache
+    row.directory_bytes = 0 if remote.from_cache else remote.bytes_read
+    row.archive_images = len(found)
+    row.to_transfer = row.directory_bytes
     if sel is None:
-        plan.state = (f"{NEEDS_CSVS}: they are downloaded first, the subset cannot be "
-                      "sized until then")
+        row.state = (f"{NEEDS_CSVS}: they are downloaded first, the subset cannot be "
+                     "sized until then")
         if unusable:
-            plan.state += f" (the ones on disk do not load: {unusable})"
-        plan.note = (f"run `isic2020 fetch --split {split} --format none --data-dir "
-                     f"{layout.root}` (a few MB), then this dry run again to size the subset")
-        return plan
+            row.state += f" (the ones on disk do not load: {unusable})"
+        row.note = (f"run `isic2020 fetch --split {split} --format none --data-dir "
+                    f"{layout.root}` (a few MB), then this dry run again to size the subset")
+        return row
+    _size_members(row, remote, found, sel, layout.images_dir(fmt, split), what.subset)
+    return row
+
+
+def _size_members(
+    row: MemberRow, remote: RemoteZip, found: dict[str, RemoteMember], sel: Selection,
+    dest_dir: Path, subset: bool,
+) -> None:
+    """The counts and bytes of ``row`` once the selection and the directory are known."""
     if subset:
         chosen = [found[n] for n in sel.names if n in found]
-        plan.images = len(sel.names)
-        plan.not_in_archive = len(sel.names) - len(chosen)
+        row.images = len(sel.names)
+        row.not_in_archive = len(sel.names) - len(chosen)
     else:
         chosen = list(found.values())
-        plan.images, plan.not_in_archive = len(chosen), 0
+        row.images, row.not_in_archive = len(chosen), 0
     try:
-        present, todo = _todo(remote, chosen, layout.images_dir(fmt, split))
+        present, todo = _todo(remote, chosen, dest_dir)
     except VerificationError as exc:
-        plan.state = f"damaged ({exc.message})"
-        return plan
+        row.state = f"damaged ({exc.message})"
+        return
     spans = plan_ranges(remote, todo)
-    plan.present, plan.to_fetch = present, len(todo)
-    plan.member_bytes = sum(s.length for s in spans)
-    plan.ranges = len(spans)
-    plan.to_transfer = plan.directory_bytes + plan.member_bytes
-    plan.disk_needed = sum(m.file_size for m in todo)
-    plan.state = (f"{plan.mode}: {len(todo)} to fetch" if todo
-                  else f"{plan.mode}: all {present} present")
-    return plan
+    row.present, row.to_fetch = present, len(todo)
+    row.member_bytes = sum(s.length for s in spans)
+    row.ranges = len(spans)
+    row.to_transfer = row.directory_bytes + row.member_bytes
+    row.disk_needed = sum(m.file_size for m in todo)
+    row.state = (f"{row.mode}: {len(todo)} to fetch" if todo
+                 else f"{row.mode}: all {present} present")
 
 
 def _ranges(n: int) -> str:
@@ -244,3 +317,28 @@ def member_lines(row: dict[str, Any]) -> list[str]:
         f"{pad}{directory}, members {human_size(row['member_bytes'])} in {_ranges(row['ranges'])}; "
         f"{human_size(row['disk_needed'])} unpacked",
     ]
+
+
+def dry_run_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The human summary of a dry run: a line per row (and the member lines under a subset or
+    direct archive), then the totals."""
+    lines = ["dry run: nothing was written"]
+    total = need = 0
+    for row in rows:
+        lines.append(
+            f"  {row['name']:<40} {row['state']:<28} "
+            f"to transfer {human_size(row['to_transfer'])}"
+        )
+        if "selection" in row:  # a subset or --direct archive (a MemberRow)
+            lines.extend(member_lines(row))
+        total += row["to_transfer"]
+        need += row["disk_needed"]
+    lines.append(
+        f"total to transfer {human_size(total)}; disk needed about {human_size(need)}; "
+        f"free {_free(rows[0]['free']) if rows else '?'}"
+    )
+    return lines
+
+
+def _free(n: int | None) -> str:
+    return "unknown (the filesystem does not say)" if n is None else human_size(n)

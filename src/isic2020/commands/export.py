@@ -283,6 +283,69 @@ def _dicom_source(layout: Layout, split: str, names: pd.Series, dicom: str) -> s
     return None
 
 
+def _write_csvs(
+    out: Path, train: pd.DataFrame, test: pd.DataFrame | None, report: ExportReport
+) -> list[tuple[str, pd.DataFrame]]:
+    """Kaggle's ``train.csv`` (and ``test.csv`` with ``sample_submission.csv`` when the test
+    metadata is on disk); the splits whose images are exported."""
+    import pandas as pd
+
+    write_csv_atomic(_kaggle_frame(train, GROUND_TRUTH_COLUMNS), out / "train.csv")
+    report.csvs["train.csv"] = len(train)
+    splits: list[tuple[str, pd.DataFrame]] = [("train", train)]
+    if test is not None:
+        write_csv_atomic(_kaggle_frame(test, TEST_COLUMNS_KAGGLE), out / "test.csv")
+        sub = pd.DataFrame({"image_name": test["image_name"], "target": 0})
+        write_csv_atomic(sub, out / "sample_submission.csv")
+        report.csvs["test.csv"] = len(test)
+        report.csvs["sample_submission.csv"] = len(test)
+        splits.append(("test", test))
+    else:
+        report.notes.append(
+            "note: no test metadata on disk, so no test.csv, sample_submission.csv or test "
+            "images (run `isic2020 fetch --split test --format none`)"
+        )
+    return splits
+
+
+def _export_folder(
+    lay: Layout, out: Path, split: str, names: pd.Series, rel: str, fmt: str | None,
+    dicom: str, placer: _Placer, report: ExportReport,
+) -> None:
+    """One image folder of the export (``rel`` under ``out``) from ``fmt``'s folder; a note
+    when that folder was never fetched, exit code 1 when it is only partly there."""
+    src_dir = lay.images_dir(fmt, split) if fmt else None
+    if src_dir is None or not src_dir.is_dir():
+        wanted = (
+            "jpeg"
+            if rel.startswith("jpeg")
+            else ("dicom-original" if dicom == "original" else "dicom")
+        )
+        left = (
+            " (the one from an earlier export is left as it was)"
+            if (out / rel).is_dir()
+            else ""
+        )
+        report.notes.append(
+            f"note: no {wanted} {split} images in the data directory, so {rel}/ is not "
+            f"exported{left} (run `isic2020 fetch --split {split} --format {wanted}` "
+            "to add them)"
+        )
+        return
+    result = FolderResult(rel=rel, source=str(src_dir), expected=len(names))
+    target_dir = _safe_dir(out, rel)
+    suffix = SUFFIX[fmt] if fmt else ""
+    for n in names:
+        placer.place(src_dir / f"{n}{suffix}", target_dir / f"{n}{suffix}", result)
+    report.folders.append(result)
+    if result.missing:
+        report.exit_code = EXIT_VERIFY
+        report.notes.append(
+            f"{result.missing:,} images missing in {src_dir}: {rel}/ is incomplete "
+            f"(run `isic2020 fetch --split {split} --format {fmt}`, then export again)"
+        )
+
+
 def export(
     dest: str | os.PathLike[str],
     layout: str = "kaggle",
@@ -295,8 +358,6 @@ def export(
     Exit code 1 when a folder is only partly there (some images of a split/format missing: a
     notebook would crash on them); formats never fetched are simply left out, with a note.
     """
-    import pandas as pd
-
     if layout not in LAYOUTS:
         raise UsageError(f"unknown layout {layout!r}", f"use one of {', '.join(LAYOUTS)}")
     if dicom not in DICOM_CHOICES:
@@ -315,23 +376,7 @@ def export(
         raise DiskError(f"cannot create {out}: {exc.strerror or exc}") from None
     marker = {"tool": "isic2020", "layout": layout, "data_dir": str(lay.root), "complete": False}
     _write_marker(out, marker)
-
-    write_csv_atomic(_kaggle_frame(train, GROUND_TRUTH_COLUMNS), out / "train.csv")
-    report.csvs["train.csv"] = len(train)
-    splits: list[tuple[str, pd.DataFrame]] = [("train", train)]
-    if test is not None:
-        write_csv_atomic(_kaggle_frame(test, TEST_COLUMNS_KAGGLE), out / "test.csv")
-        sub = pd.DataFrame({"image_name": test["image_name"], "target": 0})
-        write_csv_atomic(sub, out / "sample_submission.csv")
-        report.csvs["test.csv"] = len(test)
-        report.csvs["sample_submission.csv"] = len(test)
-        splits.append(("test", test))
-    else:
-        report.notes.append(
-            "note: no test metadata on disk, so no test.csv, sample_submission.csv or test "
-            "images (run `isic2020 fetch --split test --format none`)"
-        )
-
+    splits = _write_csvs(out, train, test, report)
     placer = _Placer()
     for split, frame in splits:
         names = frame["image_name"].astype(str)
@@ -340,36 +385,7 @@ def export(
             (split, _dicom_source(lay, split, names, dicom)),
         ]
         for rel, fmt in jobs:
-            src_dir = lay.images_dir(fmt, split) if fmt else None
-            if src_dir is None or not src_dir.is_dir():
-                wanted = (
-                    "jpeg"
-                    if rel.startswith("jpeg")
-                    else ("dicom-original" if dicom == "original" else "dicom")
-                )
-                left = (
-                    " (the one from an earlier export is left as it was)"
-                    if (out / rel).is_dir()
-                    else ""
-                )
-                report.notes.append(
-                    f"note: no {wanted} {split} images in the data directory, so {rel}/ is not "
-                    f"exported{left} (run `isic2020 fetch --split {split} --format {wanted}` "
-                    "to add them)"
-                )
-                continue
-            result = FolderResult(rel=rel, source=str(src_dir), expected=len(names))
-            target_dir = _safe_dir(out, rel)
-            suffix = SUFFIX[fmt] if fmt else ""
-            for n in names:
-                placer.place(src_dir / f"{n}{suffix}", target_dir / f"{n}{suffix}", result)
-            report.folders.append(result)
-            if result.missing:
-                report.exit_code = EXIT_VERIFY
-                report.notes.append(
-                    f"{result.missing:,} images missing in {src_dir}: {rel}/ is incomplete "
-                    f"(run `isic2020 fetch --split {split} --format {fmt}`, then export again)"
-                )
+            _export_folder(lay, out, split, names, rel, fmt, dicom, placer, report)
     report.copy_reasons = placer.reasons
     marker.update(
         complete=report.exit_code == EXIT_OK,

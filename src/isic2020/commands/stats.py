@@ -135,14 +135,8 @@ def _nonzero(d: dict[str, int]) -> dict[str, int]:
     return {k: v for k, v in d.items() if v}
 
 
-def compute_stats(
-    data_dir: str | os.PathLike[str] | None = None,
-    manifest: str | os.PathLike[str] | None = None,
-) -> StatsReport:
-    """Count the metadata (training required, test optional) and the images present."""
-    layout = Layout.at(data_dir)
-    man = load_manifest(manifest)
-    train, pairs, files = load_train_tables(layout, man)
+def _train_stats(train: pd.DataFrame, pairs: pd.DataFrame | None, files: Any) -> TrainStats:
+    """The training metadata's counts (lesions only when the v2 ground truth is on disk)."""
     ipp = train.groupby("patient_id", observed=True).size()
     dup_pairs = across = without = mal_without = None
     if pairs is not None:
@@ -151,7 +145,7 @@ def compute_stats(
         kept = train[~train["image_name"].isin(set(pairs["image_name_2"]))]
         dup_pairs, without, mal_without = len(pairs), len(kept), int(kept["target"].sum())
     has_lesions = files.ground_truth_v2 is not None
-    tstats = TrainStats(
+    return TrainStats(
         source=str(files.train),
         images=len(train),
         patients=int(train["patient_id"].nunique()),
@@ -172,6 +166,17 @@ def compute_stats(
         images_without_duplicates=without,
         malignant_without_duplicates=mal_without,
     )
+
+
+def compute_stats(
+    data_dir: str | os.PathLike[str] | None = None,
+    manifest: str | os.PathLike[str] | None = None,
+) -> StatsReport:
+    """Count the metadata (training required, test optional) and the images present."""
+    layout = Layout.at(data_dir)
+    man = load_manifest(manifest)
+    train, pairs, files = load_train_tables(layout, man)
+    tstats = _train_stats(train, pairs, files)
     test_stats = None
     test = None
     if files.test_metadata is not None:
@@ -193,7 +198,7 @@ def compute_stats(
             _, missing = image_paths(frame["image_name"], layout, fmt, split)
             on_disk.setdefault(fmt, {})[split] = len(frame) - missing
     notes = []
-    if not has_lesions:
+    if files.ground_truth_v2 is None:
         notes.append("note: only the v1 ground truth is on disk (no lesion_id)")
     return StatsReport(
         data_dir=str(layout.root), train=tstats, test=test_stats, on_disk=on_disk, notes=notes

@@ -1,0 +1,98 @@
+"""What a verification finds: one :class:`Check` per property, gathered in a :class:`VerifyReport`.
+
+Why a module of its own: the metadata, file and image checks each return ``Check`` objects and
+the entry (``verify``) gathers them, so the records sit below all four. A finding never raises:
+``status`` says ok / failed / warning and ``problems`` lists every offender (the text summary
+shows the first few, ``--json`` all of them), so one run reports everything that is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SHOW = 5  # names shown per problem list in the text summary
+
+
+@dataclass
+class Check:
+    """One verified property."""
+
+    name: str
+    status: str  # "ok", "failed", "warning"
+    message: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "message": self.message,
+            "figures": self.figures,
+            "problems": self.problems,
+        }
+
+
+@dataclass
+class VerifyReport:
+    """Every check of one ``verify`` run; ``exit_code`` 1 when any failed (warnings do not)."""
+
+    data_dir: str
+    split: str
+    format: str
+    deep: bool
+    checks: list[Check] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != "failed" for c in self.checks)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "failed"]
+
+    def check(self, name: str) -> Check:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command": "verify",
+            "data_dir": self.data_dir,
+            "split": self.split,
+            "format": self.format,
+            "deep": self.deep,
+            "ok": self.ok,
+            "status": "ok" if self.ok else "failed",
+            "checks": [c.to_dict() for c in self.checks],
+            "failed": [c.name for c in self.failed()],
+            "seconds": round(self.seconds, 3),
+            "exit_code": self.exit_code,
+        }
+
+    def summary_lines(self) -> list[str]:
+        mode = "deep" if self.deep else "fast"
+        n_fail = len(self.failed())
+        n_warn = sum(c.status == "warning" for c in self.checks)
+        head = (
+            f"verify {self.data_dir} (split {self.split}, format {self.format}, {mode}): "
+            + ("OK" if self.ok else f"FAILED ({n_fail} of {len(self.checks)} checks)")
+            + (f", {n_warn} warning(s)" if n_warn else "")
+            + f" in {self.seconds:.1f} s"
+        )
+        lines = [head]
+        for c in self.checks:
+            lines.append(f"  {c.status:<7} {c.name}: {c.message}")
+            if c.status != "ok" and c.problems:
+                for p in c.problems[:SHOW]:
+                    lines.append(f"            {p}")
+                if len(c.problems) > SHOW:
+                    lines.append(f"            ... and {len(c.problems) - SHOW} more (see --json)")
+        return lines

@@ -1,0 +1,62 @@
+"""Mirrors and hosts: which URLs a fetch may use for a file, and which answers.
+
+Invariants: a mirror is an ``http://``, ``https://`` or ``file://`` folder URL (plain http only
+ever comes from a mirror the user named, never from the manifest); mirrors are tried before the
+manifest's hosts, in the order given (``FileEntry.urls``); a member fetch (subset or
+``--direct``) needs byte ranges, so only http(s) URLs serve it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from isic2020.catalog.manifest import FileEntry
+from isic2020.errors import UsageError
+from isic2020.transfer.engine import Downloader
+
+
+def check_mirrors(mirrors: Sequence[str]) -> list[str]:
+    """Mirrors must be http(s):// or file:// URLs; plain http only ever comes from here."""
+    out = []
+    for m in mirrors:
+        parts = urlsplit(m)
+        if parts.scheme not in ("http", "https", "file") or (
+            parts.scheme != "file" and not parts.netloc
+        ):
+            raise UsageError(
+                f"mirror {m!r} is not an http://, https:// or file:// URL",
+                "give the folder URL that holds the official file names",
+            )
+        out.append(m)
+    return out
+
+
+def ranged_urls(entry: FileEntry, mirrors: Sequence[str]) -> list[str]:
+    """The URLs that can serve byte ranges of ``entry`` (a member fetch); refuses when none."""
+    urls = [u for u in entry.urls(mirrors) if not u.startswith("file://")]
+    if not urls:
+        raise UsageError(
+            "direct and partial fetch need an http(s) URL (file:// mirrors have no byte ranges)",
+            "fetch the whole archive instead",
+        )
+    return urls
+
+
+def first_answer(
+    entry: FileEntry, mirrors: Sequence[str], downloader: Downloader
+) -> tuple[int | None, str | None, str]:
+    """``(size, url, state)`` of the first URL of ``entry`` that answers a HEAD (a ``file://``
+    URL is taken as it is). ``state`` is "missing", or why the last host failed; a dry run
+    reports a host that fails, it never fails on one."""
+    size, url, state = entry.size, None, "missing"
+    for u in entry.urls(mirrors):
+        if u.startswith("file://"):
+            return size, u, state
+        try:
+            remote = downloader.probe(u)
+        except Exception as exc:  # noqa: BLE001 - a dry run reports, never fails on one host
+            state = f"unreachable ({exc})"[:60]
+            continue
+        return remote.size or entry.approx_bytes, u, "missing"
+    return size, url, state
