@@ -38,7 +38,7 @@ from isic2020.catalog.selection import Selection, make_selection, read_images_fi
 from isic2020.errors import DownloadError, UsageError, VerificationError
 from isic2020.report import human_size
 from isic2020.store.layout import Layout
-from isic2020.transfer.engine import DownloadOptions
+from isic2020.transfer.model import DownloadOptions
 
 #: ``state`` of a row whose subset cannot be chosen yet (a stable prefix for scripts).
 NEEDS_CSVS = "needs the metadata CSVs"

@@ -29,15 +29,15 @@ from isic2020.store.fsutil import atomic_write, free_bytes, remove_file
 from isic2020.store.layout import Layout
 from isic2020.store.lock import data_dir_lock
 from isic2020.store.records import FileRecord, Records, done_intervals, read_json
-from isic2020.transfer.engine import (
+from isic2020.transfer.engine import Downloader
+from isic2020.transfer.http import Timeouts
+from isic2020.transfer.model import (
     DEFAULT_CHUNK,
     DEFAULT_CONNECTIONS,
-    Downloader,
     DownloadOptions,
     DownloadResult,
-    RetryPolicy,
 )
-from isic2020.transfer.http import Timeouts
+from isic2020.transfer.retry import RetryPolicy
 from isic2020.version import __version__
 
 Log = Callable[[str], None]
