@@ -80,6 +80,8 @@ class _Got:
 
 @dataclass
 class _Tally:
+    """What every attempt at one URL cost: body bytes received and retries, summed."""
+
     transferred: int = 0
     retries: int = 0
 

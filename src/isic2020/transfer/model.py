@@ -32,6 +32,9 @@ Accept = Callable[[Path], "str | None"]
 
 @dataclass
 class DownloadOptions:
+    """How to download: connections (the pool's threads and the throttle's ceiling), bytes
+    per ranged request (a base that ``plan_chunk`` adjusts), timeouts, retry policy."""
+
     connections: int = DEFAULT_CONNECTIONS
     chunk_size: int = DEFAULT_CHUNK
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -42,13 +45,16 @@ class DownloadOptions:
 
 @dataclass
 class RemoteObject:
+    """One object as a probe found it. ``size`` None: the server states none (a plain stream
+    then); ``etag`` is normalized (quotes stripped), ``validator`` the header as sent."""
+
     url: str
     size: int | None
     etag: str | None
     last_modified: str | None
     part_size: int | None = None
     part_size_source: str | None = None  # "server" or "guess"
-    #: Multipart ETag, part size not stated: the sizes that fit, tried in order (``hashing``).
+    #: Multipart ETag, part size not stated: the sizes that fit, tried in order (``digests``).
     part_sizes: tuple[int, ...] = ()
     #: The ETag header exactly as received: sent back as the validator, never re-quoted.
     validator: str | None = None

@@ -195,6 +195,8 @@ class SingleStream:
 
 
 class LocalCopy(NamedTuple):
+    """A ``file://`` mirror's file copied into the partial file, and its sha256."""
+
     size: int
     sha256: str
 
