@@ -28,8 +28,10 @@ from support.servers import (
 )
 
 from isic2020.errors import DownloadError, VerificationError
-from isic2020.transfer.engine import Downloader, DownloadOptions, RetryPolicy
+from isic2020.transfer.engine import Downloader
 from isic2020.transfer.http import Timeouts
+from isic2020.transfer.model import DownloadOptions
+from isic2020.transfer.retry import RetryPolicy
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -49,8 +49,10 @@ import isic2020
 from isic2020.catalog.manifest import load_manifest, manifest_to_toml, parse_manifest
 from isic2020.errors import ManifestError
 from isic2020.synthetic import build_dataset, official_manifest
-from isic2020.transfer.engine import Downloader, DownloadOptions, RetryPolicy
+from isic2020.transfer.engine import Downloader
 from isic2020.transfer.http import Timeouts, make_session
+from isic2020.transfer.model import DownloadOptions
+from isic2020.transfer.retry import RetryPolicy
 
 PREFIX = "/challenges/2020/"
 ARCHIVE = "ISIC_2020_Training_JPEG.zip"

@@ -24,8 +24,11 @@ from support.cli import cli_env, run_cli
 from isic2020.catalog.manifest import load_manifest, manifest_to_toml
 from isic2020.errors import VerificationError
 from isic2020.synthetic import build_dataset
-from isic2020.transfer.engine import COMMON_PART_SIZES, Downloader, DownloadOptions, RetryPolicy
+from isic2020.transfer.digests import COMMON_PART_SIZES
+from isic2020.transfer.engine import Downloader
 from isic2020.transfer.http import Timeouts
+from isic2020.transfer.model import DownloadOptions
+from isic2020.transfer.retry import RetryPolicy
 
 pytestmark = pytest.mark.s3
 

@@ -30,8 +30,10 @@ from support.netpeers import (
 from support.servers import FaultServer, Status, range_starts_at_or_after
 
 from isic2020.synthetic import build_dataset
-from isic2020.transfer.engine import Downloader, DownloadOptions, RetryPolicy
+from isic2020.transfer.engine import Downloader
 from isic2020.transfer.http import Timeouts
+from isic2020.transfer.model import DownloadOptions
+from isic2020.transfer.retry import RetryPolicy
 from isic2020.version import __version__
 
 PREFIX = "/challenges/2020/"

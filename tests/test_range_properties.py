@@ -17,15 +17,11 @@ from hypothesis import strategies as st
 from support.servers import BadContentRange, FaultServer, Reset, ShortBody, Status, ranged
 
 from isic2020.errors import DownloadError
-from isic2020.transfer.engine import (
-    Downloader,
-    DownloadOptions,
-    RetryPolicy,
-    add_interval,
-    missing_ranges,
-    plan_chunk,
-)
+from isic2020.transfer.engine import Downloader
 from isic2020.transfer.http import Timeouts
+from isic2020.transfer.intervals import add_interval, missing_ranges, plan_chunk
+from isic2020.transfer.model import DownloadOptions
+from isic2020.transfer.retry import RetryPolicy
 
 NAME = "ISIC_2020_Test_JPEG.zip"
 SIZE = 700_001

@@ -39,8 +39,8 @@ from isic2020.errors import DownloadError, ObjectChanged, VerificationError
 from isic2020.store.fsutil import is_temp_name
 from isic2020.store.records import Records
 from isic2020.synthetic import build_dataset
-from isic2020.transfer.engine import RetryPolicy
 from isic2020.transfer.http import Timeouts
+from isic2020.transfer.retry import RetryPolicy
 
 PREFIX = "/challenges/2020/"
 TRAIN = "ISIC_2020_Training_JPEG.zip"

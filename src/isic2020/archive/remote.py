@@ -107,16 +107,12 @@ from isic2020.errors import (
 from isic2020.report import human_size, progress_bar
 from isic2020.store.fsutil import atomic_write, open_nofollow, remove_file, temp_name
 from isic2020.transfer.digests import normalize_etag
-from isic2020.transfer.engine import (
-    READ_BLOCK,
-    Downloader,
-    DownloadOptions,
-    HostFailed,
-    RangeClient,
-    RetryPolicy,
-    Throttle,
-)
+from isic2020.transfer.engine import Downloader
 from isic2020.transfer.http import Timeouts, make_session
+from isic2020.transfer.model import READ_BLOCK, DownloadOptions
+from isic2020.transfer.ranges import RangeClient
+from isic2020.transfer.retry import HostFailed, RetryPolicy
+from isic2020.transfer.throttle import Throttle
 
 KiB = 1 << 10
 MiB = 1 << 20

@@ -63,7 +63,9 @@ from isic2020.errors import Isic2020Error
 from isic2020.store.fsutil import StateLinkError, file_mode, open_dir, open_nofollow, remove_tree
 from isic2020.store.layout import Layout
 from isic2020.store.records import atomic_write_json
-from isic2020.transfer.engine import RemoteObject, TransferObserver, add_interval
+from isic2020.transfer.intervals import add_interval
+from isic2020.transfer.model import RemoteObject
+from isic2020.transfer.observer import TransferObserver
 
 STREAM_THREADS = 2
 BATCH = 16  # members a thread takes at once

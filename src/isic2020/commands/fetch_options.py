@@ -22,13 +22,9 @@ from typing import TYPE_CHECKING, Any
 from isic2020 import config
 from isic2020.catalog.manifest import Manifest
 from isic2020.errors import UsageError
-from isic2020.transfer.engine import (
-    DEFAULT_CHUNK,
-    DEFAULT_CONNECTIONS,
-    DownloadOptions,
-    RetryPolicy,
-)
 from isic2020.transfer.http import Timeouts
+from isic2020.transfer.model import DEFAULT_CHUNK, DEFAULT_CONNECTIONS, DownloadOptions
+from isic2020.transfer.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from isic2020.checks.verify import MetadataPrecheck

@@ -13,7 +13,7 @@ from typing import Any
 
 from isic2020.errors import EXIT_OK, EXIT_VERIFY
 from isic2020.report import human_size
-from isic2020.transfer.engine import DownloadResult
+from isic2020.transfer.model import DownloadResult
 from isic2020.version import __version__
 
 

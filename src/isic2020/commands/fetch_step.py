@@ -29,7 +29,8 @@ from isic2020.commands.fetch_options import FetchRun
 from isic2020.commands.fetch_report import FileOutcome
 from isic2020.commands.ondisk import cached_result, implausible
 from isic2020.store.records import FileRecord, Records
-from isic2020.transfer.engine import Downloader, DownloadResult
+from isic2020.transfer.engine import Downloader
+from isic2020.transfer.model import DownloadResult
 
 
 @dataclass

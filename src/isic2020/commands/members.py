@@ -29,7 +29,7 @@ from isic2020.commands.fetch_options import FetchRun
 from isic2020.commands.fetch_report import FileOutcome
 from isic2020.store.fsutil import remove_file
 from isic2020.store.layout import Layout
-from isic2020.transfer.engine import DownloadResult
+from isic2020.transfer.model import DownloadResult
 
 
 def choose_subset(run: FetchRun, entry: FileEntry) -> Selection:

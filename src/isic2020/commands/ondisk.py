@@ -18,7 +18,7 @@ from isic2020.report import human_size
 from isic2020.store.fsutil import free_bytes
 from isic2020.store.layout import Layout
 from isic2020.store.records import FileRecord, Records, done_intervals, read_json
-from isic2020.transfer.engine import DownloadResult
+from isic2020.transfer.model import DownloadResult
 
 
 def trusted(rec: FileRecord | None, entry: FileEntry, final: Path) -> bool:

@@ -2,7 +2,7 @@
 
 S3's ETag for a single-part upload is the hex MD5 of the object. For a multipart upload it is
 ``md5(concat(md5(part_i))) + "-" + N``: checkable only when the part size is known, which is why
-the download engine aligns its ranges to parts and hashes each part as its bytes arrive.
+the engine hashes each part as its bytes arrive (``hashers``).
 ETags from other servers (nginx's ``"mtime-size"``, weak ETags) prove nothing about content;
 we say so ("unverifiable") instead of pretending.
 

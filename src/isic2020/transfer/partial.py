@@ -1,0 +1,159 @@
+"""The partial file of a ranged download and the state file that says which bytes it holds.
+
+Invariants:
+- the partial file is preallocated to the object's size and receives every chunk in place;
+- the state file (JSON, replaced atomically) lists the byte intervals written; only the
+  :class:`~isic2020.transfer.checkpoint.Checkpointer` claims new bytes, after an
+  ``fdatasync`` of them, so a claim is never ahead of the disk;
+- the state is tied to the object's size and ETag (or Last-Modified and URL without an
+  ETag): a run that finds another version starts over instead of splicing two versions;
+- every ``OSError`` leaves as a :class:`~isic2020.errors.DiskError` naming the file and what to
+  do (:func:`disk_error`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+from isic2020.errors import DiskError
+from isic2020.store.fsutil import open_nofollow, remove_file
+from isic2020.store.records import atomic_write_json, done_intervals, read_json, remove_stale_temps
+from isic2020.transfer.model import Log, RemoteObject
+
+STATE_VERSION = 2
+
+
+def disk_error(path: Path, exc: OSError) -> DiskError:
+    """The user-facing error for a failed write of ``path``."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        what = "the disk is full" if exc.errno != errno.EFBIG else "the file size limit was hit"
+        return DiskError(
+            f"writing {path.name}: {what} ({exc.strerror})",
+            "free space (or raise the limit) and run the same command again to resume",
+        )
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return DiskError(
+            f"cannot write {path}: {exc.strerror}",
+            "make the data directory writable or choose another with --data-dir",
+        )
+    return DiskError(f"writing {path}: {exc.strerror or exc}", "check the disk, then run again")
+
+
+class PartialFile:
+    """The partial file of ``remote`` at ``path`` and its state file at ``state_path``.
+
+    Invariants: ``fd`` is open (read-write) between :meth:`open` and :meth:`close`, else -1;
+    ``done`` is what a previous run proved written (empty for a new or changed object).
+    """
+
+    def __init__(self, remote: RemoteObject, path: Path, state_path: Path, log: Log | None):
+        assert remote.size is not None
+        self.remote = remote
+        self.size = remote.size
+        self.path = path
+        self.state_path = state_path
+        self.log = log
+        self.fd = -1
+        self.done: list[list[int]] = []
+
+    def open(self) -> list[list[int]]:
+        """Resume what the state proves, else start over; the intervals already there."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.state_path)  # a kill during a checkpoint's write
+        self._load_state()
+        if not self.done and self.path.exists():
+            remove_file(self.path)
+        try:
+            fresh = not self.path.exists()
+            self.fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
+            if fresh or os.fstat(self.fd).st_size != self.size:
+                os.ftruncate(self.fd, self.size)
+                if fresh and hasattr(os, "posix_fallocate") and self.size:
+                    self._preallocate()
+        except OSError as exc:
+            self.close()
+            raise disk_error(self.path, exc) from None
+        self.save(self.done)
+        return [list(iv) for iv in self.done]
+
+    def _preallocate(self) -> None:
+        try:
+            os.posix_fallocate(self.fd, 0, self.size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise
+            # EOPNOTSUPP/EINVAL: the filesystem cannot preallocate; that is fine.
+
+    def _load_state(self) -> None:
+        doc = read_json(self.state_path)
+        if not isinstance(doc, dict) or not self.path.exists():
+            return
+        remote = self.remote
+        same = (
+            doc.get("version") == STATE_VERSION
+            and doc.get("size") == self.size
+            and (
+                (remote.etag and doc.get("etag") == remote.etag)
+                or (
+                    not remote.etag
+                    and remote.last_modified
+                    and doc.get("last_modified") == remote.last_modified
+                    and doc.get("url") == remote.url
+                )
+            )
+        )
+        if not same:
+            if self.log:
+                self.log(f"{self.path.name}: the remote object changed since the partial "
+                         "download; starting over")
+            return
+        self.done = done_intervals(doc.get("done", []), self.size)
+
+    def state_doc(self, done: list[list[int]]) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "url": self.remote.url,
+            "size": self.size,
+            "etag": self.remote.etag,
+            "last_modified": self.remote.last_modified,
+            "done": done,
+        }
+
+    def save(self, done: list[list[int]]) -> None:
+        """Replace the state file (not fsynced: see checkpoint.py for why that is safe).
+        Only the Checkpointer may claim new bytes; other callers save what was loaded."""
+        try:
+            atomic_write_json(self.state_path, self.state_doc(done), durable=False)
+        except OSError as exc:
+            raise disk_error(self.state_path, exc) from None
+
+    def write(self, offset: int, block: bytes) -> int:
+        """Write ``block`` at ``offset``; the offset after it."""
+        view = memoryview(block)
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view = view[n:]
+                offset += n
+        except OSError as exc:
+            raise disk_error(self.path, exc) from None
+        return offset
+
+    def finish(self) -> None:
+        """Flush the data to disk before the rename makes it final."""
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise disk_error(self.path, exc) from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1

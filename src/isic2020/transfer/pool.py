@@ -1,0 +1,281 @@
+"""ONE worker pool for ranged GETs: byte spans over N connections, each span's bytes in order.
+
+The whole-object engine (``ranged``) and the archive layer's member fetcher hand it spans; it
+runs them over ``connections`` threads (each with its own session) through one
+:class:`RangeClient`, so the strict range checks, the resume at the broken byte, the retry
+window and the AIMD throttle are the same for both.
+
+Invariants:
+- every span is fetched as one or more :class:`Piece` s that tile it exactly; a sink receives
+  each piece's bytes once, in order (``data(piece, offset, block)`` with ``offset`` the file
+  offset of ``block[0]``), between ``begin(piece)`` and ``end(piece, complete)``;
+- a span is split only where it allows (``Span.cuts``): queued spans by :meth:`prioritize`,
+  and, when ``split_min`` is set, a span in flight by an idle connection, which takes the back
+  half from a cut above what was delivered (the first piece's ``end`` shrinks; no byte at or
+  past the cut ever reaches the first piece); ``piece.end`` is final once ``end`` is called;
+- the first error (a sink's, a worker's, :meth:`fail`'s) aborts every thread, and
+  :meth:`wait` raises it; an ``Interrupted`` only when there is no other error.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from isic2020.errors import Interrupted
+from isic2020.transfer.http import make_session
+from isic2020.transfer.ranges import RangeClient, StopRange
+
+#: Where a span that may be cut anywhere is cut: request sizes stay round.
+ALIGN = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Span:
+    """``[start, end)`` of the object, with the caller's ``tag`` (what the bytes are for).
+
+    ``cuts``: the offsets where the span may be split (the start of a zip member, say);
+    None: anywhere (at multiples of ``ALIGN`` where possible); empty: never.
+    """
+
+    start: int
+    end: int
+    tag: Any = None
+    cuts: tuple[int, ...] | None = None
+
+
+class Piece:
+    """One connection's share of a span: ``[start, end)``, delivered up to ``pos``.
+
+    Invariants: ``span.start <= start <= pos <= end <= span.end``; ``end`` only shrinks (a
+    split), and never below ``pos``; ``index`` numbers the pieces in the order connections
+    took them (from 0). Written by the pool under its lock; sinks only read.
+    """
+
+    __slots__ = ("span", "start", "end", "pos", "index")
+
+    def __init__(self, span: Span, start: int, end: int) -> None:
+        self.span = span
+        self.start = start
+        self.end = end
+        self.pos = start
+        self.index = -1
+
+    def __repr__(self) -> str:
+        return f"Piece({self.start}, {self.end}, pos={self.pos}, index={self.index})"
+
+
+class SpanSink:
+    """Receives the pieces' bytes; the base class ignores ``begin`` and ``end``.
+
+    Called from the pool's threads, one thread per piece at a time. Raising anything aborts
+    the whole pool (the error reaches :meth:`RangePool.wait`).
+    """
+
+    def begin(self, piece: Piece) -> None:
+        """A connection starts ``piece`` (``piece.end`` may still shrink)."""
+
+    def data(self, piece: Piece, offset: int, block: bytes) -> None:
+        """``block`` belongs at ``offset``: right after the piece's previous block."""
+        raise NotImplementedError
+
+    def end(self, piece: Piece, complete: bool) -> None:
+        """``piece`` ended, with every byte of ``[start, end)`` delivered or not."""
+
+
+class RangePool:
+    """Runs spans over ``connections`` threads through one RangeClient (see the module).
+
+    Use :meth:`run` for a known list, or :meth:`start`, :meth:`put` (any number, from any
+    thread), :meth:`close` and :meth:`wait` to fetch spans while more are planned.
+    """
+
+    def __init__(
+        self, client: RangeClient, connections: int, *, split_min: int | None = None
+    ) -> None:
+        self.client = client
+        self.connections = max(1, connections)
+        self.split_min = split_min
+        self.abort = client.abort
+        self._cond = threading.Condition()
+        self._queue: deque[Piece] = deque()
+        self._inflight: list[Piece] = []
+        self._closed = False
+        self._taken = 0
+        self._errors: list[BaseException] = []
+        self._sink: SpanSink | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- the caller's side ----------------------------------------------------------------
+    def run(self, spans: Iterable[Span], sink: SpanSink) -> None:
+        """Fetch every span into ``sink``; raise the first error."""
+        self.put_all(spans)
+        self.close()
+        self.start(sink)
+        self.wait()
+
+    def start(self, sink: SpanSink, name: str = "isic2020-dl") -> None:
+        self._sink = sink
+        self._threads = [
+            threading.Thread(target=self._worker, name=f"{name}-{k}", daemon=True)
+            for k in range(self.connections)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def put(self, span: Span) -> None:
+        self.put_all((span,))
+
+    def put_all(self, spans: Iterable[Span]) -> None:
+        with self._cond:
+            self._queue.extend(Piece(s, s.start, s.end) for s in spans if s.end > s.start)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """No more spans: a connection that finds nothing to do ends."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def wait(self) -> None:
+        """Until every thread ended (Ctrl-C interrupts the wait); the first error raised."""
+        for t in self._threads:
+            while t.is_alive():
+                t.join(timeout=0.1)
+        self.raise_first()
+
+    def stop(self) -> None:
+        """After an error or Ctrl-C in the caller's thread: stop every thread."""
+        self.abort.set()
+        self.close()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def fail(self, exc: BaseException) -> None:
+        """Abort everything with ``exc`` (kept unless an earlier real error is)."""
+        with self._cond:
+            if not isinstance(exc, Interrupted) or not self._errors:
+                self._errors.append(exc)
+            self._cond.notify_all()
+        self.abort.set()
+
+    def raise_first(self) -> None:
+        real = [e for e in self._errors if not isinstance(e, Interrupted)]
+        if real:
+            raise real[0]
+        if self._errors:
+            raise self._errors[0]
+
+    def prioritize(self, start: int, end: int, step: int) -> None:
+        """Fetch what is queued of ``[start, end)`` next, cut into pieces of at most ``step``
+        bytes so that every connection helps; the rest of the queue follows in offset order.
+        Spans that may not be cut anywhere are moved whole."""
+        with self._cond:
+            rest: list[Piece] = []
+            hit: list[Piece] = []
+            for p in self._queue:
+                if p.end <= start or p.start >= end:
+                    rest.append(p)
+                elif p.span.cuts is not None:
+                    hit.append(p)
+                else:
+                    if p.start < start:
+                        rest.append(Piece(p.span, p.start, start))
+                    if p.end > end:
+                        rest.append(Piece(p.span, end, p.end))
+                    lo, hi = max(p.start, start), min(p.end, end)
+                    hit.extend(Piece(p.span, x, min(hi, x + step)) for x in range(lo, hi, step))
+            rest.sort(key=lambda p: p.start)
+            hit.sort(key=lambda p: p.start)
+            self._queue = deque(hit + rest)
+
+    # -- the connections ------------------------------------------------------------------
+    def _worker(self) -> None:
+        session: requests.Session | None = None
+        try:
+            while (piece := self._take()) is not None:
+                session = session or make_session(1)
+                self._fetch(session, piece)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by wait()
+            self.fail(exc)
+        finally:
+            if session is not None:
+                session.close()
+
+    def _take(self) -> Piece | None:
+        """The next queued piece, else the back half of one in flight, else None once the
+        queue is closed (waits for :meth:`put` while it is open)."""
+        with self._cond:
+            while not self.abort.is_set():
+                piece = self._queue.popleft() if self._queue else self._steal()
+                if piece is not None:
+                    piece.index = self._taken
+                    self._taken += 1
+                    self._inflight.append(piece)
+                    return piece
+                if self._closed:
+                    return None
+                self._cond.wait(0.1)
+            return None
+
+    def _fetch(self, session: requests.Session, piece: Piece) -> None:
+        sink = self._sink
+        assert sink is not None
+        asked = piece.end
+        sink.begin(piece)
+        complete = False
+
+        def deliver(block: bytes) -> None:
+            with self._cond:
+                at = piece.pos
+                n = min(len(block), piece.end - at)
+                piece.pos = at + n
+                stop = piece.pos >= piece.end < asked
+            if n:
+                sink.data(piece, at, block if n == len(block) else block[:n])
+            if stop:
+                raise StopRange
+
+        try:
+            self.client.stream(session, piece.start, asked, deliver)
+            complete = True
+        finally:
+            with self._cond:
+                self._inflight.remove(piece)
+            sink.end(piece, complete)
+
+    def _steal(self) -> Piece | None:
+        """Split the piece in flight with the most left to fetch (called under the lock)."""
+        if self.split_min is None:
+            return None
+        for p in sorted(self._inflight, key=lambda p: p.pos - p.end):
+            cut = self._cut_point(p, self.split_min)
+            if cut is not None:
+                back = Piece(p.span, cut, p.end)
+                p.end = cut
+                return back
+        return None
+
+    @staticmethod
+    def _cut_point(p: Piece, least: int) -> int | None:
+        """Where ``p`` may be cut leaving at least ``least`` bytes on both sides, nearest the
+        middle of what is left; None if nowhere."""
+        lo, hi = p.pos + least, p.end - least
+        if lo > hi:
+            return None
+        mid = (p.pos + p.end) // 2
+        cuts = p.span.cuts
+        if cuts is None:
+            aligned = -(-mid // ALIGN) * ALIGN
+            return aligned if lo <= aligned <= hi else mid
+        i = bisect.bisect_left(cuts, lo)
+        j = bisect.bisect_right(cuts, hi)
+        if i >= j:
+            return None
+        return min(cuts[i:j], key=lambda c: abs(c - mid))
