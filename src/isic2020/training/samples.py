@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from isic2020.catalog.manifest import load_manifest
 from isic2020.catalog.metadata import GROUND_TRUTH_COLUMNS, TEST_COLUMNS_KAGGLE
@@ -212,23 +212,81 @@ def jpeg_problem(data: bytes) -> str | None:
     return None
 
 
+def _refuse(sample: Sample, problem: str) -> VerificationError:
+    return VerificationError(
+        f"{sample.path}: {problem}",
+        "delete it and run `isic2020 fetch` (or `isic2020 resize`) again, then run the same "
+        "command again (finished shards are kept)",
+    )
+
+
+def _unreadable(sample: Sample, exc: OSError) -> VerificationError:
+    return VerificationError(
+        f"cannot read {sample.path}: {exc.strerror or exc}",
+        "check the data directory (`isic2020 verify`), then run the same command again",
+    )
+
+
+class ChunkSink(Protocol):
+    """Where :func:`stream_image` puts an image: a buffer to fill, then hand back."""
+
+    def buffer(self) -> bytearray: ...
+
+    def write_buffer(self, buf: bytearray, n: int) -> None: ...
+
+
+def stream_image(sample: Sample, out: ChunkSink) -> None:
+    """Pass the image's bytes to ``out`` a buffer at a time, checking them as
+    :func:`read_image` does (``out`` may have been given some before a refusal: the caller
+    writes into a temporary it then drops).
+
+    A reused buffer keeps the copy in the CPU's cache (a fresh ``bytes`` per image costs a page
+    fault per 4 KiB), which is most of the difference to ``tar``'s speed.
+    """
+    try:
+        fd = os.open(sample.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise _unreadable(sample, exc) from None
+    try:
+        size = os.fstat(fd).st_size
+        if size != sample.size:
+            raise _refuse(sample, f"changed since it was listed ({sample.size} bytes then, "
+                          f"{size} now)")
+        if size == 0:
+            raise _refuse(sample, "empty file")
+        done, last = 0, b""
+        while done < size:
+            buf = out.buffer()
+            view = memoryview(buf)
+            k = os.readv(fd, [view[: min(len(buf), size - done)]])
+            if k == 0:
+                raise _refuse(sample, f"shrank while being read ({done} of {size} bytes)")
+            if done == 0 and bytes(view[:2]) != b"\xff\xd8":
+                raise _refuse(sample, "not a JPEG (no SOI marker FFD8 at the start)")
+            last = bytes(view[max(0, k - 2) : k])
+            del view
+            out.write_buffer(buf, k)
+            done += k
+        if last != b"\xff\xd9":
+            tail = os.pread(fd, min(size, 65536), max(0, size - 65536))
+            if tail.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+                raise _refuse(sample, "truncated JPEG (no EOI marker FFD9 at the end)")
+    except OSError as exc:
+        raise _unreadable(sample, exc) from None
+    finally:
+        os.close(fd)
+
+
 def read_image(sample: Sample) -> bytes:
     """The image's bytes, refused (exit 1, by name) if damaged or changed since listed."""
     try:
         with open(sample.path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
-        raise VerificationError(
-            f"cannot read {sample.path}: {exc.strerror or exc}",
-            "check the data directory (`isic2020 verify`), then run the same command again",
-        ) from None
+        raise _unreadable(sample, exc) from None
     problem = jpeg_problem(data)
     if problem is None and len(data) != sample.size:
         problem = f"changed since it was listed ({sample.size} bytes then, {len(data)} now)"
     if problem is not None:
-        raise VerificationError(
-            f"{sample.path}: {problem}",
-            "delete it and run `isic2020 fetch` (or `isic2020 resize`) again, then run the same "
-            "command again (finished shards are kept)",
-        )
+        raise _refuse(sample, problem)
     return data
