@@ -203,6 +203,7 @@ def test_bigger_shards_replace_the_old_ones(tmp_path: Path) -> None:
         (["--layout", "webdataset", "--format", "png"], 2, "unknown image format 'png'"),
         (["--layout", "webdataset", "--shard-size", "lots"], 2, "bad shard size 'lots'"),
         (["--layout", "webdataset", "--split", "test"], 1, "no test metadata"),
+        (["--layout", "kaggle", "--split", "train"], 2, "for the webdataset and parquet"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(

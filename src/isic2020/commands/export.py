@@ -1,5 +1,8 @@
 """Export the data in another tool's layout, made of hard links, so nothing is stored twice.
 
+(``--layout webdataset`` and ``--layout parquet`` write training shards instead: see
+:mod:`isic2020.commands.export_shards`.)
+
 ``--layout kaggle`` rebuilds the SIIM-ISIC Melanoma Classification competition layout, so
 existing Kaggle notebooks run unchanged (point ``../input/siim-isic-melanoma-classification``
 at DEST)::
@@ -53,6 +56,7 @@ from isic2020.errors import EXIT_OK, EXIT_VERIFY, DiskError, UsageError
 from isic2020.store.fsutil import atomic_write
 from isic2020.store.layout import Layout
 from isic2020.training.destination import check_outside_data
+from isic2020.training.shards import DEFAULT_SHARD_SIZE, parse_shard_size
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -289,6 +293,13 @@ def export(
                             data_dir if data_dir is not None else base.data_dir,
                             manifest if manifest is not None else base.manifest)
         return export_shards(dest, opts)
+    if shards is not None and (
+        shards.split, shards.image_format, parse_shard_size(shards.shard_size)
+    ) != ("all", "jpeg", DEFAULT_SHARD_SIZE):
+        raise UsageError(
+            "--split, --format and --shard-size are for the webdataset and parquet layouts",
+            "leave them out for --layout kaggle (it exports every split it finds)",
+        )
     if dicom not in DICOM_CHOICES:
         raise UsageError(f"unknown DICOM choice {dicom!r}", f"use {', '.join(DICOM_CHOICES)}")
     lay = Layout.at(data_dir)

@@ -22,7 +22,7 @@ from isic2020.errors import UsageError
 from isic2020.training.samples import Sample, read_image
 from isic2020.training.shards import HashingWriter
 
-ROW_GROUP_BYTES = 64 * 10**6
+ROW_GROUP_BYTES = 16 * 10**6
 ROW_GROUP_ROWS = 1000
 INT_COLUMNS = {"age_approx", "target", "fold"}
 
