@@ -50,6 +50,7 @@ def _template() -> bytearray:
 
 
 _TEMPLATE = _template()
+_TEMPLATE_SUM = sum(_TEMPLATE)
 
 
 def header(name: str, size: int) -> bytes:
@@ -60,8 +61,9 @@ def header(name: str, size: int) -> bytes:
         return reference_header(name, size)
     h = _TEMPLATE.copy()
     h[0 : len(raw)] = raw
-    h[124:136] = b"%011o\0" % size
-    h[148:155] = b"%06o\0" % sum(h)
+    octal = b"%011o\0" % size
+    h[124:136] = octal
+    h[148:155] = b"%06o\0" % (_TEMPLATE_SUM + sum(raw) + sum(octal))
     return bytes(h)
 
 
@@ -85,13 +87,22 @@ class WebDatasetFormat:
     ext = "tar"
     recipe = "webdataset/ustar-1"
 
+    def __init__(self) -> None:
+        self._json: dict[str, bytes] = {}  # key -> metadata JSON, made once per sample
+
+    def _meta(self, sample: Sample) -> bytes:
+        data = self._json.get(sample.key)
+        if data is None:
+            data = self._json[sample.key] = meta_json(sample)
+        return data
+
     def cost(self, sample: Sample) -> int:
-        members = _members(sample, sample.size, meta_json(sample))
+        members = _members(sample, sample.size, self._meta(sample))
         return sum(BLOCK + _padded(b if isinstance(b, int) else len(b)) for _, b in members)
 
     def write(self, out: HashingWriter, samples: list[Sample]) -> None:
         for s in samples:
-            for name, body in _members(s, s.size, meta_json(s)):
+            for name, body in _members(s, s.size, self._json.pop(s.key, None) or meta_json(s)):
                 if isinstance(body, bytes):  # .cls, .json: header, body, padding at once
                     out.write(header(name, len(body)) + body + _ZEROS[: _padded(len(body))
                                                                       - len(body)])
