@@ -59,7 +59,7 @@ def row_shards(b: Bench) -> None:
         b.log(f"{name}: MISSING tar, row skipped")
         b.skipped.append(name)
         return
-    patients = 30 if b.p.quick else 380
+    patients = 10 if b.p.quick else 380
     lo, hi = b.p.member_min * 10, b.p.member_max * 10
     data = b.work / "run" / "shards-data"
     b.log(f"{name}: building {patients} patients' images")

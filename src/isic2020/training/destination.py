@@ -78,7 +78,7 @@ def check_outside_data(dest: Path, data_root: Path) -> None:
     if _is_within(d, r):
         raise UsageError(
             f"DEST {dest} is inside the data directory {data_root}",
-            "choose a folder outside it (the export links to the data, it must not be in it)",
+            "choose a folder outside it (an export must never mix with the data it is made of)",
         )
     if _is_within(r, d):
         raise UsageError(
