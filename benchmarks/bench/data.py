@@ -109,6 +109,9 @@ def _jpeg_pool(lo: int, hi: int, seed: int, count: int = 48) -> list[bytes]:
     return pool
 
 
+jpeg_pool = _jpeg_pool  # public: rows_shards.py builds its images from it too
+
+
 def _write_image_zip(path: Path, folder: str, names: list[str], pool: list[bytes], level: int,
                      extras: list[tuple[str, bytes]]) -> int:
     tmp = path.with_name(path.name + ".tmp")

@@ -26,6 +26,7 @@ _LAZY = {
     "load_manifest": "isic2020.catalog.manifest",
     "build_dataset": "isic2020.synthetic",
     "Isic2020Error": "isic2020.errors",
+    "ISICDataset": "isic2020.training.dataset",
 }
 
 __all__ = ["__version__", "export", "extract", "fetch", "list_files", "verify", *_LAZY]

@@ -410,14 +410,35 @@ def stats(data_dir: str | None, manifest: str | None, as_json: bool, quiet: bool
     _run(lambda: compute_stats(data_dir=data_dir, manifest=manifest), as_json, quiet)
 
 
-@cli.command(short_help="Hard-link the data into DEST in another layout.")
+@cli.command(short_help="Hard-link the data into DEST in another layout, or write shards.")
 @common_options
 @click.option(
     "--layout",
-    type=click.Choice(["kaggle"]),
+    type=click.Choice(["kaggle", "webdataset", "parquet"]),
     default="kaggle",
     show_default=True,
-    help="kaggle: train.csv, test.csv, jpeg/{train,test}/, {train,test}/*.dcm.",
+    help="kaggle: train.csv, test.csv, jpeg/{train,test}/, {train,test}/*.dcm. webdataset: "
+    "tar shards (KEY.jpg, KEY.json, KEY.cls). parquet: Hugging Face datasets' Image encoding.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "test", "all"]),
+    default="all",
+    show_default=True,
+    help="Shards of which split (webdataset, parquet; all: test too when on disk).",
+)
+@click.option(
+    "--format",
+    "image_format",
+    default="jpeg",
+    show_default=True,
+    help="Images for the shards: jpeg (the originals) or a resized folder such as jpeg-512.",
+)
+@click.option(
+    "--shard-size",
+    default="256MB",
+    show_default=True,
+    help="Largest shard (webdataset, parquet): 256MB, 1GB, or bytes.",
 )
 @click.option(
     "--dicom",
@@ -433,15 +454,21 @@ def export(
     manifest: str | None,
     layout: str,
     dicom: str,
+    split: str,
+    image_format: str,
+    shard_size: str,
     dest: str,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Hard-link the data into DEST in another layout (copies across file systems)."""
+    """Hard-link the data into DEST in another layout (copies across file systems), or write
+    WebDataset / Parquet training shards (deterministic, resumable, with an index)."""
     from isic2020.commands.export import export as do_export
+    from isic2020.commands.export_shards import ShardOptions
 
+    shards = ShardOptions(layout, split, image_format, shard_size)
     _run(lambda: do_export(dest, layout=layout, data_dir=data_dir, manifest=manifest,
-                           dicom=dicom), as_json, quiet)
+                           dicom=dicom, shards=shards), as_json, quiet)
 
 
 def _flat_heap() -> None:

@@ -1,5 +1,8 @@
 """Export the data in another tool's layout, made of hard links, so nothing is stored twice.
 
+(``--layout webdataset`` and ``--layout parquet`` write training shards instead: see
+:mod:`isic2020.commands.export_shards`.)
+
 ``--layout kaggle`` rebuilds the SIIM-ISIC Melanoma Classification competition layout, so
 existing Kaggle notebooks run unchanged (point ``../input/siim-isic-melanoma-classification``
 at DEST)::
@@ -48,14 +51,17 @@ from isic2020.catalog.tables import (
     read_test,
     write_csv_atomic,
 )
+from isic2020.commands.export_shards import SHARD_LAYOUTS, ShardOptions, ShardReport, export_shards
 from isic2020.errors import EXIT_OK, EXIT_VERIFY, DiskError, UsageError
 from isic2020.store.fsutil import atomic_write
 from isic2020.store.layout import Layout
+from isic2020.training.destination import check_outside_data
+from isic2020.training.shards import DEFAULT_SHARD_SIZE, parse_shard_size
 
 if TYPE_CHECKING:
     import pandas as pd
 
-LAYOUTS = ("kaggle",)
+LAYOUTS = ("kaggle", *SHARD_LAYOUTS)
 DICOM_CHOICES = ("auto", "corrected", "original")
 MARKER = ".isic2020-export.json"
 
@@ -140,35 +146,14 @@ class ExportReport:
         return lines
 
 
-def _resolved(p: Path) -> Path:
-    return Path(os.path.realpath(p))
-
-
-def _is_within(child: Path, parent: Path) -> bool:
-    return child == parent or parent in child.parents
-
-
 def check_dest(dest: Path, data_root: Path) -> None:
     """Refuse a DEST that could mix with or damage the data directory or a user's files."""
-    d, r = _resolved(dest), _resolved(data_root)
-    if _is_within(d, r):
+    check_outside_data(dest, data_root)
+    if dest.is_dir() and any(dest.iterdir()) and not (dest / MARKER).is_file():
         raise UsageError(
-            f"DEST {dest} is inside the data directory {data_root}",
-            "choose a folder outside it (the export links to the data, it must not be in it)",
+            f"DEST {dest} is not empty and is not a previous isic2020 export",
+            "choose a new or empty folder (an earlier export is updated in place)",
         )
-    if _is_within(r, d):
-        raise UsageError(
-            f"DEST {dest} contains the data directory {data_root}",
-            "choose a new or empty folder for the export",
-        )
-    if dest.exists() or dest.is_symlink():
-        if not dest.is_dir():
-            raise UsageError(f"DEST {dest} exists and is not a folder", "choose a new folder")
-        if any(dest.iterdir()) and not (dest / MARKER).is_file():
-            raise UsageError(
-                f"DEST {dest} is not empty and is not a previous isic2020 export",
-                "choose a new or empty folder (an earlier export is updated in place)",
-            )
 
 
 def _safe_dir(dest: Path, rel: str) -> Path:
@@ -352,14 +337,30 @@ def export(
     data_dir: str | os.PathLike[str] | None = None,
     manifest: str | os.PathLike[str] | None = None,
     dicom: str = "auto",
-) -> ExportReport:
+    shards: ShardOptions | None = None,
+) -> ExportReport | ShardReport:
     """Write the ``layout`` view of the data directory into ``dest`` (see the module doc).
 
     Exit code 1 when a folder is only partly there (some images of a split/format missing: a
     notebook would crash on them); formats never fetched are simply left out, with a note.
+    ``webdataset`` and ``parquet`` write training shards instead
+    (:mod:`isic2020.commands.export_shards`; ``shards`` says which split, format and size).
     """
     if layout not in LAYOUTS:
         raise UsageError(f"unknown layout {layout!r}", f"use one of {', '.join(LAYOUTS)}")
+    if layout in SHARD_LAYOUTS:
+        base = shards or ShardOptions()
+        opts = ShardOptions(layout, base.split, base.image_format, base.shard_size,
+                            data_dir if data_dir is not None else base.data_dir,
+                            manifest if manifest is not None else base.manifest)
+        return export_shards(dest, opts)
+    if shards is not None and (
+        shards.split, shards.image_format, parse_shard_size(shards.shard_size)
+    ) != ("all", "jpeg", DEFAULT_SHARD_SIZE):
+        raise UsageError(
+            "--split, --format and --shard-size are for the webdataset and parquet layouts",
+            "leave them out for --layout kaggle (it exports every split it finds)",
+        )
     if dicom not in DICOM_CHOICES:
         raise UsageError(f"unknown DICOM choice {dicom!r}", f"use {', '.join(DICOM_CHOICES)}")
     lay = Layout.at(data_dir)
