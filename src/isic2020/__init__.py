@@ -25,6 +25,10 @@ _LAZY = {
     "load_manifest": "isic2020.catalog.manifest",
     "build_dataset": "isic2020.synthetic",
     "Isic2020Error": "isic2020.errors",
+    "status": "isic2020.commands.status",
+    "clean": "isic2020.commands.clean",
+    "checksums": "isic2020.commands.checksums",
+    "verify_against": "isic2020.checks.against",
 }
 
 __all__ = ["__version__", "export", "extract", "fetch", "list_files", "verify", *_LAZY]
