@@ -55,22 +55,19 @@ class Usage:
     bytes: int = 0
     files: int = 0
 
-    def add(self, other: Usage) -> None:
-        self.bytes += other.bytes
-        self.files += other.files
-
 
 def disk_usage(path: Path) -> Usage:
-    """``du`` of ``path`` (0 when missing): blocks of everything, nothing followed below it."""
-    total = Usage()
+    """``du`` of ``path`` (0 when missing): blocks of it and everything below it, nothing below
+    it followed."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return total
+        return Usage()
     except OSError as exc:
         raise unreadable(path, exc) from None
+    total = Usage(st.st_blocks * BLOCK, int(stat.S_ISREG(st.st_mode)))
     if not stat.S_ISDIR(st.st_mode):
-        return Usage(st.st_blocks * BLOCK, int(stat.S_ISREG(st.st_mode)))
+        return total
     stack = [os.fspath(path)]
     while stack:
         folder = stack.pop()
@@ -247,14 +244,14 @@ def status(
                   disk_usage(layout.final_path(e)).bytes, partial_bytes(layout, e))
         for e in man.files
     ]
-    images = Usage()
+    images = 0
     for fmt in FORMATS:
         for split in SPLITS:
             row = image_folder(layout, fmt, split)
             if row is not None:
                 report.folders.append(row)
-                images.bytes += row.disk_bytes
-    report.disk = {"images": images.bytes}
+                images += row.disk_bytes
+    report.disk = {"images": images}
     report.disk.update({name: disk_usage(path).bytes for name, path in parts(layout).items()})
     inside = sum(report.disk[k] for k in ("partial", "staging", "caches"))
     report.disk["other_state"] = max(0, disk_usage(layout.state_dir).bytes - inside)
