@@ -252,3 +252,17 @@ def test_clean_takes_the_data_directory_lock(dataset, mirror, tmp_path):
     r = _cli(dataset, "clean", "--data-dir", str(data), "--lock-timeout", "0")
     assert r.returncode == 0, r.stderr
     assert not staged.exists()
+
+
+def test_the_python_api_names_them(dataset, mirror, tmp_path):
+    import isic2020
+
+    data = tmp_path / "d"
+    fetch_into(data, mirror.url, dataset.manifest_path, "--split", "train")
+    report = isic2020.status(data_dir=data, manifest=dataset.manifest_path)
+    assert [d.images for d in report.folders] == [len(dataset.train_names)]
+    sums = isic2020.checksums(data_dir=data, out=tmp_path / "S")
+    assert len(sums.files) == len(dataset.train_names)
+    assert isic2020.verify_against(tmp_path / "S", data_dir=data).exit_code == 0
+    assert isic2020.clean(data_dir=data, manifest=dataset.manifest_path).freed_bytes == 0
+    assert {"status", "clean", "checksums", "verify_against"} <= set(isic2020.__all__)
