@@ -33,7 +33,7 @@ from typing import Any
 from isic2020.archive.local import plan_archive, present_files
 from isic2020.catalog.manifest import FORMATS, SPLITS, FileEntry, Manifest, load_manifest
 from isic2020.catalog.plausible import content_problem
-from isic2020.commands.status import disk_usage, parts
+from isic2020.commands.status import disk_usage, parts, unreadable
 from isic2020.errors import DiskError, Isic2020Error
 from isic2020.report import human_size, plural
 from isic2020.store.fsutil import is_temp_name, remove_file, remove_tree
@@ -153,6 +153,8 @@ def _children(folder: Path) -> list[Path]:
             return sorted(Path(e.path) for e in it)
     except (FileNotFoundError, NotADirectoryError):
         return []
+    except OSError as exc:
+        raise unreadable(folder, exc) from None
 
 
 def keep_reason(layout: Layout, records: Records, entry: FileEntry) -> str | None:
