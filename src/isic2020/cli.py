@@ -533,7 +533,8 @@ def clean(
 @common_options
 @click.option("--split", type=click.Choice(SPLIT_CHOICES), default="all", show_default=True,
               help="Which split.")
-@click.option("--format", "fmt", type=click.Choice((*FORMAT_CHOICES[:-1], "all")),
+@click.option("--format", "fmt",
+              type=click.Choice((*(f for f in FORMAT_CHOICES if f != "none"), "all")),
               default="all", show_default=True, help="Which image format (all: every one).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Write the list to FILE (atomically) [default: stdout].")
