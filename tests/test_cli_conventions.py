@@ -74,7 +74,9 @@ def test_folds_accepts_short_k(tmp_path: Path) -> None:
     assert doc["k"] == 3
 
 
-@pytest.mark.parametrize("command", ["list", "stats", "folds", "verify", "extract"])
+@pytest.mark.parametrize(
+    "command", ["list", "stats", "folds", "verify", "extract", "status", "clean", "checksums"]
+)
 def test_every_json_document_has_the_envelope(tmp_path: Path, command: str) -> None:
     data = tmp_path / "d"
     make_synthetic(data, patients=20)

@@ -27,6 +27,10 @@ _LAZY = {
     "build_dataset": "isic2020.synthetic",
     "Isic2020Error": "isic2020.errors",
     "ISICDataset": "isic2020.training.dataset",
+    "status": "isic2020.commands.status",
+    "clean": "isic2020.commands.clean",
+    "checksums": "isic2020.commands.checksums",
+    "verify_against": "isic2020.checks.against",
 }
 
 __all__ = ["__version__", "export", "extract", "fetch", "list_files", "verify", *_LAZY]
