@@ -23,16 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from isic2020.archive.local import present_files
-from isic2020.archive.remote import (
-    RemoteMember,
-    RemoteZip,
-    cache_path,
-    checked_in_order,
-    image_members,
-    open_remote,
-    plan_ranges,
-)
+from isic2020.archive.decode import present_files
+from isic2020.archive.members import checked_in_order, image_members, plan_ranges
+from isic2020.archive.remote import RemoteMember, RemoteZip, cache_path, open_remote
 from isic2020.catalog.manifest import FileEntry, Manifest
 from isic2020.catalog.selection import Selection, make_selection, read_images_file
 from isic2020.errors import DownloadError, UsageError, VerificationError

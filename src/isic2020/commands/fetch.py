@@ -555,7 +555,9 @@ def _fetch_members(
     """
     import warnings
 
-    from isic2020.archive.remote import cache_path, fetch_remote_members, image_members
+    from isic2020.archive.direct import fetch_remote_members
+    from isic2020.archive.members import image_members
+    from isic2020.archive.remote import cache_path
     from isic2020.catalog.selection import (
         Selection,
         load_selection,
