@@ -102,12 +102,17 @@ def fetch_remote_members(
             if log is not None and i + 1 < len(http_urls):
                 log(f"{exc.message}; trying the next host")
             i += 1
+    raise _all_failed(failures, damaged)
+
+
+def _all_failed(failures: list[str], damaged: list[str]) -> VerificationError | DownloadError:
+    """Every host failed: a verification error when each served a damaged archive."""
     if damaged and len(damaged) == len(failures):
-        raise VerificationError(
+        return VerificationError(
             "; ".join(damaged),
             "the servers' archive is damaged or not the official one; try another --mirror",
         )
-    raise DownloadError(
+    return DownloadError(
         f"every host failed ({'; '.join(failures)})",
         "check the network or the mirror, then run the same command again to resume",
     )

@@ -136,9 +136,9 @@ def extract_archive(
 ) -> ArchiveExtraction:
     """Unpack one archive (at ``layout.final_path(entry)``) into ``DATA/<format>/<split>/``.
 
-    ``plan`` is :func:`plan_entries` of this very archive when the caller already made it (the
-    streaming extractor parses the directory while the archive downloads): parsing and checking
-    33,126 entries again costs ~0.4 s and a second copy of them in memory.
+    ``plan`` is :func:`plan_archive`'s result for this very archive when the caller already
+    made it (the streaming extractor parses the directory while the archive downloads): it is
+    not parsed and checked a second time.
 
     The caller holds the data-dir lock. Raises VerificationError (unsafe or damaged archive,
     naming the entry), DiskError (disk full, unwritable) or Interrupted; what was finished
@@ -155,7 +155,47 @@ def extract_archive(
         raise UsageError(
             f"{path} does not exist", "run `isic2020 fetch` to download it first"
         ) from None
+    if _already_extracted(records, entry, st, dest_dir, result):
+        result.seconds = time.monotonic() - start
+        return result
 
+    if plan is None:
+        plan = plan_archive(path, entry)
+    result.images = len(plan.members)
+    result.non_images = plan.non_images
+    result.duplicates = plan.duplicates
+    result.directories = plan.directories
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise disk_error(exc, dest_dir) from None
+    result.from_staging = _take_staged(layout, entry, records, st.st_size, dest_dir,
+                                       plan.members)
+    todo = _todo(entry, plan.members, dest_dir, result)
+    if log and todo:
+        log(f"extracting {len(todo)} images from {entry.name} to {rel_dest}")
+    _write(path, entry, todo, dest_dir, result, workers, progress)
+    records.put_extracted(
+        entry.name,
+        {
+            "images": len(plan.members),
+            "dest": rel_dest,
+            "st_size": st.st_size,
+            "st_mtime_ns": st.st_mtime_ns,
+            "non_images": plan.non_images,
+            "extracted_at": time.time(),
+        },
+    )
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def _already_extracted(
+    records: Records, entry: FileEntry, st: os.stat_result, dest_dir: Path,
+    result: ArchiveExtraction,
+) -> bool:
+    """The record says this very archive (size, mtime) was extracted and its images are
+    there: nothing to do (``result`` says so). A stale record is dropped."""
     done = records.extracted.get(entry.name)
     if done and done.get("st_size") == st.st_size and done.get("st_mtime_ns") == st.st_mtime_ns:
         present = present_files(dest_dir)
@@ -165,23 +205,17 @@ def extract_archive(
             result.status = "skipped"
             result.images = int(done.get("images", 0))
             result.non_images = list(done.get("non_images", []))
-            result.seconds = time.monotonic() - start
-            return result
+            return True
     if done:
         records.drop_extracted(entry.name)
+    return False
 
-    if plan is None:
-        plan = plan_archive(path, entry)
-    members, non_images = plan.members, plan.non_images
-    result.images = len(members)
-    result.non_images = non_images
-    result.duplicates = plan.duplicates
-    result.directories = plan.directories
-    try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise disk_error(exc, dest_dir) from None
-    result.from_staging = _take_staged(layout, entry, records, st.st_size, dest_dir, members)
+
+def _todo(
+    entry: FileEntry, members: list[Member], dest_dir: Path, result: ArchiveExtraction
+) -> list[Member]:
+    """The members not yet at their final path with their size, in archive order (each
+    worker reads its runs of the zip sequentially); refused when they cannot fit."""
     present = present_files(dest_dir)
     todo = [m for m in members if present.get(m.final) != m.entry.file_size]
     result.already_present = len(members) - len(todo)
@@ -193,14 +227,20 @@ def extract_archive(
             f"{free / 1e9:.2f} GB free",
             "free space or choose another --data-dir, then run the same command again",
         )
-    if log and todo:
-        log(f"extracting {len(todo)} images from {entry.name} to {rel_dest}")
+    todo.sort(key=lambda m: m.entry.header_offset)
+    return todo
+
+
+def _write(
+    path: Path, entry: FileEntry, todo: list[Member], dest_dir: Path,
+    result: ArchiveExtraction, workers: int | None, progress: bool,
+) -> None:
+    """Write ``todo`` (in this process or forked workers), then flush: after a power cut
+    the record must never vouch for files the disk does not hold."""
     n_workers = max(1, min(workers or DEFAULT_WORKERS, os.cpu_count() or 1))
     if not hasattr(os, "fork") or len(todo) < n_workers * MIN_MEMBERS_PER_WORKER:
         n_workers = 1
     result.workers = n_workers
-    # Archive order: each worker reads its runs of the zip sequentially.
-    todo.sort(key=lambda m: m.entry.header_offset)
     mode = file_mode()
     d = str(dest_dir)
     bar = _progress_bar(progress, len(todo), entry.name)
@@ -220,8 +260,6 @@ def extract_archive(
             result.bytes_written = run_processes(
                 str(path), todo, d, mode, entry.name, n_workers, bar, flusher.start
             )
-        # Flush file data before the record claims completion: after a power cut the record
-        # must never vouch for files the disk does not hold.
         if todo or result.from_staging:
             flusher.final()
     except KeyboardInterrupt:
@@ -234,19 +272,6 @@ def extract_archive(
         if bar is not None:
             bar.close()
     result.written = len(todo)
-    records.put_extracted(
-        entry.name,
-        {
-            "images": len(members),
-            "dest": rel_dest,
-            "st_size": st.st_size,
-            "st_mtime_ns": st.st_mtime_ns,
-            "non_images": non_images,
-            "extracted_at": time.time(),
-        },
-    )
-    result.seconds = time.monotonic() - start
-    return result
 
 
 def _progress_bar(enabled: bool, total: int, name: str) -> Any:

@@ -240,34 +240,89 @@ def run_processes(
 ) -> int:
     """Write ``members`` with ``n_workers`` forked processes; returns the bytes written.
 
-    Per 20 KB member the work is mostly Python (open, inflate call, write, rename), which holds
-    the GIL, so threads would share one core. Forked workers inherit the parsed central
-    directory (no second parse, no pickling). The parent hands out chunks on demand and
-    collects progress and errors; on an error, Ctrl-C or SIGTERM it stops every worker
-    (SIGTERM: each removes its current temporary file, or finishes that member, and exits) and
-    waits for them all, so no worker outlives the command.
+    The parent hands out chunks on demand and collects progress and errors; on an error,
+    Ctrl-C or SIGTERM it stops every worker (SIGTERM: each removes its current temporary
+    file, or finishes that member, and exits) and waits for them all, so no worker outlives
+    the command.
     """
-    chunks = chunks_of(members, n_workers)
-    lib = libc()
-    workers: list[_Worker] = []
-    next_chunk = 0
-    total = 0
-    error: BaseException | None = None
-    parent = os.getpid()
+    job = _Processes(_Job(path, members, chunks_of(members, n_workers), d, mode, archive), bar)
+    try:
+        for _ in range(min(n_workers, len(job.job.chunks))):
+            job.spawn()
+        started()
+        job.collect()
+    except BaseException:
+        job.stop_all()
+        raise
+    finally:
+        job.reap()
+    if job.error is not None:
+        raise job.error
+    return job.total
 
-    def send_next(w: _Worker) -> None:
-        nonlocal next_chunk
+
+@dataclass
+class _Job:
+    """What every worker inherits (by ``fork``: no pickling, no second parse)."""
+
+    path: str
+    members: list[Member]
+    chunks: list[tuple[int, int]]
+    d: str
+    mode: int
+    archive: str
+
+
+class _Processes:
+    """The parent's side of :func:`run_processes`: the workers, their pipes, the first error."""
+
+    def __init__(self, job: _Job, bar: Any) -> None:
+        self.job = job
+        self.bar = bar
+        self.lib = libc()
+        self.parent = os.getpid()
+        self.workers: list[_Worker] = []
+        self.next_chunk = 0
+        self.total = 0
+        self.error: BaseException | None = None
+
+    def spawn(self) -> None:
+        cmd_r, cmd_w = os.pipe()
+        msg_r, msg_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the caller's code
+            code = 70
+            try:
+                for fd in (cmd_w, msg_r, *(f for w in self.workers for f in (w.cmd, w.msg))):
+                    os.close(fd)
+                j = self.job
+                code = _child(j.path, j.members, j.chunks, j.d, j.mode, j.archive, cmd_r,
+                              msg_w, self.parent, self.lib)
+            except BaseException as exc:  # noqa: BLE001 - reported, then _exit
+                with contextlib.suppress(BaseException):
+                    doc = {"kind": "internal", "message": f"{type(exc).__name__}: {exc}",
+                           "hint": None}
+                    write_all(msg_w, b"e " + json.dumps(doc).encode() + b"\n")
+            finally:
+                os._exit(code)
+        os.close(cmd_r)
+        os.close(msg_w)
+        w = _Worker(pid, cmd_w, msg_r)
+        self.workers.append(w)
+        self.send_next(w)
+
+    def send_next(self, w: _Worker) -> None:
         if w.cmd < 0:
             return
         k = -1
-        if error is None and next_chunk < len(chunks):
-            k = next_chunk
-            next_chunk += 1
+        if self.error is None and self.next_chunk < len(self.job.chunks):
+            k = self.next_chunk
+            self.next_chunk += 1
         with contextlib.suppress(OSError):
             write_all(w.cmd, f"{k}\n".encode())
 
-    def stop_all() -> None:
-        for w in workers:
+    def stop_all(self) -> None:
+        for w in self.workers:
             if w.cmd >= 0:
                 os.close(w.cmd)
                 w.cmd = -1
@@ -275,32 +330,9 @@ def run_processes(
                 with contextlib.suppress(OSError):
                     os.kill(w.pid, signal.SIGTERM)
 
-    try:
-        for _ in range(min(n_workers, len(chunks))):
-            cmd_r, cmd_w = os.pipe()
-            msg_r, msg_w = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # the worker: never returns into the caller's code
-                code = 70
-                try:
-                    for fd in (cmd_w, msg_r, *(f for w in workers for f in (w.cmd, w.msg))):
-                        os.close(fd)
-                    code = _child(path, members, chunks, d, mode, archive, cmd_r, msg_w, parent,
-                                  lib)
-                except BaseException as exc:  # noqa: BLE001 - reported, then _exit
-                    with contextlib.suppress(BaseException):
-                        doc = {"kind": "internal", "message": f"{type(exc).__name__}: {exc}",
-                               "hint": None}
-                        write_all(msg_w, b"e " + json.dumps(doc).encode() + b"\n")
-                finally:
-                    os._exit(code)
-            os.close(cmd_r)
-            os.close(msg_w)
-            w = _Worker(pid, cmd_w, msg_r)
-            workers.append(w)
-            send_next(w)
-        started()
-        by_fd = {w.msg: w for w in workers}
+    def collect(self) -> None:
+        """Read the workers' messages until every one has exited."""
+        by_fd = {w.msg: w for w in self.workers}
         while by_fd:
             ready, _, _ = select.select(list(by_fd), [], [])
             for fd in ready:
@@ -308,50 +340,53 @@ def run_processes(
                 block = os.read(fd, 4096)
                 if not block:  # the worker exited
                     del by_fd[fd]
-                    os.close(fd)
-                    w.msg = -1
-                    w.status = os.waitpid(w.pid, 0)[1]
-                    if error is None and not w.finished:
-                        code = os.waitstatus_to_exitcode(w.status)
-                        # 2: stopped by SIGTERM/SIGINT (Ctrl-C reaches the whole process group)
-                        error = KeyboardInterrupt() if code == 2 else _worker_died(archive, code)
-                        stop_all()
+                    self._exited(w)
                     continue
                 w.pending += block
                 while b"\n" in w.pending:
                     line, w.pending = w.pending.split(b"\n", 1)
-                    kind, _, arg = line.partition(b" ")
-                    if kind == b"c":
-                        if bar is not None:
-                            bar.update(int(arg))
-                        send_next(w)
-                    elif kind == b"d":
-                        total += int(arg)
-                        w.finished = True
-                    elif kind == b"e" and error is None:
-                        doc = json.loads(arg)
-                        cls = _ERROR_KINDS.get(doc["kind"])
-                        error = (
-                            cls(doc["message"], doc["hint"]) if cls is not None
-                            else RuntimeError(f"extraction worker failed: {doc['message']}")
-                        )
-                        stop_all()
-    except BaseException:
-        stop_all()
-        raise
-    finally:
-        for w in workers:
+                    self._message(w, line)
+
+    def _exited(self, w: _Worker) -> None:
+        os.close(w.msg)
+        w.msg = -1
+        w.status = os.waitpid(w.pid, 0)[1]
+        if self.error is None and not w.finished:
+            code = os.waitstatus_to_exitcode(w.status)
+            # 2: stopped by SIGTERM/SIGINT (Ctrl-C reaches the whole process group)
+            self.error = (KeyboardInterrupt() if code == 2
+                          else _worker_died(self.job.archive, code))
+            self.stop_all()
+
+    def _message(self, w: _Worker, line: bytes) -> None:
+        kind, _, arg = line.partition(b" ")
+        if kind == b"c":
+            if self.bar is not None:
+                self.bar.update(int(arg))
+            self.send_next(w)
+        elif kind == b"d":
+            self.total += int(arg)
+            w.finished = True
+        elif kind == b"e" and self.error is None:
+            doc = json.loads(arg)
+            cls = _ERROR_KINDS.get(doc["kind"])
+            self.error = (
+                cls(doc["message"], doc["hint"]) if cls is not None
+                else RuntimeError(f"extraction worker failed: {doc['message']}")
+            )
+            self.stop_all()
+
+    def reap(self) -> None:
+        """Close every pipe and wait for every worker (each stops at its next member, or the
+        next 1 MiB of a large one)."""
+        for w in self.workers:
             if w.cmd >= 0:
                 os.close(w.cmd)
             if w.msg >= 0:
                 os.close(w.msg)
             if w.status is None:
-                # each stops at its next member (or next 1 MiB of a large one)
                 with contextlib.suppress(ChildProcessError):
                     w.status = os.waitpid(w.pid, 0)[1]
-    if error is not None:
-        raise error
-    return total
 
 
 def _worker_died(archive: str, code: int) -> Isic2020Error:

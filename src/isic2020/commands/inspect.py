@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from isic2020.archive.members import Log, image_members
@@ -180,10 +181,7 @@ def inspect(
 ) -> InspectReport:
     """``isic2020 inspect``: each selected archive's directory, read remotely (or from the
     cache), and how its image names compare with the metadata CSV when that is on disk."""
-    import warnings
-
     from isic2020.catalog.manifest import Manifest, expand_split, load_manifest
-    from isic2020.catalog.tables import load_metadata
     from isic2020.store.layout import Layout
 
     t0 = time.monotonic()
@@ -197,50 +195,62 @@ def inspect(
         if entry is None:
             report.notes.append(f"no {s} archive in format {fmt}")
             continue
-        urls = entry.urls(list(mirrors))
-        remote, failures, damaged = None, [], []
-        for url in (u for u in urls if not u.startswith("file://")):
-            try:
-                remote = open_remote(
-                    url, cache_path(layout.state_dir, entry.name), timeouts=timeouts,
-                    retry=retry, expected_etag=entry.etag,
-                )
-                break
-            except (DownloadError, VerificationError) as exc:
-                if isinstance(exc, DiskError):
-                    raise
-                failures.append(f"{url}: {exc.message}")
-                if isinstance(exc, VerificationError):
-                    damaged.append(exc.message)
-                if log is not None:
-                    log(f"{entry.name}: {exc.message}")
-        if remote is None:
-            if failures and len(damaged) == len(failures):  # every host answered: bad data
-                raise VerificationError(
-                    f"{entry.name}: every host serves a damaged archive ({'; '.join(damaged)})",
-                    "the server's archive is damaged or not the official one; try another "
-                    "--mirror",
-                )
-            raise DownloadError(
-                f"{entry.name}: no host could serve its directory ({'; '.join(failures)})",
-                "check the network or the mirror",
-            )
+        remote = _open_first(entry, entry.urls(list(mirrors)), cache_path(layout.state_dir,
+                             entry.name), timeouts, retry, log)
         result = inspect_remote(remote, s, fmt)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                df = load_metadata(s, layout.root, image_format=None, manifest=man.path)
-        except (VerificationError, UsageError):
-            df = None
-        if df is not None:
-            role = "test_metadata" if s == "test" else "ground_truth_v2"
-            csv_entry = man.role(role) or man.role("ground_truth")
-            compare_with_metadata(
-                result,
-                [m["image_name"] for m in result.members],
-                df["image_name"].astype(str),
-                csv_entry.name if csv_entry else "metadata",
-            )
+        _compare(result, s, layout.root, man)
         report.archives.append(result)
     report.seconds = time.monotonic() - t0
     return report
+
+
+def _open_first(
+    entry: Any, urls: Sequence[str], cache: Path, timeouts: Timeouts | None,
+    retry: RetryPolicy | None, log: Log | None,
+) -> RemoteZip:
+    """The directory from the first host that serves it; when none does, a verification
+    error if every host answered with a damaged archive, else a download error."""
+    failures, damaged = [], []
+    for url in (u for u in urls if not u.startswith("file://")):
+        try:
+            return open_remote(url, cache, timeouts=timeouts, retry=retry,
+                               expected_etag=entry.etag)
+        except (DownloadError, VerificationError) as exc:
+            if isinstance(exc, DiskError):
+                raise
+            failures.append(f"{url}: {exc.message}")
+            if isinstance(exc, VerificationError):
+                damaged.append(exc.message)
+            if log is not None:
+                log(f"{entry.name}: {exc.message}")
+    if failures and len(damaged) == len(failures):  # every host answered: bad data
+        raise VerificationError(
+            f"{entry.name}: every host serves a damaged archive ({'; '.join(damaged)})",
+            "the server's archive is damaged or not the official one; try another --mirror",
+        )
+    raise DownloadError(
+        f"{entry.name}: no host could serve its directory ({'; '.join(failures)})",
+        "check the network or the mirror",
+    )
+
+
+def _compare(result: ArchiveInspection, split: str, root: Path, man: Any) -> None:
+    """Compare the archive's image names with the split's metadata CSV, if it is on disk."""
+    import warnings
+
+    from isic2020.catalog.tables import load_metadata
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            df = load_metadata(split, root, image_format=None, manifest=man.path)
+    except (VerificationError, UsageError):
+        return
+    role = "test_metadata" if split == "test" else "ground_truth_v2"
+    csv_entry = man.role(role) or man.role("ground_truth")
+    compare_with_metadata(
+        result,
+        [m["image_name"] for m in result.members],
+        df["image_name"].astype(str),
+        csv_entry.name if csv_entry else "metadata",
+    )
