@@ -25,6 +25,7 @@ The caller (``commands.extract``, ``commands.fetch``) holds the data-dir lock.
 from __future__ import annotations
 
 import os
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -96,7 +97,7 @@ def plan_archive(path: Path, entry: FileEntry) -> Plan:
         raise refusal(entry.name, exc, LOCAL_HINT) from None
     except BadZip as exc:
         raise VerificationError(f"{entry.name} is not a readable zip: {exc}", hint) from None
-    except OSError as exc:
+    except (OSError, struct.error) as exc:
         raise VerificationError(
             f"{entry.name} is not a readable zip: {type(exc).__name__}: {exc}", hint
         ) from None

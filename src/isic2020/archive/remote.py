@@ -28,7 +28,7 @@ import gzip
 import json
 import threading
 import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -301,7 +301,12 @@ def cache_path(state_dir: Path, archive: str) -> Path:
     return Path(state_dir) / "remote" / f"{archive}.json.gz"
 
 
-_MEMBER_FIELDS = [f.name for f in fields(Entry)]
+#: The cache's columns: ``zipformat.Entry``'s fields (a literal, so the source audit can see
+#: what ``attrgetter`` reads; ``load_cached`` maps them back by name).
+_MEMBER_FIELDS = [
+    "name", "compressed_size", "file_size", "crc", "header_offset", "method", "flags",
+    "external_attr", "create_system",
+]
 
 
 def save_cached(path: Path, remote: RemoteZip) -> None:
