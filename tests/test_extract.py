@@ -22,7 +22,8 @@ from support.dataset import (
 )
 from support.snapshot import changed, snapshot
 
-from isic2020.archive.local import extract, extract_archive
+from isic2020.archive.local import extract_archive
+from isic2020.commands.extract import extract
 from isic2020.errors import DiskError, UsageError, VerificationError
 from isic2020.store.records import Records
 from isic2020.synthetic import build_dataset
@@ -398,7 +399,7 @@ def test_large_members_are_streamed_and_checked(tmp_path: Path, compress: str) -
     import random
     import zipfile
 
-    from isic2020.archive.local import BUFFER, SMALL_MEMBER
+    from isic2020.archive.decode import BUFFER, SMALL_MEMBER
 
     ds = build_dataset(tmp_path / "m", n_train=4, n_test=2)
     layout = install(ds, tmp_path / "data")

@@ -22,7 +22,7 @@ from support.dataset import install
 from support.metadata import make_synthetic
 from support.servers import FaultServer
 
-from isic2020.archive.local import extract
+from isic2020.commands.extract import extract
 from isic2020.synthetic import build_dataset
 
 PREFIX = "/challenges/2020/"

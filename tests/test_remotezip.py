@@ -33,8 +33,12 @@ from support.servers import (
     ranged,
 )
 
+from isic2020.archive import members as rm
 from isic2020.archive import remote as rz
+from isic2020.archive.direct import fetch_remote_members
 from isic2020.archive.local import extract_archive
+from isic2020.archive.spans import SpanWriter
+from isic2020.commands.inspect import inspect as inspect_cmd
 from isic2020.errors import DownloadError, ObjectChanged, VerificationError
 from isic2020.store.fsutil import is_temp_name
 from isic2020.store.records import Records
@@ -347,19 +351,19 @@ def test_plan_ranges_coalesces_runs_and_keeps_scattered_picks_apart(big) -> None
     eocd = big.archive("train", "jpeg").read_bytes()
     remote.cd_offset = struct.unpack_from("<L", eocd, eocd.rfind(b"PK\x05\x06") + 16)[0]
     ms = remote.members
-    run = rz.plan_ranges(remote, ms[100:400])
+    run = rm.plan_ranges(remote, ms[100:400])
     assert len(run) == 1 and run[0].start == ms[100].header_offset
     assert run[0].end == ms[400].header_offset
-    capped = rz.plan_ranges(remote, ms[:3000], max_span=256 * KiB)
+    capped = rm.plan_ranges(remote, ms[:3000], max_span=256 * KiB)
     assert len(capped) > 1 and all(s.length <= 256 * KiB for s in capped)
     assert sum(len(s.members) for s in capped) == 3000
     assert all(a.end <= b.start for a, b in zip(capped, capped[1:]))
-    every_tenth = rz.plan_ranges(remote, ms[:3000:10])
+    every_tenth = rm.plan_ranges(remote, ms[:3000:10])
     assert len(every_tenth) == 300  # a 9-member gap is far more than 5% waste
     wanted = sum(s.length for s in every_tenth)
     assert wanted == sum(remote.member_end()[m.header_offset] - m.header_offset
                          for m in ms[:3000:10])
-    last = rz.plan_ranges(remote, [ms[-1]])
+    last = rm.plan_ranges(remote, [ms[-1]])
     assert last[0].end == remote.cd_offset
 
 
@@ -373,9 +377,9 @@ def test_subset_of_500_costs_at_most_1_1x_its_compressed_bytes_and_lands_identic
     path = big.archive("train", "jpeg")
     with _serve(big.root) as srv:
         remote = rz.read_central_directory(srv.url_for(TRAIN), **FAST)
-        images = rz.image_members(remote, "jpeg")
+        images = rm.image_members(remote, "jpeg")
         chosen = [images[n] for n in random.Random(1).sample(sorted(images), 500)]
-        res = rz.fetch_members(remote, chosen, _dest(tmp_path / "out"), connections=8, **FAST)
+        res = rm.fetch_members(remote, chosen, _dest(tmp_path / "out"), connections=8, **FAST)
         sent = srv.bytes_sent(TRAIN)
         gets = srv.requests(TRAIN, "GET")
     wanted = sum(m.compressed_size for m in chosen)
@@ -405,9 +409,9 @@ def test_direct_mode_equals_download_then_extract(
     direct = tmp_path / "direct" / "jpeg" / "train"
     with _serve(ds.root) as srv:
         remote = rz.read_central_directory(srv.url_for(TRAIN), **FAST)
-        images = rz.image_members(remote, "jpeg")
+        images = rm.image_members(remote, "jpeg")
         _reset(srv)
-        res = rz.fetch_members(remote, list(images.values()), _dest(direct),
+        res = rm.fetch_members(remote, list(images.values()), _dest(direct),
                                connections=4, max_span=64 * KiB, **FAST)
         sent = srv.bytes_sent(TRAIN)
     assert res.written == 300
@@ -434,13 +438,13 @@ def test_members_cut_anywhere_by_block_seams_land_identical(
     members = [rz.RemoteMember(i.filename, i.compress_size, i.file_size, i.CRC,
                                i.header_offset, i.compress_type, i.flag_bits) for i in infos]
     remote = rz.RemoteZip("http://x/" + TRAIN, len(data), None, members, cd_offset, 0)
-    images = list(rz.image_members(remote, "jpeg").values())
-    (span,) = rz.plan_ranges(remote, images, max_span=1 << 30)
+    images = list(rm.image_members(remote, "jpeg").values())
+    (span,) = rm.plan_ranges(remote, images, max_span=1 << 30)
 
-    def feed_all(raw: bytes, out: Path) -> rz._SpanWriter:
+    def feed_all(raw: bytes, out: Path) -> SpanWriter:
         out.mkdir(parents=True)
         finals = {m.header_offset: str(out / m.image_file_name()) for m in images}
-        writer = rz._SpanWriter(TRAIN, span, finals, 0o644)
+        writer = SpanWriter(TRAIN, span, finals, 0o644)
         try:
             for a in range(span.start, span.end, block):
                 writer.feed(raw[a : min(a + block, span.end)])
@@ -463,14 +467,14 @@ def test_resume_skips_members_already_in_place(big, tmp_path: Path) -> None:
     out = tmp_path / "out"
     with _serve(big.root) as srv:
         remote = rz.read_central_directory(srv.url_for(TRAIN), **FAST)
-        chosen = list(rz.image_members(remote, "jpeg").values())[:400]
-        rz.fetch_members(remote, chosen, _dest(out), **FAST)
+        chosen = list(rm.image_members(remote, "jpeg").values())[:400]
+        rm.fetch_members(remote, chosen, _dest(out), **FAST)
         gone = chosen[::4]
         for m in gone:
             (out / m.image_file_name()).unlink()
         (out / chosen[1].image_file_name()).write_bytes(b"short")  # wrong size: refetched
         _reset(srv)
-        res = rz.fetch_members(remote, chosen, _dest(out), **FAST)
+        res = rm.fetch_members(remote, chosen, _dest(out), **FAST)
         sent = srv.bytes_sent(TRAIN)
     assert res.written == len(gone) + 1 and res.skipped == 400 - len(gone) - 1
     assert sent <= 1.1 * sum(m.compressed_size for m in [*gone, chosen[1]])
@@ -486,9 +490,9 @@ def test_damaged_member_is_named_and_nothing_half_written(tmp_path: Path, compre
     out = tmp_path / "out"
     with _serve(ds.root) as srv:
         remote = rz.read_central_directory(srv.url_for(TRAIN), **FAST)
-        members = list(rz.image_members(remote, "jpeg").values())
+        members = list(rm.image_members(remote, "jpeg").values())
         with pytest.raises(VerificationError) as ei:
-            rz.fetch_members(remote, members, _dest(out), connections=3, **FAST)
+            rm.fetch_members(remote, members, _dest(out), connections=3, **FAST)
     assert victim in ei.value.message and TRAIN in ei.value.message
     assert not (out / f"{ds.train_names[37]}.jpg").exists()
     assert _no_temp_files(out)
@@ -506,16 +510,16 @@ def test_changed_object_is_never_spliced_and_the_directory_is_read_again(
     with _serve(root) as srv:
         url = srv.url_for(TRAIN)
         remote = rz.open_remote(url, cache, **FAST)
-        members = list(rz.image_members(remote, "jpeg").values())
+        members = list(rm.image_members(remote, "jpeg").values())
         srv.add_fault(ReplaceObject(content=new, after_requests=3), TRAIN)
         with pytest.raises(ObjectChanged):
-            rz.fetch_members(remote, members, _dest(out), connections=1,
+            rm.fetch_members(remote, members, _dest(out), connections=1,
                              max_span=16 * KiB, **FAST)
         statuses = [r.status for r in srv.requests(TRAIN, "GET")]
         assert 412 in statuses
         # The whole job: the cached directory is dropped, re-read, and the new object fetched.
-        remote2, res = rz.fetch_remote_members(
-            [url], lambda r: list(rz.image_members(r, "jpeg").values()), _dest(out),
+        remote2, res = fetch_remote_members(
+            [url], lambda r: list(rm.image_members(r, "jpeg").values()), _dest(out),
             cache=cache, **FAST,
         )
     assert remote2.etag != remote.etag and not remote2.from_cache
@@ -537,9 +541,9 @@ def test_object_changing_mid_fetch_with_failover(tmp_path: Path, small) -> None:
     logged: list[str] = []
     with _serve(root) as srv:
         srv.add_fault(ReplaceObject(content=new, after_requests=3), TRAIN, when=ranged)
-        remote, res = rz.fetch_remote_members(
+        remote, res = fetch_remote_members(
             ["http://127.0.0.1:9/nothing/" + TRAIN, srv.url_for(TRAIN)],
-            lambda r: list(rz.image_members(r, "jpeg").values()), _dest(out),
+            lambda r: list(rm.image_members(r, "jpeg").values()), _dest(out),
             cache=cache, connections=1, max_span=16 * KiB, log=logged.append, **FAST,
         )
         statuses = [r.status for r in srv.requests(TRAIN, "GET")]
@@ -558,11 +562,11 @@ def test_resets_and_errors_mid_span_are_retried_without_re_downloading(
     out = tmp_path / "out"
     with _serve(big.root) as srv:
         remote = rz.read_central_directory(srv.url_for(TRAIN), **FAST)
-        chosen = list(rz.image_members(remote, "jpeg").values())[:1500]
+        chosen = list(rm.image_members(remote, "jpeg").values())[:1500]
         srv.add_fault(Reset(after=(1, 60 * KiB), seed=3), TRAIN, times=25, when=ranged)
         srv.add_fault(Status.slow_down(retry_after=0), TRAIN, times=3, when=ranged)
         srv.add_fault(Status.internal_error(), TRAIN, times=3, when=ranged)
-        res = rz.fetch_members(remote, chosen, _dest(out), connections=4,
+        res = rm.fetch_members(remote, chosen, _dest(out), connections=4,
                                max_span=512 * KiB, **FAST)
     # every faulted request that broke a span off was retried: the 6 error statuses, and each
     # reset before the last byte asked for (the bytes before a reset are kept, so retried
@@ -580,7 +584,7 @@ def test_resets_and_errors_mid_span_are_retried_without_re_downloading(
     assert res.retries >= len(broken) + 6
     assert res.written == 1500
     # each retry asked only for the bytes still missing: the client received each byte once
-    spans = rz.plan_ranges(remote, chosen, max_span=512 * KiB)
+    spans = rm.plan_ranges(remote, chosen, max_span=512 * KiB)
     assert res.bytes_transferred == sum(s.length for s in spans)
     _assert_identical(big.archive("train", "jpeg"), chosen, out)
     assert _no_temp_files(out)
@@ -597,7 +601,7 @@ def test_host_without_progress_gives_up_within_the_window(small, tmp_path: Path)
         rule = srv.add_fault(Status.internal_error(), TRAIN, times=400, when=ranged)
         retry = RetryPolicy(base=0.01, cap=0.05, window=0.5)
         with pytest.raises(DownloadError, match="no progress"):
-            rz.fetch_members(remote, remote.members[:5], _dest(tmp_path / "o"),
+            rm.fetch_members(remote, remote.members[:5], _dest(tmp_path / "o"),
                              connections=2, timeouts=FAST["timeouts"], retry=retry)
         gets = srv.requests(TRAIN, "GET")
     # the server never relented: the client gave up while every range was still refused
@@ -621,30 +625,31 @@ def test_unsafe_entries_are_refused(tmp_path: Path, small, entry: str) -> None:
     with _serve(root) as srv:
         remote = rz.read_central_directory(srv.url_for(TRAIN), **FAST)
         with pytest.raises(VerificationError, match="unsafe"):
-            rz.image_members(remote, "jpeg")
+            rm.image_members(remote, "jpeg")
         bad = next(m for m in remote.members if m.name == name)
         with pytest.raises(VerificationError, match="unsafe"):
-            rz.fetch_members(remote, [bad], lambda m: tmp_path / "o" / "x.jpg", **FAST)
+            rm.fetch_members(remote, [bad], lambda m: tmp_path / "o" / "x.jpg", **FAST)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
 def test_image_members_use_the_extract_rule(small) -> None:
     with _serve(small.root) as srv:
         remote = rz.read_central_directory(srv.url_for(TRAIN), **FAST)
-    images = rz.image_members(remote, "jpeg")
+    images = rm.image_members(remote, "jpeg")
     assert sorted(images) == sorted(small.train_names)
-    assert rz.image_members(remote, "dicom") == {}
+    assert rm.image_members(remote, "dicom") == {}
     assert all(m.name == f"train/{k}.jpg" for k, m in images.items())
 
 
 _KILL_SCRIPT = r"""
 import sys
 from pathlib import Path
+from isic2020.archive import members as rm
 from isic2020.archive import remote as rz
 url, out = sys.argv[1], Path(sys.argv[2])
 remote = rz.read_central_directory(url)
-members = list(rz.image_members(remote, "jpeg").values())
-rz.fetch_members(remote, members, lambda m: out / m.image_file_name(), connections=2,
+members = list(rm.image_members(remote, "jpeg").values())
+rm.fetch_members(remote, members, lambda m: out / m.image_file_name(), connections=2,
                  max_span=64 * 1024)
 """
 
@@ -669,8 +674,8 @@ def test_kill_during_direct_mode_resumes(big, tmp_path: Path) -> None:
         srv.clear_faults()
         _reset(srv)
         remote = rz.read_central_directory(srv.url_for(TRAIN), **FAST)
-        members = list(rz.image_members(remote, "jpeg").values())
-        res = rz.fetch_members(remote, members, _dest(out), **FAST)
+        members = list(rm.image_members(remote, "jpeg").values())
+        res = rm.fetch_members(remote, members, _dest(out), **FAST)
         sent = srv.bytes_sent(TRAIN)
     assert res.skipped >= len(done) and res.written + res.skipped == 3000
     assert sent < path.stat().st_size * (1 - 0.9 * len(done) / 3000) + remote.cd_size + 64 * KiB
@@ -709,16 +714,17 @@ def test_ctrl_c_during_direct_mode_stops_cleanly(big, tmp_path: Path) -> None:
 _FSIZE_SCRIPT = r"""
 import resource, signal, sys
 from pathlib import Path
+from isic2020.archive import members as rm
 from isic2020.archive import remote as rz
 from isic2020.errors import DiskError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 url, out, limit, wanted = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 remote = rz.read_central_directory(url)
-members = [m for m in rz.image_members(remote, "jpeg").values()
+members = [m for m in rm.image_members(remote, "jpeg").values()
            if not wanted or m.name in wanted]
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 try:
-    rz.fetch_members(remote, members, lambda m: out / m.image_file_name(), connections=4,
+    rm.fetch_members(remote, members, lambda m: out / m.image_file_name(), connections=4,
                      max_span=64 * 1024)
 except DiskError as exc:
     print("DiskError:", exc.message)
@@ -768,8 +774,8 @@ def test_inspect_reports_counts_sizes_and_the_metadata_comparison(tmp_path: Path
     fake = lines[4].replace(lines[4].split(b",")[0], b"ISIC_9999999")  # in the CSV only
     csv.write_bytes(b"\r\n".join([*lines[:3], *lines[4:], fake]))
     with _serve(ds.root) as srv:
-        report = rz.inspect("train", "jpeg", layout.root, ds.manifest_path, [srv.url], **FAST)
-        again = rz.inspect("train", "jpeg", layout.root, ds.manifest_path, [srv.url], **FAST)
+        report = inspect_cmd("train", "jpeg", layout.root, ds.manifest_path, [srv.url], **FAST)
+        again = inspect_cmd("train", "jpeg", layout.root, ds.manifest_path, [srv.url], **FAST)
         sent = srv.bytes_sent(TRAIN)
     a = report.archives[0]
     assert a.entries == 52 and a.images == 50 and a.directories == 1

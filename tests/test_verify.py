@@ -14,9 +14,10 @@ import pytest
 from support.dataset import flip_byte, install, truncate
 from support.metadata import make_real_data_dir
 
-from isic2020.archive.local import extract, temp_name
 from isic2020.checks.verify import verify
+from isic2020.commands.extract import extract
 from isic2020.errors import VerificationError
+from isic2020.store.fsutil import temp_name
 from isic2020.store.layout import Layout
 from isic2020.store.records import FileRecord, Records
 from isic2020.synthetic import build_dataset

@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from isic2020.archive.local import extract  # noqa: E402
 from isic2020.checks.verify import verify  # noqa: E402
 from isic2020.commands.export import export  # noqa: E402
+from isic2020.commands.extract import extract  # noqa: E402
 from isic2020.commands.fetch import fetch  # noqa: E402
 from isic2020.commands.listing import list_files  # noqa: E402
 from isic2020.version import __version__  # noqa: E402

@@ -293,8 +293,8 @@ def inspect(
     quiet: bool,
 ) -> None:
     """Read the remote archives' directories: members, sizes, names against the metadata."""
-    from isic2020.archive.remote import inspect as do_inspect
     from isic2020.commands.fetch import check_mirrors, download_options
+    from isic2020.commands.inspect import inspect as do_inspect
 
     def call() -> Any:
         opts = download_options()
@@ -333,7 +333,7 @@ def extract(
     split: str, fmt: str, data_dir: str | None, manifest: str | None, as_json: bool, quiet: bool
 ) -> None:
     """Unpack archives already in DATA/archives into the fixed layout."""
-    from isic2020.archive.local import extract as do_extract
+    from isic2020.commands.extract import extract as do_extract
 
     _run(
         lambda: do_extract(

@@ -1,35 +1,34 @@
 """Unpack a zip's members while the zip itself is still downloading.
 
-Why: a kept archive used to be downloaded, then unpacked: on a 2-core machine the extraction
-of 33,126 images added ~45% to a throttled download (benchmark row 8). A zip member is
-usable as soon as its own bytes are on disk, and the engine writes blocks in place into a
-preallocated partial file, so the unpacking can follow the download block by block.
+Why: a zip member is usable as soon as its own bytes are on disk, and the engine writes
+blocks in place into a preallocated partial file, so the unpacking can follow the download
+block by block instead of adding a whole extraction pass after it.
 
 How, and why each step:
 
 * **The directory first.** The engine is asked (``first_offset``) to fetch the archive's tail
   (room for the end records and the longest zip comment) before anything else. The end records
-  say where the central directory is (~75 bytes an entry: ~2.5 MB for the official training
-  zip); the engine is asked to fetch that region next, cut over all connections. Once it is on
-  disk it is parsed with ``zipfile`` from the partial file and checked with the same rules as
-  ``extract`` (unsafe names, zip bombs, conflicting duplicates). An archive ``extract`` would
-  refuse, or whose end records cannot be read, simply turns streaming off: the ordinary
-  extraction after the download then does the work, or names the problem.
+  say where the central directory is; the engine is asked to fetch that region next, cut over
+  all connections. Once it is on disk it is read from the partial file by the one parser
+  (``zipformat``) and checked by the one set of rules (``rules``: unsafe names, zip bombs,
+  conflicting duplicates). An archive the extraction would refuse, or whose end records
+  cannot be read, simply turns streaming off: the ordinary extraction after the download then
+  does the work, or names the problem.
 * **Member by member, as their bytes land.** The engine reports each block it writes
   (``arrived``); a member whose whole span (local header to the next entry) lies inside the
-  bytes on disk is queued, and ``STREAM_THREADS`` threads unpack queued members with
-  ``extract``'s own ``pread`` + inflate + CRC-32 code. Threads, not processes: the work here
-  waits on a download, the download threads need almost no CPU, zlib and the file system calls
-  release the GIL, and forking a process that runs download threads is unsafe.
+  bytes on disk is queued, and ``STREAM_THREADS`` threads unpack queued members with the one
+  decoder (``decode``: ``pread`` + inflate + bound + CRC-32 + write). Threads, not processes:
+  the work here waits on a download, zlib and the file system calls release the GIL, and
+  forking a process that runs download threads is unsafe.
 * **Staged until the archive is verified.** Members are CRC-checked against the directory as
   they are written, but the directory itself is only proven when the whole archive's hash is
   (size, ETag, manifest sha256). So they are written to ``DATA/.isic2020/staging/<archive>/``
-  and reach the layout only after the archive has landed: ``extract.extract_archive`` moves
-  them in (one directory rename when the split's folder is empty) and unpacks whatever is
-  left. A discarded partial file (changed object, failed verification) discards the staging;
-  a staging made for another version of the object (``object.json``: ETag, size) is removed
-  before it is reused. A killed run keeps both the partial file and the staged images; the
-  next run resumes the download and skips the members already staged.
+  and reach the layout only after the archive has landed: ``local.extract_archive`` moves
+  them in (``staging.promote``) and unpacks whatever is left. A discarded partial file
+  (changed object, failed verification) discards the staging; a staging made for another
+  version of the object (``object.json``: ETag, size) is removed before it is reused. A killed
+  run keeps both the partial file and the staged images; the next run resumes the download and
+  skips the members already staged.
 * **No links followed.** The staging folder is reached with :func:`isic2020.store.fsutil.open_dir`
   and members are written relative to its images folder's descriptor: a link planted there
   (by whoever else can write into a shared state folder) cannot send a write, a removal or a
@@ -43,21 +42,28 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import errno
 import json
 import os
-import struct
 import threading
 import time
-import zipfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from isic2020.archive.local import Flusher, Member, Plan, plan_entries, present_files, write_member
-from isic2020.archive.remote import TAIL_BYTES, read_end_records
+from isic2020.archive.decode import Damaged, Flusher, extract_member, present_files
+from isic2020.archive.rules import Member, Plan, Refused, damaged_member, plan_entries
+from isic2020.archive.staging import IMAGES_DIR, OBJECT_FILE
+from isic2020.archive.workers import DAMAGED_HINT
+from isic2020.archive.zipformat import (
+    DEFLATED,
+    STORED,
+    BadZip,
+    end_records,
+    member_ends,
+    read_directory,
+    tail_start,
+)
 from isic2020.catalog.manifest import FileEntry
 from isic2020.errors import Isic2020Error
 from isic2020.store.fsutil import StateLinkError, file_mode, open_dir, open_nofollow, remove_tree
@@ -69,8 +75,6 @@ from isic2020.transfer.observer import TransferObserver
 
 STREAM_THREADS = 2
 BATCH = 16  # members a thread takes at once
-OBJECT_FILE = "object.json"
-IMAGES_DIR = "images"
 
 Log = Callable[[str], None]
 
@@ -91,29 +95,6 @@ class StreamStats:
 
 def _covered(intervals: list[list[int]], start: int, end: int) -> bool:
     return any(a <= start and end <= b for a, b in intervals)
-
-
-class _FdSource:
-    """``extract``'s read handle, on a descriptor of the partial file (it may be renamed).
-    Only stored and deflated members (all the official ones) are unpacked here; others wait
-    for the extraction after the download, which has ``zipfile``'s decompressors."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def zipfile(self) -> zipfile.ZipFile:
-        raise RuntimeError("not unpacked while downloading")
-
-
-class _PreadReader:
-    """What ``remotezip._end_records`` reads a ZIP64 end record through, from the partial file
-    (the record sits just before the tail, which is on disk by then)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def read(self, _session: object, start: int, end: int) -> bytes:
-        return os.pread(self.fd, end - start, start)
 
 
 class StreamingExtractor(TransferObserver):
@@ -159,7 +140,7 @@ class StreamingExtractor(TransferObserver):
     def first_offset(self, size: int) -> int | None:
         if self.stats.disabled:
             return None
-        return max(0, size - TAIL_BYTES)
+        return tail_start(size)
 
     def begin(
         self,
@@ -267,19 +248,15 @@ class StreamingExtractor(TransferObserver):
             if not self._wait_for(self.tail_from):
                 return
             tail = os.pread(fd, self.size - self.tail_from, self.tail_from)
-            cd_offset, _, _ = read_end_records(
-                self.entry.name, tail, self.tail_from, self.size, _PreadReader(fd), None
-            )
-            if cd_offset < self.tail_from:
-                self.prioritize(cd_offset, self.tail_from)
-                if not self._wait_for(cd_offset):
+            cd = end_records(tail, self.tail_from, self.size, lambda at, n: os.pread(fd, n, at))
+            if cd.offset < self.tail_from:
+                self.prioritize(cd.offset, self.tail_from)
+                if not self._wait_for(cd.offset):
                     return
             plan, starts, ends = self._read_directory(fd)
-            members = plan[0]
-        except (Isic2020Error, zipfile.BadZipFile, OSError, ValueError, EOFError,
-                struct.error) as exc:
-            why = exc.message if isinstance(exc, Isic2020Error) else str(exc)
-            self._stop(f"the directory could not be read while downloading ({why})")
+            members = plan.members
+        except (BadZip, Refused, OSError) as exc:
+            self._stop(f"the directory could not be read while downloading ({exc})")
             return
         staged = present_files(self.images)  # temporaries never match a final name
         with self._cond:
@@ -287,7 +264,7 @@ class StreamingExtractor(TransferObserver):
             self.plan = plan
             self.queued = bytearray(len(members))
             for i, m in enumerate(members):
-                if staged.get(m.final) == m.info.file_size:
+                if staged.get(m.final) == m.entry.file_size:
                     self.queued[i] = 1
                     self.stats.already_staged += 1
             self.stats.members = len(members)
@@ -301,14 +278,13 @@ class StreamingExtractor(TransferObserver):
             self.on_planned()
 
     def _read_directory(self, fd: int) -> tuple[Plan, list[int], list[int]]:
-        with os.fdopen(os.dup(fd), "rb") as fh, zipfile.ZipFile(fh) as zf:
-            cd_offset = zf.start_dir
-            plan = plan_entries(zf, self.entry.name, self.entry.format, self.size)
-            offsets = sorted({i.header_offset for i in zf.infolist()})
-        members = plan[0]
-        members.sort(key=lambda m: m.info.header_offset)
-        starts = [m.info.header_offset for m in members]
-        nxt = {a: b for a, b in zip(offsets, [*offsets[1:], cd_offset])}
+        """The plan (the rules of every path), and each member's span in archive order."""
+        cd, entries = read_directory(lambda at, n: os.pread(fd, n, at), self.size)
+        plan = plan_entries(entries, self.entry.format, self.size)
+        members = plan.members
+        members.sort(key=lambda m: m.entry.header_offset)
+        starts = [m.entry.header_offset for m in members]
+        nxt = member_ends(entries, cd.offset)
         ends = [nxt[a] for a in starts]
         return plan, starts, ends
 
@@ -332,7 +308,7 @@ class StreamingExtractor(TransferObserver):
     def _unpack_queued(self) -> None:
         mode = file_mode()
         d = str(self.images)
-        src = _FdSource(-1)
+        fd = -1
         while True:
             with self._cond:
                 while not self.queue and not self.stopped and not (
@@ -342,22 +318,29 @@ class StreamingExtractor(TransferObserver):
                 if self.stopped or not self.queue:
                     return
                 batch = [self.queue.popleft() for _ in range(min(BATCH, len(self.queue)))]
-                src.fd = self.fd
+                fd = self.fd
                 members = self.members
             for i in batch:
                 if self.stopped:
                     return
                 m = members[i]
-                if m.info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                    continue  # left for the extraction after the download
+                if m.entry.method not in (STORED, DEFLATED):
+                    continue  # left for the extraction after the download (zipfile's)
                 try:
-                    write_member(src, m, d, mode, self.entry.name, dir_fd=self.images_fd)
+                    self._write(fd, m, d, mode)
                 except (Isic2020Error, OSError) as exc:
                     why = exc.message if isinstance(exc, Isic2020Error) else str(exc)
                     self._stop(f"stopped unpacking while downloading: {why}")
                     return
                 with self._cond:
                     self.stats.unpacked += 1
+
+    def _write(self, fd: int, m: Member, d: str, mode: int) -> None:
+        try:
+            extract_member(lambda at, n: os.pread(fd, n, at), m.entry, d, m.final, mode,
+                           dir_fd=self.images_fd)
+        except Damaged as exc:
+            raise damaged_member(self.entry.name, m.entry.name, str(exc), DAMAGED_HINT) from None
 
     def _planner_alive(self) -> bool:
         return bool(self.threads) and self.threads[0].is_alive()
@@ -416,92 +399,3 @@ class StreamingExtractor(TransferObserver):
                 with contextlib.suppress(OSError):
                     os.close(self.images_fd)
                 self.images_fd = -1
-
-
-# --------------------------------------------------------------------------------------------
-# Moving staged images into the layout (called by extract, after the archive landed)
-
-
-def staging_matches(staging: Path, etag: str | None, size: int) -> bool:
-    """Were the images in ``staging`` unpacked from this version (ETag and size) of the
-    archive? Without an ETag there is no proof, so no."""
-    try:
-        doc = json.loads((staging / OBJECT_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return bool(etag) and doc.get("etag") == etag and doc.get("size") == size
-
-
-def promote(staging: Path, dest: Path, members: list[Member]) -> int:
-    """Move the staged images that belong to ``members`` (by name and size) into ``dest``;
-    remove the staging folder. One rename of the folder when ``dest`` is empty.
-
-    The staging and images folders are reached without following links (:func:`open_dir`;
-    a link there raises :class:`StateLinkError`) and listed, cleaned and moved from through
-    their descriptors, so nothing outside the state folder is listed, deleted or moved.
-    ``dest`` may be a link the user made (``jpeg/train`` on another disk): images are then
-    moved one by one where a rename reaches, and the extraction unpacks the rest.
-    """
-    want = {m.final: m.info.file_size for m in members}
-    keep: list[str] = []
-    try:
-        sfd = open_dir(staging, create=False)
-    except FileNotFoundError:
-        return 0
-    try:
-        try:
-            dfd = open_dir(staging / IMAGES_DIR, create=False)
-        except FileNotFoundError:
-            dfd = -1
-        if dfd >= 0:
-            try:
-                keep = _promote_from(sfd, dfd, dest, want)
-            finally:
-                os.close(dfd)
-    finally:
-        os.close(sfd)
-    with contextlib.suppress(OSError):
-        remove_tree(staging)
-    return len(keep)
-
-
-def _promote_from(sfd: int, dfd: int, dest: Path, want: dict[str, int]) -> list[str]:
-    keep: list[str] = []
-    with os.scandir(dfd) as it:
-        for e in it:
-            if not e.is_symlink() and want.get(e.name) == e.stat(follow_symlinks=False).st_size:
-                keep.append(e.name)
-            else:  # a temporary left by a kill, or anything else: never promoted
-                with contextlib.suppress(OSError):
-                    os.unlink(e.name, dir_fd=dfd)
-    if not keep:
-        return keep
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):
-        if (not os.path.islink(dest) and _empty_or_missing(dest)
-                and _same_dir(os.stat(IMAGES_DIR, dir_fd=sfd, follow_symlinks=False), dfd)):
-            os.rename(IMAGES_DIR, dest, src_dir_fd=sfd)  # replaces an empty folder (POSIX)
-            return keep
-    dest.mkdir(parents=True, exist_ok=True)
-    for n, name in enumerate(keep):
-        try:
-            os.replace(name, dest / name, src_dir_fd=dfd)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            return keep[:n]  # another filesystem: the extraction unpacks the rest
-    return keep
-
-
-def _same_dir(st: os.stat_result, fd: int) -> bool:
-    """``st`` (an ``lstat``) is the folder open as ``fd``: nothing swapped it meanwhile."""
-    fst = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
-
-
-def _empty_or_missing(d: Path) -> bool:
-    try:
-        with os.scandir(d) as it:
-            return next(it, None) is None
-    except FileNotFoundError:
-        return True

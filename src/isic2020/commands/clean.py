@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from isic2020.archive.local import plan_archive, present_files
+from isic2020.archive.decode import present_files
+from isic2020.archive.local import plan_archive
 from isic2020.catalog.manifest import FORMATS, SPLITS, FileEntry, Manifest, load_manifest
 from isic2020.catalog.plausible import content_problem
 from isic2020.commands.status import disk_usage, parts, unreadable

@@ -31,16 +31,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from isic2020.archive.local import present_files
-from isic2020.archive.remote import (
-    RemoteMember,
-    RemoteZip,
-    cache_path,
-    checked_in_order,
-    image_members,
-    open_remote,
-    plan_ranges,
-)
+from isic2020.archive.decode import present_files
+from isic2020.archive.members import checked_in_order, image_members, plan_ranges
+from isic2020.archive.remote import RemoteZip, cache_path, open_remote
+from isic2020.archive.zipformat import Entry as RemoteMember
 from isic2020.catalog.manifest import FileEntry, Manifest
 from isic2020.catalog.selection import Selection, make_selection, read_images_file
 from isic2020.commands.fetch_options import FetchRun, FetchWhat

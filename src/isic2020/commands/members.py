@@ -53,7 +53,9 @@ def choose_subset(run: FetchRun, entry: FileEntry) -> Selection:
 def fetch_members(run: FetchRun, entry: FileEntry) -> FileOutcome:
     """The chosen members of ``entry`` at their final paths, each checked against the CRC-32
     of the central directory; the selection recorded for ``verify``."""
-    from isic2020.archive.remote import cache_path, fetch_remote_members, image_members
+    from isic2020.archive.direct import fetch_remote_members
+    from isic2020.archive.members import image_members
+    from isic2020.archive.remote import cache_path
 
     layout, opts, subset = run.layout, run.options, run.what.subset
     sel = choose_subset(run, entry)

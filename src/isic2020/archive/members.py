@@ -1,0 +1,400 @@
+"""Members of a remote zip: choosing them by the one set of rules, fetching them by range.
+
+Invariants, and why:
+
+* **The rules first.** Every chosen member passes :mod:`~isic2020.archive.rules` (unsafe
+  names, bombs) before anything is fetched; one unsafe entry refuses the job.
+* **Members by byte span.** A member's span runs from its local header to the next member's
+  (or the directory): header, name, extra, data and data descriptor. Spans of chosen members
+  are coalesced when the bytes between them are few (``max_gap``) *and* the waste stays under
+  ``max_waste`` of the useful bytes, so a scattered subset never costs more than ~5% over its
+  own compressed bytes, while runs of neighbours go in one request (``max_span`` caps a
+  request so a retry or a kill loses little).
+* **Planned while downloading.** Final paths, what is already there and spans are made while
+  the first spans download (:mod:`~isic2020.archive.pool`); each span's bytes become checked
+  files in :class:`~isic2020.archive.spans.SpanWriter`.
+* **Resumable.** A member already at its final path with the directory's size is skipped, the
+  rule of every writer of the layout: only checked files reach a final path, so a killed run
+  loses at most the members in flight. A file of the right size damaged *afterwards* is not
+  noticed here (``verify`` notices it); ``check_existing="crc"`` re-reads every present file
+  to compare its CRC-32 and is what to use after the object changed.
+* **Durable before any record:** the destination's filesystem is flushed in the background
+  while writing and once at the end (``decode.Flusher``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from isic2020.archive.decode import Flusher, disk_error, present_files
+from isic2020.archive.pool import RangePool
+from isic2020.archive.remote import DEFAULT_CONNECTIONS, RemoteZip, damaged, host_failed
+from isic2020.archive.rules import Refused, check_entry, plan_entries
+from isic2020.archive.spans import Span, SpanWriter
+from isic2020.archive.zipformat import Entry as RemoteMember
+from isic2020.errors import Interrupted
+from isic2020.report import progress_bar
+from isic2020.store.records import file_mode
+from isic2020.transfer.http import Timeouts
+from isic2020.transfer.model import READ_BLOCK
+from isic2020.transfer.ranges import RangeClient
+from isic2020.transfer.retry import HostFailed, RetryPolicy
+from isic2020.transfer.throttle import Throttle
+
+KiB = 1 << 10
+MiB = 1 << 20
+BLOCK = 1 * MiB
+DEFAULT_MAX_GAP = 64 * KiB
+DEFAULT_MAX_SPAN = 8 * MiB
+DEFAULT_MAX_WASTE = 0.05
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class FetchMembersResult:
+    """What :func:`fetch_members` did (the fields of the JSON report)."""
+
+    archive: str
+    url: str
+    etag: str | None
+    requested: int = 0
+    written: int = 0
+    skipped: int = 0  # already at their final path with the right size (or CRC)
+    spans: int = 0
+    bytes_transferred: int = 0
+    bytes_wanted: int = 0  # the compressed bytes of the members fetched (for the overhead)
+    bytes_written: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def unsafe_members(remote: RemoteZip) -> list[tuple[str, str]]:
+    """``(name, why)`` for every entry the rules refuse as unsafe."""
+    out = []
+    for m in remote.members:
+        why = m.unsafe_reason()
+        if why:
+            out.append((m.name, why))
+    return out
+
+
+def image_members(remote: RemoteZip, fmt: str | None = None) -> dict[str, RemoteMember]:
+    """``image_name`` (``ISIC_xxxxxxx``, as in the CSVs) -> its entry, by the one set of rules
+    (:func:`isic2020.archive.rules.plan_entries`, as every path uses them): any entry whose
+    base name is ``ISIC_<7 digits>.jpg`` (``.dcm``), wherever it stands; ``fmt`` keeps only
+    that extension. The archive is refused when any entry is unsafe or a bomb, or two entries
+    are the same image with different contents; identical duplicates keep the first.
+    """
+    try:
+        plan = plan_entries(remote.members, fmt, remote.size)
+    except Refused as exc:
+        raise damaged(remote.name, exc) from None
+    remote.checked = remote.members
+    return {m.final.rsplit(".", 1)[0]: m.entry for m in plan.members}
+
+
+def plan_ranges(
+    remote: RemoteZip,
+    members: Iterable[RemoteMember],
+    *,
+    max_gap: int = DEFAULT_MAX_GAP,
+    max_span: int = DEFAULT_MAX_SPAN,
+    max_waste: float = DEFAULT_MAX_WASTE,
+) -> list[Span]:
+    """Cut the chosen members into ranged GETs.
+
+    A member's bytes are ``[header_offset, next header_offset)`` (the CD for the last one).
+    Neighbours are joined into one request when the bytes between them are at most ``max_gap``,
+    the joined request stays within ``max_span`` and the skipped bytes stay within
+    ``max_waste`` of the wanted ones: fewer requests for runs, no big overhead for scattered
+    picks. A member larger than ``max_span`` is a span of its own (it is streamed anyway).
+    """
+    joiner = Coalescer(remote.member_end(), max_gap, max_span, max_waste)
+    chosen = sorted({m.header_offset: m for m in members}.values(), key=lambda m: m.header_offset)
+    spans = [s for s in map(joiner.add, chosen) if s is not None]
+    last = joiner.finish()
+    return [*spans, last] if last is not None else spans
+
+
+class Coalescer:
+    """:func:`plan_ranges`' rule one member at a time, in archive order: a fetch can start on
+    the first spans while the rest of a 33,126-member plan is still being made."""
+
+    def __init__(self, ends: dict[int, int], max_gap: int, max_span: int, max_waste: float):
+        self.ends = ends
+        self.max_gap, self.max_span, self.max_waste = max_gap, max_span, max_waste
+        self.cur: list[RemoteMember] = []
+        self.start = self.end = self.wanted = 0
+
+    def add(self, m: RemoteMember) -> Span | None:
+        """Take the next member; the span it closed, if it closed one."""
+        a, b = m.header_offset, self.ends[m.header_offset]
+        if self.cur:
+            gap = a - self.end
+            waste = (self.end - self.start - self.wanted) + gap
+            if (
+                gap <= self.max_gap
+                and b - self.start <= self.max_span
+                and waste <= self.max_waste * (self.wanted + b - a)
+            ):
+                self.cur.append(m)
+                self.end, self.wanted = b, self.wanted + (b - a)
+                return None
+        closed = self.finish()
+        self.cur, self.start, self.end, self.wanted = [m], a, b, b - a
+        return closed
+
+    def finish(self) -> Span | None:
+        """The span still open, if any."""
+        if not self.cur:
+            return None
+        span = Span(self.start, self.end, tuple(self.cur))
+        self.cur = []
+        return span
+
+
+def _file_crc(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(BLOCK):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _already_there(m: RemoteMember, final: Path, check: str) -> bool:
+    try:
+        if final.stat().st_size != m.file_size:
+            return False
+        return check == "size" or _file_crc(final) == m.crc
+    except OSError:
+        return False
+
+
+def fetch_members(
+    remote: RemoteZip,
+    members: Sequence[RemoteMember],
+    dest: Callable[[RemoteMember], Path],
+    *,
+    connections: int = DEFAULT_CONNECTIONS,
+    timeouts: Timeouts | None = None,
+    retry: RetryPolicy | None = None,
+    log: Log | None = None,
+    progress: bool = False,
+    max_gap: int = DEFAULT_MAX_GAP,
+    max_span: int = DEFAULT_MAX_SPAN,
+    check_existing: Literal["size", "crc"] = "size",
+) -> FetchMembersResult:
+    """Fetch ``members`` of ``remote`` by byte ranges straight to ``dest(member)``.
+
+    Parallel over ``connections`` (each worker its own session, with the engine's AIMD
+    throttle on 503/429), every member inflated, size- and CRC-checked against the directory,
+    written to ``.<name>.part`` next to its final path and renamed. Members already at their
+    final path (see ``check_existing``) are skipped, so a killed run resumes.
+
+    Every member is checked against the limits before anything is fetched; the plan (final
+    paths, what is already there, spans) is then made while the first spans download, and
+    the range pool's downloading threads hand their blocks to the span writers.
+
+    Raises VerificationError naming a damaged member (nothing half-written is left),
+    ObjectChanged when the archive changed (re-read its directory: :func:`open_remote`),
+    DownloadError when the host gives up (after the retry window), DiskError, Interrupted.
+    """
+    t0 = time.monotonic()
+    result = FetchMembersResult(remote.name, remote.url, remote.etag, requested=len(members))
+    chosen = checked_in_order(remote, members)
+    ends = remote.member_end()
+    bar = _bar(progress, sum(ends[m.header_offset] - m.header_offset for m in chosen),
+               remote.name)
+    job = _MemberFetch(remote, result, connections, timeouts or Timeouts(),
+                       retry or RetryPolicy(), bar)
+    try:
+        job.start()
+        job.plan(chosen, dest, check_existing,
+                 Coalescer(ends, max_gap, max_span, DEFAULT_MAX_WASTE))
+        if log is not None and result.spans:
+            log(f"{remote.name}: fetching {job.planned} members ({job.planned_bytes / 1e6:.1f} "
+                f"MB in {result.spans} ranges) over {min(connections, result.spans)} "
+                "connections")
+        job.wait()
+    except KeyboardInterrupt:
+        job.stop()
+        raise Interrupted(
+            f"interrupted while fetching members of {remote.name}",
+            "run the same command again to resume; finished images are kept",
+        ) from None
+    except BaseException:
+        job.stop()
+        raise
+    finally:
+        job.close()
+        result.bytes_transferred = job.client.transferred
+        result.retries = job.client.retries
+        result.seconds = round(time.monotonic() - t0, 3)
+    try:
+        _raise_first(job.pool.first_error(), remote.url)
+        if result.written:
+            job.flush()
+    finally:
+        job.release()
+    result.seconds = round(time.monotonic() - t0, 3)
+    return result
+
+
+def checked_in_order(
+    remote: RemoteZip, members: Sequence[RemoteMember]
+) -> list[RemoteMember]:
+    """The members to consider, once each, in archive order, every one within the limits:
+    one unsafe entry refuses the job before a byte is written."""
+    unique = {m.header_offset: m for m in members if not m.is_dir}
+    safe = remote.checked is remote.members
+    try:
+        for m in unique.values():
+            check_entry(m, safe=safe)
+    except Refused as exc:
+        raise damaged(remote.name, exc) from None
+    return sorted(unique.values(), key=lambda m: m.header_offset)
+
+
+class _MemberFetch:
+    """One :func:`fetch_members` job: the plan, the range pool, the flushers."""
+
+    def __init__(
+        self,
+        remote: RemoteZip,
+        result: FetchMembersResult,
+        connections: int,
+        timeouts: Timeouts,
+        retry: RetryPolicy,
+        bar: Any,
+    ) -> None:
+        self.remote = remote
+        self.result = result
+        self.bar = bar
+        self.abort = threading.Event()
+        self.lock = threading.Lock()
+        self.finals: dict[int, str] = {}  # header offset -> final path, of planned members
+        self.mode = file_mode()
+        self.planned = self.planned_bytes = 0
+        self.client = RangeClient(
+            remote.url, remote.size, remote.etag, remote.last_modified,
+            timeouts=timeouts, retry=retry, throttle=Throttle(max(1, connections)),
+            abort=self.abort, on_bytes=(bar.update if bar is not None else None),
+            block=READ_BLOCK,
+        )
+        self.pool = RangePool(self.client, connections, self.done)
+        self.flushers: dict[int, Flusher] = {}  # by device of the destination folders
+
+    def done(self, writer: Any) -> None:
+        with self.lock:
+            self.result.written += writer.done
+            self.result.bytes_written += writer.bytes_written
+
+    # -- the plan (main thread) ------------------------------------------------------------
+    def plan(
+        self,
+        chosen: list[RemoteMember],
+        dest: Callable[[RemoteMember], Path],
+        check: str,
+        joiner: Coalescer,
+    ) -> None:
+        """Final paths, what is already in place, spans: each span is queued as soon as it is
+        closed, so the first ones download while the rest is planned."""
+        present: dict[str, dict[str, int]] = {}
+        made: set[str] = set()
+        for m in chosen:
+            if self.abort.is_set():
+                break
+            final = os.fspath(dest(m))
+            folder, name = os.path.split(final)
+            here = present.get(folder)
+            if here is None:
+                here = present[folder] = present_files(folder)
+            if here.get(name) == m.file_size and (
+                check == "size" or _already_there(m, Path(final), check)
+            ):
+                self.result.skipped += 1
+                continue
+            if folder not in made:
+                self._make_folder(folder)
+                made.add(folder)
+            self.finals[m.header_offset] = final
+            self.planned += 1
+            self.result.bytes_wanted += m.compressed_size
+            self._queue(joiner.add(m))
+        self._queue(joiner.finish())
+        self.pool.close()
+        if self.bar is not None:
+            self.bar.total = self.planned_bytes
+            self.bar.refresh()
+
+    def _queue(self, span: Span | None) -> None:
+        if span is not None:
+            self.result.spans += 1
+            self.planned_bytes += span.length
+            self.pool.put(span.start, span.end,
+                          SpanWriter(self.remote.name, span, self.finals, self.mode))
+
+    def _make_folder(self, folder: str) -> None:
+        try:
+            os.makedirs(folder or ".", exist_ok=True)
+            dev = os.stat(folder or ".").st_dev
+        except OSError as exc:
+            raise disk_error(exc, Path(folder)) from None
+        if dev not in self.flushers:
+            flusher = self.flushers[dev] = Flusher(Path(folder or "."))
+            flusher.start()
+
+    def start(self) -> None:
+        self.pool.start()
+
+    def wait(self) -> None:
+        """Until every span is fetched and written (Ctrl-C interrupts the wait)."""
+        self.pool.wait()
+
+    def stop(self) -> None:
+        """After an error or Ctrl-C in the main thread: stop every thread."""
+        self.pool.stop()
+
+    def close(self) -> None:
+        """Whatever happened: the pool ends (removing the members in progress), the
+        background flushes stop, the progress bar closes."""
+        self.pool.shutdown()
+        for f in self.flushers.values():
+            f.stop()
+        if self.bar is not None:
+            self.bar.close()
+
+    def flush(self) -> None:
+        """The flush that makes the written files durable (before any record of them)."""
+        for f in self.flushers.values():
+            f.final()
+
+    def release(self) -> None:
+        """The flushers' folder handles, last."""
+        for f in self.flushers.values():
+            f.close()
+
+
+def _raise_first(exc: BaseException | None, url: str) -> None:
+    if exc is None:
+        return
+    if isinstance(exc, HostFailed):
+        raise host_failed(url, exc)
+    raise exc
+
+
+def _bar(enabled: bool, total: int, name: str) -> Any:
+    if not enabled:
+        return None
+    return progress_bar(total, name)
