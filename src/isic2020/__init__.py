@@ -24,6 +24,7 @@ _LAZY = {
     "compute_stats": "isic2020.commands.stats",
     "load_manifest": "isic2020.catalog.manifest",
     "build_dataset": "isic2020.synthetic",
+    "resize": "isic2020.commands.resize",
     "Isic2020Error": "isic2020.errors",
 }
 
