@@ -233,7 +233,10 @@ def _execute(
             for r in results:
                 if r.status in ("resized", "adopted") and r.output is not None:
                     rf.outputs[r.key] = r.output
-                    setattr(report, r.status, getattr(report, r.status) + 1)
+                    if r.status == "resized":
+                        report.resized += 1
+                    else:
+                        report.adopted += 1
                 elif r.status == "damaged":
                     report.damaged.append(Damaged(f"jpeg/{r.key}", r.message))
                 elif disk is None:

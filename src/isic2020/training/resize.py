@@ -44,8 +44,8 @@ DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCE
                errno.EIO}
 _ORIENTATION = 0x0112
 #: The DCT scaling stops at twice the output size (as libvips' shrink-on-load does): scaled
-#: IDCTs alias a little, and a last 2:1 (or more) Lanczos step removes that. Scaling right
-#: down to the output size is ~1.2-2.4x faster but costs 3-4 dB at ratios near 1.
+#: IDCTs alias a little, and a last 2:1 (or more) Lanczos step removes that; scaling right
+#: down to the output size is faster but leaves the filter a ratio near 1 to fix it with.
 DRAFT_MARGIN = 2
 
 
