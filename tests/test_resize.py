@@ -306,6 +306,7 @@ def test_no_images_is_a_usage_error(dataset, tmp_path: Path) -> None:
     r = _resize(dataset, layout.root, "--size", "64")
     assert r.returncode == 2 and len(r.error_lines) == 1
     assert "no JPEG images" in r.error_lines[0] and "isic2020 fetch" in r.error_lines[0]
+    assert not list(layout.root.glob("jpeg-*"))  # no empty folder, no recipe left behind
 
 
 def test_python_api_is_isic2020_resize(dataset, data: Path) -> None:

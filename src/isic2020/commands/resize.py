@@ -138,8 +138,11 @@ def resize(
         raise UsageError(f"no data directory at {layout.root}", "run `isic2020 fetch` first")
     folder = layout.root / recipe.fmt.name
     with data_dir_lock(layout.lock_path, on_wait=log):
-        rf = _open_folder(folder, recipe)
-        tasks, report = _plan(layout, folder, recipe, rf, expand_split(split))
+        rf = _recorded(folder, recipe)
+        tasks, report = _plan(layout, folder, recipe, rf or RecipeFile({}), expand_split(split))
+        if rf is None:  # a new folder: its recipe is written before any image
+            rf = RecipeFile(recipe.to_dict())
+            save_recipe(folder, rf)
         report.workers = min(workers or os.cpu_count() or 1, max(1, len(tasks)))
         try:
             _execute(tasks, recipe, rf, report, progress)
@@ -151,19 +154,12 @@ def resize(
     return report
 
 
-def _open_folder(folder: Path, recipe: Recipe) -> RecipeFile:
-    """The folder's recipe file; a new folder's is written now, before any image."""
-    current = recipe.to_dict()
+def _recorded(folder: Path, recipe: Recipe) -> RecipeFile | None:
+    """The folder's recipe file (None for a new folder); refused if it is another recipe."""
     rf = load_recipe(folder)
     if rf is None:
-        try:
-            folder.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise DiskError(f"cannot create {folder}: {exc.strerror or exc}") from None
-        rf = RecipeFile(current)
-        save_recipe(folder, rf)
-        return rf
-    diff = differences(rf.recipe, current)
+        return None
+    diff = differences(rf.recipe, recipe.to_dict())
     if diff:
         raise UsageError(
             f"{folder} was made with another recipe ({'; '.join(diff)})",
@@ -183,7 +179,10 @@ def _plan(
         report.splits[s] = len(names)
         if not names:
             continue
-        dst_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            dst_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DiskError(f"cannot create {dst_dir}: {exc.strerror or exc}") from None
         for tmp in _scan(dst_dir, TEMP_RE):
             remove_file(dst_dir / tmp)
         present = set(_scan(dst_dir, SOURCE_RE))

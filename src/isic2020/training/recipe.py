@@ -21,8 +21,8 @@ from isic2020.store.recipe import SOURCE_FORMAT, ResizedFormat, check_size_mode
 DEFAULT_QUALITY = 90
 FILTER = "lanczos"
 #: The decoder shrinks in the DCT domain by the largest power of two (1/2, 1/4, 1/8) that
-#: leaves the image at least twice the target; the filter does the rest.
-DRAFT = "libjpeg-dct-scale>=2x"
+#: leaves the image at least 1.3 times the target; the filter does the rest.
+DRAFT = "libjpeg-dct-scale>=1.3x"
 SUBSAMPLING = "4:2:0"
 
 
