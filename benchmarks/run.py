@@ -23,7 +23,8 @@ Rows (see benchmarks/README.md for the why of each):
     bytes served (nginx's log) against the members' compressed bytes + central directory
   8 ``--direct`` vs download + extract vs the download alone, throttled like row 1; peak disk
   9 ``isic2020 folds`` on the real metadata (tests/data/isic2020-metadata): command and engine
- 10 ``isic2020 export --layout webdataset`` (and parquet) vs ``tar`` of the same JPEGs
+ 10 ``isic2020 resize --size 512`` of photo-sized JPEGs vs vipsthumbnail and ImageMagick
+ 11 ``isic2020 export --layout webdataset`` (and parquet) vs ``tar`` of the same JPEGs
 
 Exit status: 0 when every isic2020 run succeeded (missing peers are reported and skipped, and
 missed targets are reported, not failures: timings are noisy); 1 when an isic2020 run failed.
@@ -50,6 +51,7 @@ from bench.results import Bench  # noqa: E402
 from bench.rows_download import row_throttled, row_unthrottled  # noqa: E402
 from bench.rows_extract import row_extract  # noqa: E402
 from bench.rows_folds import row_folds  # noqa: E402
+from bench.rows_resize import row_resize  # noqa: E402
 from bench.rows_shards import row_shards  # noqa: E402
 from bench.rows_subset import row_direct, row_subset  # noqa: E402
 from bench.rows_verify import row_verify_and_rerun  # noqa: E402
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: tiny sizes, 1 repetition (CI)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
-    ap.add_argument("--rows", default="1,2,3,4,5,7,8,9,10",
+    ap.add_argument("--rows", default="1,2,3,4,5,7,8,9,10,11",
                     help="which workloads to run, e.g. 1,2 (6, peak RSS, is every row's column)")
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out",
                     help="data and scratch (cached between runs) [benchmarks/out]")
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         if 9 in rows:
             row_folds(b)
         if 10 in rows:
+            row_resize(b)
+        if 11 in rows:
             row_shards(b)
     finally:
         rmtree(work / "run")

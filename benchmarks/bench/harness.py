@@ -137,6 +137,7 @@ def run_child(argv: Sequence[str], env: dict[str, str] | None = None, timeout: f
             rc=rc,
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),
+            extra={"rss_sum_mb": sum(peaks.values()) / 1024.0},  # every process' peak, summed
         )
 
 

@@ -1,4 +1,4 @@
-"""Row 10: ``isic2020 export --layout webdataset`` (and parquet) vs ``tar`` of the same files.
+"""Row 11: ``isic2020 export --layout webdataset`` (and parquet) vs ``tar`` of the same files.
 
 The data directory is the synthetic metadata (tests/support/metadata.py) with a real JPEG per
 training image (photo-like noise, ``member_min..member_max`` bytes x 10, unique bytes per
@@ -54,7 +54,7 @@ def _build(folder: Path, patients: int, lo: int, hi: int) -> tuple[int, int]:
 
 
 def row_shards(b: Bench) -> None:
-    name = "10 shard export vs tar (train JPEGs)"
+    name = "11 shard export vs tar (train JPEGs)"
     if shutil.which("tar") is None:
         b.log(f"{name}: MISSING tar, row skipped")
         b.skipped.append(name)
@@ -113,7 +113,7 @@ def row_shards(b: Bench) -> None:
         export("parquet"),
     ]
     b.log(f"{name}: {n:,} images, {total / 1e6:.0f} MB")
-    ran = b.run_tools("row 10", tools)
+    ran = b.run_tools("row 11", tools)
     ours, engine, tar = ran[0], ran[1], ran[2]
     r = ratio(ours, tar)
     for t in ran:

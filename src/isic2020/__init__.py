@@ -25,6 +25,7 @@ _LAZY = {
     "compute_stats": "isic2020.commands.stats",
     "load_manifest": "isic2020.catalog.manifest",
     "build_dataset": "isic2020.synthetic",
+    "resize": "isic2020.commands.resize",
     "Isic2020Error": "isic2020.errors",
     "ISICDataset": "isic2020.training.dataset",
     "status": "isic2020.commands.status",

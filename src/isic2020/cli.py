@@ -565,6 +565,76 @@ def checksums(
     _run(call, as_json, quiet)
 
 
+# --- resize (issue 15) ---
+class _VerifyFormat(click.ParamType):
+    """``verify --format``: the fetched formats, or a resized folder (``jpeg-512``)."""
+
+    name = "format"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        from isic2020.store.recipe import ResizedFormat
+
+        if value in FORMAT_CHOICES or ResizedFormat.parse(str(value)) is not None:
+            return str(value)
+        self.fail(f"{value!r} is not one of {', '.join(FORMAT_CHOICES)} or jpeg-N[-fit|-squash]",
+                  param, ctx)
+
+
+for _param in verify.params:
+    if _param.name == "fmt":
+        _param.type = _VerifyFormat()
+        _param.help = (_param.help or "") + " jpeg-N[-MODE]: a folder made by `isic2020 resize`."
+
+
+@cli.command(short_help="Resize the JPEGs into DATA/jpeg-N (a training set, reproducible).")
+@click.option("--size", type=click.IntRange(16, 4096), required=True,
+              help="Output size in pixels (crop and squash: N x N; fit: the long side).")
+@click.option("--mode", type=click.Choice(["crop", "fit", "squash"]), default="crop",
+              show_default=True,
+              help="crop: short side N, centre square; fit: long side N, aspect kept; "
+              "squash: N x N, aspect lost. Other than crop, the folder is jpeg-N-MODE.")
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
+              help="JPEG quality of the outputs.")
+@click.option("--split", type=click.Choice(SPLIT_CHOICES), default="all", show_default=True,
+              help="Which split.")
+@click.option("--format", "fmt", type=click.Choice(["jpeg"]), default="jpeg", show_default=True,
+              help="The source images (the JPEGs).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes [default: every core].")
+@common_options
+@output_options
+def resize(
+    size: int,
+    mode: str,
+    quality: int,
+    split: str,
+    fmt: str,
+    workers: int | None,
+    data_dir: str | None,
+    manifest: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Resize DATA/jpeg/{train,test} into DATA/jpeg-N/{train,test}, recording the recipe."""
+    from isic2020.commands.resize import resize as do_resize
+
+    _run(
+        lambda: do_resize(
+            size=size,
+            mode=mode,
+            quality=quality,
+            split=split,
+            fmt=fmt,
+            workers=workers,
+            data_dir=data_dir,
+            progress=not quiet and sys.stderr.isatty(),
+            log=None if quiet else _err,
+        ),
+        as_json,
+        quiet,
+    )
+
+
 def _flat_heap() -> None:
     """Keep glibc from growing the heap per thread (the command's process only; the library
     leaves the allocator alone). The engine's 16 connections each free and reallocate 256 KiB
@@ -615,3 +685,4 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _err("interrupted; what finished is kept: run the same command again to resume")
         sys.exit(EXIT_INTERRUPTED)
+

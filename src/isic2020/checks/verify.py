@@ -32,6 +32,7 @@ from isic2020.checks.files import check_recorded
 from isic2020.checks.findings import Check, VerifyReport
 from isic2020.checks.images import image_checks
 from isic2020.checks.metadata import metadata_checks
+from isic2020.checks.resized import check_resized, is_resized_format
 from isic2020.errors import UsageError, VerificationError
 from isic2020.store.layout import Layout
 from isic2020.store.lock import data_dir_lock
@@ -181,7 +182,7 @@ def verify_data(
     start = time.monotonic()
     release_free_memory()
     splits = expand_split(split)
-    if fmt not in FORMAT_CHOICES:
+    if fmt not in FORMAT_CHOICES and not is_resized_format(fmt):
         raise UsageError(f"unknown format {fmt!r}", f"use one of {', '.join(FORMAT_CHOICES)}")
     if not _anything_on_disk(layout, manifest, splits, fmt):
         raise VerificationError(
@@ -211,6 +212,12 @@ def verify_data(
                     expected = frames.get("ground_truth_v2")
             else:
                 expected = frames.get("test_metadata")
+            if is_resized_format(fmt):  # issue 15: a folder made by `isic2020 resize`
+                expected = _apply_selection(layout, "jpeg", s, expected, report)
+                names = None if expected is None else set(expected["image_name"].dropna())
+                report.checks += [Check(**vars(f)) for f in
+                                  check_resized(layout.root, fmt, s, names, deep)]
+                continue
             expected = _apply_selection(layout, fmt, s, expected, report)
             report.checks += image_checks(layout, fmt, s, expected, deep, progress)
     report.seconds = time.monotonic() - start
