@@ -25,6 +25,8 @@ _LAZY = {
     "load_manifest": "isic2020.catalog.manifest",
     "build_dataset": "isic2020.synthetic",
     "Isic2020Error": "isic2020.errors",
+    "pin": "isic2020.commands.pin",
+    "mirror": "isic2020.commands.mirror",
 }
 
 __all__ = ["__version__", "export", "extract", "fetch", "list_files", "verify", *_LAZY]

@@ -97,16 +97,23 @@ def download_options(
     )
 
 
-def check_mirrors(mirrors: Sequence[str]) -> list[str]:
-    """Mirrors must be http(s):// or file:// URLs; plain http only ever comes from here."""
+def check_mirrors(mirrors: Sequence[str], names: Sequence[str] = ()) -> list[str]:
+    """Mirrors must be http(s)://, file:// or s3:// URLs; plain http only ever comes from here.
+    An s3:// mirror becomes its URL folder, presigned when there are credentials, once its
+    bucket and ``names`` are found there (``transfer.objectstore``, issue 16)."""
     out = []
     for m in mirrors:
+        if m.lower().startswith("s3://"):
+            from isic2020.transfer.objectstore import s3_mirror
+
+            out.append(s3_mirror(m, names))
+            continue
         parts = urlsplit(m)
         if parts.scheme not in ("http", "https", "file") or (
             parts.scheme != "file" and not parts.netloc
         ):
             raise UsageError(
-                f"mirror {m!r} is not an http://, https:// or file:// URL",
+                f"mirror {m!r} is not an http://, https://, file:// or s3:// URL",
                 "give the folder URL that holds the official file names",
             )
         out.append(m)
@@ -241,6 +248,8 @@ def fetch(
     """
     t0 = time.monotonic()
     man = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    if mirrors:  # a mirror's ETags depend on its uploader; a pinned sha256 decides (issue 16)
+        man = man.for_mirrors()
     entries = man.select(split, fmt)
     subset = images is not None or sample is not None or where is not None
     if (subset or direct) and fmt == "none":
@@ -256,7 +265,7 @@ def fetch(
             "--images/--sample/--where/--direct write images, not archives",
             "drop --no-extract",
         )
-    mirror_list = check_mirrors(mirrors)
+    mirror_list = check_mirrors(mirrors, [e.name for e in entries])
     layout = Layout.at(data_dir)
     opts = options or download_options(connections, progress, log)
     report = FetchReport(str(layout.root), split, fmt)
