@@ -374,3 +374,22 @@ def test_mirror_refuses_a_local_file_that_no_longer_matches_its_record(
     assert len(r.error_lines) == 1 and "sha256" in r.error_lines[0]
     assert not (folder / ARCHIVE).exists()
 
+
+
+def test_without_credentials_a_public_bucket_is_read_unsigned(dataset, s3_server, tmp_path):
+    """No credentials anywhere (AWS Open Data, as the official bucket): requests go unsigned,
+    and the gate sees no signature at all."""
+    official = _bucket(s3_server, "public")
+    for name in TRAIN:
+        s3_server.upload(official, name, dataset.path(name))  # public-read, like isic-archive
+    with S3Gate(s3_server.endpoint, access_key=None) as gate:
+        env = _env(dataset.manifest_path, gate, AWS_EC2_METADATA_DISABLED="true",
+                   AWS_CONFIG_FILE=str(tmp_path / "none"),
+                   AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+        del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+        node = tmp_path / "node"
+        r = run_cli("fetch", "--data-dir", str(node), "--mirror", f"s3://{official}",
+                    "--split", "train", "--json", "--quiet", env=env)
+        assert r.returncode == 0, r.stderr
+        assert gate.gets >= len(TRAIN) and gate.signed_requests == 0
+    assert (node / "archives" / ARCHIVE).read_bytes() == dataset.path(ARCHIVE).read_bytes()

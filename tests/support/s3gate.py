@@ -17,7 +17,8 @@ makes, so the client's handling of them can be tested for real:
   being sent for them are cut off (so the client must ask again);
   ``signed_at`` lists the signing times of the presigned GETs seen;
 * ``rate``: response bodies are sent at most that many bytes per second;
-* ``served[key]``: body bytes sent per object key (path without the bucket), ``gets``.
+* ``served[key]``: body bytes sent per object key (path without the bucket), ``gets``,
+  ``signed_requests`` (those that carried a signature), ``refused``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class S3Gate:
         self._uses: Counter[str] = Counter()
         self.signed_before: float | None = None
         self.signed_at: list[float] = []
+        self.signed_requests = 0  # requests that carried a signature (header or query)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -111,6 +113,9 @@ class S3Gate:
             key = q["x-amz-credential"].split("/", 1)[0]
         elif "awsaccesskeyid" in q:
             key = q["awsaccesskeyid"]
+        if key is not None:
+            with self._lock:
+                self.signed_requests += 1
         token = h.headers.get("X-Amz-Security-Token") or q.get("x-amz-security-token")
         if self.expired_token and token:
             return 400, _error("ExpiredToken", "The provided token has expired.")
