@@ -393,3 +393,33 @@ def test_without_credentials_a_public_bucket_is_read_unsigned(dataset, s3_server
         assert r.returncode == 0, r.stderr
         assert gate.gets >= len(TRAIN) and gate.signed_requests == 0
     assert (node / "archives" / ARCHIVE).read_bytes() == dataset.path(ARCHIVE).read_bytes()
+
+
+def test_a_cut_off_multipart_upload_is_resumed_keeping_the_parts_already_there(
+    s3_server, gate, tmp_path, monkeypatch
+):
+    """The API the shards writer uses: ``upload`` finds the unfinished upload of a run that
+    was cut off after part 1, sends only part 2, and ``stat`` gives the 8 MiB multipart ETag."""
+    from isic2020.transfer.objectstore import PART_SIZE, ObjectStore, upload_etag
+
+    for k, v in _env(None, gate).items():
+        if k.startswith("AWS_"):
+            monkeypatch.setenv(k, v)
+    bucket = _bucket(s3_server, "shards")
+    path = tmp_path / "shard-000000.tar"
+    path.write_bytes(os.urandom(PART_SIZE + 12345))
+    c = s3_server.client
+    first = c.create_multipart_upload(Bucket=bucket, Key="x/shard-000000.tar")
+    with open(path, "rb") as f:
+        c.upload_part(Bucket=bucket, Key="x/shard-000000.tar", UploadId=first["UploadId"],
+                      PartNumber=1, Body=f.read(PART_SIZE))
+    store = ObjectStore.connect(f"s3://{bucket}/x")
+    assert store.stat("shard-000000.tar") is None
+    stat = store.upload("shard-000000.tar", path)
+    _, etag = upload_etag(path)
+    assert stat.size == path.stat().st_size and stat.etag == etag and etag.endswith("-2")
+    # part 2 and the completion request only: part 1 (8 MiB) is not sent again
+    assert 12345 <= gate.received["x/shard-000000.tar"] < 12345 + 4096
+    got = c.get_object(Bucket=bucket, Key="x/shard-000000.tar")["Body"].read()
+    assert got == path.read_bytes()
+    assert store.stat("shard-000000.tar") == stat

@@ -69,10 +69,11 @@ def main(argv: list[str] | None = None) -> int:
                             "--quiet"), env=env, check=True)
         publish = time.monotonic() - t
 
-        def run(n: int, tag: str) -> tuple[float, list[float]]:
+        def run(n: int, tag: str, mirror: str = "s3://lab/isic",
+                check: str = "multipart") -> tuple[float, list[float]]:
             t0 = time.monotonic()
             procs = [subprocess.Popen(
-                _cmd("fetch", "--data-dir", str(work / f"{tag}{i}"), "--mirror", "s3://lab/isic",
+                _cmd("fetch", "--data-dir", str(work / f"{tag}{i}"), "--mirror", mirror,
                      "--manifest", str(pinned), "--split", "train", "--no-extract", "--json",
                      "--quiet"), env=env, stdout=subprocess.PIPE, text=True) for i in range(n)]
             times = []
@@ -81,19 +82,31 @@ def main(argv: list[str] | None = None) -> int:
                 assert p.returncode == 0
                 doc = json.loads(out)
                 entry = next(f for f in doc["files"] if f["name"] == ARCHIVE)
-                assert entry["etag_check"].startswith("multipart"), entry["etag_check"]
+                assert check in entry["etag_check"], entry["etag_check"]
                 times.append(float(doc["seconds"]))
             return time.monotonic() - t0, times
 
-        single_wall, single = run(1, "single")
-        wall, times = run(args.nodes, "node")
+        rows = [("moto S3, s3:// presigned", run(1, "single"), run(args.nodes, "node"))]
+        from support.servers import NginxServer
+
+        if NginxServer.find_binary() is not None:  # the same files, a server that is not Python
+            folder = work / "folder"
+            subprocess.run(_cmd("mirror", str(folder), "--data-dir", str(a), "--split",
+                                "train", "--quiet"), env=env, check=True)
+            nginx = NginxServer(folder).start()
+            try:
+                rows.append(("nginx, http://", run(1, "nsingle", nginx.url, "sha256"),
+                             run(args.nodes, "nnode", nginx.url, "sha256")))
+            finally:
+                nginx.close()
     mb = size / 1e6
-    print(f"archive {mb:.1f} MB; mirror (publish, 8 MiB parts) {publish:.2f}s")
-    print(f"single node: {single[0]:.2f}s ({mb / single[0]:.1f} MB/s)")
-    print(f"{args.nodes} nodes at once: wall {wall:.2f}s, aggregate "
-          f"{args.nodes * mb / wall:.1f} MB/s; per node "
-          + ", ".join(f"{t:.2f}s" for t in times)
-          + f" (x{sum(times) / len(times) / single[0]:.2f} the single fetch on average)")
+    print(f"archive {mb:.1f} MB; mirror to s3:// (publish, 8 MiB parts) {publish:.2f}s")
+    for label, (_, single), (wall, times) in rows:
+        print(f"{label}: single node {single[0]:.2f}s ({mb / single[0]:.1f} MB/s); "
+              f"{args.nodes} nodes at once: wall {wall:.2f}s, aggregate "
+              f"{args.nodes * mb / wall:.1f} MB/s; per node "
+              + ", ".join(f"{t:.2f}s" for t in times)
+              + f" (x{sum(times) / len(times) / single[0]:.2f} the single fetch on average)")
     return 0
 
 

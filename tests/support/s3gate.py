@@ -60,6 +60,7 @@ class S3Gate:
         self.uses_per_url = uses_per_url
         self.rate = rate
         self.served: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()  # request body bytes per object key
         self.gets = 0
         self.refused = 0
         self._uses: Counter[str] = Counter()
@@ -143,6 +144,8 @@ class S3Gate:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
         refused = self.refusal(h)
+        with self._lock:
+            self.received[urlsplit(h.path).path.split("/", 2)[-1]] += len(body)
         if refused is not None:
             with self._lock:
                 self.refused += 1
