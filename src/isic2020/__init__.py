@@ -32,6 +32,8 @@ _LAZY = {
     "clean": "isic2020.commands.clean",
     "checksums": "isic2020.commands.checksums",
     "verify_against": "isic2020.checks.against",
+    "pin": "isic2020.commands.pin",
+    "mirror": "isic2020.commands.mirror",
 }
 
 __all__ = ["__version__", "export", "extract", "fetch", "list_files", "verify", *_LAZY]

@@ -32,6 +32,7 @@ SPEED_TIME = "ISIC2020_SPEED_TIME"
 STREAM = "ISIC2020_STREAM"
 MALLOC = "ISIC2020_MALLOC"
 DEBUG = "ISIC2020_DEBUG"
+S3_PRESIGN_SECONDS = "ISIC2020_S3_PRESIGN_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ TABLE: tuple[Variable, ...] = (
     Variable(STREAM, "1", "0 turns off unpacking while an archive downloads (to compare)"),
     Variable(MALLOC, "1", "0 leaves glibc's allocator at its defaults (Linux)"),
     Variable(DEBUG, "0", "1 shows the traceback of an internal error"),
+    Variable(S3_PRESIGN_SECONDS, "3600",
+             "lifetime of the presigned URLs of an s3:// mirror (made anew before they expire)"),
 )
 
 
@@ -130,6 +133,7 @@ class Settings:
     stream: bool = True
     malloc: bool = True
     debug: bool = False
+    s3_presign_seconds: float | None = None
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -148,4 +152,13 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         stream=flag(STREAM, True, env),
         malloc=flag(MALLOC, True, env),
         debug=flag(DEBUG, False, env),
+        s3_presign_seconds=_presign(env),
     )
+
+
+def _presign(env: Mapping[str, str]) -> float | None:
+    """SigV4 presigned URLs live at most seven days."""
+    value = _seconds(env, S3_PRESIGN_SECONDS)
+    if value is not None and not 1 <= value <= 7 * 86400:
+        raise UsageError(f"${S3_PRESIGN_SECONDS} must be 1 to 604800 seconds, found {value:g}")
+    return value

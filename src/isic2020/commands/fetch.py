@@ -77,9 +77,11 @@ def fetch(
     what, place, how = options_from_keywords(what, place, how, keywords)
     man = place.manifest if isinstance(place.manifest, Manifest) else load_manifest(
         place.manifest)
+    if place.mirrors:  # a mirror's ETags depend on its uploader; a pinned sha256 decides
+        man = man.for_mirrors()
     entries = man.select(what.split, what.fmt)
     check_options(what, how)
-    mirrors = check_mirrors(place.mirrors)
+    mirrors = check_mirrors(place.mirrors, [e.name for e in entries])
     run = FetchRun(what, place, how, Layout.at(place.data_dir), man, mirrors, engine_options(how))
     report = FetchReport(str(run.layout.root), what.split, what.fmt)
     if how.dry_run:

@@ -16,16 +16,23 @@ from isic2020.errors import UsageError
 from isic2020.transfer.engine import Downloader
 
 
-def check_mirrors(mirrors: Sequence[str]) -> list[str]:
-    """Mirrors must be http(s):// or file:// URLs; plain http only ever comes from here."""
+def check_mirrors(mirrors: Sequence[str], names: Sequence[str] = ()) -> list[str]:
+    """Mirrors must be http(s)://, file:// or s3:// URLs; plain http only ever comes from here.
+    An s3:// mirror becomes its URL folder, presigned when there are credentials, once its
+    bucket and ``names`` are found there (:mod:`isic2020.transfer.objectstore`)."""
     out = []
     for m in mirrors:
+        if m.lower().startswith("s3://"):
+            from isic2020.transfer.objectstore import s3_mirror
+
+            out.append(s3_mirror(m, names))
+            continue
         parts = urlsplit(m)
         if parts.scheme not in ("http", "https", "file") or (
             parts.scheme != "file" and not parts.netloc
         ):
             raise UsageError(
-                f"mirror {m!r} is not an http://, https:// or file:// URL",
+                f"mirror {m!r} is not an http://, https://, file:// or s3:// URL",
                 "give the folder URL that holds the official file names",
             )
         out.append(m)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -52,7 +53,28 @@ def make_session(pool_size: int = 8) -> requests.Session:
     s.mount("https://", adapter)
     s.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
     s.hooks["response"].append(_refuse_downgrade)
+    with _MOUNTS_LOCK:
+        for prefix, extra in _MOUNTS.items():
+            s.mount(prefix, extra)
     return s
+
+
+#: Adapters for URL folders that need more than plain HTTP (presigned object-store URLs,
+#: ``objectstore.PresigningAdapter``): every session made after :func:`mount_adapter` uses them.
+_MOUNTS: dict[str, HTTPAdapter] = {}
+_MOUNTS_LOCK = threading.Lock()
+
+
+def mount_adapter(prefix: str, adapter: HTTPAdapter) -> None:
+    """Route every request of later sessions whose URL starts with ``prefix`` through
+    ``adapter`` (requests picks the longest matching prefix)."""
+    with _MOUNTS_LOCK:
+        _MOUNTS[prefix] = adapter
+
+
+def unmount_adapter(prefix: str) -> None:
+    with _MOUNTS_LOCK:
+        _MOUNTS.pop(prefix, None)
 
 
 class RedirectRefused(requests.ConnectionError):
