@@ -1,0 +1,243 @@
+"""The command group and what every command shares: the one error mapper
+(:func:`run_command`: an exception becomes one stderr line and an exit code), the ``--json``
+envelope built in one place (:func:`envelope`), the common options, and the entry point.
+
+The allocator settings of :func:`flat_heap` are here and not in the library because they
+belong to the command's process: a program that imports isic2020 keeps its own.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from isic2020 import config
+from isic2020.catalog.manifest import FORMAT_CHOICES, SPLIT_CHOICES
+from isic2020.errors import EXIT_DOWNLOAD, EXIT_INTERRUPTED, EXIT_USAGE, Isic2020Error
+from isic2020.version import __version__
+
+F = TypeVar("F", bound=Callable[..., Any])
+ENV_MIRROR = "ISIC2020_MIRROR"
+
+
+def err(msg: str) -> None:
+    click.echo(f"isic2020: {msg}", err=True)
+
+
+def bars(quiet: bool) -> bool:
+    """Progress bars only for a person watching: not with --quiet, not into a log file."""
+    return not quiet and sys.stderr.isatty()
+
+
+#: Version of the ``--json`` document's envelope (``command``, ``ok``, ``exit_code``, ``error``).
+#: Raised when a key is renamed or removed; adding keys keeps it.
+JSON_SCHEMA = 1
+
+
+def command_name() -> str:
+    ctx = click.get_current_context(silent=True)
+    return ctx.info_name if ctx is not None and ctx.info_name else "isic2020"
+
+
+def envelope(exit_code: int) -> dict[str, Any]:
+    """The keys every ``--json`` document starts with, whatever the command and its outcome."""
+    return {
+        "command": command_name(),
+        "ok": exit_code == 0,
+        "exit_code": exit_code,
+        "isic2020_version": __version__,
+        "schema": JSON_SCHEMA,
+    }
+
+
+def emit(report: Any, as_json: bool, quiet: bool) -> None:
+    if as_json:
+        code = getattr(report, "exit_code", 0)
+        doc = {**envelope(code), **report.to_dict()}
+        doc.update(ok=code == 0, exit_code=code)  # one meaning for every command
+        click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
+    elif not quiet:
+        for line in report.summary_lines():
+            click.echo(line)
+
+
+def fail(as_json: bool, exit_code: int, kind: str, line: str, error: Any = None) -> None:
+    """End the command: the JSON document still goes to stdout (with the error), one line to
+    stderr, and the exit code."""
+    if as_json:
+        doc = envelope(exit_code)
+        message = getattr(error, "message", None)
+        doc["error"] = {
+            "kind": kind,
+            "message": " ".join(message.split()) if message else line,
+            "hint": getattr(error, "hint", None),
+        }
+        click.echo(json.dumps(doc, indent=2))
+    err(line if kind == "interrupted" else f"error: {line}")
+    sys.exit(exit_code)
+
+
+def run_command(fn: Callable[[], Any], as_json: bool, quiet: bool) -> None:
+    """Run a library call; map its errors to one stderr line and an exit code."""
+    try:
+        report = fn()
+    except Isic2020Error as exc:
+        fail(as_json, exc.exit_code, type(exc).__name__, exc.one_line(), exc)
+    except KeyboardInterrupt:
+        fail(
+            as_json, EXIT_INTERRUPTED, "interrupted",
+            "interrupted; what finished is kept: run the same command again to resume",
+        )
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if config.flag(config.DEBUG, False):
+            raise
+        fail(
+            as_json, EXIT_DOWNLOAD, "internal",
+            f"internal error {type(exc).__name__}: {exc}; please report it "
+            "(set ISIC2020_DEBUG=1 to see the traceback)",
+        )
+    emit(report, as_json, quiet)
+    code = getattr(report, "exit_code", 0)
+    if code:
+        err(f"error: {failure_summary(report)}")
+    sys.exit(code)
+
+
+def failure_summary(report: Any) -> str:
+    """One line for a report that ends in a non-zero exit (the details are on stdout)."""
+    checked = getattr(report, "verification", None) or report
+    failed = checked.failed() if hasattr(checked, "failed") else []
+    what = ", ".join(c.name for c in failed) or "see the report"
+    return (
+        f"verification failed: {what}; see the report (--json for every problem), replace "
+        "what is damaged (delete it and run `isic2020 fetch`)"
+    )
+
+
+def common_options(fn: F) -> F:
+    fn = click.option(
+        "--manifest",
+        type=click.Path(dir_okay=False),
+        envvar="ISIC2020_MANIFEST",
+        help="Manifest TOML to use instead of the bundled one [env: ISIC2020_MANIFEST].",
+    )(fn)
+    fn = click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        envvar="ISIC2020_DATA_DIR",
+        help="Data directory [env: ISIC2020_DATA_DIR; default: ~/.local/share/isic2020].",
+    )(fn)
+    return fn
+
+
+def selection_options(default_format: str = "jpeg") -> Callable[[F], F]:
+    def deco(fn: F) -> F:
+        fn = click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(FORMAT_CHOICES),
+            default=default_format,
+            show_default=True,
+            help="jpeg; dicom (corrected DICOM); dicom-original (first release); none (CSVs only).",
+        )(fn)
+        fn = click.option(
+            "--split",
+            type=click.Choice(SPLIT_CHOICES),
+            default="all",
+            show_default=True,
+            help="Which split.",
+        )(fn)
+        return fn
+
+    return deco
+
+
+def mirror_option(what: str) -> Callable[[F], F]:
+    """``--mirror URL`` (repeatable), or ``$ISIC2020_MIRROR`` split on spaces."""
+    return click.option(
+        "--mirror",
+        "mirrors",
+        multiple=True,
+        metavar="URL",
+        envvar=ENV_MIRROR,
+        help=f"{what} <URL>/<official name> instead of the manifest's hosts; repeatable, tried "
+        "in order [env: ISIC2020_MIRROR, space separated]. http://, file:// and s3:// only "
+        "this way.",
+    )
+
+
+def output_options(fn: F) -> F:
+    fn = click.option("--quiet", "-q", is_flag=True, help="No progress bars, no summary.")(fn)
+    fn = click.option("--json", "as_json", is_flag=True, help="One JSON report on stdout.")(fn)
+    return fn
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    invoke_without_command=True,
+)
+@click.version_option(__version__, prog_name="isic2020")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Fetch the ISIC 2020 Challenge Dataset complete and verified."""
+    if ctx.invoked_subcommand is None:  # bare `isic2020`: the help, as a usage error
+        click.echo(ctx.get_help())
+        ctx.exit(EXIT_USAGE)
+
+
+def flat_heap() -> None:
+    """Keep glibc from growing the heap per thread (the command's process only; the library
+    leaves the allocator alone). The engine's 16 connections each free and reallocate 256 KiB
+    read buffers: with glibc's default the mmap threshold then rises to 256 KiB and those
+    buffers move into up to 16 per-thread arenas that are never given back, which cost a
+    complete fetch ~20 MB of peak RSS (164 -> see README, Performance). A fixed threshold keeps
+    them in mmap (returned on free) and two arenas bound the rest."""
+    if not sys.platform.startswith("linux") or not config.flag(config.MALLOC, True):
+        return
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (ImportError, OSError, AttributeError):
+        return
+    mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD: fixed, so not raised by the first free
+    mallopt(-8, 2)  # M_ARENA_MAX
+
+
+def usage_line(exc: click.ClickException) -> str:
+    """click's message as one line, pointing at the help of the command that refused it."""
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "isic2020"
+    return f"{message}; see '{where} --help'"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    # A file-size limit (RLIMIT_FSIZE) must surface as EFBIG, a clean "disk" error, not kill us.
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # CI cancellation sends SIGTERM: treat it like Ctrl-C so state is left resumable.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    flat_heap()
+    try:
+        code = cli.main(args=argv, prog_name="isic2020", standalone_mode=False)
+        if isinstance(code, int) and code:  # ctx.exit(N) is returned, not raised, here
+            sys.exit(code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err("interrupted; run the same command again to resume")
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        err(f"error: {usage_line(exc)}")
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        err("interrupted; what finished is kept: run the same command again to resume")
+        sys.exit(EXIT_INTERRUPTED)
+
