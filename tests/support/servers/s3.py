@@ -30,8 +30,8 @@ class S3Server:
     ``min_part_size`` lowers moto's 5 MiB minimum multipart part size (a module global of
     ``moto.s3.models``), so multipart objects can be small and tests fast.
 
-    What moto 5.2 does like S3 (checked by tests/test_support_servers.py): single-PUT md5 and
-    multipart ``md5-N`` ETags; ``Range`` (``a-b``, ``a-``, ``-n``) with 206 and
+    What moto 5.2 does like S3 (checked by tests/harness/test_support_servers.py): single-PUT md5
+    and multipart ``md5-N`` ETags; ``Range`` (``a-b``, ``a-``, ``-n``) with 206 and
     ``Content-Range``; 416 (S3 XML ``InvalidRange``, no ``Content-Range`` header) when
     unsatisfiable; ``If-Match`` (412) and ``If-None-Match`` (304) on GET and HEAD; multi-range
     answered 200 with the whole object; no ``Content-Encoding``. ``HEAD ?partNumber=K`` gives
