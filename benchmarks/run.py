@@ -6,7 +6,7 @@
 
 Everything is local: the script builds its own data (cached under ``--workdir``, default
 ``benchmarks/out/``, which git ignores), starts its own servers on 127.0.0.1 (nginx from
-``tests/support/servers.py``; the pure-Python ``FaultServer`` for an MD5 ETag) and runs
+``tests/support/servers/``; the pure-Python ``FaultServer`` for an MD5 ETag) and runs
 ``python -m isic2020`` and the peers (aria2c, curl, unzip, 7z: Debian's ``aria2 curl unzip
 p7zip-full``) as subprocesses, alternating them (A B C A B C ...) so that drift in the machine
 hits every tool alike. Each child is reaped with ``os.wait4``, which gives its own CPU time and
@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # tests/support/servers.py: NginxServer, FaultServer
+sys.path.insert(0, str(ROOT / "tests"))  # tests/support/servers/: NginxServer, FaultServer
 sys.path.insert(0, str(ROOT / "src"))  # works from a checkout even when not installed
 from bench.common import PEERS, MiB  # noqa: E402
 from bench.data import build_image_mirror  # noqa: E402

@@ -1,4 +1,5 @@
-"""Shared pytest setup. Fixtures live next to the code they serve in tests/support/.
+"""Shared pytest setup. Fixtures live next to the code they serve in tests/support/; they are
+imported here, at the top of tests/, so every test folder below sees them (and these hooks).
 
 Skips are failures in CI: a test that skips there (nginx missing, a tmpfs that cannot be
 mounted, a package not installed) proves nothing while the run stays green. With

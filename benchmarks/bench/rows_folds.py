@@ -1,6 +1,6 @@
 """Row 9: ``isic2020 folds`` on the real metadata (shipped in tests/data/isic2020-metadata).
 
-A speed claim, so it lives here and not in the tests (tests/test_folds.py checks the folds
+A speed claim, so it lives here and not in the tests (tests/commands/test_folds.py checks the folds
 themselves): ``make_folds`` on 33,126 images takes well under a second. Two numbers: the whole
 command as a user runs it (Python start-up and the pandas import included) and the engine
 alone, timed inside the child around ``make_folds`` (best of three, so the code's own cost).

@@ -1,8 +1,8 @@
-"""pytest fixtures around the test servers in :mod:`tests.support.servers`.
+"""pytest fixtures around the test servers in :mod:`support.servers`.
 
 Import them into ``tests/conftest.py`` (pytest only finds fixtures defined or imported there)::
 
-    from tests.support.fixtures import (  # noqa: F401 - fixtures are found by name
+    from support.fixtures import (  # noqa: F401 - fixtures are found by name
         fault_server,
         nginx_server_factory,
         s3_bucket,

@@ -10,7 +10,7 @@ line, and nothing at a final path is ever anything but exact. A final run agains
 healthy server then completes (exit 0, every landed file's sha256 equal to the source's);
 only when the object really was replaced may it refuse instead, cleanly.
 
-``tests/test_range_properties.py`` checks the download engine alone (range bookkeeping,
+``tests/transfer/test_range_properties.py`` checks the download engine alone (range bookkeeping,
 fault sequences on one file, in-process); this file adds what only the whole command shows:
 the metadata CSVs, the archive, its extraction while it downloads (or ``--direct``), the
 state kept across a kill, and the CLI's exit codes and error lines.

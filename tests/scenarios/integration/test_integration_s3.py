@@ -4,7 +4,7 @@ The ISIC files live on S3, so S3's ETag rules are what the tool's verification i
 a single PUT gives the object's MD5; a multipart upload gives ``md5(part md5s)-N``, checkable
 only with the part size, which the client asks with ``HEAD ?partNumber=1``. Here the objects
 are made by boto3 on a real S3 implementation (not by our own FaultServer, whose multipart
-ETags tests/test_download.py uses), in one part and in parts of non-default sizes.
+ETags tests/transfer/test_download.py uses), in one part and in parts of non-default sizes.
 
 Whether ``HEAD ?partNumber=1`` was used is proven through the result: 1 MiB and 3 MiB parts
 are not among the part sizes the engine would guess, so ``etag_check == "multipart"`` is only

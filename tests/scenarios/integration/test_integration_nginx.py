@@ -5,8 +5,8 @@ nginx is a production server we did not write: its own range code (sendfile), it
 tests prove the client copes with it as a user would meet it: a real process, real sockets,
 nginx's access log as the witness of what went over the wire.
 
-The engine-level fault tests (FaultServer) are in tests/test_download.py; the CLI contract
-(exit codes, one-line errors) in tests/test_fetch_cli.py. Here: the same promises on nginx.
+The engine-level fault tests (FaultServer) are in tests/transfer/test_download.py; the CLI contract
+(exit codes, one-line errors) in tests/commands/test_fetch_cli.py. Here: the same promises on nginx.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 Each test is one row: what is tried, and what the user sees (exit code, one line on stderr,
 what is left on disk, whether the same command resumes). Rows already covered live in
-tests/test_download.py, tests/test_fetch_cli.py, tests/test_range_properties.py,
-tests/test_extract.py and the integration tests; the table says which test proves which row.
+tests/transfer/test_download.py, tests/commands/test_fetch_cli.py,
+tests/transfer/test_range_properties.py, tests/archive/test_extract.py and the integration tests
+(tests/scenarios/integration/); the table says which test proves which row.
 
-Everything runs against real servers on 127.0.0.1 (tests/support/servers.py), real
+Everything runs against real servers on 127.0.0.1 (tests/support/servers/), real
 filesystems (tests/support/fs.py) and the real ``isic2020`` process.
 """
 
@@ -100,7 +101,7 @@ def _fetched(dataset, tmp_path: Path, mirror: FaultServer, *extra: str) -> Path:
 def test_503_slowdown_retry_after_is_waited_for(tmp_path):
     """503 SlowDown with ``Retry-After: 2`` on one connection: every connection waits those
     2 s (not only the one that was told, and not its own sub-second backoff), then the file is
-    finished exactly. (tests/test_download.py proves the retry; this proves the wait.)
+    finished exactly. (tests/transfer/test_download.py proves the retry; this proves the wait.)
 
     Chunk 0 comes in ~0.3 s, the other chunks in ~1.1 s, so when the connection that did
     chunk 0 asks for its next chunk and gets the 503, the three others are still reading
@@ -215,7 +216,7 @@ def test_mirror_with_another_size_than_the_manifest_is_skipped_for_the_next(
 ):
     """A mirror holding a different file (size differs from the manifest's): it is never used;
     the next mirror serves the file; with no other mirror the run ends with exit 3, one line
-    naming both sizes. (The engine-level refusal is in tests/test_download.py.)"""
+    naming both sizes. (The engine-level refusal is in tests/transfer/test_download.py.)"""
     stale = tmp_path / "stale"
     stale.mkdir()
     (stale / TEST_CSV).write_bytes(dataset.path(TEST_CSV).read_bytes()[:-40])
@@ -278,7 +279,7 @@ def test_disk_full_during_extraction_exits_3_then_resumes_after_space_is_freed(t
 def test_second_fetch_with_lock_timeout_gives_up_with_exit_3(dataset, mirror, tmp_path):
     """Another isic2020 holds the data directory (its lock taken here, as it would): a
     ``fetch --lock-timeout`` waits that long, then exit 3 with one line naming the holder.
-    (Two real fetches that wait for each other: tests/test_fetch_cli.py.)"""
+    (Two real fetches that wait for each other: tests/commands/test_fetch_cli.py.)"""
     data = tmp_path / "d"
     lock = data / ".isic2020" / "lock"
     lock.parent.mkdir(parents=True)
@@ -394,7 +395,7 @@ def test_malformed_manifest_exit_2_one_line_naming_the_file(
 ):
     """Exit 2, one line naming the file, the entry (when the fault is in one) and the field
     with the bad value, then what to do; nothing written. (A bad field value, ``format``:
-    tests/test_fetch_cli.py::test_broken_manifest_names_file_entry_and_field.)"""
+    tests/commands/test_fetch_cli.py::test_broken_manifest_names_file_entry_and_field.)"""
     bad = _manifest_variant(dataset, tmp_path, old, new)
     r = run_cli("fetch", "--data-dir", str(tmp_path / "d"), env=cli_env(bad))
     assert r.returncode == 2, r.stderr
@@ -440,7 +441,7 @@ def test_tls_certificates_are_verified_and_there_is_no_switch_to_turn_it_off():
     """The session verifies, and nothing in the source can turn that off: no ``verify=`` or
     ``.verify =`` other than True, no lowered ``check_hostname``/``verify_mode``, no
     ``CERT_NONE``, no unverified context, however reached (tests/support/source_audit.py;
-    its bypasses are tests/test_source_audit.py)."""
+    its bypasses are tests/harness/test_source_audit.py)."""
     s = make_session()
     assert s.verify is True and s.trust_env is True
     offences = package_offences(SRC, tls_offences)
@@ -543,8 +544,8 @@ def test_no_shell_is_ever_invoked_from_the_package_source():
     """No shell and no other program is ever run by the package, so data from a manifest, a
     CSV or a server can never reach a command line: no subprocess, os.system/popen, os.exec*,
     os.spawn*, posix_spawn, pty (nor libc's through ctypes), however imported or looked up
-    (tests/support/source_audit.py; its bypasses are tests/test_source_audit.py). The package
-    does fork its own workers (extract: os.fork; verify --deep: ProcessPoolExecutor)."""
+    (tests/support/source_audit.py; its bypasses are tests/harness/test_source_audit.py). The
+    package does fork its own workers (extract: os.fork; verify --deep: ProcessPoolExecutor)."""
     offences = package_offences(SRC, process_offences)
     assert not offences, [str(o) for o in offences]
 
@@ -598,8 +599,8 @@ def test_nothing_fetched_is_world_writable_even_under_umask_000(dataset, mirror,
 
 def test_names_from_manifest_and_server_cannot_leave_the_data_directory(dataset, tmp_path):
     """Final paths come from validated manifest names only. A manifest name with a path in it
-    is refused at load time (zip entries: tests/test_extract.py::test_zip_slip_*). A server's
-    names are never used: the mirror redirects to another path, whose answer carries a
+    is refused at load time (zip entries: tests/archive/test_extract.py::test_zip_slip_*). A
+    server's names are never used: the mirror redirects to another path, whose answer carries a
     ``Content-Disposition`` filename climbing out of the folder; the file still lands under
     its manifest name in DATA/metadata and nothing else appears anywhere in the test's tree."""
     man = load_manifest(dataset.manifest_path)

@@ -1,7 +1,7 @@
 """The source checks behind two README rules (no shell or other program; TLS always verified)
 catch every way round them we know of, and pass the patterns the package legitimately uses.
 
-The checks themselves run on the package in tests/test_fault_matrix.py
+The checks themselves run on the package in tests/scenarios/test_fault_matrix.py
 (``test_no_shell_is_ever_invoked_from_the_package_source``,
 ``test_tls_certificates_are_verified_and_there_is_no_switch_to_turn_it_off``); here each bypass
 is a snippet that must be reported, so a check that goes blind fails this file.

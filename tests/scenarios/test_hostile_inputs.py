@@ -17,9 +17,6 @@ import os
 import re
 import shutil
 import struct
-import subprocess
-import tempfile
-import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -28,6 +25,7 @@ import pandas as pd
 import pytest
 from support.cli import CliResult, cli_cmd, cli_env, run_cli
 from support.dataset import add_entry, install
+from support.rss import run_with_peak_rss
 from support.servers import BadLength
 
 from isic2020.catalog.manifest import load_manifest, manifest_to_toml
@@ -107,27 +105,13 @@ def sparse_claim(path: Path, cd_size: int, entries: int = 1000) -> None:
 
 
 def run_measured(*args: str, env: dict[str, str], timeout: float = 120) -> tuple[CliResult, int]:
-    """Run the CLI and return its result and *its own* peak RSS in bytes (``wait4``: the
-    rusage of this child only, not the largest of every child the test process had)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cli_cmd(*args), env=env, stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        killed = False
-        while True:
-            pid, status, usage = os.wait4(proc.pid, 0 if killed else os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                killed = True
-            time.sleep(0.02)  # polling for the exit, not waiting before a signal
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        result = CliResult(proc.returncode, out.read().decode(), err.read().decode())
-    assert not killed, f"timed out after {timeout} s: {result.stderr[-2000:]}"
-    return result, usage.ru_maxrss * 1024
+    """Run the CLI and return its result and *its own* peak RSS in bytes (support.rss: forked
+    from a small parent, so pytest's own memory, which Linux carries across fork and exec, is
+    not charged to it)."""
+    run = run_with_peak_rss(cli_cmd(*args), env=env, timeout=timeout)
+    result = CliResult(run.returncode, run.stdout, run.stderr)
+    assert not run.timed_out, f"timed out after {timeout} s: {result.stderr[-2000:]}"
+    return result, run.peak_rss
 
 
 def _one_damaged_line(r: CliResult, *names: str) -> str:

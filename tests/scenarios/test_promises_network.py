@@ -3,7 +3,7 @@
 connection limit, a 503 halving the parallel requests, failover to the next mirror
 mid-transfer (and never a splice across hosts with different ETags), and SIGTERM.
 
-Servers are real sockets on 127.0.0.1 (tests/support/servers.py, tests/support/netpeers.py);
+Servers are real sockets on 127.0.0.1 (tests/support/servers/, tests/support/netpeers.py);
 the CLI runs as a real process. No test bounds wall-clock time: each counts requests, bytes or
 connections, and only the subprocess timeouts guard against a hang.
 """
