@@ -15,7 +15,7 @@ import pytest
 from isic2020 import config
 from isic2020.errors import UsageError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "isic2020"
 # Markers that are not settings: bytes written into the synthetic DICOMs.
 NOT_SETTINGS = {"ISIC2020_SYN_ORIG", "ISIC2020_SYN_CORR"}
