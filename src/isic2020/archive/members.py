@@ -64,9 +64,10 @@ DEFAULT_MAX_WASTE = 0.05
 #: A cut costs one request: a span is split for an idle connection only where both sides keep
 #: at least this much.
 MIN_SPLIT = 256 * KiB
-#: Members are asked for in requests of at most this much, and a span is never cut inside the
-#: request in flight: the server never sends a byte past a cut (no byte is served twice).
-ASK_MAX = 1 * MiB
+#: Members are asked for in requests of at most this much (about half a second of the
+#: connection's rate), and a span is never cut inside the request in flight: the server never
+#: sends a byte past a cut (no byte is served twice).
+ASK_MAX = DEFAULT_MAX_SPAN
 
 Log = Callable[[str], None]
 

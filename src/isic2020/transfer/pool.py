@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ from isic2020.transfer.ranges import RangeClient, StopRange
 
 #: Where a span that may be cut anywhere is cut: request sizes stay round.
 ALIGN = 64 * 1024
+#: With ``ask_max``, a request asks for about this many seconds of the connection's own rate
+#: (between ``split_min`` and ``ask_max`` bytes): a cut waits at most that long for the request
+#: in flight, and a fast connection still makes few requests.
+ASK_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,8 @@ class RangePool:
         split_min: int | None = None,
         ask_max: int | None = None,
     ) -> None:
-        """``ask_max``: a piece is asked for in requests of at most this many bytes, and a cut
+        """``ask_max``: a piece is asked for in requests of at most this many bytes (about
+        :data:`ASK_SECONDS` of the connection's rate, at least ``split_min``), and a cut
         is never inside the request in flight, so the server never sends a byte past a cut
         (None: one request per piece)."""
         self.client = client
@@ -258,18 +264,29 @@ class RangePool:
                 raise StopRange
 
         try:
+            rate = 0.0  # bytes/s of this connection's last request
             while True:
                 with self._cond:
                     at, end = piece.pos, piece.end
                     if at >= end:
                         break
-                    piece.asked = end if self.ask_max is None else min(end, at + self.ask_max)
+                    piece.asked = min(end, at + self._ask_size(rate))
+                t0 = time.monotonic()
                 self.client.stream(session, at, piece.asked, deliver, lambda: piece.end)
+                took = time.monotonic() - t0
+                rate = (piece.pos - at) / took if took > 0 else 0.0
             complete = True
         finally:
             with self._cond:
                 self._inflight.remove(piece)
             sink.end(piece, complete)
+
+    def _ask_size(self, rate: float) -> int:
+        """How many bytes the next request of a piece asks for (see ``ask_max``)."""
+        if self.ask_max is None:
+            return 1 << 62
+        least = max(self.split_min or 0, self.client.block)
+        return int(min(self.ask_max, max(least, rate * ASK_SECONDS)))
 
     def _steal(self) -> Piece | None:
         """Split the piece in flight with the most left to fetch (called under the lock)."""
