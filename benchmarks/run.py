@@ -55,7 +55,7 @@ from bench.rows_extract import row_extract  # noqa: E402
 from bench.rows_folds import row_folds  # noqa: E402
 from bench.rows_resize import row_resize  # noqa: E402
 from bench.rows_shards import row_shards  # noqa: E402
-from bench.rows_subset import row_direct, row_subset  # noqa: E402
+from bench.rows_subset import row_direct, row_direct_few, row_subset  # noqa: E402
 from bench.rows_verify import row_verify_and_rerun  # noqa: E402
 
 
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 row_subset(b, ds)
             if 8 in rows:
                 row_direct(b, ds)
+                row_direct_few(b)
         if 9 in rows:
             row_folds(b)
         if 10 in rows:

@@ -11,8 +11,13 @@ Invariants, and why:
   own compressed bytes, while runs of neighbours go in one request (``max_span`` caps a
   request so a retry or a kill loses little).
 * **Planned while downloading.** Final paths, what is already there and spans are made while
-  the first spans download (:mod:`~isic2020.archive.pool`); each span's bytes become checked
-  files in :class:`~isic2020.archive.spans.SpanWriter`.
+  the first spans download, over the transfer layer's one range pool; each piece's bytes
+  become checked files (:mod:`~isic2020.archive.unpack`,
+  :class:`~isic2020.archive.spans.SpanWriter`).
+* **Every connection busy.** A span may be split at its members' local headers: a connection
+  with nothing queued takes the back half of the span in flight with most left (at least
+  :data:`MIN_SPLIT` on each side), so a plan of fewer spans than connections still uses them
+  all, and no byte is fetched twice.
 * **Resumable.** A member already at its final path with the directory's size is skipped, the
   rule of every writer of the layout: only checked files reach a final path, so a killed run
   loses at most the members in flight. A file of the right size damaged *afterwards* is not
@@ -34,16 +39,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from isic2020.archive.decode import Flusher, disk_error, present_files
-from isic2020.archive.pool import RangePool
 from isic2020.archive.remote import DEFAULT_CONNECTIONS, RemoteZip, damaged, host_failed
 from isic2020.archive.rules import Refused, check_entry, plan_entries
-from isic2020.archive.spans import Span, SpanWriter
+from isic2020.archive.spans import Span
+from isic2020.archive.unpack import UNPACKERS, MemberSink, Unpackers, cuts_of
 from isic2020.archive.zipformat import Entry as RemoteMember
 from isic2020.errors import Interrupted
 from isic2020.report import progress_bar
 from isic2020.store.records import file_mode
 from isic2020.transfer.http import Timeouts
 from isic2020.transfer.model import READ_BLOCK
+from isic2020.transfer.pool import RangePool
+from isic2020.transfer.pool import Span as PoolSpan
 from isic2020.transfer.ranges import RangeClient
 from isic2020.transfer.retry import HostFailed, RetryPolicy
 from isic2020.transfer.throttle import Throttle
@@ -54,6 +61,13 @@ BLOCK = 1 * MiB
 DEFAULT_MAX_GAP = 64 * KiB
 DEFAULT_MAX_SPAN = 8 * MiB
 DEFAULT_MAX_WASTE = 0.05
+#: A cut costs one request: a span is split for an idle connection only where both sides keep
+#: at least this much.
+MIN_SPLIT = 256 * KiB
+#: Members are asked for in requests of at most this much (about half a second of the
+#: connection's rate), and a span is never cut inside the request in flight: the server never
+#: sends a byte past a cut (no byte is served twice).
+ASK_MAX = DEFAULT_MAX_SPAN
 
 Log = Callable[[str], None]
 
@@ -224,7 +238,7 @@ def fetch_members(
                  Coalescer(ends, max_gap, max_span, DEFAULT_MAX_WASTE))
         if log is not None and result.spans:
             log(f"{remote.name}: fetching {job.planned} members ({job.planned_bytes / 1e6:.1f} "
-                f"MB in {result.spans} ranges) over {min(connections, result.spans)} "
+                f"MB in {result.spans} ranges) over {min(connections, job.most_pieces)} "
                 "connections")
         job.wait()
     except KeyboardInterrupt:
@@ -242,7 +256,10 @@ def fetch_members(
         result.retries = job.client.retries
         result.seconds = round(time.monotonic() - t0, 3)
     try:
-        _raise_first(job.pool.first_error(), remote.url)
+        try:
+            job.pool.raise_first()
+        except HostFailed as exc:
+            raise host_failed(remote.url, exc) from None
         if result.written:
             job.flush()
     finally:
@@ -286,13 +303,16 @@ class _MemberFetch:
         self.finals: dict[int, str] = {}  # header offset -> final path, of planned members
         self.mode = file_mode()
         self.planned = self.planned_bytes = 0
+        self.most_pieces = 0  # how many connections the spans could keep busy
         self.client = RangeClient(
             remote.url, remote.size, remote.etag, remote.last_modified,
             timeouts=timeouts, retry=retry, throttle=Throttle(max(1, connections)),
             abort=self.abort, on_bytes=(bar.update if bar is not None else None),
             block=READ_BLOCK,
         )
-        self.pool = RangePool(self.client, connections, self.done)
+        self.pool = RangePool(self.client, connections, split_min=MIN_SPLIT,
+                              ask_max=ASK_MAX)
+        self.unpackers = Unpackers(UNPACKERS, self.abort, self.pool.fail, self.done)
         self.flushers: dict[int, Flusher] = {}  # by device of the destination folders
 
     def done(self, writer: Any) -> None:
@@ -342,8 +362,8 @@ class _MemberFetch:
         if span is not None:
             self.result.spans += 1
             self.planned_bytes += span.length
-            self.pool.put(span.start, span.end,
-                          SpanWriter(self.remote.name, span, self.finals, self.mode))
+            self.most_pieces += max(1, min(len(span.members), span.length // MIN_SPLIT))
+            self.pool.put(PoolSpan(span.start, span.end, tag=span, cuts=cuts_of(span)))
 
     def _make_folder(self, folder: str) -> None:
         try:
@@ -356,11 +376,15 @@ class _MemberFetch:
             flusher.start()
 
     def start(self) -> None:
-        self.pool.start()
+        self.unpackers.start()
+        sink = MemberSink(self.remote.name, self.finals, self.mode, self.unpackers)
+        self.pool.start(sink, name="isic2020-rz")
 
     def wait(self) -> None:
-        """Until every span is fetched and written (Ctrl-C interrupts the wait)."""
-        self.pool.wait()
+        """Until every span is fetched and written (Ctrl-C interrupts the wait); the errors
+        stay in the pool, raised after :meth:`close`."""
+        self.pool.join()
+        self.unpackers.stop()
 
     def stop(self) -> None:
         """After an error or Ctrl-C in the main thread: stop every thread."""
@@ -369,7 +393,8 @@ class _MemberFetch:
     def close(self) -> None:
         """Whatever happened: the pool ends (removing the members in progress), the
         background flushes stop, the progress bar closes."""
-        self.pool.shutdown()
+        self.pool.close()
+        self.unpackers.stop()
         for f in self.flushers.values():
             f.stop()
         if self.bar is not None:
@@ -384,14 +409,6 @@ class _MemberFetch:
         """The flushers' folder handles, last."""
         for f in self.flushers.values():
             f.close()
-
-
-def _raise_first(exc: BaseException | None, url: str) -> None:
-    if exc is None:
-        return
-    if isinstance(exc, HostFailed):
-        raise host_failed(url, exc)
-    raise exc
 
 
 def _bar(enabled: bool, total: int, name: str) -> Any:

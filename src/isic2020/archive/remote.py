@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 import zlib
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -48,12 +47,13 @@ from isic2020.archive.zipformat import (
     parse_central_directory,
     tail_start,
 )
-from isic2020.errors import DownloadError, Interrupted, ObjectChanged, VerificationError
+from isic2020.errors import DownloadError, ObjectChanged, VerificationError
 from isic2020.store.fsutil import atomic_write
 from isic2020.transfer.digests import normalize_etag
 from isic2020.transfer.engine import Downloader
 from isic2020.transfer.http import Timeouts, make_session
 from isic2020.transfer.model import DownloadOptions
+from isic2020.transfer.pool import Piece, RangePool, Span, SpanSink
 from isic2020.transfer.ranges import RangeClient
 from isic2020.transfer.retry import HostFailed, RetryPolicy
 
@@ -214,7 +214,7 @@ def _read_cd(
         head_end = min(cd_end, start)  # the part the tail does not hold
         if d.offset < head_end:
             pieces = _cd_pieces(d.offset, head_end, connections)
-            _read_pieces(client, session, pieces, memoryview(cd), d.offset)
+            _read_pieces(client, pieces, memoryview(cd), d.offset)
         if head_end < cd_end:
             cd[max(d.offset, head_end) - d.offset :] = tail[
                 max(d.offset, head_end) - start : cd_end - start
@@ -237,60 +237,30 @@ def _cd_pieces(start: int, end: int, connections: int) -> list[tuple[int, int]]:
 
 def _read_pieces(
     client: RangeClient,
-    session: requests.Session,
     pieces: list[tuple[int, int]],
     out: memoryview,
     base: int,
 ) -> None:
-    """Read every piece into ``out[a - base : b - base]``: the first in this thread on
-    ``session``, the others in threads with their own sessions. The first error stops them all
-    and is raised here (a damaged directory or a changed object is the same error however it
-    was read)."""
-    errors: list[BaseException] = []
-
-    def read(a: int, b: int, sess: requests.Session) -> None:
-        pos = a - base
-
-        def sink(block: bytes) -> None:
-            nonlocal pos
-            out[pos : pos + len(block)] = block
-            pos += len(block)
-
-        client.stream(sess, a, b, sink)
-
-    def worker(a: int, b: int) -> None:
-        sess = make_session(1)
-        try:
-            read(a, b, sess)
-        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
-            errors.append(exc)
-            client.abort.set()
-        finally:
-            sess.close()
-
-    threads = [
-        threading.Thread(target=worker, args=piece, name=f"isic2020-cd-{k}", daemon=True)
-        for k, piece in enumerate(pieces[1:], 1)
-    ]
+    """Read every piece into ``out[a - base : b - base]`` at once over the one range pool (a
+    connection each). The first error stops them all and is raised here (a damaged directory
+    or a changed object is the same error however it was read)."""
+    pool = RangePool(client, len(pieces))
     try:
-        for t in threads:
-            t.start()
-        try:
-            read(*pieces[0], session)
-        except BaseException as exc:
-            errors.insert(0, exc)
-            client.abort.set()
-        for t in threads:
-            while t.is_alive():
-                t.join(timeout=0.1)
+        pool.run([Span(a, b, cuts=()) for a, b in pieces], _Into(out, base))
     except BaseException:  # Ctrl-C while waiting: stop the others before it propagates
-        client.abort.set()
-        for t in threads:
-            t.join(timeout=5)
+        pool.stop()
         raise
-    real = [e for e in errors if not isinstance(e, Interrupted)]
-    if real or errors:
-        raise (real or errors)[0]
+
+
+class _Into(SpanSink):
+    """Copies each block to its place in the directory's buffer."""
+
+    def __init__(self, out: memoryview, base: int) -> None:
+        self.out, self.base = out, base
+
+    def data(self, piece: Piece, offset: int, block: bytes) -> None:
+        at = offset - self.base
+        self.out[at : at + len(block)] = block
 
 
 def cache_path(state_dir: Path, archive: str) -> Path:

@@ -1,11 +1,12 @@
 """One span of a remote zip (a ranged GET over chosen members), turned into checked files.
 
-Fed in order by the range pool (:mod:`~isic2020.archive.pool`), which resumes after a break at
-the exact byte: the parser and the inflater never see a seam, so a retry costs no re-download
-of the member. Each member's *local* header is parsed (its name and extra lengths can differ
-from the directory's) and checked against the directory (signature, method, name) by the one
-parser, and its data goes through the one decoder (:mod:`~isic2020.archive.decode`: bounded,
-size and CRC-32 checked, written under a temporary name and renamed once checked).
+Fed in order, one writer per piece of a span (:mod:`~isic2020.archive.unpack`), by the
+transfer layer's range pool, which resumes after a break at the exact byte: the parser and
+the inflater never see a seam, so a retry costs no re-download of the member. Each member's
+*local* header is parsed (its name and extra lengths can differ from the directory's) and
+checked against the directory (signature, method, name) by the one parser, and its data goes
+through the one decoder (:mod:`~isic2020.archive.decode`: bounded, size and CRC-32 checked,
+written under a temporary name and renamed once checked).
 
 Why two paths: ~50 typical 20 KB members arrive in one 1 MiB block, and every Python step per
 member holds the GIL that the other connections' threads need to read their sockets. A member
@@ -56,7 +57,9 @@ class SpanWriter:
     """Consumes one span's bytes in order (``feed``) and turns its members into files.
 
     ``finals``: header offset -> final path of every member to write. ``check_complete`` after
-    the last byte; ``cleanup`` after a failure (the member in progress is removed)."""
+    the last byte; ``cleanup`` after a failure (the member in progress is removed).
+    ``stop_at``: where the bytes it is fed end, when that is before ``span.end`` (the pool
+    gave the rest of the span, from a member's local header on, to another connection)."""
 
     def __init__(self, archive: str, span: Span, finals: dict[int, str], mode: int) -> None:
         self.archive = archive
@@ -73,6 +76,7 @@ class SpanWriter:
         self.left = 0
         self.done = 0
         self.bytes_written = 0
+        self.stop_at = span.end
 
     def feed(self, data: bytes) -> None:
         view = memoryview(data)
@@ -184,7 +188,8 @@ class SpanWriter:
         return damaged_member(self.archive, m.name, why, MEMBER_HINT)
 
     def check_complete(self) -> None:
-        if self.pending or self.state != _SEEK:
+        mine = bool(self.pending) and self.pending[-1].header_offset < self.stop_at
+        if mine or self.state != _SEEK:
             m = self.member or self.pending[-1]
             raise self._bad(m, "its bytes end before the member does")
 

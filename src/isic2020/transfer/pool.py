@@ -11,8 +11,9 @@ Invariants:
   offset of ``block[0]``), between ``begin(piece)`` and ``end(piece, complete)``;
 - a span is split only where it allows (``Span.cuts``): queued spans by :meth:`prioritize`,
   and, when ``split_min`` is set, a span in flight by an idle connection, which takes the back
-  half from a cut above what was delivered (the first piece's ``end`` shrinks; no byte at or
-  past the cut ever reaches the first piece); ``piece.end`` is final once ``end`` is called;
+  half from a cut above what was delivered (the first piece's ``end`` shrinks; its reads and
+  retries never ask past the cut, so no byte is fetched twice); ``piece.end`` is final once
+  ``end`` is called;
 - the first error (a sink's, a worker's, :meth:`fail`'s) aborts every thread, and
   :meth:`wait` raises it; an ``Interrupted`` only when there is no other error.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +36,10 @@ from isic2020.transfer.ranges import RangeClient, StopRange
 
 #: Where a span that may be cut anywhere is cut: request sizes stay round.
 ALIGN = 64 * 1024
+#: With ``ask_max``, a request asks for about this many seconds of the connection's own rate
+#: (between ``split_min`` and ``ask_max`` bytes): a cut waits at most that long for the request
+#: in flight, and a fast connection still makes few requests.
+ASK_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ class Piece:
     took them (from 0). Written by the pool under its lock; sinks only read.
     """
 
-    __slots__ = ("span", "start", "end", "pos", "index")
+    __slots__ = ("span", "start", "end", "pos", "index", "asked")
 
     def __init__(self, span: Span, start: int, end: int) -> None:
         self.span = span
@@ -66,6 +72,7 @@ class Piece:
         self.end = end
         self.pos = start
         self.index = -1
+        self.asked = start  # the end of the request in flight
 
     def __repr__(self) -> str:
         return f"Piece({self.start}, {self.end}, pos={self.pos}, index={self.index})"
@@ -97,11 +104,21 @@ class RangePool:
     """
 
     def __init__(
-        self, client: RangeClient, connections: int, *, split_min: int | None = None
+        self,
+        client: RangeClient,
+        connections: int,
+        *,
+        split_min: int | None = None,
+        ask_max: int | None = None,
     ) -> None:
+        """``ask_max``: a piece is asked for in requests of at most this many bytes (about
+        :data:`ASK_SECONDS` of the connection's rate, at least ``split_min``), and a cut
+        is never inside the request in flight, so the server never sends a byte past a cut
+        (None: one request per piece)."""
         self.client = client
         self.connections = max(1, connections)
         self.split_min = split_min
+        self.ask_max = ask_max
         self.abort = client.abort
         self._cond = threading.Condition()
         self._queue: deque[Piece] = deque()
@@ -145,10 +162,15 @@ class RangePool:
 
     def wait(self) -> None:
         """Until every thread ended (Ctrl-C interrupts the wait); the first error raised."""
+        self.join()
+        self.raise_first()
+
+    def join(self) -> None:
+        """Until every thread ended (Ctrl-C interrupts the wait); errors stay for
+        :meth:`raise_first` (a caller with more threads of its own raises after those)."""
         for t in self._threads:
             while t.is_alive():
                 t.join(timeout=0.1)
-        self.raise_first()
 
     def stop(self) -> None:
         """After an error or Ctrl-C in the caller's thread: stop every thread."""
@@ -227,7 +249,6 @@ class RangePool:
     def _fetch(self, session: requests.Session, piece: Piece) -> None:
         sink = self._sink
         assert sink is not None
-        asked = piece.end
         sink.begin(piece)
         complete = False
 
@@ -236,26 +257,47 @@ class RangePool:
                 at = piece.pos
                 n = min(len(block), piece.end - at)
                 piece.pos = at + n
-                stop = piece.pos >= piece.end < asked
+                stop = piece.pos >= piece.end < piece.asked
             if n:
                 sink.data(piece, at, block if n == len(block) else block[:n])
             if stop:
                 raise StopRange
 
         try:
-            self.client.stream(session, piece.start, asked, deliver)
+            rate = 0.0  # bytes/s of this connection's last request
+            while True:
+                with self._cond:
+                    at, end = piece.pos, piece.end
+                    if at >= end:
+                        break
+                    piece.asked = min(end, at + self._ask_size(rate))
+                t0 = time.monotonic()
+                self.client.stream(session, at, piece.asked, deliver, lambda: piece.end)
+                took = time.monotonic() - t0
+                rate = (piece.pos - at) / took if took > 0 else 0.0
             complete = True
         finally:
             with self._cond:
                 self._inflight.remove(piece)
             sink.end(piece, complete)
 
+    def _ask_size(self, rate: float) -> int:
+        """How many bytes the next request of a piece asks for (see ``ask_max``)."""
+        if self.ask_max is None:
+            return 1 << 62
+        least = max(self.split_min or 0, self.client.block)
+        return int(min(self.ask_max, max(least, rate * ASK_SECONDS)))
+
     def _steal(self) -> Piece | None:
         """Split the piece in flight with the most left to fetch (called under the lock)."""
         if self.split_min is None:
             return None
+        # A read in progress asks for at most a block past ``pos``: a cut at least that far
+        # ahead is never crossed, so no byte is fetched twice.
+        least = max(self.split_min, self.client.block)
         for p in sorted(self._inflight, key=lambda p: p.pos - p.end):
-            cut = self._cut_point(p, self.split_min)
+            floor = p.pos + least if self.ask_max is None else max(p.pos + least, p.asked)
+            cut = self._cut_point(p, floor, least)
             if cut is not None:
                 back = Piece(p.span, cut, p.end)
                 p.end = cut
@@ -263,10 +305,10 @@ class RangePool:
         return None
 
     @staticmethod
-    def _cut_point(p: Piece, least: int) -> int | None:
-        """Where ``p`` may be cut leaving at least ``least`` bytes on both sides, nearest the
-        middle of what is left; None if nowhere."""
-        lo, hi = p.pos + least, p.end - least
+    def _cut_point(p: Piece, floor: int, least: int) -> int | None:
+        """Where ``p`` may be cut, at ``floor`` or later and leaving at least ``least`` bytes
+        after it, nearest the middle of what is left; None if nowhere."""
+        lo, hi = floor, p.end - least
         if lo > hi:
             return None
         mid = (p.pos + p.end) // 2

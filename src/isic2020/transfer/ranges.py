@@ -108,12 +108,23 @@ class RangeClient:
         self.stream(session, start, end, out.extend)
         return bytes(out)
 
-    def stream(self, session: requests.Session, start: int, end: int, sink: Sink) -> None:
+    def stream(
+        self,
+        session: requests.Session,
+        start: int,
+        end: int,
+        sink: Sink,
+        limit: Callable[[], int] | None = None,
+    ) -> None:
         """Feed ``sink`` every byte of ``[start, end)`` exactly once, in order, across retries
-        (or until it raises :class:`StopRange`)."""
+        (or until it raises :class:`StopRange`).
+
+        ``limit``: where the range ends now, if that may move down while it streams (a pool
+        that hands the rest to another connection): no read and no retry asks past it."""
         reached = [start]  # the first byte not yet delivered, advanced as blocks arrive
         attempt = 0
-        while reached[0] < end:
+        stop = limit or (lambda: end)
+        while reached[0] < min(end, stop()):
             if self.abort.is_set():
                 raise Interrupted("aborted")
             self.throttle.acquire(self.abort)
@@ -121,14 +132,14 @@ class RangeClient:
             before = reached[0]
             try:
                 try:
-                    self._request(session, reached, end, sink)
+                    self._request(session, reached, min(end, stop()), sink, stop)
                 except StopRange:
                     ok = True
                     return
                 finally:
                     if reached[0] > before:
                         attempt = 0
-                ok = reached[0] >= end
+                ok = reached[0] >= min(end, stop())
                 if not ok:
                     raise Retryable("connection closed before the range was complete")
             except Retryable as exc:
@@ -146,10 +157,16 @@ class RangeClient:
                 self.throttle.release(ok)
 
     def _request(
-        self, session: requests.Session, reached: list[int], end: int, sink: Sink
+        self,
+        session: requests.Session,
+        reached: list[int],
+        end: int,
+        sink: Sink,
+        stop: Callable[[], int],
     ) -> None:
-        """One checked GET of ``[reached[0], end)``, its body fed to ``sink`` block by block;
-        ``reached[0]`` follows every block, so a break mid-body resumes at the broken byte."""
+        """One checked GET of ``[reached[0], end)``, its body fed to ``sink`` block by block
+        (never a byte at or past ``stop()``: the request ends there cleanly); ``reached[0]``
+        follows every block, so a break mid-body resumes at the broken byte."""
         pos = reached[0]
         headers = {"Range": f"bytes={pos}-{end - 1}", **self.conditions}
         with session.get(
@@ -161,7 +178,10 @@ class RangeClient:
             while pos < end:
                 if self.abort.is_set():
                     raise Interrupted("aborted")
-                block = read_block(raw, min(self.block, end - pos), guard)
+                want = min(self.block, min(end, stop()) - pos)
+                if want <= 0:
+                    raise StopRange
+                block = read_block(raw, want, guard)
                 if not block:
                     return
                 pos += len(block)
