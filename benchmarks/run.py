@@ -25,6 +25,7 @@ Rows (see benchmarks/README.md for the why of each):
   9 ``isic2020 folds`` on the real metadata (tests/data/isic2020-metadata): command and engine
  10 ``isic2020 resize --size 512`` of photo-sized JPEGs vs vipsthumbnail and ImageMagick
  11 ``isic2020 export --layout webdataset`` (and parquet) vs ``tar`` of the same JPEGs
+ 12 N nodes fetching at once from one local S3 endpoint (moto; nginx beside it) vs one alone
 
 Exit status: 0 when every isic2020 run succeeded (missing peers are reported and skipped, and
 missed targets are reported, not failures: timings are noisy); 1 when an isic2020 run failed.
@@ -48,6 +49,7 @@ from bench.harness import FULL, QUICK, rmtree  # noqa: E402
 from bench.isic import set_isic_source  # noqa: E402
 from bench.report import report  # noqa: E402
 from bench.results import Bench  # noqa: E402
+from bench.rows_cluster import row_cluster  # noqa: E402
 from bench.rows_download import row_throttled, row_unthrottled  # noqa: E402
 from bench.rows_extract import row_extract  # noqa: E402
 from bench.rows_folds import row_folds  # noqa: E402
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: tiny sizes, 1 repetition (CI)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
-    ap.add_argument("--rows", default="1,2,3,4,5,7,8,9,10,11",
+    ap.add_argument("--rows", default="1,2,3,4,5,7,8,9,10,11,12",
                     help="which workloads to run, e.g. 1,2 (6, peak RSS, is every row's column)")
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out",
                     help="data and scratch (cached between runs) [benchmarks/out]")
@@ -123,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             row_resize(b)
         if 11 in rows:
             row_shards(b)
+        if 12 in rows:
+            row_cluster(b)
     finally:
         rmtree(work / "run")
     text = report(b, raw_argv, time.monotonic() - t0)
