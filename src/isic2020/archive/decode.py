@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import sys
 import threading
 import zlib
 from collections.abc import Callable
@@ -38,8 +37,8 @@ from isic2020.archive.zipformat import (
     check_local_name,
     local_header_size,
 )
-from isic2020.errors import DiskError
-from isic2020.store.fsutil import open_nofollow, temp_name
+from isic2020.store.fsutil import disk_error, open_nofollow, temp_name
+from isic2020.store.libc import syncfs_function
 
 #: Inflate output per call for a member decoded in pieces (memory per member in flight).
 OUT_BLOCK = 256 << 10
@@ -50,7 +49,6 @@ BUFFER = 1 << 20
 FLUSH_INTERVAL = 0.5  # seconds between background flushes while extracting
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_CLOEXEC
-_DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _stop = [False]  # set by a worker process's SIGTERM/SIGINT handler (see ``request_stop``)
 
 
@@ -83,21 +81,6 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         if n <= 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         view = view[n:]
-
-
-def disk_error(exc: OSError, path: Path | str) -> DiskError:
-    """The user's error for a failed write of ``path``."""
-    if exc.errno in _DISK_ERRNOS:
-        what = "file too large for this filesystem" if exc.errno == errno.EFBIG else "disk full"
-        return DiskError(
-            f"{what} while writing {path}",
-            "free space (or choose another --data-dir) and run the same command again; "
-            "finished images are kept",
-        )
-    return DiskError(
-        f"cannot write {path}: {exc.strerror or exc}",
-        "fix permissions or choose another --data-dir, then run again",
-    )
 
 
 def present_files(folder: str | os.PathLike[str]) -> dict[str, int]:
@@ -310,18 +293,6 @@ def extract_member(
     return e.file_size
 
 
-def libc() -> Any:
-    """The C library (for ``syncfs`` and ``prctl``), or None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True)
-    except (ImportError, OSError):
-        return None
-
-
 class Flusher:
     """Flush the destination's filesystem (``syncfs``) while members are written and once at
     the end, so that the final flush, which must finish before a record claims completion,
@@ -329,8 +300,7 @@ class Flusher:
     of RAM). ``os.sync`` (the whole machine's dirty data) where ``syncfs`` is missing."""
 
     def __init__(self, d: Path) -> None:
-        lib = libc()
-        self._syncfs = getattr(lib, "syncfs", None) if lib is not None else None
+        self._syncfs = syncfs_function()
         self._fd = -1
         if self._syncfs is not None:
             with contextlib.suppress(OSError):

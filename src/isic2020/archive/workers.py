@@ -33,7 +33,6 @@ from isic2020.archive.decode import (
     MemberFile,
     Stopped,
     extract_member,
-    libc,
     request_stop,
     stop_requested,
     write_all,
@@ -41,6 +40,7 @@ from isic2020.archive.decode import (
 from isic2020.archive.rules import Member, damaged_member
 from isic2020.archive.zipformat import DEFLATED, STORED
 from isic2020.errors import DiskError, Isic2020Error, UsageError, VerificationError
+from isic2020.store.libc import libc
 
 DEFAULT_WORKERS = 2
 MIN_MEMBERS_PER_WORKER = 8  # fewer members than this per worker: one process does it all

@@ -14,9 +14,7 @@ unchanged.
 
 from __future__ import annotations
 
-import gc
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -35,6 +33,7 @@ from isic2020.checks.metadata import metadata_checks
 from isic2020.checks.resized import check_resized, is_resized_format
 from isic2020.errors import UsageError, VerificationError
 from isic2020.store.layout import Layout
+from isic2020.store.libc import malloc_trim
 from isic2020.store.lock import data_dir_lock
 from isic2020.store.records import Records
 
@@ -50,16 +49,7 @@ def release_free_memory() -> None:
     directory) back to the system before pandas and the image lists take theirs: glibc keeps
     freed memory in its arenas, which a ``fetch`` would otherwise carry into this last step,
     whose own peak (pandas, the frames, every image name) then adds to it."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        trim = ctypes.CDLL(None).malloc_trim
-    except (ImportError, OSError, AttributeError):
-        return
-    gc.collect()
-    trim(0)
+    malloc_trim()
 
 
 def _anything_on_disk(layout: Layout, manifest: Manifest, splits: Iterable[str], fmt: str) -> bool:

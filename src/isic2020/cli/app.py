@@ -19,6 +19,7 @@ import click
 from isic2020 import config
 from isic2020.catalog.manifest import FORMAT_CHOICES, SPLIT_CHOICES
 from isic2020.errors import EXIT_DOWNLOAD, EXIT_INTERRUPTED, EXIT_USAGE, Isic2020Error
+from isic2020.store import libc
 from isic2020.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -195,18 +196,12 @@ def flat_heap() -> None:
     leaves the allocator alone). The engine's 16 connections each free and reallocate 256 KiB
     read buffers: with glibc's default the mmap threshold then rises to 256 KiB and those
     buffers move into up to 16 per-thread arenas that are never given back, which cost a
-    complete fetch ~20 MB of peak RSS (164 -> see README, Performance). A fixed threshold keeps
-    them in mmap (returned on free) and two arenas bound the rest."""
-    if not sys.platform.startswith("linux") or not config.flag(config.MALLOC, True):
+    complete fetch a measurable share of its peak RSS (see README, Performance). A fixed
+    threshold keeps them in mmap (returned on free) and two arenas bound the rest."""
+    if not config.flag(config.MALLOC, True):
         return
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (ImportError, OSError, AttributeError):
-        return
-    mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD: fixed, so not raised by the first free
-    mallopt(-8, 2)  # M_ARENA_MAX
+    libc.mallopt(libc.M_MMAP_THRESHOLD, 128 * 1024)  # fixed, so not raised by the first free
+    libc.mallopt(libc.M_ARENA_MAX, 2)
 
 
 def usage_line(exc: click.ClickException) -> str:

@@ -42,8 +42,9 @@ from typing import Any
 from isic2020.catalog.manifest import SPLIT_CHOICES, expand_split
 from isic2020.errors import EXIT_OK, EXIT_VERIFY, DiskError, UsageError
 from isic2020.report import plural, progress_bar
-from isic2020.store.fsutil import O_CLOEXEC, remove_file
+from isic2020.store.fsutil import remove_file
 from isic2020.store.layout import Layout
+from isic2020.store.libc import sync_folder
 from isic2020.store.lock import data_dir_lock
 from isic2020.store.recipe import RecipeFile, load_recipe, save_recipe
 from isic2020.training.recipe import DEFAULT_QUALITY, Recipe, differences, make_recipe
@@ -283,17 +284,5 @@ def _batches(tasks: list[Task], recipe: Recipe, workers: int) -> Iterator[list[R
 def _flush(folder: Path) -> None:
     """Make the written images durable before the recipe lists them: ``syncfs`` of the
     folder's filesystem (``os.sync`` where there is none)."""
-    try:
-        import ctypes
-
-        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
-    except (ImportError, OSError, AttributeError):
-        os.sync()
-        return
-    fd = os.open(folder, os.O_RDONLY | O_CLOEXEC)
-    try:
-        if syncfs(fd) != 0:
-            os.sync()
-    finally:
-        os.close(fd)
+    sync_folder(folder)
 

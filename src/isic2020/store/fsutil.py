@@ -59,6 +59,33 @@ def is_temp_name(name: str) -> bool:
 
 
 
+
+def disk_error(exc: OSError, path: str | os.PathLike[str]) -> DiskError:
+    """The user's error for a failed write of ``path``: what the disk said, and what to do.
+
+    One wording for every writer (downloads, unpacking, exports), so a full disk reads the same
+    whichever part of a fetch hit it; what was finished is kept in every case, so the advice is
+    always to free space and run the same command again.
+    """
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskError(
+            f"the disk is full while writing {path} ({exc.strerror or exc})",
+            "free space (or choose another --data-dir) and run the same command again: "
+            "what was finished is kept",
+        )
+    if exc.errno == errno.EFBIG:
+        return DiskError(
+            f"file too large (the file size limit or the filesystem's) while writing {path}",
+            "raise the limit or choose another --data-dir, then run the same command again",
+        )
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return DiskError(
+            f"cannot write {path}: {exc.strerror or exc}",
+            "make the data directory writable or choose another with --data-dir",
+        )
+    return DiskError(f"cannot write {path}: {exc.strerror or exc}",
+                     "check the disk, then run the same command again")
+
 class StateLinkError(DiskError):
     """The state folder is, or holds, a symbolic link: refused, never followed (exit 3)."""
 

@@ -29,7 +29,7 @@ from typing import Any
 from isic2020.catalog.plausible import encoding_problem
 from isic2020.errors import DownloadError, ObjectChanged, VerificationError
 from isic2020.report import progress_bar
-from isic2020.store.fsutil import move_into_place, remove_file
+from isic2020.store.fsutil import disk_error, move_into_place, remove_file
 from isic2020.store.records import remove_stale_temps
 from isic2020.transfer.digests import etag_kind
 from isic2020.transfer.hashers import hash_file
@@ -41,7 +41,6 @@ from isic2020.transfer.model import (
     RemoteObject,
 )
 from isic2020.transfer.observer import TransferObserver
-from isic2020.transfer.partial import disk_error
 from isic2020.transfer.probe import Prober
 from isic2020.transfer.ranged import RangedTransfer
 from isic2020.transfer.ranges import RangesIgnored
@@ -311,7 +310,7 @@ class Downloader:
             self._discard(second, second_state)
             raise VerificationError(f"{failure}; {exc}") from None
         except OSError as exc:
-            raise disk_error(second, exc) from None
+            raise disk_error(exc, second) from None
         self._discard(second, second_state)
         self._log(f"{name}: repaired {len(result.replaced)} damaged range(s) from the second "
                   "copy")
@@ -413,7 +412,7 @@ class Downloader:
         try:
             move_into_place(partial, final)
         except OSError as exc:
-            raise disk_error(final, exc) from None
+            raise disk_error(exc, final) from None
 
     @staticmethod
     def _discard(

@@ -19,28 +19,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from isic2020.errors import DiskError
-from isic2020.store.fsutil import open_nofollow, remove_file
+from isic2020.store.fsutil import disk_error, open_nofollow, remove_file
 from isic2020.store.records import atomic_write_json, done_intervals, read_json, remove_stale_temps
 from isic2020.transfer.model import Log, RemoteObject
 
 STATE_VERSION = 2
-
-
-def disk_error(path: Path, exc: OSError) -> DiskError:
-    """The user-facing error for a failed write of ``path``."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        what = "the disk is full" if exc.errno != errno.EFBIG else "the file size limit was hit"
-        return DiskError(
-            f"writing {path.name}: {what} ({exc.strerror})",
-            "free space (or raise the limit) and run the same command again to resume",
-        )
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return DiskError(
-            f"cannot write {path}: {exc.strerror}",
-            "make the data directory writable or choose another with --data-dir",
-        )
-    return DiskError(f"writing {path}: {exc.strerror or exc}", "check the disk, then run again")
 
 
 class PartialFile:
@@ -76,7 +59,7 @@ class PartialFile:
                     self._preallocate()
         except OSError as exc:
             self.close()
-            raise disk_error(self.path, exc) from None
+            raise disk_error(exc, self.path) from None
         self.save(self.done)
         return [list(iv) for iv in self.done]
 
@@ -129,7 +112,7 @@ class PartialFile:
         try:
             atomic_write_json(self.state_path, self.state_doc(done), durable=False)
         except OSError as exc:
-            raise disk_error(self.state_path, exc) from None
+            raise disk_error(exc, self.state_path) from None
 
     def write(self, offset: int, block: bytes) -> int:
         """Write ``block`` at ``offset``; the offset after it."""
@@ -140,7 +123,7 @@ class PartialFile:
                 view = view[n:]
                 offset += n
         except OSError as exc:
-            raise disk_error(self.path, exc) from None
+            raise disk_error(exc, self.path) from None
         return offset
 
     def finish(self) -> None:
@@ -148,7 +131,7 @@ class PartialFile:
         try:
             os.fsync(self.fd)
         except OSError as exc:
-            raise disk_error(self.path, exc) from None
+            raise disk_error(exc, self.path) from None
         finally:
             self.close()
 

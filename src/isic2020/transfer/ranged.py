@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from isic2020.errors import DiskError
+from isic2020.store.fsutil import disk_error
 from isic2020.transfer.checkpoint import Checkpointer
 from isic2020.transfer.digests import etag_kind
 from isic2020.transfer.hashers import Hashers
 from isic2020.transfer.intervals import add_interval, cut, missing_ranges, plan_chunk
 from isic2020.transfer.model import READ_BLOCK, DownloadOptions, RemoteObject
 from isic2020.transfer.observer import TransferObserver
-from isic2020.transfer.partial import PartialFile, disk_error
+from isic2020.transfer.partial import PartialFile
 from isic2020.transfer.pool import Piece, RangePool, Span, SpanSink
 from isic2020.transfer.ranges import RangeClient
 from isic2020.transfer.throttle import Throttle
@@ -115,7 +116,7 @@ class RangedTransfer(SpanSink):
             self.pool.wait()
             error = self.hashers.join()
             if error is not None:
-                raise disk_error(self.file.path, error) if isinstance(error, OSError) else error
+                raise disk_error(error, self.file.path) if isinstance(error, OSError) else error
             self.checkpoint.stop(flush=False)  # the file is synced and renamed by finish()
             return self.hashers.digests()
         except BaseException:
@@ -188,7 +189,7 @@ class RangedTransfer(SpanSink):
         return out
 
     def _checkpoint_failed(self, exc: BaseException) -> None:
-        self.pool.fail(disk_error(self.file.state_path, exc) if isinstance(exc, OSError)
+        self.pool.fail(disk_error(exc, self.file.state_path) if isinstance(exc, OSError)
                        else exc)
 
     def _frontier(self) -> int:

@@ -23,11 +23,10 @@ import requests
 
 from isic2020.catalog.plausible import encoding_problem
 from isic2020.errors import ObjectChanged, VerificationError
-from isic2020.store.fsutil import open_nofollow, remove_file
+from isic2020.store.fsutil import disk_error, open_nofollow, remove_file
 from isic2020.transfer.digests import MultipartHasher, etag_kind, normalize_etag
 from isic2020.transfer.http import header_int
 from isic2020.transfer.model import BLOCK, DownloadOptions, RemoteObject
-from isic2020.transfer.partial import disk_error
 from isic2020.transfer.retry import (
     NETWORK_ERRORS,
     REDIRECT_ERRORS,
@@ -163,7 +162,7 @@ class SingleStream:
         try:
             fh = os.fdopen(open_nofollow(self.partial, TRUNCATE), "wb")  # noqa: SIM115
         except OSError as exc:
-            raise disk_error(self.partial, exc) from None
+            raise disk_error(exc, self.partial) from None
         timeouts = self.opts.timeouts
         guard = SpeedGuard(timeouts.lowest_speed, timeouts.speed_time)
         began = guard.start
@@ -175,7 +174,7 @@ class SingleStream:
                 try:
                     fh.write(block)
                 except OSError as exc:
-                    raise disk_error(self.partial, exc) from None
+                    raise disk_error(exc, self.partial) from None
                 digests.update(block)
                 written += len(block)
                 self.transferred += len(block)
@@ -190,7 +189,7 @@ class SingleStream:
                 fh.flush()
                 os.fsync(fh.fileno())
             except OSError as exc:
-                raise disk_error(self.partial, exc) from None
+                raise disk_error(exc, self.partial) from None
         return written
 
 
@@ -234,7 +233,7 @@ def copy_local(
     except OSError as exc:
         if exc.filename == str(src) or not partial.exists():
             raise HostFailed(exc.strerror or str(exc)) from None
-        raise disk_error(partial, exc) from None
+        raise disk_error(exc, partial) from None
     finally:
         if bar is not None:
             bar.close()

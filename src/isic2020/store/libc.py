@@ -1,0 +1,76 @@
+"""The few C library calls Python's standard library lacks, in one place.
+
+``syncfs`` (flush one filesystem, not the whole machine's dirty data as ``os.sync`` does),
+``malloc_trim`` (hand freed heap back to the system), ``mallopt`` (glibc's heap settings) and
+``prctl`` (through :func:`libc`). Each degrades to the portable fallback, or to nothing, where
+the call or the library is missing (macOS, musl, a sandbox without ``dlopen``): these calls
+make things faster or smaller, never correct.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import os
+import sys
+from typing import Any
+
+O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+@functools.cache
+def libc() -> Any:
+    """The C library with ``errno`` kept (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        return None
+
+
+def syncfs_function() -> Any:
+    """``syncfs(fd)`` of the C library, or None where there is none."""
+    lib = libc()
+    return getattr(lib, "syncfs", None) if lib is not None else None
+
+
+def sync_folder(folder: str | os.PathLike[str]) -> None:
+    """Make what was written under ``folder`` durable: ``syncfs`` of its filesystem, or
+    ``os.sync`` where ``syncfs`` is missing or fails."""
+    syncfs = syncfs_function()
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(folder, os.O_RDONLY | O_CLOEXEC)
+    try:
+        if syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def malloc_trim() -> None:
+    """Collect garbage, then hand the heap it freed back to the system (glibc keeps freed
+    memory in its arenas otherwise, so a later peak adds to it)."""
+    lib = libc()
+    trim = getattr(lib, "malloc_trim", None) if lib is not None else None
+    if trim is None:
+        return
+    gc.collect()
+    with contextlib.suppress(OSError):
+        trim(0)
+
+
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+
+
+def mallopt(param: int, value: int) -> bool:
+    """glibc's ``mallopt(param, value)``; False where there is none."""
+    lib = libc()
+    fn = getattr(lib, "mallopt", None) if lib is not None else None
+    return bool(fn(param, value)) if fn is not None else False
