@@ -9,6 +9,7 @@ next run reuses it; and the result is always exactly the archive's images.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -243,6 +244,15 @@ def test_a_changed_object_discards_what_was_unpacked_from_the_old_one(dataset, t
     assert train["extraction"]["images"] == N_TRAIN
 
 
+def _claims_bytes(state: Path) -> bool:
+    """The partial's checkpoint exists and records finished bytes (what a resume keeps)."""
+    try:
+        doc = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and any(b > a for a, b in doc.get("done") or [])
+
+
 def test_a_kill_keeps_the_staged_images_and_the_next_run_reuses_them(dataset, tmp_path):
     data = tmp_path / "d"
     env = _env(dataset.manifest_path)
@@ -253,8 +263,12 @@ def test_a_kill_keeps_the_staged_images_and_the_next_run_reuses_them(dataset, tm
         args[args.index("URL")] = srv.url
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
+        state = data / ".isic2020" / "partial" / (TRAIN + ".state.json")
         deadline = time.monotonic() + 60
-        while _count(staged) < 20 and proc.poll() is None and time.monotonic() < deadline:
+        # Kill only once 20 images are staged AND the checkpoint claims bytes of the archive
+        # (a resume needs both; on a busy machine the first checkpoint can come after them).
+        while (_count(staged) < 20 or not _claims_bytes(state)) and proc.poll() is None \
+                and time.monotonic() < deadline:
             time.sleep(0.01)
         assert proc.poll() is None, "the fetch ended before it could be killed"
         proc.send_signal(signal.SIGKILL)

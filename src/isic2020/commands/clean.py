@@ -169,11 +169,11 @@ def keep_reason(layout: Layout, records: Records, entry: FileEntry) -> str | Non
                                                                        rec.st_mtime_ns):
         return "not extracted (run `isic2020 fetch` or `isic2020 extract`)"
     try:
-        members = plan_archive(final, entry)[0]
+        members = plan_archive(final, entry).members
     except Isic2020Error as exc:
         return f"its directory cannot be read ({exc.message})"
     present = present_files(layout.images_dir(entry.format, entry.split))
-    absent = sum(1 for m in members if present.get(m.final) != m.info.file_size)
+    absent = sum(1 for m in members if present.get(m.final) != m.entry.file_size)
     if absent:
         return (f"{plural(absent, 'image')} of it not on disk: it is their only copy "
                 "(run `isic2020 fetch` to restore them)")

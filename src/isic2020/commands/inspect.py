@@ -188,6 +188,8 @@ def inspect(
     if fmt == "none":
         raise UsageError("inspect needs an image format", "use --format jpeg, dicom or ...")
     man = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    if mirrors:  # held to a mirror as fetch holds it: a pinned sha256, not the ETag, decides
+        man = man.for_mirrors()
     layout = Layout.at(data_dir)
     report = InspectReport(str(layout.root), split, fmt)
     for s in expand_split(split):

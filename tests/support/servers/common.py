@@ -10,7 +10,8 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import socket
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar
 
 #: A URL whose host never resolves: ``.invalid`` is reserved (RFC 2606/6761) and resolvers must
 #: answer NXDOMAIN without asking anyone, so it fails fast and never hits a real host.
@@ -57,3 +58,28 @@ def s3_error(code: str, message: str, **extra: Any) -> bytes:
 def http_date(ts: float) -> str:
     """``ts`` as an HTTP date (``Last-Modified``, RFC 9110 section 5.6.7)."""
     return email.utils.formatdate(ts, usegmt=True)
+
+
+_S = TypeVar("_S", bound="Lifecycle")
+
+
+class Lifecycle:
+    """``with Server(...) as srv:`` starts a server and always closes it, whatever the test
+    raised: the one context-manager protocol every test server shares."""
+
+    def start(self: _S) -> _S:  # pragma: no cover - every server defines it
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - every server defines it
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

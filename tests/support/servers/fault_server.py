@@ -22,9 +22,9 @@ import tempfile
 import threading
 import urllib.parse
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, Literal, TypeAlias
 
+from .common import Lifecycle
 from .exchanges import LoggedRequest, Predicate, RequestInfo
 from .fault_handler import FaultHandler
 from .faults import Fault, FaultRule, ReplaceObject, Throttle
@@ -48,7 +48,7 @@ class QuietThreadingServer(http.server.ThreadingHTTPServer):
         _log.debug("error on connection from %s", client_address, exc_info=True)
 
 
-class FaultServer:
+class FaultServer(Lifecycle):
     """Serve ``root`` at ``http://127.0.0.1:PORT<prefix>`` like S3, with faults on demand.
 
     ``prefix`` (e.g. ``/challenges/2020/``) is the URL folder the files appear under. Paths
@@ -131,17 +131,6 @@ class FaultServer:
             thread.join(timeout=2)
 
     close = stop
-
-    def __enter__(self) -> FaultServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def port(self) -> int:

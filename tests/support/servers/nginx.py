@@ -21,9 +21,8 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
-from .common import free_port
+from .common import Lifecycle, free_port
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ def most_at_once(entries: list[NginxLogEntry]) -> int:
     return peak
 
 
-class NginxServer:
+class NginxServer(Lifecycle):
     """A real nginx serving ``root`` at ``http://127.0.0.1:PORT<prefix>`` from a temp folder.
 
     nginx runs in the foreground (``daemon off``) as our child, so we own its lifetime: it is
@@ -226,17 +225,6 @@ http {{
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     stop = close
-
-    def __enter__(self) -> NginxServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def base_url(self) -> str:

@@ -12,13 +12,12 @@ import socket
 import time
 import urllib.parse
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from .common import free_port
+from .common import Lifecycle, free_port
 
 
-class S3Server:
+class S3Server(Lifecycle):
     """moto's S3 in server mode on 127.0.0.1, plus upload helpers.
 
     Objects are uploaded ``public-read`` by default: moto, like S3, answers 403 to anonymous
@@ -92,17 +91,6 @@ class S3Server:
             server.stop()
 
     stop = close
-
-    def __enter__(self) -> S3Server:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def endpoint(self) -> str:
