@@ -24,7 +24,7 @@ NOT_SETTINGS = {"ISIC2020_SYN_ORIG", "ISIC2020_SYN_CORR"}
 def _names_in_source() -> set[str]:
     found: set[str] = set()
     for path in SRC.rglob("*.py"):
-        found |= set(re.findall(r"\bISIC2020_[A-Z][A-Z_]*[A-Z]\b", path.read_text()))
+        found |= set(re.findall(r"\bISIC2020_[A-Z][A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
     return found - NOT_SETTINGS
 
 
@@ -40,7 +40,7 @@ def test_the_readme_table_lists_exactly_the_settings():
     readme = (ROOT / "README.md").read_text()
     start = readme.index("| environment variable | meaning |")
     block = readme[start:readme.index("\n\n", start)]
-    listed = set(re.findall(r"`(ISIC2020_[A-Z_]+)`", block))
+    listed = set(re.findall(r"`(ISIC2020_[A-Z0-9_]+)`", block))
     assert listed == {v.name for v in config.TABLE}
 
 
