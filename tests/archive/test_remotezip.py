@@ -25,6 +25,7 @@ import pytest
 from support.dataset import add_entry, add_symlink, files_under, flip_byte, install
 from support.servers import (
     FaultServer,
+    FlipByte,
     IgnoreRange,
     ReplaceObject,
     Reset,
@@ -527,6 +528,48 @@ def test_changed_object_is_never_spliced_and_the_directory_is_read_again(
     with zipfile.ZipFile(io.BytesIO(new)) as zf:
         for name in other.train_names:
             assert (out / f"{name}.jpg").read_bytes() == zf.read(f"train/{name}.jpg")
+
+
+def _name_byte_in_directory(path: Path, victim: str) -> int:
+    """The archive offset of a byte of ``victim``'s name in the central directory."""
+    data = path.read_bytes()
+    cd = struct.unpack_from("<L", data, data.rfind(b"PK\x05\x06") + 16)[0]
+    return data.index(victim.encode(), cd) + len(victim) - 6  # a digit of the image id
+
+
+@pytest.mark.parametrize("times", [1, None])
+def test_a_directory_damaged_in_transit_is_read_again_never_cached_for_good(
+    tmp_path: Path, small, times
+) -> None:
+    """A byte flipped in the central directory as it travels (a directory has no checksum):
+    the cached directory then disagrees with a member's local header. The directory is not
+    trusted: the cache is dropped and the directory read once more; a flip that happened once
+    heals in the same job, one that persists is a VerificationError naming the member, and
+    the next job (the server healthy again) heals with nothing deleted by hand."""
+    root = tmp_path / "m"
+    shutil.copytree(small.root, root)
+    victim = f"train/{small.train_names[7]}.jpg"
+    out = tmp_path / "out"
+    cache = rz.cache_path(tmp_path / "state", TRAIN)
+    choose = lambda r: list(rm.image_members(r, "jpeg").values())  # noqa: E731
+    with _serve(root) as srv:
+        at = _name_byte_in_directory(root / TRAIN, victim)
+        srv.add_fault(FlipByte(offset=at, mask=0x01), TRAIN, times=times)
+        if times is None:
+            with pytest.raises(VerificationError) as ei:
+                fetch_remote_members([srv.url_for(TRAIN)], choose, _dest(out), cache=cache,
+                                     connections=1, **FAST)
+            assert "local header" in ei.value.message, ei.value.message
+            assert not cache.exists()  # nothing a later run would trust
+            srv.clear_faults()
+        remote, res = fetch_remote_members([srv.url_for(TRAIN)], choose, _dest(out),
+                                           cache=cache, connections=1, **FAST)
+    assert not remote.from_cache
+    assert res.written + res.skipped == 120
+    with zipfile.ZipFile(root / TRAIN) as zf:
+        for name in small.train_names:
+            assert (out / f"{name}.jpg").read_bytes() == zf.read(f"train/{name}.jpg")
+    assert _no_temp_files(out)
 
 
 def test_object_changing_mid_fetch_with_failover(tmp_path: Path, small) -> None:

@@ -207,6 +207,51 @@ def test_an_interrupted_repair_is_resumed_by_the_next_run(dataset, tmp_path):
     assert not list((data / ".isic2020" / "partial").glob(ARCHIVE + "*"))
 
 
+def test_a_damaged_second_copy_kept_by_a_killed_run_is_not_trusted_by_the_next(
+    dataset, tmp_path
+):
+    """Every body damaged at the same byte; SIGKILL once the second copy's state claims that
+    byte (so the damaged second copy is kept, checkpointed, same ETag). The next run, with the
+    server healthy again, resumes both copies: they agree on the damaged byte, no combination
+    matches. Bytes kept from an earlier run were never proven by a hash, so that second copy
+    is thrown away and fetched once more: exit 0 and the exact archive (it used to fail with
+    "a second copy is identical", and every later run the same, until files were deleted)."""
+    blob = _zip_blob(4 * MiB, seed=12)
+    root, manifest = _mirror(dataset, tmp_path, blob)
+    data = tmp_path / "d"
+    env = cli_env(manifest, ISIC2020_CHUNK_SIZE=str(256 * 1024))
+    args = cli_cmd("fetch", "--data-dir", str(data), "--mirror", "", "--json", "--quiet",
+                   "--connections", "1", *NO_EXTRACT)
+    second = data / ".isic2020" / "partial" / (ARCHIVE + ".part.repair.state.json")
+    flip = 1000
+    with FaultServer(root, prefix=PREFIX) as srv:
+        args[args.index("--mirror") + 1] = srv.url
+        srv.add_fault(FlipByte(offset=flip), ARCHIVE, times=None)
+        srv.throttle(1_000_000, ARCHIVE)
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                doc = read_json(second)
+                if isinstance(doc, dict) and any(a <= flip < b for a, b in doc.get("done", [])):
+                    break
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert any(a <= flip < b for a, b in read_json(second)["done"])  # kept, checkpointed
+        assert not (data / "archives" / ARCHIVE).exists()
+        srv.clear_faults()
+        again = run_cli(*args[3:], env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert (data / "archives" / ARCHIVE).read_bytes() == blob
+    assert _entry(again.json)["repaired"]
+    assert not list((data / ".isic2020" / "partial").glob(ARCHIVE + "*"))
+
+
 def test_damage_in_every_copy_is_exit_1_with_nothing_landed_and_the_next_run_heals(
     dataset, tmp_path
 ):

@@ -64,6 +64,7 @@ def fetch_remote_members(
     failures: list[str] = []
     damaged: list[str] = []
     restarts = 0
+    rereads: dict[str, int] = {}  # url -> directories read again after a damaged member
     check: Literal["size", "crc"] = "size"
     i = 0
     http_urls = [u for u in urls if not u.startswith("file://")]
@@ -84,9 +85,7 @@ def fetch_remote_members(
             return remote, res
         except ObjectChanged as exc:
             restarts += 1
-            if cache is not None:
-                with contextlib.suppress(OSError):
-                    remove_file(cache)
+            _drop(cache)
             if expected_etag or restarts > retry.object_restarts:
                 failures.append(f"{url}: {exc.message}")
                 i += 1
@@ -96,14 +95,39 @@ def fetch_remote_members(
                 log(f"{exc.message}; the archive changed, reading its directory again")
         except (DiskError, Interrupted):
             raise
-        except (DownloadError, VerificationError) as exc:
-            failures.append(f"{url}: {exc.message}")
-            if isinstance(exc, VerificationError):
-                damaged.append(f"{url}: {exc.message}")
-            if log is not None and i + 1 < len(http_urls):
-                log(f"{exc.message}; trying the next host")
+        except VerificationError as exc:
+            # A directory has no checksum: one damaged in transit disagrees with a member's
+            # local header (name, method) or CRC/size. Never keep it: drop the cache and read
+            # the directory once more from this host before blaming the archive.
+            _drop(cache)
+            if rereads.get(url, 0) < 1:
+                rereads[url] = rereads.get(url, 0) + 1
+                if log is not None:
+                    log(f"{exc.message}; reading the archive's directory again")
+                continue
+            _failed(exc, url, failures, damaged, log, i + 1 < len(http_urls))
+            i += 1
+        except DownloadError as exc:
+            _failed(exc, url, failures, damaged, log, i + 1 < len(http_urls))
             i += 1
     raise _all_failed(failures, damaged)
+
+
+def _drop(cache: Path | None) -> None:
+    """Remove the cached directory (a changed object, or one that cannot be trusted)."""
+    if cache is not None:
+        with contextlib.suppress(OSError):
+            remove_file(cache)
+
+
+def _failed(exc: DownloadError | VerificationError, url: str, failures: list[str],
+            damaged: list[str], log: Log | None, more: bool) -> None:
+    """Record a host's failure (a damaged archive also in ``damaged``) and say so."""
+    failures.append(f"{url}: {exc.message}")
+    if isinstance(exc, VerificationError):
+        damaged.append(f"{url}: {exc.message}")
+    if log is not None and more:
+        log(f"{exc.message}; trying the next host")
 
 
 def _all_failed(failures: list[str], damaged: list[str]) -> VerificationError | DownloadError:

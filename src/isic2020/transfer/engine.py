@@ -298,19 +298,28 @@ class Downloader:
             raise VerificationError(failure)
         second, second_state = _repair_paths(partial)
         self._log(f"{name}: {reason(why)}; fetching a second copy to find the damaged bytes")
-        try:
-            transferred = self._second_copy(remote, second, second_state, expected_size, ranged)
-        except ObjectChanged:
-            self._discard(second, second_state)
-            raise
-        # (interrupted or a failed host: the second copy stays, a later run resumes it)
-        try:
-            result = repair(partial, second, content)
-        except RepairFailed as exc:
-            self._discard(second, second_state)
-            raise VerificationError(f"{failure}; {exc}") from None
-        except OSError as exc:
-            raise disk_error(exc, second) from None
+        transferred = 0
+        while True:
+            try:
+                n, resumed = self._second_copy(remote, second, second_state, expected_size,
+                                               ranged)
+            except ObjectChanged:
+                self._discard(second, second_state)
+                raise
+            # (interrupted or a failed host: the second copy stays, a later run resumes it)
+            transferred += n
+            try:
+                result = repair(partial, second, content)
+                break
+            except RepairFailed as exc:
+                self._discard(second, second_state)
+                if not resumed:
+                    raise VerificationError(f"{failure}; {exc}") from None
+                # Part of that copy was kept by an earlier run: no hash ever proved those
+                # bytes (they may carry the same damage as the first copy). One fresh copy.
+                self._log(f"{name}: {exc}; fetching a fresh second copy")
+            except OSError as exc:
+                raise disk_error(exc, second) from None
         self._discard(second, second_state)
         self._log(f"{name}: repaired {len(result.replaced)} damaged range(s) from the second "
                   "copy")
@@ -321,21 +330,22 @@ class Downloader:
     def _second_copy(
         self, remote: RemoteObject, path: Path, state: Path, expected_size: int | None,
         ranged: bool = True,
-    ) -> int:
+    ) -> tuple[int, int]:
         """Download the object once more into ``path`` (ranged, else as the first copy came:
-        one plain stream); the bytes it cost."""
+        one plain stream); the bytes it cost, and the bytes resumed from an earlier run."""
         done = 0
         if ranged and remote.size is not None:
             transfer = RangedTransfer(self.opts, remote, path, state, None, None)
             try:
                 transfer.run()
                 transfer.finish()
-                return transfer.transferred
+                return transfer.transferred, transfer.resumed_bytes
             except RangesIgnored:
                 done = transfer.transferred
             finally:
                 transfer.close()
-        return done + self._stream(remote, path, None, expected_size).transferred
+            self._discard(path, state)  # the stream rewrites the file: that state lies now
+        return done + self._stream(remote, path, None, expected_size).transferred, 0
 
     # -- local files ----------------------------------------------------------------------
     def _copy_local(
