@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
 from isic2020.catalog.manifest import FORMAT_CHOICES, SPLIT_CHOICES
 from isic2020.cli.app import (
+    bars,
     cli,
     common_options,
     err,
@@ -185,7 +185,7 @@ def resize(
             fmt=fmt,
             workers=workers,
             data_dir=data_dir,
-            progress=not quiet and sys.stderr.isatty(),
+            progress=bars(quiet),
             log=None if quiet else err,
         ),
         as_json,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -166,7 +165,7 @@ def extract(
             fmt=fmt,
             data_dir=data_dir,
             manifest=manifest,
-            progress=not quiet and sys.stderr.isatty(),
+            progress=bars(quiet),
         ),
         as_json,
         quiet,
