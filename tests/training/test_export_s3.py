@@ -70,8 +70,20 @@ def _args(layout: str, data: Path, dest: str, *extra: str) -> list[str]:
             *extra]
 
 
+def _elsewhere(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a CLI run in another working directory: PYTHONPATH made absolute, so the
+    code under test is still the one imported."""
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+    return env
+
+
 def _export(layout: str, data: Path, dest: str, *extra: str, env=None):
-    return run_cli(*_args(layout, data, dest, *extra), env=env if env is not None else cli_env())
+    """The CLI export, run in the data directory's parent (code that took ``s3://`` for a
+    folder name would write there, never into the checkout)."""
+    return run_cli(*_args(layout, data, dest, *extra),
+                   env=_elsewhere(env if env is not None else cli_env()), cwd=data.parent)
 
 
 def _objects(s3_server, bucket: str, prefix: str = PREFIX) -> dict[str, bytes]:
@@ -166,8 +178,9 @@ def test_a_kill_after_the_first_shard_then_a_rerun_completes_without_sending_it_
     url = f"s3://{bucket}/{PREFIX}"
     first, second = "isic2020-train-000000.tar", "isic2020-train-000001.tar"
     gate.hold(f"{PREFIX}/{second}")
-    proc = subprocess.Popen(cli_cmd(*_args("webdataset", root, url, *args)), env=_env(gate),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cli_cmd(*_args("webdataset", root, url, *args)),
+                            env=_elsewhere(_env(gate)),
+                            cwd=root.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while not gate.holding.is_set() and proc.poll() is None and time.monotonic() < deadline:
@@ -253,6 +266,22 @@ def test_a_shard_over_8_mib_is_multipart_and_its_etag_proves_the_recorded_sha256
     assert dest.sha256(name) == ""
 
 
+def test_unfinished_uploads_of_our_names_are_aborted_once_the_export_completes(
+    data, s3_server, gate
+):
+    """A kill mid-multipart leaves invisible, billed parts: a complete export aborts those of
+    our names under the prefix, and leaves anyone else's."""
+    bucket = _bucket(s3_server)
+    c = s3_server.client
+    for key in (f"{PREFIX}/isic2020-train-000099.tar", f"{PREFIX}/theirs.bin", "elsewhere.tar"):
+        c.create_multipart_upload(Bucket=bucket, Key=key)
+    r = _export("webdataset", data[0], f"s3://{bucket}/{PREFIX}", "--split", "train",
+                env=_env(gate))
+    assert r.returncode == 0, r.stderr
+    left = sorted(u["Key"] for u in c.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+    assert left == ["elsewhere.tar", f"{PREFIX}/theirs.bin"]
+
+
 # --- bad input: one line, a documented exit code, nothing at a final key --------------------
 
 def _fails(r, code: int, *words: str) -> None:
@@ -306,7 +335,7 @@ def test_a_prefix_holding_other_objects_is_refused_and_left_alone(data, s3_serve
 def test_kaggle_to_s3_and_other_url_schemes_are_exit_2(data, gate, tmp_path):
     _fails(_export("kaggle", data[0], "s3://bucket/x", env=_env(gate)), 2, "--layout kaggle")
     _fails(_export("webdataset", data[0], "gs://bucket/x", env=_env(gate)), 2, "gs://")
-    assert not Path("gs:").exists()
+    assert not (data[0].parent / "gs:").exists() and not (data[0].parent / "s3:").exists()
 
 
 def test_a_full_local_temp_disk_is_exit_3_then_the_rerun_completes(

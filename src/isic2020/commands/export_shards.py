@@ -107,6 +107,7 @@ def _destination(dest: str | os.PathLike[str], data_root: Path) -> Iterator[Dest
         try:
             bucket.prepare(data_root)
             yield bucket
+            bucket.finish()
         finally:
             bucket.close()
         return

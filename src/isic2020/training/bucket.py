@@ -22,6 +22,9 @@ credentials chain, ``AWS_ENDPOINT_URL``, error wording and 8 MiB multipart uploa
 * **Only our names.** A prefix holding any other object (or anything in a sub-folder) is
   refused before anything is written, as a local DEST holding other files is; stale shards of
   ours are deleted only as a local export deletes them.
+* **Nothing billed in the dark.** An upload cut off by a kill leaves an unfinished multipart
+  upload (invisible parts); the next run resumes it, and once an export completes, the
+  unfinished uploads of our names under the prefix are aborted.
 * **Failures** are objectstore's one-line errors: a missing bucket, credentials the store does
   not know, no permission: exit 2; the endpoint unreachable, an expired session: exit 3.
 """
@@ -46,6 +49,7 @@ from isic2020.transfer.objectstore import (
     is_s3_url,
     upload_etag,
 )
+from isic2020.transfer.objectstore_cleanup import abort_unfinished
 
 SHA_KEY = "isic2020-sha256"
 ETAG_KEY = "isic2020-etag"
@@ -114,6 +118,10 @@ class BucketDestination:
                 "set TMPDIR to a folder outside it",
             )
         self._tmp = tmp
+
+    def finish(self) -> list[str]:
+        """After a complete export: abort unfinished uploads of our names (see the doc)."""
+        return abort_unfinished(self.store, is_our_object)
 
     def close(self) -> None:
         """Remove the local temporaries (the bucket keeps every finished shard)."""
