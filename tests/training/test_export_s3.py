@@ -169,7 +169,8 @@ def test_a_kill_after_the_first_shard_then_a_rerun_completes_without_sending_it_
 ):
     """The upload of shard 1 is held; once shard 0 is in the bucket and in the index the export
     is killed (SIGKILL). Nothing of shard 1 is at its key; the re-run completes, keeps shard 0
-    (not one write request for it) and the bucket equals a local export."""
+    (not one write request for it) and the bucket equals a local export; the killed run's
+    local temporary folder is removed by the re-run."""
     root, _, _ = data
     local = tmp_path / "local"
     args = ("--shard-size", "50KB", "--split", "train")
@@ -177,9 +178,11 @@ def test_a_kill_after_the_first_shard_then_a_rerun_completes_without_sending_it_
     bucket = _bucket(s3_server)
     url = f"s3://{bucket}/{PREFIX}"
     first, second = "isic2020-train-000000.tar", "isic2020-train-000001.tar"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     gate.hold(f"{PREFIX}/{second}")
     proc = subprocess.Popen(cli_cmd(*_args("webdataset", root, url, *args)),
-                            env=_elsewhere(_env(gate)),
+                            env=_elsewhere(_env(gate, TMPDIR=str(tmp))),
                             cwd=root.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -198,12 +201,14 @@ def test_a_kill_after_the_first_shard_then_a_rerun_completes_without_sending_it_
             proc.wait(timeout=30)
         gate.release()
     assert second not in _objects(s3_server, bucket)
+    assert [p.name for p in tmp.iterdir()][0].startswith(f"isic2020-export-{proc.pid}-")
     gate.puts.clear()
-    r = _export("webdataset", root, url, *args, env=_env(gate))
+    r = _export("webdataset", root, url, *args, env=_env(gate, TMPDIR=str(tmp)))
     assert r.returncode == 0, r.stderr
     assert r.json["splits"][0]["kept"] == 1
     assert gate.puts[f"{PREFIX}/{first}"] == 0 and gate.puts[f"{PREFIX}/{second}"] == 1
     assert _objects(s3_server, bucket) == _local(local)
+    assert not list(tmp.iterdir())  # the killed run's temporary folder is gone too
 
 
 def test_a_shard_replaced_in_the_bucket_is_uploaded_again(data, s3_server, gate, tmp_path):

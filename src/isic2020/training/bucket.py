@@ -22,6 +22,9 @@ credentials chain, ``AWS_ENDPOINT_URL``, error wording and 8 MiB multipart uploa
 * **Only our names.** A prefix holding any other object (or anything in a sub-folder) is
   refused before anything is written, as a local DEST holding other files is; stale shards of
   ours are deleted only as a local export deletes them.
+* **Local temporaries** live in ``$TMPDIR/isic2020-export-<pid>-XXXX/`` (one shard at a time)
+  and go when the export ends; a killed export's folder is removed by the next export (its
+  process id is no longer running).
 * **Nothing billed in the dark.** An upload cut off by a kill leaves an unfinished multipart
   upload (invisible parts); the next run resumes it, and once an export completes, the
   unfinished uploads of our names under the prefix are aborted.
@@ -51,6 +54,8 @@ from isic2020.transfer.objectstore import (
 )
 from isic2020.transfer.objectstore_cleanup import abort_unfinished
 
+TEMP_PREFIX = "isic2020-export-"
+_TEMP_RE = re.compile(r"^isic2020-export-([0-9]+)-[A-Za-z0-9_]+$")
 SHA_KEY = "isic2020-sha256"
 ETAG_KEY = "isic2020-etag"
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -106,8 +111,9 @@ class BucketDestination:
                 f"(first: {foreign[0]})",
                 "choose a new or empty prefix (an earlier shard export is updated in place)",
             )
+        _drop_stale_temporaries(Path(tempfile.gettempdir()))
         try:
-            tmp = Path(tempfile.mkdtemp(prefix="isic2020-export-"))
+            tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
         except OSError as exc:
             raise DiskError(f"cannot create a temporary folder in {tempfile.gettempdir()}: "
                             f"{exc.strerror or exc}", "set TMPDIR to a folder with room") from None
@@ -178,6 +184,27 @@ class BucketDestination:
 
     def remove(self, name: str) -> None:
         self.store.delete(name)
+
+
+def _drop_stale_temporaries(tmpdir: Path) -> None:
+    """Remove the temp folders of exports that were killed (named by a process id that is no
+    longer running; a running export's folder, or any other name, is left alone)."""
+    with contextlib.suppress(OSError), os.scandir(tmpdir) as it:
+        for e in it:
+            m = _TEMP_RE.match(e.name)
+            if m is None or not e.is_dir(follow_symlinks=False) or _alive(int(m.group(1))):
+                continue
+            shutil.rmtree(e.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True
 
 
 def _agrees(stat: ObjectStat, meta: dict[str, str]) -> bool:
