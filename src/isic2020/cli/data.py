@@ -112,7 +112,10 @@ def export(
     quiet: bool,
 ) -> None:
     """Hard-link the data into DEST in another layout (copies across file systems), or write
-    WebDataset / Parquet training shards (deterministic, resumable, with an index)."""
+    WebDataset / Parquet training shards (deterministic, resumable, with an index).
+
+    For shards DEST may be s3://bucket/prefix (credentials and AWS_ENDPOINT_URL from the
+    standard AWS variables): the same bytes as a folder export, uploaded shard by shard."""
     from isic2020.commands.export import export as do_export
     from isic2020.commands.export_shards import ShardOptions
 

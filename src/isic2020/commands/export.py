@@ -55,6 +55,7 @@ from isic2020.commands.export_shards import SHARD_LAYOUTS, ShardOptions, ShardRe
 from isic2020.errors import EXIT_OK, EXIT_VERIFY, DiskError, UsageError
 from isic2020.store.fsutil import atomic_write
 from isic2020.store.layout import Layout
+from isic2020.training.bucket import dest_scheme
 from isic2020.training.destination import check_outside_data
 from isic2020.training.shards import DEFAULT_SHARD_SIZE, parse_shard_size
 
@@ -354,6 +355,11 @@ def export(
                             data_dir if data_dir is not None else base.data_dir,
                             manifest if manifest is not None else base.manifest)
         return export_shards(dest, opts)
+    if dest_scheme(dest) == "s3":
+        raise UsageError(
+            "--layout kaggle cannot export to s3:// (it is hard links into the data directory)",
+            "export --layout webdataset or parquet shards to s3://, or kaggle to a folder",
+        )
     if shards is not None and (
         shards.split, shards.image_format, parse_shard_size(shards.shard_size)
     ) != ("all", "jpeg", DEFAULT_SHARD_SIZE):

@@ -10,12 +10,16 @@ the destination seam); this module picks the splits, reports, and sets the exit 
   that do not change are kept);
 * a damaged image (not a whole JPEG) stops the export with one line naming it (exit 1); a full
   disk with one line (exit 3); in both cases the finished shards and the index stay and the
-  same command resumes.
+  same command resumes;
+* DEST may be ``s3://bucket/prefix`` (:class:`isic2020.training.bucket.BucketDestination`):
+  the same shards and index, byte for byte, uploaded one finished shard at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,8 @@ from isic2020.catalog.manifest import expand_split
 from isic2020.errors import EXIT_OK, EXIT_VERIFY, VerificationError
 from isic2020.report import human_size, plural
 from isic2020.store.layout import Layout
-from isic2020.training.destination import INDEX_NAME, LocalDestination
+from isic2020.training.bucket import BucketDestination, dest_scheme
+from isic2020.training.destination import INDEX_NAME, Destination, LocalDestination
 from isic2020.training.samples import SampleQuery, check_format, load_samples
 from isic2020.training.shards import (
     DEFAULT_SHARD_SIZE,
@@ -94,20 +99,44 @@ def _format_for(layout: str, columns: list[str]) -> ShardFormat:
     return WebDatasetFormat()
 
 
+@contextlib.contextmanager
+def _destination(dest: str | os.PathLike[str], data_root: Path) -> Iterator[Destination]:
+    """The prepared destination for ``dest`` (a folder, or ``s3://``), cleaned up after."""
+    if dest_scheme(dest) == "s3":
+        bucket = BucketDestination.connect(os.fspath(dest))
+        try:
+            bucket.prepare(data_root)
+            yield bucket
+            bucket.finish()
+        finally:
+            bucket.close()
+        return
+    local = LocalDestination(Path(dest).expanduser().absolute())
+    local.prepare(data_root)
+    yield local
+
+
 def export_shards(dest: str | os.PathLike[str], opts: ShardOptions) -> ShardReport:
-    """Write the shards of ``opts`` into the local folder ``dest`` (see the module doc)."""
+    """Write the shards of ``opts`` into ``dest``, a folder or ``s3://bucket/prefix`` (see the
+    module doc)."""
     check_format(opts.image_format)
     shard_size = parse_shard_size(opts.shard_size)
     splits = expand_split(opts.split)
+    dest_scheme(dest)  # another URL scheme is refused before anything is read
     if opts.layout == "parquet":
         from isic2020.training.parquet import require_pyarrow
 
         require_pyarrow()
     lay = Layout.at(opts.data_dir)
-    out = Path(dest).expanduser().absolute()
-    target = LocalDestination(out)
-    target.prepare(lay.root)
-    report = ShardReport(str(out), opts.layout, str(lay.root), str(out / INDEX_NAME), shard_size)
+    with _destination(dest, lay.root) as target:
+        return _export(target, lay, opts, splits, shard_size)
+
+
+def _export(target: Destination, lay: Layout, opts: ShardOptions, splits: tuple[str, ...],
+            shard_size: int) -> ShardReport:
+    index_at = (f"{target.url}/{INDEX_NAME}" if dest_scheme(target.url)
+                else str(Path(target.url) / INDEX_NAME))
+    report = ShardReport(target.url, opts.layout, str(lay.root), index_at, shard_size)
     index = Index(target, opts.layout, shard_size)
     for split in splits:
         query = SampleQuery(split, opts.image_format, opts.data_dir, opts.manifest)

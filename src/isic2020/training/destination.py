@@ -1,4 +1,4 @@
-"""Where shards go: a small seam, so an object store is one more class, not a rewrite.
+"""Where shards go: a small seam; a folder here, a bucket in :mod:`isic2020.training.bucket`.
 
 A :class:`Destination` is a flat namespace of finished files under DEST. The shard writer
 needs only four things of it, all by name relative to DEST:
@@ -10,7 +10,8 @@ needs only four things of it, all by name relative to DEST:
   a temporary beside it, then a rename; for a bucket: a local temporary, then one upload);
 * ``read(name)``: a small file's bytes (the index), ``None`` if absent;
 * ``sha256(name)``: the file's digest where it is cheap enough to check (locally: read it
-  back; a bucket may answer ``None``, and then the size and the index's plan decide);
+  back; a bucket: the sha256 recorded at upload while the store's ETag still proves those
+  bytes, "" otherwise); ``None`` means "cannot tell", and then the size and the plan decide;
 * ``remove(name)``: drop a stale shard of ours.
 
 Local shards are renamed into place without an fsync (a tar's worth of dirty pages would

@@ -25,7 +25,9 @@ over https. Invariants:
   run can overcome (an expired session, the endpoint unreachable).
 
 API for other commands (shards writing to ``s3://``): ``ObjectStore.connect(url)``, then
-``store.upload(name, path)`` and ``store.stat(name) -> ObjectStat | None``.
+``store.upload(name, path, metadata=...)``, ``store.stat(name) -> ObjectStat | None`` (with the
+object's user metadata), ``store.listing()`` (every object under the prefix with its size and
+ETag, one paged LIST), ``store.get(name)`` (a small object's bytes) and ``store.delete(name)``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -98,10 +100,12 @@ class S3Location:
 
 @dataclass(frozen=True)
 class ObjectStat:
-    """What the store says of one object: its size and ETag (quotes stripped)."""
+    """What the store says of one object: its size, ETag (quotes stripped) and, from a HEAD,
+    its user metadata (``x-amz-meta-*``; a LIST does not give it)."""
 
     size: int
     etag: str
+    metadata: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 def is_s3_url(url: str) -> bool:
@@ -219,7 +223,42 @@ class ObjectStore:
                     self.check_bucket()  # a missing bucket says so, not "no such object"
                     return None
                 raise
-        return ObjectStat(int(head["ContentLength"]), normalize_etag(head.get("ETag")) or "")
+        return ObjectStat(int(head["ContentLength"]), normalize_etag(head.get("ETag")) or "",
+                          dict(head.get("Metadata") or {}))
+
+    def listing(self) -> dict[str, ObjectStat]:
+        """Every object under the prefix (one paged LIST), by its name below the prefix."""
+        start = self.location.key("")
+        out: dict[str, ObjectStat] = {}
+        with store_errors(self.location.url):
+            pages = self.client.get_paginator("list_objects_v2")
+            for page in pages.paginate(Bucket=self.location.bucket, Prefix=start):
+                for o in page.get("Contents", []):
+                    out[o["Key"][len(start):]] = ObjectStat(
+                        int(o["Size"]), normalize_etag(o.get("ETag")) or "")
+        return out
+
+    def get(self, name: str, limit: int = 16 * MiB) -> bytes | None:
+        """A small object's bytes (an index, a manifest), or None when there is none."""
+        where = f"{self.location.url}/{name}"
+        with store_errors(where):
+            try:
+                r = self.client.get_object(Bucket=self.location.bucket,
+                                           Key=self.location.key(name))
+            except self._client_error() as exc:
+                if _status(exc) == 404 and _code(exc) != "NoSuchBucket":
+                    return None
+                raise
+            if int(r.get("ContentLength") or 0) > limit:
+                r["Body"].close()
+                raise UsageError(f"{where} is larger than {limit} bytes",
+                                 "this is not a small isic2020 object; check the s3:// URL")
+            return bytes(r["Body"].read())
+
+    def delete(self, name: str) -> None:
+        """Remove ``name`` under the prefix (no error when it is already gone)."""
+        with store_errors(f"{self.location.url}/{name}"):
+            self.client.delete_object(Bucket=self.location.bucket, Key=self.location.key(name))
 
     def check_bucket(self) -> None:
         """Raise the one-line error for a bucket that is missing or not ours to read."""
@@ -263,21 +302,24 @@ class ObjectStore:
 
     # -- writing ----------------------------------------------------------------------------
     def upload(self, name: str, path: Path, *, on_bytes: Callable[[int], None] | None = None,
-               ) -> ObjectStat:
+               metadata: dict[str, str] | None = None, resume: bool = True) -> ObjectStat:
         """Upload the file at ``path`` as ``name`` (one PUT, or multipart in PART_SIZE parts,
-        resuming a cut-off upload); returns what the store then says of it."""
+        resuming a cut-off upload unless ``resume`` is False); returns what the store then
+        says of it. ``metadata`` becomes the object's ``x-amz-meta-*`` (a resumed upload keeps
+        the metadata it was started with: callers that rely on it check the returned stat)."""
         size = path.stat().st_size
         where = f"{self.location.url}/{name}"
+        extra = {"Metadata": metadata} if metadata else {}
         with store_errors(where):
             if size <= PART_SIZE:
                 with open(path, "rb") as f:
                     data = f.read()
                 self.client.put_object(Bucket=self.location.bucket,
-                                       Key=self.location.key(name), Body=data)
+                                       Key=self.location.key(name), Body=data, **extra)
                 if on_bytes is not None:
                     on_bytes(len(data))
             else:
-                self._multipart(name, path, size, on_bytes)
+                self._multipart(name, path, size, on_bytes, extra, resume)
         stat = self.stat(name)
         if stat is None:
             raise StoreUnavailable(f"{where}: the upload finished but the object is not there",
@@ -285,11 +327,13 @@ class ObjectStore:
         return stat
 
     def _multipart(self, name: str, path: Path, size: int,
-                   on_bytes: Callable[[int], None] | None) -> None:
+                   on_bytes: Callable[[int], None] | None, extra: dict[str, Any],
+                   resume: bool) -> None:
         bucket, key = self.location.bucket, self.location.key(name)
-        upload_id, have = self._resumable_upload(key)
+        upload_id, have = self._resumable_upload(key) if resume else (None, {})
         if upload_id is None:
-            upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+            upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key,
+                                                            **extra)["UploadId"]
         count = -(-size // PART_SIZE)
         etags: dict[int, str] = {}
         slots = threading.BoundedSemaphore(UPLOAD_THREADS + 1)  # parts in memory at once
