@@ -234,6 +234,11 @@ class Overall:
         with self.lock:
             return self.expected.pop(name, None) is not None
 
+    def forget(self, name: str) -> None:
+        """``name`` is done without a bar of its own (adopted, found whole): out of the sum."""
+        with self.lock:
+            self.expected.pop(name, None)
+
     def add_images(self, n: int) -> None:
         if os.getpid() == self.pid:
             with self.lock:
@@ -291,6 +296,14 @@ def count_images(n: int = 1) -> None:
     tracker = _OVERALL
     if tracker is not None:
         tracker.add_images(n)
+
+
+def file_done(name: str) -> None:
+    """The command is done with ``name``: if no bar of it appeared (nothing had to move),
+    the open :func:`overall` tracker stops waiting for its bytes."""
+    tracker = _OVERALL
+    if tracker is not None:
+        tracker.forget(name)
 
 
 def write_line(text: str) -> None:

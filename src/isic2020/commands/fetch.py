@@ -41,7 +41,7 @@ from isic2020.commands.notices import write_notices
 from isic2020.commands.ondisk import check_space, trusted
 from isic2020.commands.sources import check_mirrors, first_answer
 from isic2020.errors import DiskError
-from isic2020.report import overall
+from isic2020.report import file_done, overall
 from isic2020.store.layout import Layout
 from isic2020.store.lock import data_dir_lock
 from isic2020.store.records import Records
@@ -126,6 +126,7 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
         with overall(f"{run.what.split} {run.what.fmt}", expected, enabled=how.progress):
             for entry in entries:  # the CSVs come first: a subset is chosen from them
                 report.files.append(_fetch_entry(run, downloader, entry))
+                file_done(entry.name)
     finally:
         downloader.close()
     if how.extract:
