@@ -62,9 +62,10 @@ def human_duration(seconds: float) -> str:
     s = int(seconds + 0.5)
     if s < 60:
         return f"{s} s"
-    if s < 3600:
-        return f"{(s + 30) // 60} min"
-    return f"{s // 3600} h {(s % 3600) // 60} min"
+    minutes = (s + 30) // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min"
 
 
 class _Display:
@@ -118,10 +119,12 @@ class _Rate:
 def _plain_line(desc: str, n: float, total: float | None, unit: str, rate: float | None,
                 images: int | None = None) -> str:
     """``train jpeg: 1.2 GB of 23.1 GB (5%), 41.0 MB/s, ETA 9 min, 1,204 images unpacked``."""
-    def amount(x: float) -> str:
-        return human_size(x) if unit == "B" else f"{int(x):,} {unit}"
+    def amount(x: float, named: bool = True) -> str:
+        if unit == "B":
+            return human_size(x)
+        return f"{int(x):,} {unit}" if named else f"{int(x):,}"
 
-    parts = [f"{amount(n)} of {amount(total)} ({100 * n / total:.0f}%)" if total
+    parts = [f"{amount(n, False)} of {amount(total)} ({100 * n / total:.0f}%)" if total
              else amount(n)]
     if rate is not None:
         parts.append(f"{human_size(rate)}/s" if unit == "B" else f"{rate:.1f} {unit}/s")
