@@ -22,7 +22,7 @@ import time
 
 import pytest
 from support.cli import cli_cmd, cli_env, run_cli
-from support.servers import FaultServer
+from support.servers import FaultServer, Stall
 
 from isic2020.synthetic import build_dataset
 
@@ -71,6 +71,22 @@ def test_off_a_terminal_a_plain_progress_line_every_interval(dataset, slow, tmp_
             * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[re.search(r" ([KMG]?)B of", ln).group(1)]
             for ln in lines]
     assert done == sorted(done), lines
+
+
+
+def test_a_stalled_transfer_shows_its_rate_falling_to_zero(dataset, tmp_path):
+    """The archive's only connection gets a few KB, then nothing for 7 s (longer than the
+    5 s the rate looks back): the plain lines go on during the stall, and show the rate at
+    0 with the ETA unknown, instead of a frozen last good rate. The fetch then completes."""
+    env = cli_env(dataset.manifest_path, ISIC2020_PROGRESS_INTERVAL="0.2",
+                  ISIC2020_READ_TIMEOUT="30", ISIC2020_RETRY_WINDOW="60")
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        srv.add_fault(Stall(seconds=7, after=8192), ZIP, times=1)
+        r = run_cli(*_fetch(srv, tmp_path / "d", "--connections", "1"), env=env)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("isic2020: train jpeg:")]
+    assert all(PLAIN.match(ln) for ln in lines), lines
+    assert any(", 0 B/s, ETA unknown (stalled)," in ln for ln in lines), r.stderr
 
 
 def test_a_malformed_progress_interval_is_a_usage_error(dataset, slow, tmp_path):
