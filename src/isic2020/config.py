@@ -33,6 +33,7 @@ STREAM = "ISIC2020_STREAM"
 MALLOC = "ISIC2020_MALLOC"
 DEBUG = "ISIC2020_DEBUG"
 S3_PRESIGN_SECONDS = "ISIC2020_S3_PRESIGN_SECONDS"
+PROGRESS_INTERVAL = "ISIC2020_PROGRESS_INTERVAL"
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ TABLE: tuple[Variable, ...] = (
     Variable(DEBUG, "0", "1 shows the traceback of an internal error"),
     Variable(S3_PRESIGN_SECONDS, "3600",
              "lifetime of the presigned URLs of an s3:// mirror (made anew before they expire)"),
+    Variable(PROGRESS_INTERVAL, "30",
+             "seconds between two plain progress lines when stderr is not a terminal"),
 )
 
 
@@ -134,6 +137,7 @@ class Settings:
     malloc: bool = True
     debug: bool = False
     s3_presign_seconds: float | None = None
+    progress_interval: float | None = None
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -153,6 +157,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         malloc=flag(MALLOC, True, env),
         debug=flag(DEBUG, False, env),
         s3_presign_seconds=_presign(env),
+        progress_interval=_seconds(env, PROGRESS_INTERVAL),
     )
 
 

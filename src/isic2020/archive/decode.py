@@ -37,6 +37,7 @@ from isic2020.archive.zipformat import (
     check_local_name,
     local_header_size,
 )
+from isic2020.report import count_images
 from isic2020.store.fsutil import disk_error, open_nofollow, temp_name
 from isic2020.store.libc import syncfs_function
 
@@ -215,6 +216,7 @@ class MemberFile:
             os.rename(self.tmp, self.final, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         except OSError as exc:
             raise disk_error(exc, self.path) from None
+        count_images()
 
     def discard(self) -> None:
         """After a failure: close and remove the temporary (never left half-written)."""

@@ -12,6 +12,7 @@ else a download error (exit 3).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -36,6 +37,8 @@ from isic2020.errors import (
 from isic2020.store.fsutil import remove_file
 from isic2020.transfer.http import Timeouts
 from isic2020.transfer.retry import RetryPolicy
+
+_LOG = logging.getLogger(__name__)
 
 
 def fetch_remote_members(
@@ -79,6 +82,8 @@ def fetch_remote_members(
             remote = open_remote(url, cache, timeouts=timeouts, retry=retry,
                                  expected_etag=expected_etag, connections=connections)
             chosen = choose(remote)
+            _LOG.debug("%s: %d members from %s (directory %s)", remote.name, len(chosen), url,
+                       "cached" if remote.from_cache else f"read, {remote.bytes_read} bytes")
             res = fetch_members(remote, chosen, dest, connections=connections,
                                 timeouts=timeouts, retry=retry, log=log, progress=progress,
                                 check_existing=check, max_gap=max_gap, max_span=max_span)

@@ -40,6 +40,7 @@ from isic2020.archive.decode import (
 from isic2020.archive.rules import Member, damaged_member
 from isic2020.archive.zipformat import DEFLATED, STORED
 from isic2020.errors import DiskError, Isic2020Error, UsageError, VerificationError
+from isic2020.report import count_images
 from isic2020.store.libc import libc
 
 DEFAULT_WORKERS = 2
@@ -361,6 +362,7 @@ class _Processes:
     def _message(self, w: _Worker, line: bytes) -> None:
         kind, _, arg = line.partition(b" ")
         if kind == b"c":
+            count_images(int(arg))  # the worker's own count is its copy's, lost
             if self.bar is not None:
                 self.bar.update(int(arg))
             self.send_next(w)

@@ -8,6 +8,7 @@ belong to the command's process: a program that imports isic2020 keeps its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -18,7 +19,10 @@ import click
 
 from isic2020 import config
 from isic2020.catalog.manifest import FORMAT_CHOICES, SPLIT_CHOICES
+from isic2020.cli import logs
 from isic2020.errors import EXIT_DOWNLOAD, EXIT_INTERRUPTED, EXIT_USAGE, Isic2020Error
+from isic2020.report import configure as configure_progress
+from isic2020.report import write_line
 from isic2020.store import libc
 from isic2020.version import __version__
 
@@ -27,12 +31,14 @@ ENV_MIRROR = "ISIC2020_MIRROR"
 
 
 def err(msg: str) -> None:
-    click.echo(f"isic2020: {msg}", err=True)
+    """One line on stderr (never inside a progress bar), and in the ``--log-file``."""
+    write_line(f"isic2020: {msg}")
+    logs.to_file(msg)
 
 
 def bars(quiet: bool) -> bool:
-    """Progress bars only for a person watching: not with --quiet, not into a log file."""
-    return not quiet and sys.stderr.isatty()
+    """Progress unless --quiet: bars on a terminal, a plain line now and then elsewhere."""
+    return not quiet
 
 
 #: Version of the ``--json`` document's envelope (``command``, ``ok``, ``exit_code``, ``error``).
@@ -85,8 +91,18 @@ def fail(as_json: bool, exit_code: int, kind: str, line: str, error: Any = None)
 
 def run_command(fn: Callable[[], Any], as_json: bool, quiet: bool) -> None:
     """Run a library call; map its errors to one stderr line and an exit code."""
+    ctx = click.get_current_context(silent=True)
+    choice = logs.LogChoice() if ctx is None else ctx.meta.get(_LOG_CHOICE, logs.LogChoice())
+    with contextlib.ExitStack() as stack:
+        _run_logged(stack, choice, fn, as_json, quiet)
+
+
+def _run_logged(stack: contextlib.ExitStack, choice: logs.LogChoice, fn: Callable[[], Any],
+                as_json: bool, quiet: bool) -> None:
     try:
-        report = fn()
+        stack.enter_context(logs.logging_for(choice, quiet))
+        configure_progress(interval=config.load().progress_interval)
+        result = fn()
     except Isic2020Error as exc:
         fail(as_json, exc.exit_code, type(exc).__name__, exc.one_line(), exc)
     except KeyboardInterrupt:
@@ -102,10 +118,10 @@ def run_command(fn: Callable[[], Any], as_json: bool, quiet: bool) -> None:
             f"internal error {type(exc).__name__}: {exc}; please report it "
             "(set ISIC2020_DEBUG=1 to see the traceback)",
         )
-    emit(report, as_json, quiet)
-    code = getattr(report, "exit_code", 0)
+    emit(result, as_json, quiet)
+    code = getattr(result, "exit_code", 0)
     if code:
-        err(f"error: {failure_summary(report)}")
+        err(f"error: {failure_summary(result)}")
     sys.exit(code)
 
 
@@ -172,7 +188,27 @@ def mirror_option(what: str) -> Callable[[F], F]:
     )
 
 
+_LOG_CHOICE = "isic2020.log_choice"
+
+
+def _log_choice(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """``--verbose``/``--log-file`` are kept for :func:`run_command` (no command parameter)."""
+    choice = ctx.meta.get(_LOG_CHOICE, logs.LogChoice())
+    if param.name == "verbose":
+        choice = logs.LogChoice(bool(value), choice.log_file)
+    elif value:
+        choice = logs.LogChoice(choice.verbose, str(value))
+    ctx.meta[_LOG_CHOICE] = choice
+
+
 def output_options(fn: F) -> F:
+    fn = click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+                      expose_value=False, callback=_log_choice, metavar="FILE",
+                      help="Append every message and the --verbose lines, with timestamps, "
+                      "to FILE.")(fn)
+    fn = click.option("--verbose", "-v", is_flag=True, expose_value=False, callback=_log_choice,
+                      help="Say each decision: host chosen, resumed at byte N, retries, "
+                      "throttle changes.")(fn)
     fn = click.option("--quiet", "-q", is_flag=True, help="No progress bars, no summary.")(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="One JSON report on stdout.")(fn)
     return fn

@@ -16,6 +16,7 @@ from isic2020.cli.app import (
     run_command,
     selection_options,
 )
+from isic2020.cli.logs import notice
 
 
 @cli.command()
@@ -97,7 +98,7 @@ def fetch(
                        keep_archives=keep_archives)
     how = FetchHow(connections=connections, extract=not no_extract, direct=direct,
                    dry_run=dry_run, lock_timeout=lock_timeout, progress=bars(quiet),
-                   log=None if quiet else err)
+                   log=notice)
     run_command(lambda: do_fetch(what, place, how), as_json, quiet)
 
 

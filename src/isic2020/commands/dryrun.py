@@ -2,7 +2,9 @@
 
 One row per file of the selection (``FetchReport.dry_run``, the ``dry_run`` key of the JSON).
 Every row has ``name, state, size, url, to_transfer, disk_needed, free``, so scripts summing the
-rows need not know the modes. A whole file's row comes from its record or partial download on
+rows need not know the modes; a whole archive's row also has ``disk_needed_direct`` (its images
+alone, in whole blocks: what ``--direct`` would need), so the summary can say when the fetch
+will not fit and ``--direct`` would. A whole file's row comes from its record or partial download on
 disk and a HEAD to the first host that answers (``sources.first_answer``); a host that fails is
 reported in ``state``, never a failure of the dry run.
 
@@ -38,11 +40,11 @@ from isic2020.archive.zipformat import Entry as RemoteMember
 from isic2020.catalog.manifest import FileEntry, Manifest
 from isic2020.catalog.selection import Selection, make_selection, read_images_file
 from isic2020.commands.fetch_options import FetchRun, FetchWhat
-from isic2020.commands.ondisk import partial_bytes, trusted
+from isic2020.commands.ondisk import images_on_disk, partial_bytes, trusted
 from isic2020.commands.sources import first_answer, ranged_urls
 from isic2020.errors import DownloadError, VerificationError
 from isic2020.report import human_size
-from isic2020.store.fsutil import free_bytes
+from isic2020.store.fsutil import block_size, free_bytes, on_disk
 from isic2020.store.layout import Layout
 from isic2020.store.records import Records
 from isic2020.transfer.engine import Downloader
@@ -101,6 +103,7 @@ def file_rows(run: FetchRun, entries: list[FileEntry]) -> list[dict[str, Any]]:
     layout = run.layout
     records = Records(layout.records_path)
     free = free_bytes(layout.root)
+    block = block_size(layout.root)
     downloader = Downloader(run.options)
     rows = []
     try:
@@ -115,8 +118,11 @@ def file_rows(run: FetchRun, entries: list[FileEntry]) -> list[dict[str, Any]]:
             if have:
                 state = f"partial ({human_size(have)} of {human_size(size)})"
             to_transfer = max(0, size - have)
-            disk = to_transfer + (size if e.is_archive and run.how.extract else 0)
-            rows.append(file_row(e, state, to_transfer, disk, free, size, url))
+            images = images_on_disk(e, size, block) if e.is_archive and run.how.extract else 0
+            row = file_row(e, state, to_transfer, to_transfer + images, free, size, url)
+            if images:
+                row["disk_needed_direct"] = images  # --direct: the images, no archive
+            rows.append(row)
     finally:
         downloader.close()
     return rows
@@ -250,13 +256,14 @@ def member_row(run: FetchRun, entry: FileEntry, free: int | None = 0) -> MemberR
         row.note = (f"run `isic2020 fetch --split {split} --format none --data-dir "
                     f"{layout.root}` (a few MB), then this dry run again to size the subset")
         return row
-    _size_members(row, remote, found, sel, layout.images_dir(fmt, split), what.subset)
+    _size_members(row, remote, found, sel, layout.images_dir(fmt, split), what.subset,
+                  block_size(layout.root))
     return row
 
 
 def _size_members(
     row: MemberRow, remote: RemoteZip, found: dict[str, RemoteMember], sel: Selection,
-    dest_dir: Path, subset: bool,
+    dest_dir: Path, subset: bool, block: int,
 ) -> None:
     """The counts and bytes of ``row`` once the selection and the directory are known."""
     if subset:
@@ -276,7 +283,7 @@ def _size_members(
     row.member_bytes = sum(s.length for s in spans)
     row.ranges = len(spans)
     row.to_transfer = row.directory_bytes + row.member_bytes
-    row.disk_needed = sum(m.file_size for m in todo)
+    row.disk_needed = sum(on_disk(m.file_size, block) for m in todo)  # a block per image
     row.state = (f"{row.mode}: {len(todo)} to fetch" if todo
                  else f"{row.mode}: all {present} present")
 
@@ -327,10 +334,17 @@ def dry_run_lines(rows: list[dict[str, Any]]) -> list[str]:
             lines.extend(member_lines(row))
         total += row["to_transfer"]
         need += row["disk_needed"]
+    free = rows[0]["free"] if rows else None
     lines.append(
         f"total to transfer {human_size(total)}; disk needed about {human_size(need)}; "
-        f"free {_free(rows[0]['free']) if rows else '?'}"
+        f"free {_free(free) if rows else '?'}"
     )
+    if free is not None and need > free:
+        lines.append(f"will not fit: about {human_size(need - free)} more than is free")
+        direct = sum(r.get("disk_needed_direct", r["disk_needed"]) for r in rows)
+        if any("disk_needed_direct" in r for r in rows) and direct <= free:
+            lines.append(f"--direct would fit: only the images, no archive (about "
+                         f"{human_size(direct)})")
     return lines
 
 

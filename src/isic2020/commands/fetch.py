@@ -15,8 +15,11 @@ Modules: ``fetch_options`` (what, where, how), ``sources`` (mirrors and hosts), 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from isic2020.catalog.manifest import FileEntry, Manifest, load_manifest
 from isic2020.commands.dryrun import dry_run
@@ -35,9 +38,10 @@ from isic2020.commands.fetch_step import fetch_file
 from isic2020.commands.fetch_verify import verify_if_changed
 from isic2020.commands.members import direct_has_work, fetch_members
 from isic2020.commands.notices import write_notices
-from isic2020.commands.ondisk import check_space
-from isic2020.commands.sources import check_mirrors
+from isic2020.commands.ondisk import check_space, trusted
+from isic2020.commands.sources import check_mirrors, first_answer
 from isic2020.errors import DiskError
+from isic2020.report import file_done, overall
 from isic2020.store.layout import Layout
 from isic2020.store.lock import data_dir_lock
 from isic2020.store.records import Records
@@ -111,13 +115,18 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
     layout, how = run.layout, run.how
     run.records = Records(layout.records_path)
     run.records.heal(how.log)
-    check_space(layout, run.records, entries, how.extract, run.members_only)
-    if how.extract:
-        run.precheck = MetadataPrecheck(layout, run.manifest, run.what.split)
     downloader = Downloader(run.options)
     try:
-        for entry in entries:  # the CSVs come first: a subset is chosen from them
-            report.files.append(_fetch_entry(run, downloader, entry))
+        space = check_space(layout, run.records, entries, how.extract, run.members_only,
+                            server_sizes(run, downloader, entries))
+        if how.extract:
+            run.precheck = MetadataPrecheck(layout, run.manifest, run.what.split)
+        expected = {**{e.name: 0 for e in entries if e.is_archive and run.members_only},
+                    **space.sizes}
+        with overall(f"{run.what.split} {run.what.fmt}", expected, enabled=how.progress):
+            for entry in entries:  # the CSVs come first: a subset is chosen from them
+                report.files.append(_fetch_entry(run, downloader, entry))
+                file_done(entry.name)
     finally:
         downloader.close()
     if how.extract:
@@ -127,6 +136,26 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
         )
     if report.exit_code == 0:
         write_notices(layout)
+
+
+def server_sizes(run: FetchRun, downloader: Downloader, entries: list[FileEntry]) -> dict[str, int]:
+    """The size each server says, for the files whose exact size the manifest does not pin
+    (a HEAD each; a ``file://`` mirror's file is looked at), so the space check counts what
+    this mirror serves. A host that does not answer leaves the published size."""
+    sizes: dict[str, int] = {}
+    for e in entries:
+        if e.size is not None or (e.is_archive and run.members_only):
+            continue
+        if run.records is not None and trusted(run.records.file(e.name), e,
+                                               run.layout.final_path(e)):
+            continue
+        size, url, _ = first_answer(e, run.mirrors, downloader)
+        if url is not None and url.startswith("file://"):
+            with contextlib.suppress(OSError):
+                size = os.stat(unquote(urlsplit(url).path)).st_size
+        if size:
+            sizes[e.name] = size
+    return sizes
 
 
 def _fetch_entry(run: FetchRun, downloader: Downloader, entry: FileEntry) -> FileOutcome:

@@ -8,6 +8,7 @@ state file says are done. Everything here reads; nothing writes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from isic2020.catalog.manifest import FileEntry
@@ -15,7 +16,7 @@ from isic2020.catalog.plausible import content_problem
 from isic2020.commands.fetch_options import Log
 from isic2020.errors import DiskError
 from isic2020.report import human_size
-from isic2020.store.fsutil import free_bytes
+from isic2020.store.fsutil import block_size, free_bytes, on_disk
 from isic2020.store.layout import Layout
 from isic2020.store.records import FileRecord, Records, done_intervals, read_json
 from isic2020.transfer.model import DownloadResult
@@ -64,15 +65,54 @@ def cached_result(rec: FileRecord, final: Path) -> DownloadResult:
     )
 
 
-def check_space(
+def images_on_disk(entry: FileEntry, archive_size: int, block: int) -> int:
+    """About what an archive's images take once unpacked, counted in whole blocks.
+
+    Each image costs at least a block, so 33,126 images of 1 KB take 135 MB, not 33 MB. The
+    count is the manifest's, scaled down when the server's archive is smaller than the
+    published one (a mirror of a sample holds fewer images); each image is taken at the
+    archive's average size, rounded up to a block."""
+    n = entry.images or 0
+    published = entry.approx_bytes
+    if n and published > archive_size:
+        n = max(1, round(n * archive_size / published))
+    if not n:
+        return archive_size
+    return n * on_disk(-(-archive_size // n), block)
+
+
+@dataclass
+class SpaceNeed:
+    """What a fetch still needs on disk, from the server's sizes where known."""
+
+    #: name -> bytes of each file still to download (its whole size: a resume counts its bytes
+    #: done); the overall progress line adds these up.
+    sizes: dict[str, int] = field(default_factory=dict)
+    #: bytes still to download plus the unpacked images (whole blocks).
+    need: int = 0
+    #: what the same fetch needs with ``--direct``: the other files and only the images.
+    direct_need: int = 0
+    free: int | None = None
+
+    def fits(self) -> bool:
+        return self.free is None or self.need <= self.free
+
+    def direct_fits(self) -> bool:
+        return self.free is not None and self.direct_need <= self.free < self.need
+
+
+def space_needed(
     layout: Layout,
     records: Records,
     entries: list[FileEntry],
     extract: bool,
     members_only: bool = False,
-) -> None:
-    """Refuse to start what cannot finish: remaining download plus unpacked images."""
-    need = 0
+    server_sizes: dict[str, int] | None = None,
+) -> SpaceNeed:
+    """Remaining download plus unpacked images: the server's sizes (``server_sizes``, from a
+    HEAD) win over the manifest's published ones (a 50 MB mirror is not refused for 46 GB)."""
+    block = block_size(layout.root)
+    out = SpaceNeed(free=free_bytes(layout.root))  # None: the filesystem does not say (ramfs)
     for e in entries:
         if e.is_archive and members_only:
             continue  # images only, no archive: extraction checks the space per archive
@@ -81,15 +121,38 @@ def check_space(
             continue
         if e.is_archive and e.name in records.extracted and not layout.final_path(e).exists():
             continue
-        need += max(0, e.approx_bytes - partial_bytes(layout, e))
-        if e.is_archive and extract:
-            # Images take about the archive's size again; with --no-keep-archives the archive
-            # is deleted only after its images are in place, so the peak is the same.
-            need += e.approx_bytes
-    free = free_bytes(layout.root)  # None: the filesystem does not say (ramfs)
-    if free is not None and need > free:
+        size = (server_sizes or {}).get(e.name) or e.approx_bytes
+        out.sizes[e.name] = size
+        download = max(0, size - partial_bytes(layout, e))
+        images = images_on_disk(e, size, block) if e.is_archive and extract else 0
+        # With --no-keep-archives the archive is deleted only after its images are in place,
+        # so the peak is the archive and its images.
+        out.need += download + images
+        out.direct_need += images if e.is_archive else download
+    if not extract:  # --direct unpacks: no suggestion for a fetch that keeps only archives
+        out.direct_need = out.need
+    return out
+
+
+def check_space(
+    layout: Layout,
+    records: Records,
+    entries: list[FileEntry],
+    extract: bool,
+    members_only: bool = False,
+    server_sizes: dict[str, int] | None = None,
+) -> SpaceNeed:
+    """Refuse to start what cannot finish (:func:`space_needed`); what it needs otherwise."""
+    need = space_needed(layout, records, entries, extract, members_only, server_sizes)
+    if not need.fits():
+        assert need.free is not None
+        hint = "free space, choose another --data-dir, or fetch with --no-extract"
+        if need.direct_fits():
+            hint = (f"fetch with --direct (only the images, no archive: about "
+                    f"{human_size(need.direct_need)}), free space, or choose another --data-dir")
         raise DiskError(
-            f"not enough disk space in {layout.root}: about {human_size(need)} needed, "
-            f"{human_size(free)} free",
-            "free space, choose another --data-dir, or fetch with --no-extract",
+            f"not enough disk space in {layout.root}: about {human_size(need.need)} needed, "
+            f"{human_size(need.free)} free",
+            hint,
         )
+    return need

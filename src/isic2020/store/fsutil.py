@@ -343,6 +343,23 @@ def refuse_state_links(state_dir: Path) -> None:
                     stack.append(e.path)
 
 
+def block_size(path: str | os.PathLike[str]) -> int:
+    """The block a file on the filesystem holding ``path`` (its nearest existing ancestor) is
+    counted in (``st_blksize``; 4096 when it does not say): a 1 KB image costs a block."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return os.stat(p).st_blksize or 4096
+    except OSError:
+        return 4096
+
+
+def on_disk(size: int, block: int) -> int:
+    """``size`` bytes rounded up to whole blocks: what one file of that size costs."""
+    return -(-size // block) * block if block > 0 else size
+
+
 def free_bytes(path: str | os.PathLike[str]) -> int | None:
     """Free space on the filesystem holding ``path`` (its nearest existing ancestor), or None
     when the filesystem does not say: ramfs (and some FUSE mounts) report 0 free of 0 total,

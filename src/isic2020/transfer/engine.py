@@ -21,6 +21,7 @@ How a file travels (every step is there for a failure we have seen or expect):
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ from isic2020.transfer.repair import RepairFailed, repair
 from isic2020.transfer.retry import HostFailed
 from isic2020.transfer.single import SingleStream, Streamed, copy_local
 from isic2020.transfer.verdict import content_check, etag_check, failed, reason
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,8 @@ class Downloader:
         tally = _Tally()
         while True:
             remote = self._preflight(t, url)
+            _LOG.debug("%s: from %s (%s bytes, ETag %s, %s)", t.name, url, remote.size,
+                       remote.etag, "ranged" if remote.size is not None else "one stream")
             try:
                 got = self._fetch(t, remote, tally)
                 size = t.partial.stat().st_size

@@ -9,6 +9,7 @@ directory, at its end) is fetched first, cut finer so that every connection help
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from isic2020.transfer.partial import PartialFile
 from isic2020.transfer.pool import Piece, RangePool, Span, SpanSink
 from isic2020.transfer.ranges import RangeClient
 from isic2020.transfer.throttle import Throttle
+
+_LOG = logging.getLogger(__name__)
 
 Digests = tuple[str, "str | None", "str | None"]
 
@@ -91,6 +94,9 @@ class RangedTransfer(SpanSink):
         """Fetch every missing byte; the digests of the whole file."""
         self.done = self.file.open()
         self.resumed_bytes = sum(b - a for a, b in self.done)
+        if self.resumed_bytes:
+            _LOG.debug("%s: resumed at byte %d (%d of %d bytes already on disk)",
+                       self.file.path.name, self._frontier(), self.resumed_bytes, self.size)
         if self.bar is not None:
             self.bar.update(self.resumed_bytes)
         self.hashers = Hashers(self.file.fd, self.size, self.remote.part_size,

@@ -11,6 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -22,6 +23,8 @@ import urllib3
 
 from isic2020.errors import Interrupted
 from isic2020.transfer.http import RedirectRefused
+
+_LOG = logging.getLogger(__name__)
 
 #: What a retry may cure: the network, not the server's answer.
 NETWORK_ERRORS = (
@@ -97,6 +100,8 @@ class RetryWindow:
             self.retries += 1
             self.last_error = why
             stalled = time.monotonic() - self.last_progress
+            n = self.retries
+        _LOG.debug("retry %d: %s", n, why)
         if stalled > self.policy.window:
             raise HostFailed(f"no progress for {stalled:.0f}s (last error: {why})")
 

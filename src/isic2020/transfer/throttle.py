@@ -9,10 +9,13 @@ the same parallelism only earns more of them.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 from isic2020.errors import Interrupted
+
+_LOG = logging.getLogger(__name__)
 
 
 class Throttle:
@@ -47,6 +50,7 @@ class Throttle:
                 if self._ok >= 4:
                     self.limit += 1
                     self._ok = 0
+                    _LOG.debug("throttle: up to %d connections", self.limit)
             self._cond.notify_all()
 
     def slowdown(self, delay: float) -> None:
@@ -55,3 +59,5 @@ class Throttle:
             self.limit = max(1, self.limit // 2)
             self._ok = 0
             self.pause_until = max(self.pause_until, time.monotonic() + delay)
+        _LOG.debug("throttle: the server asked to slow down; %d connections, pausing %.1fs",
+                   self.limit, delay)
