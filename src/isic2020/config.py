@@ -33,6 +33,7 @@ STREAM = "ISIC2020_STREAM"
 MALLOC = "ISIC2020_MALLOC"
 DEBUG = "ISIC2020_DEBUG"
 S3_PRESIGN_SECONDS = "ISIC2020_S3_PRESIGN_SECONDS"
+LIMIT_RATE = "ISIC2020_LIMIT_RATE"
 
 
 @dataclass(frozen=True)
@@ -61,17 +62,24 @@ TABLE: tuple[Variable, ...] = (
     Variable(STREAM, "1", "0 turns off unpacking while an archive downloads (to compare)"),
     Variable(MALLOC, "1", "0 leaves glibc's allocator at its defaults (Linux)"),
     Variable(DEBUG, "0", "1 shows the traceback of an internal error"),
+    Variable(LIMIT_RATE, "0",
+             "overall download cap in bytes/s over every connection (K, M suffixes; 0 off)"),
     Variable(S3_PRESIGN_SECONDS, "3600",
              "lifetime of the presigned URLs of an s3:// mirror (made anew before they expire)"),
 )
 
 
+_SCALES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
 def parse_rate(raw: str) -> float:
-    """``1024``, ``1K``, ``1.5M`` (binary, as aria2c) -> bytes/s; ValueError otherwise."""
+    """``1024``, ``1K``, ``1.5M``, ``1G`` (binary, as aria2c) -> bytes/s; ValueError
+    otherwise."""
     text = raw.strip()
     scale = 1
-    if text[-1:].upper() in ("K", "M"):
-        scale = 1024 if text[-1].upper() == "K" else 1024 * 1024
+    suffix = text[-1:].upper()
+    if suffix in _SCALES:
+        scale = _SCALES[suffix]
         text = text[:-1]
     value = float(text) * scale
     if value < 0 or value != value or value == float("inf"):
@@ -134,6 +142,7 @@ class Settings:
     malloc: bool = True
     debug: bool = False
     s3_presign_seconds: float | None = None
+    limit_rate: float | None = None
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -153,6 +162,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         malloc=flag(MALLOC, True, env),
         debug=flag(DEBUG, False, env),
         s3_presign_seconds=_presign(env),
+        limit_rate=_rate(env, LIMIT_RATE),
     )
 
 
