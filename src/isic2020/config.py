@@ -34,6 +34,7 @@ MALLOC = "ISIC2020_MALLOC"
 DEBUG = "ISIC2020_DEBUG"
 S3_PRESIGN_SECONDS = "ISIC2020_S3_PRESIGN_SECONDS"
 PROGRESS_INTERVAL = "ISIC2020_PROGRESS_INTERVAL"
+LIMIT_RATE = "ISIC2020_LIMIT_RATE"
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ TABLE: tuple[Variable, ...] = (
     Variable(STREAM, "1", "0 turns off unpacking while an archive downloads (to compare)"),
     Variable(MALLOC, "1", "0 leaves glibc's allocator at its defaults (Linux)"),
     Variable(DEBUG, "0", "1 shows the traceback of an internal error"),
+    Variable(LIMIT_RATE, "0",
+             "overall download cap in bytes/s over every connection (K, M suffixes; 0 off)"),
     Variable(S3_PRESIGN_SECONDS, "3600",
              "lifetime of the presigned URLs of an s3:// mirror (made anew before they expire)"),
     Variable(PROGRESS_INTERVAL, "30",
@@ -69,12 +72,17 @@ TABLE: tuple[Variable, ...] = (
 )
 
 
+_SCALES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
 def parse_rate(raw: str) -> float:
-    """``1024``, ``1K``, ``1.5M`` (binary, as aria2c) -> bytes/s; ValueError otherwise."""
+    """``1024``, ``1K``, ``1.5M``, ``1G`` (binary, as aria2c) -> bytes/s; ValueError
+    otherwise."""
     text = raw.strip()
     scale = 1
-    if text[-1:].upper() in ("K", "M"):
-        scale = 1024 if text[-1].upper() == "K" else 1024 * 1024
+    suffix = text[-1:].upper()
+    if suffix in _SCALES:
+        scale = _SCALES[suffix]
         text = text[:-1]
     value = float(text) * scale
     if value < 0 or value != value or value == float("inf"):
@@ -138,6 +146,7 @@ class Settings:
     debug: bool = False
     s3_presign_seconds: float | None = None
     progress_interval: float | None = None
+    limit_rate: float | None = None
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -158,6 +167,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         debug=flag(DEBUG, False, env),
         s3_presign_seconds=_presign(env),
         progress_interval=_seconds(env, PROGRESS_INTERVAL),
+        limit_rate=_rate(env, LIMIT_RATE),
     )
 
 

@@ -19,7 +19,8 @@ from isic2020.synthetic import build_dataset
 
 PREFIX = "/challenges/2020/"
 
-#: Every keyword ``isic2020.fetch`` took before the option objects, with a non-default value.
+#: Every keyword ``isic2020.fetch`` takes (the 18 it took before the option objects, then the
+#: newer ones), each with a non-default value.
 OLD_KEYWORDS = {
     "split": "train", "fmt": "dicom", "images": "names.txt", "sample": 5, "seed": 7,
     "where": "target == 1",
@@ -27,6 +28,8 @@ OLD_KEYWORDS = {
     "keep_archives": False,
     "connections": 3, "extract": False, "direct": True, "dry_run": True, "lock_timeout": 2.0,
     "progress": True, "log": print, "options": None,
+    # Added since, each a field of FetchHow like the rest:
+    "limit_rate": "1M", "read_timeout": 5.0, "connect_timeout": 2.0, "retry_window": 9.0,
 }
 
 
@@ -37,7 +40,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_every_old_keyword_lands_in_the_field_of_its_name() -> None:
-    """Each of the 18 keywords is a field of exactly one option object, with that value."""
+    """Each keyword is a field of exactly one option object, with that value."""
     from isic2020.commands.fetch_options import options_from_keywords
 
     what, place, how = options_from_keywords(None, None, None, dict(OLD_KEYWORDS))

@@ -61,7 +61,7 @@ def fetch_remote_members(
     A host that fails (after its retry window) hands over to the next URL (same object:
     the directory is keyed by ETag); a changed object drops the cached directory, re-reads it
     and goes on with ``check_existing="crc"`` so no file of the old version is trusted by size
-    alone. ``file://`` URLs are not served by ranges and are skipped.
+    alone. A ``file://`` URL is read in place by offset (never copied whole).
     """
     retry = retry or RetryPolicy()
     failures: list[str] = []
@@ -70,12 +70,9 @@ def fetch_remote_members(
     rereads: dict[str, int] = {}  # url -> directories read again after a damaged member
     check: Literal["size", "crc"] = "size"
     i = 0
-    http_urls = [u for u in urls if not u.startswith("file://")]
+    http_urls = list(urls)
     if not http_urls:
-        raise UsageError(
-            "direct and partial fetch need an http(s) URL (file:// mirrors have no byte ranges)",
-            "fetch the whole archive instead",
-        )
+        raise UsageError("no URL for this archive", "give a --mirror or fix the manifest")
     while i < len(http_urls):
         url = http_urls[i]
         try:

@@ -48,10 +48,10 @@ from isic2020.errors import Interrupted
 from isic2020.report import progress_bar
 from isic2020.store.records import file_mode
 from isic2020.transfer.http import Timeouts
+from isic2020.transfer.localfile import range_client
 from isic2020.transfer.model import READ_BLOCK
 from isic2020.transfer.pool import RangePool
 from isic2020.transfer.pool import Span as PoolSpan
-from isic2020.transfer.ranges import RangeClient
 from isic2020.transfer.retry import HostFailed, RetryPolicy
 from isic2020.transfer.throttle import Throttle
 
@@ -304,7 +304,7 @@ class _MemberFetch:
         self.mode = file_mode()
         self.planned = self.planned_bytes = 0
         self.most_pieces = 0  # how many connections the spans could keep busy
-        self.client = RangeClient(
+        self.client = range_client(
             remote.url, remote.size, remote.etag, remote.last_modified,
             timeouts=timeouts, retry=retry, throttle=Throttle(max(1, connections)),
             abort=self.abort, on_bytes=(bar.update if bar is not None else None),

@@ -52,6 +52,7 @@ from isic2020.store.fsutil import atomic_write
 from isic2020.transfer.digests import normalize_etag
 from isic2020.transfer.engine import Downloader
 from isic2020.transfer.http import Timeouts, make_session
+from isic2020.transfer.localfile import is_file_url, range_client, stat_file
 from isic2020.transfer.model import DownloadOptions
 from isic2020.transfer.pool import Piece, RangePool, Span, SpanSink
 from isic2020.transfer.ranges import RangeClient
@@ -125,7 +126,13 @@ def host_failed(url: str, exc: HostFailed) -> DownloadError:
 def probe(
     url: str, *, timeouts: Timeouts | None = None, retry: RetryPolicy | None = None
 ) -> tuple[int, str | None, str | None]:
-    """``(size, etag, last_modified)`` from a HEAD, retried like the engine's probe."""
+    """``(size, etag, last_modified)`` from a HEAD, retried like the engine's probe (a
+    ``file://`` URL: its size and modification time)."""
+    if is_file_url(url):
+        try:
+            return stat_file(url)
+        except HostFailed as exc:
+            raise host_failed(url, exc) from None
     d = Downloader(DownloadOptions(timeouts=timeouts or Timeouts(), retry=retry or RetryPolicy()))
     try:
         remote = d.probe(url)
@@ -162,7 +169,7 @@ def read_central_directory(
     retry = retry or RetryPolicy()
     size, etag, last_modified = probe(url, timeouts=timeouts, retry=retry)
     expected = normalize_etag(expected_etag)
-    if expected and etag != expected:
+    if expected and etag != expected and not is_file_url(url):
         raise ObjectChanged(f"{url}: ETag is {etag}, expected {expected}")
     return _read_directory(url, size, etag, last_modified, session=session, timeouts=timeouts,
                            retry=retry, connections=connections)
@@ -182,7 +189,7 @@ def _read_directory(
     """The directory of the object the caller's probe pinned (size, ETag, Last-Modified)."""
     own = session is None
     sess = session or make_session(2)
-    client = RangeClient(url, size, etag, last_modified, timeouts=timeouts, retry=retry)
+    client = range_client(url, size, etag, last_modified, timeouts=timeouts, retry=retry)
     try:
         remote = _read_cd(client, sess, url, size, connections)
     except HostFailed as exc:
@@ -349,11 +356,12 @@ def open_remote(
     size, etag, last_modified = probe(url, timeouts=timeouts, retry=retry)
     if cache is not None:
         cached = load_cached(cache, cache_key(etag, size, last_modified))
-        if cached is not None and (not expected_etag or cached.etag == expected_etag):
+        if cached is not None and (not expected_etag or cached.etag == expected_etag
+                                   or is_file_url(url)):
             cached.url = url
             return cached
     expected = normalize_etag(expected_etag)
-    if expected and etag != expected:
+    if expected and etag != expected and not is_file_url(url):
         raise ObjectChanged(f"{url}: ETag is {etag}, expected {expected}")
     remote = _read_directory(url, size, etag, last_modified, session=None, timeouts=timeouts,
                              retry=retry, connections=connections)

@@ -183,8 +183,8 @@ def mirror_option(what: str) -> Callable[[F], F]:
         metavar="URL",
         envvar=ENV_MIRROR,
         help=f"{what} <URL>/<official name> instead of the manifest's hosts; repeatable, tried "
-        "in order [env: ISIC2020_MIRROR, space separated]. http://, file:// and s3:// only "
-        "this way.",
+        "in order [env: ISIC2020_MIRROR, space separated]: http(s)://, s3://, file:// or a "
+        "local folder path.",
     )
 
 

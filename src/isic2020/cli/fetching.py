@@ -19,6 +19,24 @@ from isic2020.cli.app import (
 from isic2020.cli.logs import notice
 
 
+def network_options(fn: Any) -> Any:
+    """How hard and how fast to use the network; each wins over its environment variable."""
+    seconds = click.FloatRange(min=0, min_open=True)
+    for decl, dest, kind, text in reversed((
+        ("--limit-rate", "limit_rate", str, "Overall download cap over every connection, "
+         "bytes/s: 500K, 10M, 1G (binary, as aria2c); 0 for none [env: ISIC2020_LIMIT_RATE]."),
+        ("--timeout", "read_timeout", seconds, "Seconds a request may wait between two "
+         "received blocks [default: 30; env: ISIC2020_READ_TIMEOUT]."),
+        ("--connect-timeout", "connect_timeout", seconds, "Seconds to open a connection "
+         "[default: 10; env: ISIC2020_CONNECT_TIMEOUT]."),
+        ("--retry-window", "retry_window", seconds, "Seconds without a new byte before a host "
+         "is given up for the next one [default: 300; env: ISIC2020_RETRY_WINDOW]."),
+    )):
+        metavar = "RATE" if kind is str else "S"
+        fn = click.option(decl, dest, type=kind, default=None, metavar=metavar, help=text)(fn)
+    return fn
+
+
 @cli.command()
 @selection_options()
 @common_options
@@ -69,6 +87,7 @@ from isic2020.cli.logs import notice
     is_flag=True,
     help="Read the images straight out of the remote zip: the archive is never stored.",
 )
+@network_options
 @output_options
 def fetch(
     split: str,
@@ -86,6 +105,10 @@ def fetch(
     seed: int,
     where: str | None,
     direct: bool,
+    limit_rate: str | None,
+    read_timeout: float | None,
+    connect_timeout: float | None,
+    retry_window: float | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -98,7 +121,8 @@ def fetch(
                        keep_archives=keep_archives)
     how = FetchHow(connections=connections, extract=not no_extract, direct=direct,
                    dry_run=dry_run, lock_timeout=lock_timeout, progress=bars(quiet),
-                   log=notice)
+                   log=notice, limit_rate=limit_rate, read_timeout=read_timeout,
+                   connect_timeout=connect_timeout, retry_window=retry_window)
     run_command(lambda: do_fetch(what, place, how), as_json, quiet)
 
 

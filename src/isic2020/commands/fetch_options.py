@@ -24,6 +24,7 @@ from isic2020.catalog.manifest import Manifest
 from isic2020.errors import UsageError
 from isic2020.transfer.http import Timeouts
 from isic2020.transfer.model import DEFAULT_CHUNK, DEFAULT_CONNECTIONS, DownloadOptions
+from isic2020.transfer.ratelimit import RateLimit
 from isic2020.transfer.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -89,8 +90,17 @@ class FetchHow:
     progress: bool = False
     #: Where messages go (one line each; None: nowhere). ``--json`` output is the report's.
     log: Log | None = None
-    #: The engine's options, whole (default: :func:`download_options` of ``connections``).
+    #: The engine's options, whole (default: :func:`download_options` of this object).
     options: DownloadOptions | None = None
+    #: Overall cap in bytes/s over every connection and file (``--limit-rate``; ``"10M"``
+    #: is read as aria2c does, binary); None: ``$ISIC2020_LIMIT_RATE``, else no cap.
+    limit_rate: float | str | None = None
+    #: Seconds a request may wait between two received blocks (``--timeout``).
+    read_timeout: float | None = None
+    #: Seconds to open a connection (``--connect-timeout``).
+    connect_timeout: float | None = None
+    #: Seconds without a new byte before a host is given up (``--retry-window``).
+    retry_window: float | None = None
 
 
 _GROUPS: tuple[type, ...] = (FetchWhat, FetchPlace, FetchHow)
@@ -142,32 +152,63 @@ def check_options(what: FetchWhat, how: FetchHow) -> None:
 
 
 def download_options(
-    connections: int | None = None, progress: bool = False, log: Log | None = None
+    connections: int | None = None, progress: bool = False, log: Log | None = None,
+    how: FetchHow | None = None,
 ) -> DownloadOptions:
-    """Engine options, with the timeouts and retry window the environment may override."""
+    """Engine options: ``how``'s network fields (options) win over the environment, which
+    wins over the defaults. One :class:`RateLimit` is made here for the whole fetch."""
     env = config.load()
+    how = how or FetchHow()
 
-    def pick(value: float | None, default: float) -> float:
-        return default if value is None else value
+    def pick(*values: float | None) -> float:
+        return next(v for v in values if v is not None)
 
+    rate = _limit_rate(how.limit_rate)
+    rate = env.limit_rate if rate is None else rate
     return DownloadOptions(
         connections=connections or DEFAULT_CONNECTIONS,
         chunk_size=int(pick(env.chunk_size, DEFAULT_CHUNK)),
         timeouts=Timeouts(
-            connect=pick(env.connect_timeout, Timeouts.connect),
-            read=pick(env.read_timeout, Timeouts.read),
+            connect=pick(_positive(how.connect_timeout, "connect_timeout"),
+                         env.connect_timeout, Timeouts.connect),
+            read=pick(_positive(how.read_timeout, "read_timeout"),
+                      env.read_timeout, Timeouts.read),
             lowest_speed=pick(env.lowest_speed, Timeouts.lowest_speed),
             speed_time=pick(env.speed_time, Timeouts.speed_time),
+            rate_limit=RateLimit(rate) if rate else None,
         ),
-        retry=RetryPolicy(window=pick(env.retry_window, RetryPolicy.window)),
+        retry=RetryPolicy(window=pick(_positive(how.retry_window, "retry_window"),
+                                      env.retry_window, RetryPolicy.window)),
         progress=progress,
         log=log,
     )
 
 
+def _limit_rate(value: float | str | None) -> float | None:
+    """``--limit-rate``'s bytes/s (0: no cap); a malformed one is a UsageError."""
+    if value is None:
+        return None
+    try:
+        rate = config.parse_rate(value) if isinstance(value, str) else float(value)
+    except ValueError:
+        rate = -1.0
+    if not 0 <= rate < float("inf"):
+        raise UsageError(
+            f"--limit-rate {value!r} is not a rate",
+            "give bytes per second, e.g. 500K, 10M or 1G (binary units, as aria2c); 0 for none",
+        )
+    return rate
+
+
+def _positive(value: float | None, name: str) -> float | None:
+    if value is not None and not 0 < value < float("inf"):
+        raise UsageError(f"{name} must be a positive number of seconds, not {value!r}")
+    return value
+
+
 def engine_options(how: FetchHow) -> DownloadOptions:
-    """``how.options`` when given, else the environment's with ``how``'s connections."""
-    return how.options or download_options(how.connections, how.progress, how.log)
+    """``how.options`` when given, else the environment's under ``how``'s options."""
+    return how.options or download_options(how.connections, how.progress, how.log, how)
 
 
 @dataclass

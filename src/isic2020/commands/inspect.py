@@ -213,7 +213,7 @@ def _open_first(
     """The directory from the first host that serves it; when none does, a verification
     error if every host answered with a damaged archive, else a download error."""
     failures, damaged = [], []
-    for url in (u for u in urls if not u.startswith("file://")):
+    for url in urls:
         try:
             return open_remote(url, cache, timeouts=timeouts, retry=retry,
                                expected_etag=entry.etag)

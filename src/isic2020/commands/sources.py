@@ -3,12 +3,15 @@
 Invariants: a mirror is an ``http://``, ``https://`` or ``file://`` folder URL (plain http only
 ever comes from a mirror the user named, never from the manifest); mirrors are tried before the
 manifest's hosts, in the order given (``FileEntry.urls``); a member fetch (subset or
-``--direct``) needs byte ranges, so only http(s) URLs serve it.
+``--direct``) reads byte ranges: ranged GETs over http(s), ``pread`` of a ``file://`` file.
+A plain path (``/srv/isic``, ``./mirror``, ``~/isic``) is a ``file://`` mirror of that
+folder, which must exist (a typo is refused before anything is read).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from isic2020.catalog.manifest import FileEntry
@@ -22,6 +25,9 @@ def check_mirrors(mirrors: Sequence[str], names: Sequence[str] = ()) -> list[str
     bucket and ``names`` are found there (:mod:`isic2020.transfer.objectstore`)."""
     out = []
     for m in mirrors:
+        if is_plain_path(m):
+            out.append(path_mirror(m))
+            continue
         if m.lower().startswith("s3://"):
             from isic2020.transfer.objectstore import s3_mirror
 
@@ -33,20 +39,34 @@ def check_mirrors(mirrors: Sequence[str], names: Sequence[str] = ()) -> list[str
         ):
             raise UsageError(
                 f"mirror {m!r} is not an http://, https://, file:// or s3:// URL",
-                "give the folder URL that holds the official file names",
+                "give the folder URL (or a local folder path) that holds the official file names",
             )
         out.append(m)
     return out
 
 
+def is_plain_path(mirror: str) -> bool:
+    """A mirror given as a path, not a URL: no ``scheme://``."""
+    return "://" not in mirror and bool(mirror.strip())
+
+
+def path_mirror(mirror: str) -> str:
+    """The ``file://`` URL of a mirror folder given as a path; refused when it is no folder."""
+    folder = Path(mirror).expanduser().resolve()
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        raise UsageError(
+            f"mirror {mirror!r} {what} ({folder})",
+            "give the folder that holds the official file names, or an http(s):// or s3:// URL",
+        )
+    return folder.as_uri()
+
+
 def ranged_urls(entry: FileEntry, mirrors: Sequence[str]) -> list[str]:
     """The URLs that can serve byte ranges of ``entry`` (a member fetch); refuses when none."""
-    urls = [u for u in entry.urls(mirrors) if not u.startswith("file://")]
+    urls = entry.urls(mirrors)
     if not urls:
-        raise UsageError(
-            "direct and partial fetch need an http(s) URL (file:// mirrors have no byte ranges)",
-            "fetch the whole archive instead",
-        )
+        raise UsageError("no URL for this archive", "give a --mirror or fix the manifest")
     return urls
 
 

@@ -13,12 +13,13 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
 import requests
 from requests.adapters import HTTPAdapter
 
+from isic2020.transfer.ratelimit import RateLimit
 from isic2020.version import __version__
 
 USER_AGENT = (
@@ -35,12 +36,16 @@ class Timeouts:
     does: slower than ``lowest_speed`` bytes/s over ``speed_time`` seconds fails the request
     (curl's ``--speed-limit``/``--speed-time``, aria2c's ``--lowest-speed-limit``). 0 turns it
     off. See :mod:`isic2020.transfer.speed`.
+
+    ``rate_limit``: the fetch's one overall cap (``--limit-rate``), shared by every reader
+    these timeouts reach; the time spent waiting for it never counts against the server.
     """
 
     connect: float = 10.0
     read: float = 30.0
     lowest_speed: float = 1024.0
     speed_time: float = 30.0
+    rate_limit: RateLimit | None = field(default=None, compare=False)
 
     def as_tuple(self) -> tuple[float, float]:
         return (self.connect, self.read)

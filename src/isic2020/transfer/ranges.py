@@ -174,7 +174,8 @@ class RangeClient:
         ) as resp:
             self._check(resp, pos, end)
             raw = resp.raw
-            guard = SpeedGuard(self.timeouts.lowest_speed, self.timeouts.speed_time)
+            guard = SpeedGuard(self.timeouts.lowest_speed, self.timeouts.speed_time,
+                               rate_limit=self.timeouts.rate_limit, abort=self.abort)
             while pos < end:
                 if self.abort.is_set():
                     raise Interrupted("aborted")

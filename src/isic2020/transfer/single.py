@@ -164,7 +164,8 @@ class SingleStream:
         except OSError as exc:
             raise disk_error(exc, self.partial) from None
         timeouts = self.opts.timeouts
-        guard = SpeedGuard(timeouts.lowest_speed, timeouts.speed_time)
+        guard = SpeedGuard(timeouts.lowest_speed, timeouts.speed_time,
+                           rate_limit=timeouts.rate_limit)
         began = guard.start
         written = 0
         with fh:

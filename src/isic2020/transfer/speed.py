@@ -11,6 +11,10 @@ The check runs after every socket read, so reads must return as bytes arrive:
 :func:`read_block` fills a block with ``read1`` (one ``recv`` each) instead of ``read``, which
 blocks until the whole block is there (at 0.5 B/s, 256 KiB would take 6 days per read).
 Memory is a fixed ring of counters, whatever the speed.
+
+With an overall cap (``--limit-rate``, :mod:`isic2020.transfer.ratelimit`) the guard is where
+each read pays for its bytes; the seconds a read waited for the cap are taken off the guard's
+clock, so our own pause never makes a healthy server look slow.
 """
 
 from __future__ import annotations
@@ -18,7 +22,12 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import threading
+
+    from isic2020.transfer.ratelimit import RateLimit
 
 #: Buckets per window: the measured rate is lenient by at most one bucket (10%).
 _BUCKETS = 10
@@ -40,11 +49,17 @@ class SpeedGuard:
         lowest_speed: float,
         speed_time: float,
         clock: Callable[[], float] = time.monotonic,
+        rate_limit: RateLimit | None = None,
+        abort: threading.Event | None = None,
     ) -> None:
         self.limit = max(0.0, lowest_speed)
         self.window = max(speed_time, 1e-3)
         self.width = self.window / _BUCKETS
-        self.clock = clock
+        self._wall = clock
+        #: Seconds spent waiting for ``rate_limit``: not the server's time.
+        self.paused = 0.0
+        self.rate_limit = rate_limit
+        self.abort = abort
         self.start = clock()
         self._buckets: deque[list[float]] = deque()  # [bucket start, bytes]
         self.received = 0
@@ -52,13 +67,19 @@ class SpeedGuard:
         #: handed out first, the error is raised by the next :func:`read_block`.
         self.pending: BaseException | None = None
 
+    def clock(self) -> float:
+        """The server's time: the wall clock less the pauses for ``rate_limit``."""
+        return self._wall() - self.paused
+
     @property
     def enabled(self) -> bool:
         return self.limit > 0
 
     def feed(self, n: int) -> None:
-        """Count ``n`` bytes that arrived now."""
+        """Count ``n`` bytes that arrived now (and pay for them under ``rate_limit``)."""
         self.received += n
+        if self.rate_limit is not None:
+            self.paused += self.rate_limit.take(n, self.abort)
         if not self.enabled:
             return
         now = self.clock()
