@@ -23,7 +23,12 @@ from isic2020.archive.members import (
     Log,
     fetch_members,
 )
-from isic2020.archive.remote import DEFAULT_CONNECTIONS, RemoteZip, open_remote
+from isic2020.archive.remote import (
+    DEFAULT_CONNECTIONS,
+    RangesNotServed,
+    RemoteZip,
+    open_remote,
+)
 from isic2020.archive.zipformat import Entry as RemoteMember
 from isic2020.errors import (
     DiskError,
@@ -63,6 +68,8 @@ def fetch_remote_members(
     retry = retry or RetryPolicy()
     failures: list[str] = []
     damaged: list[str] = []
+    no_ranges: list[str] = []  # hosts that serve no byte ranges
+    no_ranges_hint = ""
     restarts = 0
     rereads: dict[str, int] = {}  # url -> directories read again after a damaged member
     check: Literal["size", "crc"] = "size"
@@ -108,9 +115,12 @@ def fetch_remote_members(
             _failed(exc, url, failures, damaged, log, i + 1 < len(http_urls))
             i += 1
         except DownloadError as exc:
+            if isinstance(exc, RangesNotServed):
+                no_ranges.append(exc.message)
+                no_ranges_hint = exc.hint or ""
             _failed(exc, url, failures, damaged, log, i + 1 < len(http_urls))
             i += 1
-    raise _all_failed(failures, damaged)
+    raise _all_failed(failures, damaged, no_ranges, no_ranges_hint)
 
 
 def _drop(cache: Path | None) -> None:
@@ -130,8 +140,12 @@ def _failed(exc: DownloadError | VerificationError, url: str, failures: list[str
         log(f"{exc.message}; trying the next host")
 
 
-def _all_failed(failures: list[str], damaged: list[str]) -> VerificationError | DownloadError:
-    """Every host failed: a verification error when each served a damaged archive."""
+def _all_failed(failures: list[str], damaged: list[str], no_ranges: list[str],
+                no_ranges_hint: str) -> VerificationError | DownloadError:
+    """Every host failed: a verification error when each served a damaged archive, a
+    :class:`RangesNotServed` when none serves byte ranges."""
+    if no_ranges and len(no_ranges) == len(failures):
+        return RangesNotServed("; ".join(no_ranges), no_ranges_hint)
     if damaged and len(damaged) == len(failures):
         return VerificationError(
             "; ".join(damaged),

@@ -36,6 +36,7 @@ from isic2020.commands.fetch_verify import verify_if_changed
 from isic2020.commands.members import direct_has_work, fetch_members
 from isic2020.commands.notices import write_notices
 from isic2020.commands.ondisk import check_space
+from isic2020.commands.repair import fetch_command
 from isic2020.commands.sources import check_mirrors
 from isic2020.errors import DiskError
 from isic2020.store.layout import Layout
@@ -125,6 +126,8 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
             layout, run.manifest, run.records, run.what.split, run.what.fmt, how.progress,
             run.precheck,
         )
+        if not run.what.subset:  # the repair is this very fetch (with its mirrors)
+            report.verification.repair = fetch_command(run)
     if report.exit_code == 0:
         write_notices(layout)
 

@@ -56,8 +56,11 @@ def fetch_file(run: FetchRun, downloader: Downloader, entry: FileEntry) -> FileO
     if rec is not None and rec.matches_stat(final):
         landed = _Landed(FileOutcome(cached_result(rec, final), entry.name, "cached"))
     elif rec is not None and done_extraction and not final.exists() and run.how.extract:
-        # Unpacked earlier with --no-keep-archives: the images are the data now.
-        return FileOutcome(cached_result(rec, final), entry.name, "extracted (archive not kept)")
+        # Unpacked earlier with --no-keep-archives: the images are the data now; what is
+        # missing or damaged of them is fetched by byte ranges (``repair``).
+        from isic2020.commands.repair import restore_members
+
+        return restore_members(run, entry, rec)
     else:
         landed = _land(run, downloader, entry, final)
         result = landed.outcome.result
