@@ -74,6 +74,14 @@ def _original(dataset, name: str) -> bytes:
 
 
 def _check_repaired_by_ranges(data: Path, mirror: FaultServer, dataset, victims: list[str]):
+    spans = _members(dataset)
+    wanted = sum(spans[v][1] - spans[v][0] for v in victims)
+    mirror.reset_counters()
+    dry = _fetch(data, mirror, dataset, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    (row,) = [r for r in dry.json["dry_run"] if r["name"] == ZIP]
+    assert row["repair"] == victims and row["to_transfer"] == wanted
+    assert mirror.requests(ZIP) == []  # judged from the saved directory alone
     mirror.reset_counters()
     r = _fetch(data, mirror, dataset)
     assert r.returncode == 0, r.stderr
@@ -82,8 +90,6 @@ def _check_repaired_by_ranges(data: Path, mirror: FaultServer, dataset, victims:
     assert entry["extraction"]["repaired_images"] == victims
     assert r.json["repaired"] == 4
     # only those members' byte ranges: no archive, no directory (it was saved when unpacked)
-    spans = _members(dataset)
-    wanted = sum(spans[v][1] - spans[v][0] for v in victims)
     sent = mirror.bytes_sent(ZIP)
     assert sum(spans[v][2] for v in victims) <= sent <= wanted * 1.05
     assert entry["bytes_transferred"] == sent == r.json["bytes_transferred"]

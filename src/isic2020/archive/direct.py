@@ -14,17 +14,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from isic2020.archive.members import (
-    DEFAULT_MAX_GAP,
-    DEFAULT_MAX_SPAN,
     FetchMembersResult,
     Log,
+    MemberFetchOptions,
     fetch_members,
 )
 from isic2020.archive.remote import (
-    DEFAULT_CONNECTIONS,
     RangesNotServed,
     RemoteZip,
     open_remote,
@@ -39,7 +37,6 @@ from isic2020.errors import (
     VerificationError,
 )
 from isic2020.store.fsutil import remove_file
-from isic2020.transfer.http import Timeouts
 from isic2020.transfer.retry import RetryPolicy
 
 
@@ -47,25 +44,25 @@ def fetch_remote_members(
     urls: Sequence[str],
     choose: Callable[[RemoteZip], Sequence[RemoteMember]],
     dest: Callable[[RemoteMember], Path],
+    options: MemberFetchOptions | None = None,
     *,
     cache: Path | None = None,
     expected_etag: str | None = None,
-    connections: int = DEFAULT_CONNECTIONS,
-    timeouts: Timeouts | None = None,
-    retry: RetryPolicy | None = None,
-    log: Log | None = None,
-    progress: bool = False,
-    max_gap: int = DEFAULT_MAX_GAP,
-    max_span: int = DEFAULT_MAX_SPAN,
+    **keywords: Any,
 ) -> tuple[RemoteZip, FetchMembersResult]:
     """Open the archive at the first URL that works and fetch ``choose(remote)`` into place.
 
-    A host that fails (after its retry window) hands over to the next URL (same object:
-    the directory is keyed by ETag); a changed object drops the cached directory, re-reads it
-    and goes on with ``check_existing="crc"`` so no file of the old version is trusted by size
-    alone. ``file://`` URLs are not served by ranges and are skipped.
+    ``options`` (:class:`~isic2020.archive.members.MemberFetchOptions`), whose fields are also
+    keywords (a keyword replaces that field). A host that fails (after its retry window)
+    hands over to the next URL (same object: the directory is keyed by ETag); a changed object
+    drops the cached directory, re-reads it and goes on with ``check_existing="crc"`` so no
+    file of the old version is trusted by size alone. ``file://`` URLs are not served by
+    ranges and are skipped.
     """
-    retry = retry or RetryPolicy()
+    opts = (options or MemberFetchOptions()).but(**keywords)
+    retry = opts.retry or RetryPolicy()
+    opts = opts.but(retry=retry)
+    log = opts.log
     failures: list[str] = []
     damaged: list[str] = []
     no_ranges: list[str] = []  # hosts that serve no byte ranges
@@ -83,12 +80,10 @@ def fetch_remote_members(
     while i < len(http_urls):
         url = http_urls[i]
         try:
-            remote = open_remote(url, cache, timeouts=timeouts, retry=retry,
-                                 expected_etag=expected_etag, connections=connections)
+            remote = open_remote(url, cache, timeouts=opts.timeouts, retry=retry,
+                                 expected_etag=expected_etag, connections=opts.connections)
             chosen = choose(remote)
-            res = fetch_members(remote, chosen, dest, connections=connections,
-                                timeouts=timeouts, retry=retry, log=log, progress=progress,
-                                check_existing=check, max_gap=max_gap, max_span=max_span)
+            res = fetch_members(remote, chosen, dest, opts, check_existing=check)
             return remote, res
         except ObjectChanged as exc:
             restarts += 1

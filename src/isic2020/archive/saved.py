@@ -26,7 +26,7 @@ from pathlib import Path
 
 from isic2020.archive.decode import present_files
 from isic2020.archive.remote import RemoteMember, RemoteZip, cache_key, load_cached, save_cached
-from isic2020.archive.rules import plan_entries
+from isic2020.archive.rules import Refused, plan_entries
 from isic2020.archive.zipformat import BadZip, read_directory
 
 
@@ -99,3 +99,21 @@ def missing_members(remote: RemoteZip, fmt: str, folder: Path) -> Missing:
         out.members.append(m.entry)
         (out.absent if have is None else out.wrong_size).append(m.final)
     return out
+
+
+def repair_needs(
+    state_dir: Path, archive: str, fmt: str, folder: Path, size: int, etag: str | None,
+    sha256: str,
+) -> tuple[list[str], int, int] | None:
+    """``(images, bytes to fetch, bytes to write)`` a repair of ``folder`` would cost, from the
+    saved directory (None when there is none for this archive, or it breaks the rules)."""
+    remote = load_directory(directory_path(state_dir, archive), size, etag, sha256)
+    if remote is None:
+        return None
+    try:
+        todo = missing_members(remote, fmt, folder)
+    except Refused:
+        return None
+    ends = remote.member_end()
+    return (todo.names, sum(ends[m.header_offset] - m.header_offset for m in todo.members),
+            sum(m.file_size for m in todo.members))

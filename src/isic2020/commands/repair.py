@@ -28,6 +28,7 @@ from typing import Any
 from isic2020.catalog.manifest import FileEntry
 from isic2020.commands.fetch_options import FetchRun
 from isic2020.commands.fetch_report import FileOutcome
+from isic2020.commands.members import member_options
 from isic2020.commands.ondisk import cached_result
 from isic2020.errors import DownloadError
 from isic2020.store.records import FileRecord
@@ -87,7 +88,7 @@ def _fetch_missing(run: FetchRun, entry: FileEntry, rec: FileRecord, known: bool
     from isic2020.archive.remote import RangesNotServed
     from isic2020.archive.saved import directory_path
 
-    layout, opts, log = run.layout, run.options, run.how.log
+    layout, log = run.layout, run.how.log
     found: list[Any] = []
     finals: dict[int, str] = {}
     dest_dir = layout.images_dir(entry.format, entry.split)
@@ -108,9 +109,8 @@ def _fetch_missing(run: FetchRun, entry: FileEntry, rec: FileRecord, known: bool
     try:
         remote, res = fetch_remote_members(
             entry.urls(run.mirrors), choose, lambda m: dest_dir / finals[m.header_offset],
-            cache=directory_path(layout.state_dir, entry.name), expected_etag=entry.etag,
-            connections=opts.connections, timeouts=opts.timeouts, retry=opts.retry, log=log,
-            progress=run.how.progress,
+            member_options(run), cache=directory_path(layout.state_dir, entry.name),
+            expected_etag=entry.etag,
         )
     except DownloadError as exc:
         if not found and not known:  # its directory could not be read: nothing to compare
@@ -147,3 +147,5 @@ def _fetch_missing(run: FetchRun, entry: FileEntry, rec: FileRecord, known: bool
         "members": res.to_dict(),
     }
     return outcome
+
+
