@@ -10,7 +10,8 @@ where the last one stopped. ``--dry-run`` (``dryrun``) takes the same decisions,
 and takes no lock.
 
 Modules: ``fetch_options`` (what, where, how), ``sources`` (mirrors and hosts), ``ondisk``
-(what is already done), ``fetch_report`` (the report and its JSON).
+(what is already done), ``repair`` (images of an archive no longer kept, by byte ranges),
+``fetch_report`` (the report and its JSON).
 """
 
 from __future__ import annotations
