@@ -206,3 +206,24 @@ def test_verify_names_the_fetch_that_repairs(dataset, mirror, tmp_path):
     # it is the command that repairs (the mirror is where this test's data comes from)
     fixed = run_cli(*shlex.split(want)[1:], "--mirror", mirror.url, env=env)
     assert fixed.returncode == 0, fixed.stderr
+
+
+def test_without_a_saved_directory_the_remote_one_is_read_once(dataset, mirror, tmp_path):
+    """A data directory unpacked by an older version has no saved directory: the remote zip's
+    is read (once), the missing image restored, and the next re-run asks the server nothing."""
+    data = tmp_path / "data"
+    assert _fetch(data, mirror, dataset, "--no-keep-archives").returncode == 0
+    saved = data / ".isic2020" / "directories" / f"{ZIP}.json.gz"
+    assert saved.is_file()
+    saved.unlink()
+    victim = data / "jpeg" / "train" / f"{dataset.train_names[5]}.jpg"
+    victim.unlink()
+    r = _fetch(data, mirror, dataset)
+    assert r.returncode == 0, r.stderr
+    assert r.json["repaired"] == 1
+    assert victim.read_bytes() == _original(dataset, victim.name)
+    assert saved.is_file()
+    mirror.reset_counters()
+    again = _fetch(data, mirror, dataset)
+    assert again.returncode == 0, again.stderr
+    assert mirror.requests(ZIP) == []
