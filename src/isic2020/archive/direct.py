@@ -15,16 +15,19 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from isic2020.archive.members import (
-    DEFAULT_MAX_GAP,
-    DEFAULT_MAX_SPAN,
     FetchMembersResult,
     Log,
+    MemberFetchOptions,
     fetch_members,
 )
-from isic2020.archive.remote import DEFAULT_CONNECTIONS, RemoteZip, open_remote
+from isic2020.archive.remote import (
+    RangesNotServed,
+    RemoteZip,
+    open_remote,
+)
 from isic2020.archive.zipformat import Entry as RemoteMember
 from isic2020.errors import (
     DiskError,
@@ -35,7 +38,6 @@ from isic2020.errors import (
     VerificationError,
 )
 from isic2020.store.fsutil import remove_file
-from isic2020.transfer.http import Timeouts
 from isic2020.transfer.retry import RetryPolicy
 
 _LOG = logging.getLogger(__name__)
@@ -45,27 +47,29 @@ def fetch_remote_members(
     urls: Sequence[str],
     choose: Callable[[RemoteZip], Sequence[RemoteMember]],
     dest: Callable[[RemoteMember], Path],
+    options: MemberFetchOptions | None = None,
     *,
     cache: Path | None = None,
     expected_etag: str | None = None,
-    connections: int = DEFAULT_CONNECTIONS,
-    timeouts: Timeouts | None = None,
-    retry: RetryPolicy | None = None,
-    log: Log | None = None,
-    progress: bool = False,
-    max_gap: int = DEFAULT_MAX_GAP,
-    max_span: int = DEFAULT_MAX_SPAN,
+    **keywords: Any,
 ) -> tuple[RemoteZip, FetchMembersResult]:
     """Open the archive at the first URL that works and fetch ``choose(remote)`` into place.
 
-    A host that fails (after its retry window) hands over to the next URL (same object:
-    the directory is keyed by ETag); a changed object drops the cached directory, re-reads it
-    and goes on with ``check_existing="crc"`` so no file of the old version is trusted by size
-    alone. A ``file://`` URL is read in place by offset (never copied whole).
+    ``options`` (:class:`~isic2020.archive.members.MemberFetchOptions`), whose fields are also
+    keywords (a keyword replaces that field). A host that fails (after its retry window)
+    hands over to the next URL (same object: the directory is keyed by ETag); a changed object
+    drops the cached directory, re-reads it and goes on with ``check_existing="crc"`` so no
+    file of the old version is trusted by size alone. A ``file://`` URL is read in place by
+    offset (never copied whole).
     """
-    retry = retry or RetryPolicy()
+    opts = (options or MemberFetchOptions()).but(**keywords)
+    retry = opts.retry or RetryPolicy()
+    opts = opts.but(retry=retry)
+    log = opts.log
     failures: list[str] = []
     damaged: list[str] = []
+    no_ranges: list[str] = []  # hosts that serve no byte ranges
+    no_ranges_hint = ""
     restarts = 0
     rereads: dict[str, int] = {}  # url -> directories read again after a damaged member
     check: Literal["size", "crc"] = "size"
@@ -76,14 +80,12 @@ def fetch_remote_members(
     while i < len(http_urls):
         url = http_urls[i]
         try:
-            remote = open_remote(url, cache, timeouts=timeouts, retry=retry,
-                                 expected_etag=expected_etag, connections=connections)
+            remote = open_remote(url, cache, timeouts=opts.timeouts, retry=retry,
+                                 expected_etag=expected_etag, connections=opts.connections)
             chosen = choose(remote)
             _LOG.debug("%s: %d members from %s (directory %s)", remote.name, len(chosen), url,
                        "cached" if remote.from_cache else f"read, {remote.bytes_read} bytes")
-            res = fetch_members(remote, chosen, dest, connections=connections,
-                                timeouts=timeouts, retry=retry, log=log, progress=progress,
-                                check_existing=check, max_gap=max_gap, max_span=max_span)
+            res = fetch_members(remote, chosen, dest, opts, check_existing=check)
             return remote, res
         except ObjectChanged as exc:
             restarts += 1
@@ -110,9 +112,12 @@ def fetch_remote_members(
             _failed(exc, url, failures, damaged, log, i + 1 < len(http_urls))
             i += 1
         except DownloadError as exc:
+            if isinstance(exc, RangesNotServed):
+                no_ranges.append(exc.message)
+                no_ranges_hint = exc.hint or ""
             _failed(exc, url, failures, damaged, log, i + 1 < len(http_urls))
             i += 1
-    raise _all_failed(failures, damaged)
+    raise _all_failed(failures, damaged, no_ranges, no_ranges_hint)
 
 
 def _drop(cache: Path | None) -> None:
@@ -132,8 +137,12 @@ def _failed(exc: DownloadError | VerificationError, url: str, failures: list[str
         log(f"{exc.message}; trying the next host")
 
 
-def _all_failed(failures: list[str], damaged: list[str]) -> VerificationError | DownloadError:
-    """Every host failed: a verification error when each served a damaged archive."""
+def _all_failed(failures: list[str], damaged: list[str], no_ranges: list[str],
+                no_ranges_hint: str) -> VerificationError | DownloadError:
+    """Every host failed: a verification error when each served a damaged archive, a
+    :class:`RangesNotServed` when none serves byte ranges."""
+    if no_ranges and len(no_ranges) == len(failures):
+        return RangesNotServed("; ".join(no_ranges), no_ranges_hint)
     if damaged and len(damaged) == len(failures):
         return VerificationError(
             "; ".join(damaged),

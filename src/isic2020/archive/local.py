@@ -24,6 +24,7 @@ The caller (``commands.extract``, ``commands.fetch``) holds the data-dir lock.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import time
@@ -44,7 +45,7 @@ from isic2020.archive.workers import (
     write_run,
 )
 from isic2020.archive.zipformat import BadZip, read_directory
-from isic2020.catalog.manifest import EXTENSIONS, FileEntry
+from isic2020.catalog.manifest import FileEntry
 from isic2020.errors import DiskError, Interrupted, UsageError, VerificationError
 from isic2020.report import progress_bar
 from isic2020.store.fsutil import free_bytes, remove_tree
@@ -156,7 +157,7 @@ def extract_archive(
         raise UsageError(
             f"{path} does not exist", "run `isic2020 fetch` to download it first"
         ) from None
-    if _already_extracted(records, entry, st, dest_dir, result):
+    if _already_extracted(layout, records, entry, st, dest_dir, result):
         result.seconds = time.monotonic() - start
         return result
 
@@ -187,29 +188,65 @@ def extract_archive(
             "extracted_at": time.time(),
         },
     )
+    keep_directory(layout, records, entry)
     result.seconds = time.monotonic() - start
     return result
 
 
 def _already_extracted(
-    records: Records, entry: FileEntry, st: os.stat_result, dest_dir: Path,
+    layout: Layout, records: Records, entry: FileEntry, st: os.stat_result, dest_dir: Path,
     result: ArchiveExtraction,
 ) -> bool:
-    """The record says this very archive (size, mtime) was extracted and its images are
-    there: nothing to do (``result`` says so). A stale record is dropped."""
+    """The record says this very archive (size, mtime) was extracted and every image of it is
+    there, by name and size (a stray file must not stand in for a missing one): nothing to do
+    (``result`` says so). A stale record is dropped, and so is one whose images are not all
+    there: the extraction that follows writes what is missing."""
     done = records.extracted.get(entry.name)
-    if done and done.get("st_size") == st.st_size and done.get("st_mtime_ns") == st.st_mtime_ns:
-        present = present_files(dest_dir)
-        ext = EXTENSIONS[entry.format]
-        n = sum(1 for k in present if k.endswith("." + ext) and not k.startswith("."))
-        if n >= int(done.get("images", 0)):
-            result.status = "skipped"
-            result.images = int(done.get("images", 0))
-            result.non_images = list(done.get("non_images", []))
-            return True
+    same = bool(done) and (done.get("st_size"), done.get("st_mtime_ns")) == (st.st_size,
+                                                                             st.st_mtime_ns)
+    if same and not _images_missing(layout, records, entry, dest_dir):
+        result.status = "skipped"
+        result.images = int(done.get("images", 0))
+        result.non_images = list(done.get("non_images", []))
+        return True
     if done:
         records.drop_extracted(entry.name)
     return False
+
+
+def _images_missing(layout: Layout, records: Records, entry: FileEntry, dest_dir: Path) -> bool:
+    """Is any image of the landed archive absent from ``dest_dir`` or not its size? From the
+    saved directory when there is one for this archive (``saved``), else from the archive's."""
+    from isic2020.archive.saved import directory_path, load_directory, missing_members
+
+    rec = records.file(entry.name)
+    remote = None
+    if rec is not None:
+        remote = load_directory(directory_path(layout.state_dir, entry.name), rec.size,
+                                rec.etag, rec.sha256)
+    if remote is not None:
+        try:
+            return bool(missing_members(remote, entry.format, dest_dir).members)
+        except Refused:
+            pass  # the archive's own directory decides below
+    present = present_files(dest_dir)
+    members = plan_archive(layout.final_path(entry), entry).members
+    keep_directory(layout, records, entry)  # next time, without parsing the archive
+    return any(present.get(m.final) != m.entry.file_size for m in members)
+
+
+def keep_directory(layout: Layout, records: Records, entry: FileEntry) -> None:
+    """Save the landed archive's directory (``saved``) unless it is saved already: once the
+    archive goes, it is what a later ``fetch`` repairs the images from."""
+    from isic2020.archive.saved import directory_path, load_directory, save_directory
+
+    rec = records.file(entry.name)
+    if rec is None:
+        return
+    dest = directory_path(layout.state_dir, entry.name)
+    if load_directory(dest, rec.size, rec.etag, rec.sha256) is None:
+        with contextlib.suppress(DiskError):  # (a read-only copy): only a later repair needs it
+            save_directory(layout.final_path(entry), dest, rec.url, rec.etag, rec.sha256)
 
 
 def _todo(

@@ -34,7 +34,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,6 +70,25 @@ MIN_SPLIT = 256 * KiB
 ASK_MAX = DEFAULT_MAX_SPAN
 
 Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class MemberFetchOptions:
+    """How members are fetched (the options :func:`fetch_members` and
+    ``direct.fetch_remote_members`` share): connections, the transfer's timeouts and retry
+    policy, log and progress bar, and the coalescing limits of :func:`plan_ranges`."""
+
+    connections: int = DEFAULT_CONNECTIONS
+    timeouts: Timeouts | None = None
+    retry: RetryPolicy | None = None
+    log: Log | None = None
+    progress: bool = False
+    max_gap: int = DEFAULT_MAX_GAP
+    max_span: int = DEFAULT_MAX_SPAN
+
+    def but(self, **keywords: Any) -> MemberFetchOptions:
+        """These options with ``keywords`` replacing fields (an unknown one: TypeError)."""
+        return replace(self, **keywords) if keywords else self
 
 
 @dataclass
@@ -199,17 +218,15 @@ def fetch_members(
     remote: RemoteZip,
     members: Sequence[RemoteMember],
     dest: Callable[[RemoteMember], Path],
+    options: MemberFetchOptions | None = None,
     *,
-    connections: int = DEFAULT_CONNECTIONS,
-    timeouts: Timeouts | None = None,
-    retry: RetryPolicy | None = None,
-    log: Log | None = None,
-    progress: bool = False,
-    max_gap: int = DEFAULT_MAX_GAP,
-    max_span: int = DEFAULT_MAX_SPAN,
     check_existing: Literal["size", "crc"] = "size",
+    **keywords: Any,
 ) -> FetchMembersResult:
     """Fetch ``members`` of ``remote`` by byte ranges straight to ``dest(member)``.
+
+    ``options`` (:class:`MemberFetchOptions`); each of its fields is also a keyword, which
+    replaces that field of the object given.
 
     Parallel over ``connections`` (each worker its own session, with the engine's AIMD
     throttle on 503/429), every member inflated, size- and CRC-checked against the directory,
@@ -224,18 +241,20 @@ def fetch_members(
     ObjectChanged when the archive changed (re-read its directory: :func:`open_remote`),
     DownloadError when the host gives up (after the retry window), DiskError, Interrupted.
     """
+    opts = (options or MemberFetchOptions()).but(**keywords)
+    connections, log = opts.connections, opts.log
     t0 = time.monotonic()
     result = FetchMembersResult(remote.name, remote.url, remote.etag, requested=len(members))
     chosen = checked_in_order(remote, members)
     ends = remote.member_end()
-    bar = _bar(progress, sum(ends[m.header_offset] - m.header_offset for m in chosen),
+    bar = _bar(opts.progress, sum(ends[m.header_offset] - m.header_offset for m in chosen),
                remote.name)
-    job = _MemberFetch(remote, result, connections, timeouts or Timeouts(),
-                       retry or RetryPolicy(), bar)
+    job = _MemberFetch(remote, result, connections, opts.timeouts or Timeouts(),
+                       opts.retry or RetryPolicy(), bar)
     try:
         job.start()
         job.plan(chosen, dest, check_existing,
-                 Coalescer(ends, max_gap, max_span, DEFAULT_MAX_WASTE))
+                 Coalescer(ends, opts.max_gap, opts.max_span, DEFAULT_MAX_WASTE))
         if log is not None and result.spans:
             log(f"{remote.name}: fetching {job.planned} members ({job.planned_bytes / 1e6:.1f} "
                 f"MB in {result.spans} ranges) over {min(connections, job.most_pieces)} "

@@ -55,7 +55,7 @@ from isic2020.transfer.http import Timeouts, make_session
 from isic2020.transfer.localfile import is_file_url, range_client, stat_file
 from isic2020.transfer.model import DownloadOptions
 from isic2020.transfer.pool import Piece, RangePool, Span, SpanSink
-from isic2020.transfer.ranges import RangeClient
+from isic2020.transfer.ranges import RangeClient, RangesIgnored
 from isic2020.transfer.retry import HostFailed, RetryPolicy
 
 __all__ = ["TAIL_BYTES", "RemoteMember", "RemoteZip", "open_remote", "read_central_directory"]
@@ -115,8 +115,18 @@ def damaged(archive: str, what: object) -> VerificationError:
     return VerificationError(f"{archive}: {what}", REMOTE_HINT)
 
 
+class RangesNotServed(DownloadError):
+    """A server that answers a ranged GET with the whole body: members cannot be fetched
+    alone from it (the caller says what to do instead: download the whole archive)."""
+
+
 def host_failed(url: str, exc: HostFailed) -> DownloadError:
     """The user's error for a host that failed after its retry window."""
+    if isinstance(exc, RangesIgnored):
+        return RangesNotServed(
+            f"{url}: {exc}",
+            "members of a zip need a server with byte ranges; fetch the whole archive instead",
+        )
     return DownloadError(
         f"{url}: {exc}",
         "check the network or try another --mirror, then run the same command again",

@@ -44,6 +44,8 @@ class VerifyReport:
     deep: bool
     checks: list[Check] = field(default_factory=list)
     seconds: float = 0.0
+    #: The ``isic2020 fetch`` that restores what is missing or damaged (None: not known).
+    repair: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -75,7 +77,26 @@ class VerifyReport:
             "failed": [c.name for c in self.failed()],
             "seconds": round(self.seconds, 3),
             "exit_code": self.exit_code,
+            "repair": None if self.ok else self.repair,
         }
+
+    def advice(self) -> str:
+        """What to do about the failed checks: the fetch that repairs them (it restores
+        missing images and those of another size than the zip's; one of the right size with
+        changed bytes must be deleted first), and the extra files, which nothing deletes."""
+        failed = self.failed()
+        if self.repair is None:
+            return "replace what is damaged (delete it and run `isic2020 fetch`)"
+        damaged = any(c.name.endswith(("/integrity", "/decode")) for c in failed)
+        extra = any(c.name.endswith("/names") and c.figures.get("extra") for c in failed)
+        missing = any(not c.name.endswith("/names") or c.figures.get("missing") for c in failed)
+        parts = []
+        if missing or damaged:
+            parts.append(("delete the damaged images it names, then " if damaged else "")
+                         + f"repair with `{self.repair}`")
+        if extra:
+            parts.append("move the extra files out of the image folder (nothing deletes them)")
+        return "; ".join(parts) or f"repair with `{self.repair}`"
 
     def summary_lines(self) -> list[str]:
         mode = "deep" if self.deep else "fast"

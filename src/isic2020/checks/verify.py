@@ -15,6 +15,7 @@ unchanged.
 from __future__ import annotations
 
 import os
+import shlex
 import threading
 import time
 from collections.abc import Iterable
@@ -210,6 +211,8 @@ def verify_data(
                 continue
             expected = _apply_selection(layout, fmt, s, expected, report)
             report.checks += image_checks(layout, fmt, s, expected, deep, progress)
+    report.repair = shlex.join(["isic2020", "fetch", "--split", split, "--format", fmt,
+                                "--data-dir", str(layout.root)])
     report.seconds = time.monotonic() - start
     return report
 

@@ -130,10 +130,9 @@ def failure_summary(report: Any) -> str:
     checked = getattr(report, "verification", None) or report
     failed = checked.failed() if hasattr(checked, "failed") else []
     what = ", ".join(c.name for c in failed) or "see the report"
-    return (
-        f"verification failed: {what}; see the report (--json for every problem), replace "
-        "what is damaged (delete it and run `isic2020 fetch`)"
-    )
+    advice = (checked.advice() if hasattr(checked, "advice")
+              else "replace what is damaged (delete it and run `isic2020 fetch`)")
+    return f"verification failed: {what}; see the report (--json for every problem), {advice}"
 
 
 def common_options(fn: F) -> F:

@@ -12,13 +12,14 @@ What goes (all of it rebuilt or re-downloaded by the next ``fetch`` if it is nee
   for it (verified), its extraction is recorded complete, and every image member of it is
   present with its size. An archive that is the only copy of anything is kept, and said why.
   ``fetch`` then reports the split as "extracted (archive not kept)", as after
-  ``--no-keep-archives``.
+  ``--no-keep-archives``, and repairs its images by byte ranges from the remote zip (the
+  archive's directory is kept in ``DATA/.isic2020/directories/``, which clean never empties).
 
-Never touched: metadata, images, records, selections, the lock. It holds the data directory's
-exclusive lock (``--dry-run``: the shared one), which first refuses a state folder holding a
-symbolic link (:func:`isic2020.store.fsutil.refuse_state_links`); removals go through
-:func:`isic2020.store.fsutil.remove_tree`/``remove_file``, which follow no link: nothing outside
-DATA is ever deleted.
+Never touched: metadata, images, records, selections, saved directories, the lock. It holds
+the data directory's exclusive lock (``--dry-run``: the shared one), which first refuses a
+state folder holding a symbolic link (:func:`isic2020.store.fsutil.refuse_state_links`);
+removals go through :func:`isic2020.store.fsutil.remove_tree`/``remove_file``, which follow no
+link: nothing outside DATA is ever deleted.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from isic2020.archive.decode import present_files
-from isic2020.archive.local import plan_archive
+from isic2020.archive.local import keep_directory, plan_archive
 from isic2020.catalog.manifest import FORMATS, SPLITS, FileEntry, Manifest, load_manifest
 from isic2020.catalog.plausible import content_problem
 from isic2020.commands.status import disk_usage, parts, unreadable
@@ -123,6 +124,8 @@ def clean(
                     why = keep_reason(layout, records, entry)
                     rel = _rel(layout, layout.final_path(entry))
                     if why is None:
+                        if not dry_run:  # what a later fetch repairs its images from
+                            keep_directory(layout, records, entry)
                         targets.append((layout.final_path(entry), "archives"))
                     else:
                         report.kept.append(KeptArchive(rel, why))

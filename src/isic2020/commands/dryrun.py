@@ -43,10 +43,10 @@ from isic2020.commands.fetch_options import FetchRun, FetchWhat
 from isic2020.commands.ondisk import images_on_disk, partial_bytes, trusted
 from isic2020.commands.sources import first_answer, ranged_urls
 from isic2020.errors import DownloadError, VerificationError
-from isic2020.report import human_size
+from isic2020.report import human_size, plural
 from isic2020.store.fsutil import block_size, free_bytes, on_disk
 from isic2020.store.layout import Layout
-from isic2020.store.records import Records
+from isic2020.store.records import FileRecord, Records
 from isic2020.transfer.engine import Downloader
 
 #: ``state`` of a row whose subset cannot be chosen yet (a stable prefix for scripts).
@@ -112,6 +112,10 @@ def file_rows(run: FetchRun, entries: list[FileEntry]) -> list[dict[str, Any]]:
             if rec is not None and trusted(rec, e, layout.final_path(e)):
                 rows.append(file_row(e, "verified", 0, 0, free, rec.size, rec.url))
                 continue
+            if (rec is not None and e.is_archive and run.how.extract and e.name in
+                    records.extracted and not layout.final_path(e).exists()):
+                rows.append(repair_row(run, e, rec, free))  # what a repair would fetch
+                continue
             size, url, state = first_answer(e, run.mirrors, downloader)
             size = size or e.approx_bytes
             have = partial_bytes(layout, e)
@@ -126,6 +130,25 @@ def file_rows(run: FetchRun, entries: list[FileEntry]) -> list[dict[str, Any]]:
     finally:
         downloader.close()
     return rows
+
+
+def repair_row(run: FetchRun, e: FileEntry, rec: FileRecord, free: int | None) -> dict[str, Any]:
+    """An extracted archive no longer kept: the images a repair would fetch by byte ranges,
+    from its saved directory (``archive.saved``; nothing asked of a server)."""
+    from isic2020.archive.saved import repair_needs
+
+    folder = run.layout.images_dir(e.format, e.split)
+    needs = repair_needs(run.layout.state_dir, e.name, e.format, folder, rec.size, rec.etag,
+                         rec.sha256)
+    state = "extracted (archive not kept)"
+    if needs is None:
+        row = file_row(e, f"{state}; its images are checked against the remote zip's "
+                       "directory", 0, 0, free, rec.size, rec.url)
+        return row | {"repair": []}
+    names, fetch, write = needs
+    if names:
+        state += f"; {plural(len(names), 'image')} to repair"
+    return file_row(e, state, fetch, write, free, rec.size, rec.url) | {"repair": names}
 
 
 def file_row(

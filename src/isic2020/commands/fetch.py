@@ -10,7 +10,8 @@ where the last one stopped. ``--dry-run`` (``dryrun``) takes the same decisions,
 and takes no lock.
 
 Modules: ``fetch_options`` (what, where, how), ``sources`` (mirrors and hosts), ``ondisk``
-(what is already done), ``fetch_report`` (the report and its JSON).
+(what is already done), ``repair`` (images of an archive no longer kept, by byte ranges),
+``fetch_report`` (the report and its JSON).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from isic2020.commands.fetch_verify import verify_if_changed
 from isic2020.commands.members import direct_has_work, fetch_members
 from isic2020.commands.notices import write_notices
 from isic2020.commands.ondisk import check_space, trusted
+from isic2020.commands.repair import fetch_command
 from isic2020.commands.sources import check_mirrors, first_answer
 from isic2020.errors import DiskError
 from isic2020.report import file_done, overall
@@ -134,6 +136,8 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
             layout, run.manifest, run.records, run.what.split, run.what.fmt, how.progress,
             run.precheck,
         )
+        if not run.what.subset:  # the repair is this very fetch (with its mirrors)
+            report.verification.repair = fetch_command(run)
     if report.exit_code == 0:
         write_notices(layout)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from isic2020.errors import EXIT_OK, EXIT_VERIFY
-from isic2020.report import human_size
+from isic2020.report import human_size, plural
 from isic2020.transfer.model import DownloadResult
 from isic2020.version import __version__
 
@@ -59,6 +59,11 @@ class FetchReport:
     def bytes_transferred(self) -> int:
         return sum(f.result.bytes_transferred for f in self.files if f.result is not None)
 
+    @property
+    def repaired(self) -> int:
+        """Images restored by byte ranges from the remote zip (``commands.repair``)."""
+        return sum(int((f.extraction or {}).get("repaired", 0)) for f in self.files)
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "isic2020": __version__,
@@ -70,6 +75,7 @@ class FetchReport:
             "exit_code": self.exit_code,
             "seconds": round(self.seconds, 3),
             "bytes_transferred": self.bytes_transferred,
+            "repaired": self.repaired,
             "files": [f.to_dict() for f in self.files],
         }
         if self.dry_run is not None:
@@ -86,6 +92,9 @@ class FetchReport:
         lines = []
         for f in self.files:
             extra = ""
+            repaired = int((f.extraction or {}).get("repaired", 0))
+            if repaired:
+                extra += f" ({plural(repaired, 'image')} repaired)"
             if f.result is not None and f.result.bytes_transferred:
                 extra = f" ({human_size(f.result.bytes_transferred)} transferred)"
             lines.append(f"{f.name}: {f.status}{extra}")

@@ -4,7 +4,9 @@ The order of trust, each step resumable on its own:
 
 1. a record whose stat still matches (and whose content can be the manifest's file) vouches for
    the file: zero bytes, no hashing;
-2. an archive unpacked earlier with ``--no-keep-archives`` is done: its images are the data;
+2. an archive unpacked earlier and no longer kept (``--no-keep-archives``, ``clean
+   --archives``) is done: its images are the data, and those missing or of another size than
+   its saved directory says are fetched by their byte ranges (``repair``);
 3. a file at its final path without a record is adopted when it verifies (a run killed right
    after landing it), else downloaded again;
 4. anything else goes through the engine, with an observer that unpacks an archive while it
@@ -56,8 +58,11 @@ def fetch_file(run: FetchRun, downloader: Downloader, entry: FileEntry) -> FileO
     if rec is not None and rec.matches_stat(final):
         landed = _Landed(FileOutcome(cached_result(rec, final), entry.name, "cached"))
     elif rec is not None and done_extraction and not final.exists() and run.how.extract:
-        # Unpacked earlier with --no-keep-archives: the images are the data now.
-        return FileOutcome(cached_result(rec, final), entry.name, "extracted (archive not kept)")
+        # Unpacked earlier with --no-keep-archives: the images are the data now; what is
+        # missing or damaged of them is fetched by byte ranges (``repair``).
+        from isic2020.commands.repair import restore_members
+
+        return restore_members(run, entry, rec)
     else:
         landed = _land(run, downloader, entry, final)
         result = landed.outcome.result

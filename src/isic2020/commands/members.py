@@ -15,7 +15,7 @@ import contextlib
 import os
 import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from isic2020.catalog.manifest import FileEntry
 from isic2020.catalog.selection import (
@@ -30,6 +30,9 @@ from isic2020.commands.fetch_report import FileOutcome
 from isic2020.store.fsutil import remove_file
 from isic2020.store.layout import Layout
 from isic2020.transfer.model import DownloadResult
+
+if TYPE_CHECKING:
+    from isic2020.archive.members import MemberFetchOptions
 
 
 def choose_subset(run: FetchRun, entry: FileEntry) -> Selection:
@@ -50,6 +53,15 @@ def choose_subset(run: FetchRun, entry: FileEntry) -> Selection:
     )
 
 
+def member_options(run: FetchRun) -> MemberFetchOptions:
+    """The member fetch's options from the run's (connections, timeouts, retry, log, bar)."""
+    from isic2020.archive.members import MemberFetchOptions
+
+    opts = run.options
+    return MemberFetchOptions(connections=opts.connections, timeouts=opts.timeouts,
+                              retry=opts.retry, log=run.how.log, progress=run.how.progress)
+
+
 def fetch_members(run: FetchRun, entry: FileEntry) -> FileOutcome:
     """The chosen members of ``entry`` at their final paths, each checked against the CRC-32
     of the central directory; the selection recorded for ``verify``."""
@@ -57,7 +69,7 @@ def fetch_members(run: FetchRun, entry: FileEntry) -> FileOutcome:
     from isic2020.archive.members import image_members
     from isic2020.archive.remote import cache_path
 
-    layout, opts, subset = run.layout, run.options, run.what.subset
+    layout, subset = run.layout, run.what.subset
     sel = choose_subset(run, entry)
     dest_dir = layout.images_dir(entry.format, entry.split)
     missing: list[str] = []
@@ -75,13 +87,9 @@ def fetch_members(run: FetchRun, entry: FileEntry) -> FileOutcome:
         entry.urls(run.mirrors),
         choose,
         lambda m: dest_dir / m.image_file_name(),
+        member_options(run),
         cache=cache_path(layout.state_dir, entry.name),
         expected_etag=entry.etag,
-        connections=opts.connections,
-        timeouts=opts.timeouts,
-        retry=opts.retry,
-        log=run.how.log,
-        progress=run.how.progress,
     )
     _record_selection(layout, entry, sel, subset)
     result = DownloadResult(

@@ -353,3 +353,44 @@ def test_sigkill_during_nginx_download_resumes_with_little_refetched(
     served = _body_bytes(nginx, ARCHIVE)
     assert len(blob) <= served < 1.5 * len(blob), f"{served} bytes sent for {len(blob)}"
     assert not list((data / ".isic2020" / "partial").iterdir())
+
+
+def test_repair_without_the_archive_fetches_only_the_missing_members_from_nginx(
+    dataset, nginx_server_factory, tmp_path
+):
+    """After ``--no-keep-archives``, two images deleted and one truncated: the same fetch
+    against nginx asks only for those members' byte ranges (nginx's log is the witness) and
+    the folder verifies again."""
+    import zipfile
+
+    nginx = nginx_server_factory(dataset.root)
+    data = tmp_path / "data"
+    args = ("--split", "train", "--format", "jpeg", "--no-keep-archives")
+    assert _fetch(data, nginx.url, *args, manifest=dataset.manifest_path).returncode == 0
+    folder = data / "jpeg" / "train"
+    victims = sorted(f"{n}.jpg" for n in dataset.train_names[:3])
+    for v in victims[:2]:
+        (folder / v).unlink()
+    (folder / victims[2]).write_bytes((folder / victims[2]).read_bytes()[:100])
+    with zipfile.ZipFile(dataset.path(ARCHIVE)) as zf:
+        infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
+        originals = {i.filename.rsplit("/", 1)[-1]: zf.read(i) for i in infos}
+    ends = {i.filename.rsplit("/", 1)[-1]: (i.header_offset,
+            infos[k + 1].header_offset if k + 1 < len(infos) else None)
+            for k, i in enumerate(infos)}
+    assert all(ends[v][1] is not None for v in victims)  # (none of them is the last member)
+    wanted = sum(ends[v][1] - ends[v][0] for v in victims)
+    before = len(nginx.log_entries())
+    r = _fetch(data, nginx.url, *args, "--json", manifest=dataset.manifest_path)
+    assert r.returncode == 0, r.stderr
+    assert r.json["repaired"] == 3
+    path = nginx.url_path(ARCHIVE)
+    served = [e for e in nginx.log_entries()[before:] if e.request_uri == path]
+    gets = [e for e in served if e.method == "GET"]
+    assert gets and all(e.status == 206 and e.range for e in gets)
+    assert sum(e.body_bytes_sent for e in served) <= wanted * 1.05
+    for v in victims:
+        assert (folder / v).read_bytes() == originals[v]
+    v = run_cli("verify", "--data-dir", str(data), "--split", "train", "--format", "jpeg",
+                env=cli_env(dataset.manifest_path))
+    assert v.returncode == 0, v.stdout + v.stderr

@@ -1,0 +1,119 @@
+"""An extracted archive's central directory, kept after the archive itself is gone.
+
+Why: with ``--no-keep-archives`` (or an archive removed by ``clean --archives`` or by hand) the
+images are the only copy, and the directory is what says what they must be: every member's
+name, size, CRC-32 and byte range in the remote zip. Kept in ``DATA/.isic2020/directories/``
+(not ``remote/``, which ``clean`` empties), a re-run of ``fetch`` finds missing and damaged
+images with one ``scandir`` (names and sizes; no image is read, nothing is asked of a server)
+and fetches only those members by their byte ranges (``commands.repair``). The same directory
+lets ``extract`` judge "already extracted" by names, never by a count a stray file can fake.
+
+Invariants: a saved directory is keyed by the archive's recorded size and ETag (or sha256 when
+the server gave no ETag); one that does not match the record is never used. It is written with
+the one atomic writer (``remote.save_cached``, same format as the remote cache, so
+``open_remote`` takes it as a cache and reads no directory bytes from the server). What
+"damaged" means here is the cheap part of what ``verify`` finds: a size that is not the
+member's. A file of the right size with changed bytes is found by ``verify`` (integrity,
+``--deep``); delete it and the next ``fetch`` restores it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from isic2020.archive.decode import present_files
+from isic2020.archive.remote import RemoteMember, RemoteZip, cache_key, load_cached, save_cached
+from isic2020.archive.rules import Refused, plan_entries
+from isic2020.archive.zipformat import BadZip, read_directory
+
+
+def directory_path(state_dir: Path, archive: str) -> Path:
+    """``DATA/.isic2020/directories/<archive>.json.gz``."""
+    return Path(state_dir) / "directories" / f"{archive}.json.gz"
+
+
+def identity(size: int, etag: str | None, sha256: str) -> tuple[str | None, str | None]:
+    """``(etag, last_modified)`` fields the saved directory carries: its key is the ETag
+    (what a server's HEAD gives, so ``open_remote`` takes it as its cache), else the sha256."""
+    return (etag, None) if etag else (None, f"sha256:{sha256}")
+
+
+def key_of(size: int, etag: str | None, sha256: str) -> str | None:
+    """The cache key a directory saved for this archive carries."""
+    tag, marker = identity(size, etag, sha256)
+    return cache_key(tag, size, marker)
+
+
+def save_directory(zip_path: Path, dest: Path, url: str, etag: str | None, sha256: str) -> bool:
+    """Read the landed archive's directory and keep it at ``dest``; False (nothing written)
+    when the archive cannot be read: the images are judged by ``verify`` then."""
+    try:
+        fd = os.open(zip_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        d, entries = read_directory(lambda at, n: os.pread(fd, n, at), size)
+    except (OSError, BadZip, ValueError, struct.error):
+        return False
+    finally:
+        os.close(fd)
+    tag, marker = identity(size, etag, sha256)
+    save_cached(dest, RemoteZip(url, size, tag, entries, d.offset, d.size, last_modified=marker))
+    return True
+
+
+def load_directory(path: Path, size: int, etag: str | None, sha256: str) -> RemoteZip | None:
+    """The directory saved for this very archive (size and ETag or sha256), else None."""
+    return load_cached(path, key_of(size, etag, sha256))
+
+
+@dataclass
+class Missing:
+    """The members of an archive whose image is not in its folder as the directory says."""
+
+    members: list[RemoteMember]
+    absent: list[str]  # image file names not in the folder
+    wrong_size: list[str]  # present with another size than the member's
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.absent + self.wrong_size)
+
+
+def missing_members(remote: RemoteZip, fmt: str, folder: Path) -> Missing:
+    """Every image member of ``remote`` whose file in ``folder`` is absent or not its size: by
+    names, from one ``scandir`` (a stray file never stands in for a missing image). Refused
+    when the directory breaks the rules (raised as :class:`Refused`)."""
+    plan = plan_entries(remote.members, fmt, remote.size)
+    remote.checked = remote.members
+    present = present_files(folder)
+    out = Missing([], [], [])
+    for m in plan.members:
+        have = present.get(m.final)
+        if have == m.entry.file_size:
+            continue
+        out.members.append(m.entry)
+        (out.absent if have is None else out.wrong_size).append(m.final)
+    return out
+
+
+def repair_needs(
+    state_dir: Path, archive: str, fmt: str, folder: Path, size: int, etag: str | None,
+    sha256: str,
+) -> tuple[list[str], int, int] | None:
+    """``(images, bytes to fetch, bytes to write)`` a repair of ``folder`` would cost, from the
+    saved directory (None when there is none for this archive, or it breaks the rules)."""
+    remote = load_directory(directory_path(state_dir, archive), size, etag, sha256)
+    if remote is None:
+        return None
+    try:
+        todo = missing_members(remote, fmt, folder)
+    except Refused:
+        return None
+    ends = remote.member_end()
+    return (todo.names, sum(ends[m.header_offset] - m.header_offset for m in todo.members),
+            sum(m.file_size for m in todo.members))
