@@ -63,7 +63,8 @@ def test_limit_rate_caps_the_sum_of_all_connections_and_never_trips_the_lowest_s
     assert total >= size
     burst = RateLimit(rate).burst
     assert took >= (total - burst) / rate * 0.95, (took, total, rate)
-    assert server.most_at_once() >= 2  # the connections ran together, under one cap
+    peers = {q.peer for q in server.requests() if q.method == "GET" and q.path.endswith(ZIP)}
+    assert len(peers) >= 2  # the zip came over several connections, under one cap
     zip_row = next(f for f in doc["files"] if f["name"] == ZIP)
     assert zip_row["retries"] == 0, zip_row
 
