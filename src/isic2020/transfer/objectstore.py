@@ -61,7 +61,7 @@ UPLOAD_THREADS = 4
 DEFAULT_PRESIGN_SECONDS = 3600.0
 _PRESIGN_PARAMS = ("x-amz-", "awsaccesskeyid", "signature", "expires")
 _USER_FIXES = {
-    "NoSuchBucket": "the bucket does not exist; check the s3:// URL",
+    "NoSuchBucket": "check the bucket name in the s3:// URL, or create the bucket",
     "InvalidAccessKeyId": "the store does not know these credentials; check AWS_ACCESS_KEY_ID "
                           "or the profile (AWS_PROFILE)",
     "SignatureDoesNotMatch": "the secret key does not match the access key; check "
@@ -69,7 +69,7 @@ _USER_FIXES = {
     "AccessDenied": "these credentials may not read or write there; ask for s3:GetObject "
                     "(fetch) or s3:PutObject (mirror) on the prefix",
     "AllAccessDisabled": "access to the bucket is disabled",
-    "InvalidBucketName": "not a valid bucket name; check the s3:// URL",
+    "InvalidBucketName": "check the bucket name in the s3:// URL",
 }
 _LATER_FIXES = {
     "ExpiredToken": "the AWS session has expired; renew it (e.g. `aws sso login`) and run "
