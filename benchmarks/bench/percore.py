@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu, wall = multipart_cost(data, total, k)
         costs[f"mp{k}"] = cpu / gb
         lines.append(f"{f'multipart md5 x{k}':<22} {cpu / gb:>9.3f} {1 / (cpu / gb):>14.2f}"
-                     f"   aggregate {gb / wall:.2f} GB/s on {k} thread(s)")
+                     f"   aggregate {gb / wall:.2f} GB/s on {k} thread(s) (wall: idle only)")
     costs["conn"] = connection_cost(total, args.workdir) / gb
     lines.append(f"{'connection (recv+pwrite)':<22} {costs['conn']:>9.3f} "
                  f"{1 / costs['conn']:>14.2f}")
