@@ -123,7 +123,7 @@ def row_throttled(b: Bench) -> None:
 
 def row_unthrottled(b: Bench, parts: Iterable[str] = ("2a", "2b", "2c")) -> None:
     """Row 2: ``parts`` of it, 2a (nginx), 2b (FaultServer, MD5 ETag), 2c (CPU ratio)."""
-    from support.servers import FaultServer, NginxServer
+    from support.servers import NginxServer
 
     from .rows_cpu import row_cpu_ratio
 
@@ -175,11 +175,18 @@ def row_unthrottled(b: Bench, parts: Iterable[str] = ("2a", "2b", "2c")) -> None
     else:
         nginx_curl = None
 
+    if "2b" in parts:
+        row_fault_md5(b, mirror, manifest, size, nginx_curl)
     if "2c" in parts:
         row_cpu_ratio(b, mirror, manifest, size)
-    if "2b" not in parts:
-        return
-    # The same with an S3-like MD5 ETag: FaultServer (pure Python, in this process).
+
+
+def row_fault_md5(b: Bench, mirror: Path, manifest: Path, size: int,
+                  nginx_curl: Tool | None) -> None:
+    """Row 2b: the same download with an S3-like MD5 ETag from the FaultServer (pure Python,
+    in this process); ``nginx_curl`` (row 2a's curl) shows whether that server limits curl."""
+    from support.servers import FaultServer
+
     name2 = f"2b unthrottled download {human(size)} (FaultServer, MD5 ETag + sha256)"
     with FaultServer(mirror, PREFIX, etag="md5") as fsrv:
         fsrv.etag_for(TRAIN_ZIP)  # hash once before timing (the server caches it)
