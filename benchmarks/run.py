@@ -14,7 +14,9 @@ peak RSS (``ru_maxrss``), so every row has wall seconds, CPU seconds per GB and 
 
 Rows (see benchmarks/README.md for the why of each):
   1 throttled download (nginx ``limit_rate`` per request, like S3's cap per stream)
-  2 unthrottled loopback download, every check on (sha256 pinned; MD5 ETag via FaultServer)
+  2 unthrottled loopback download, every check on (sha256 pinned; MD5 ETag via FaultServer);
+    parts 2a (nginx), 2b (FaultServer, MD5 ETag), 2c (CPU per verified byte: isic2020's CPU
+    over curl's + one openssl MD5 + one openssl SHA-256 pass, single-part and multipart ETag)
   3 extraction of a 33,126-member deflated zip (members 10-30 KB, real JPEGs)
   4 ``isic2020 verify`` fast and ``--deep`` on 33,126 + 10,982 images
   5 re-run of a complete ``isic2020 fetch``: seconds and bytes sent by the server
@@ -46,7 +48,7 @@ sys.path.insert(0, str(ROOT / "src"))  # works from a checkout even when not ins
 from bench.common import PEERS, MiB  # noqa: E402
 from bench.data import build_image_mirror  # noqa: E402
 from bench.harness import FULL, QUICK, rmtree  # noqa: E402
-from bench.isic import set_isic_source  # noqa: E402
+from bench.isic import set_isic_source, use_bytecode_cache  # noqa: E402
 from bench.report import report  # noqa: E402
 from bench.results import Bench  # noqa: E402
 from bench.rows_cluster import row_cluster  # noqa: E402
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="smoke run: tiny sizes, 1 repetition (CI)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
     ap.add_argument("--rows", default="1,2,3,4,5,7,8,9,10,11,12",
-                    help="which workloads to run, e.g. 1,2 (6, peak RSS, is every row's column)")
+                    help="which workloads to run, e.g. 1,2 or 2b,2c (2 is 2a+2b+2c; 6, peak "
+                         "RSS, is every row's column)")
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out",
                     help="data and scratch (cached between runs) [benchmarks/out]")
     ap.add_argument("--results", type=Path, default=None,
@@ -93,9 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         p = dataclasses.replace(p, rate=int(args.rate * MiB))
     if args.direct_rate:
         p = dataclasses.replace(p, direct_rate=int(args.direct_rate * MiB))
-    rows = {int(x) for x in args.rows.split(",") if x.strip()}
+    tokens = {x.strip().lower() for x in args.rows.split(",") if x.strip()}
+    parts = {"2a", "2b", "2c"} if "2" in tokens else tokens & {"2a", "2b", "2c"}
+    bad = tokens - parts - {"2"} - {str(n) for n in range(1, 13)}
+    if bad:
+        ap.error(f"--rows: no such row {', '.join(sorted(bad))} (1-12, 2a, 2b, 2c)")
+    rows = {int(x) for x in tokens if x.isdigit()}
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    use_bytecode_cache(work / "pycache")
     b = Bench(p, work)
     if b.missing:
         b.log("MISSING peers, their rows are skipped: " + ", ".join(
@@ -106,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if 1 in rows:
             row_throttled(b)
-        if 2 in rows:
-            row_unthrottled(b)
+        if parts:
+            row_unthrottled(b, parts)
         if rows & {3, 4, 5, 7, 8}:
             b.log("building the image dataset (cached in " + str(work / "data") + ")")
             ds = build_image_mirror(work, p)

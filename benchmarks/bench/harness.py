@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -84,20 +88,48 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+#: The parent every measured child is forked from: a fresh interpreter of a few MB, so the
+#: child's ``ru_maxrss`` is its own (see :func:`run_child`). It reports the child's wall time,
+#: CPU and peak RSS from ``wait4`` (its own start-up is in none of them) and exits with the
+#: child's status.
+_PARENT = """\
+import json, os, sys, time
+report, argv = sys.argv[1], sys.argv[2:]
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+with open(report, "w") as fh:
+    json.dump({"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "maxrss_kb": ru.ru_maxrss}, fh)
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_child(argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 900.0,
               cwd: Path | None = None, poll: Callable[[], None] | None = None) -> Sample:
     """Run ``argv``: wall time; CPU (user+sys) of the child and its children from ``wait4``;
-    peak RSS polled from /proc (VmHWM of the child and its descendants); ``poll`` (cheap: it
-    runs every 2-20 ms) is called beside the RSS polling.
+    peak RSS, the larger of ``wait4``'s ``ru_maxrss`` (exact, however short the peak) and
+    the VmHWM of the child and its descendants polled from /proc (kept as a cross-check);
+    ``poll`` (cheap: it runs every 2-20 ms) is called beside the RSS polling.
 
-    Not ``ru_maxrss``: on Linux a child's ``ru_maxrss`` starts from the RSS of the process that
-    forked it (exec keeps the old address space's high-water mark), i.e. this script's ~100 MB.
+    The child is forked from a small Python parent (:data:`_PARENT`), not from this script:
+    on Linux a child's ``ru_maxrss`` starts from the RSS of the process that forked it (exec
+    keeps the old address space's high-water mark), i.e. this script's ~100 MB, while the
+    small parent holds a few MB (tests/support/rss.py measures the tests' commands alike).
     """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryDirectory(prefix="isic2020-bench-") as tmp, \
+            tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        report = Path(tmp) / "rusage.json"
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-            env=env, cwd=cwd,
+            [sys.executable, "-c", _PARENT, str(report), *argv], stdin=subprocess.DEVNULL,
+            stdout=out, stderr=err, env=env, cwd=cwd, start_new_session=True,
         )
         deadline = t0 + timeout
         peaks: dict[int, int] = {}
@@ -108,14 +140,14 @@ def run_child(argv: Sequence[str], env: dict[str, str] | None = None, timeout: f
                 if pid:
                     reaped = True
                     break
-                for p in [proc.pid, *_descendants(proc.pid)]:
+                for p in _descendants(proc.pid):  # not the small parent itself
                     kb = _hwm_kb(p)
                     if kb > peaks.get(p, 0):
                         peaks[p] = kb
                 if poll is not None:
                     poll()
                 if time.perf_counter() > deadline:
-                    proc.kill()
+                    _kill_group(proc.pid)
                     pid, status, ru = os.wait4(proc.pid, 0)
                     reaped = True
                     break
@@ -123,22 +155,37 @@ def run_child(argv: Sequence[str], env: dict[str, str] | None = None, timeout: f
                 time.sleep(0.002 if time.perf_counter() - t0 < 0.2 else 0.02)
         finally:
             if not reaped:  # interrupted: leave no child behind
-                proc.kill()
+                _kill_group(proc.pid)
                 proc.wait()
         wall = time.perf_counter() - t0
+        cpu = ru.ru_utime + ru.ru_stime
+        maxrss_kb = 0
+        try:  # the child's own figures; absent if the parent was killed (timeout)
+            doc = json.loads(report.read_text())
+            wall, cpu, maxrss_kb = doc["wall"], doc["cpu"], int(doc["maxrss_kb"])
+        except (OSError, ValueError, KeyError):
+            pass
         rc = os.waitstatus_to_exitcode(status)
         proc.returncode = rc  # reaped by wait4: tell Popen so it does not try again
         out.seek(0)
         err.seek(0)
+        polled_kb = max(peaks.values(), default=0)
         return Sample(
             wall=wall,
-            cpu=ru.ru_utime + ru.ru_stime,
-            rss_mb=max(peaks.values(), default=0) / 1024.0,
+            cpu=cpu,
+            rss_mb=max(polled_kb, maxrss_kb) / 1024.0,
             rc=rc,
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),
-            extra={"rss_sum_mb": sum(peaks.values()) / 1024.0},  # every process' peak, summed
+            extra={"rss_sum_mb": sum(peaks.values()) / 1024.0,  # every process' peak, summed
+                   "rss_polled_mb": polled_kb / 1024.0, "rss_wait4_mb": maxrss_kb / 1024.0},
         )
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL the small parent and everything it started (its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def sync() -> None:

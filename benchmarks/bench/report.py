@@ -107,7 +107,8 @@ def report(b: Bench, argv: list[str], seconds: float) -> str:
     out.append(
         "Wall time is the whole command as a user runs it (Python start-up included for "
         "isic2020); CPU s/GB is the child's user+sys CPU per GB of payload (from wait4); peak "
-        "RSS is the largest VmHWM of the child or any of its descendants (polled from /proc). "
+        "RSS is the larger of wait4's ru_maxrss (the child forked from a small parent, so the "
+        "figure is its own) and the VmHWM of the child and its descendants polled from /proc. "
         "Ratios are isic2020's median wall over the peer's, "
         "measured in the same run with the tools alternating. The served files stay in the page "
         "cache; `sync` runs before every timed run. Other work on the machine during the "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from .common import MB, PREFIX, TRAIN_ZIP, MiB
@@ -121,8 +121,13 @@ def row_throttled(b: Bench) -> None:
         b.add(name, t, r, tgt, notes)
 
 
-def row_unthrottled(b: Bench) -> None:
-    from support.servers import FaultServer, NginxServer
+def row_unthrottled(b: Bench, parts: Iterable[str] = ("2a", "2b", "2c")) -> None:
+    """Row 2: ``parts`` of it, 2a (nginx), 2b (FaultServer, MD5 ETag), 2c (CPU ratio)."""
+    from support.servers import NginxServer
+
+    from .rows_cpu import row_cpu_ratio
+
+    parts = set(parts)
 
     size = b.p.archive_bytes
     name = f"2 unthrottled download {human(size)} (nginx, sha256 pinned)"
@@ -131,7 +136,7 @@ def row_unthrottled(b: Bench) -> None:
     mirror, manifest = build_download_mirror(b.work, size)
     small = max(size // 10, MiB)
     s_mirror, s_manifest = build_download_mirror(b.work, small)
-    if b.nginx is not None:
+    if b.nginx is not None and "2a" in parts:
         with NginxServer(mirror, PREFIX) as srv, NginxServer(s_mirror, PREFIX) as srv_small:
             tools = download_tools(b, srv.url, mirror, manifest, size, "nginx",
                                    (8, 16) if not b.p.quick else (8,),
@@ -170,7 +175,18 @@ def row_unthrottled(b: Bench) -> None:
     else:
         nginx_curl = None
 
-    # The same with an S3-like MD5 ETag: FaultServer (pure Python, in this process).
+    if "2b" in parts:
+        row_fault_md5(b, mirror, manifest, size, nginx_curl)
+    if "2c" in parts:
+        row_cpu_ratio(b, mirror, manifest, size)
+
+
+def row_fault_md5(b: Bench, mirror: Path, manifest: Path, size: int,
+                  nginx_curl: Tool | None) -> None:
+    """Row 2b: the same download with an S3-like MD5 ETag from the FaultServer (pure Python,
+    in this process); ``nginx_curl`` (row 2a's curl) shows whether that server limits curl."""
+    from support.servers import FaultServer
+
     name2 = f"2b unthrottled download {human(size)} (FaultServer, MD5 ETag + sha256)"
     with FaultServer(mirror, PREFIX, etag="md5") as fsrv:
         fsrv.etag_for(TRAIN_ZIP)  # hash once before timing (the server caches it)

@@ -65,6 +65,7 @@ def malloc_trim() -> None:
         trim(0)
 
 
+M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 

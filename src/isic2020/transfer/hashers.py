@@ -1,10 +1,25 @@
 """The digests of a file computed while it downloads, so verifying needs no second pass.
 
-A :class:`Follower` thread reads the contiguous finished prefix of the partial file back from
-the page cache as the download advances it (``advance(frontier)``) and feeds SHA-256, MD5 and
-the per-part MD5s of a multipart S3 ETag. Per-part MD5s come from this sequential pass, so the
-download's chunks need not align to the S3 parts. :class:`Hashers` runs SHA-256 and the MD5s
-in two followers: hashlib releases the GIL on big blocks, so the two use two cores.
+A :class:`Follower` thread reads the contiguous written prefix of the partial file back from
+the page cache as the download advances it (``advance(frontier)``) and feeds SHA-256 or the
+MD5 of a single-part S3 ETag. :class:`Hashers` runs SHA-256 in one follower and
+the MD5 of a single-part ETag in another: hashlib releases the GIL on big blocks, so the two
+use two cores. SHA-256 and a single-part MD5 are sequential over the file (one core each).
+The per-part MD5s of a multipart ETag are not: :class:`PartHashers` hashes whole parts on
+several threads (each part once its bytes are below the frontier, from its own read-back
+buffer), so that MD5, the costliest hash, scales with cores instead of capping one file at
+one core's MD5 rate. The download's chunks need not align to the S3 parts either way.
+
+Why read back rather than hash the buffers as they arrive: the hash must cover exactly the
+bytes on disk, in file order, once each; blocks arrive out of order over N connections (and a
+resumed run never receives the bytes it already has), so hashing received buffers would need
+a reorder window as wide as the chunks in flight (N x 8 MiB) or a second path anyway. Reading
+back what ``pwrite`` just put in the page cache is one memory copy; what made it costly was a
+fresh multi-MiB ``bytes`` per read (above glibc's mmap threshold: an mmap, a page fault per
+4 KiB, a munmap). Each follower therefore reads with ``preadv`` into ONE buffer it owns for
+its whole life (:data:`HASH_BLOCK`): no allocation per block, memory flat whatever the size.
+Invariant: a block is hashed from that buffer before the next read overwrites it (one thread
+per reader, hashlib keeps no reference to what it was fed).
 """
 
 from __future__ import annotations
@@ -13,36 +28,37 @@ import errno
 import hashlib
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from isic2020.transfer.model import BLOCK
 
+#: Bytes per read-back and hashing step: one reused buffer per follower (fits in L2/L3, so
+#: the hash reads what the copy just wrote from cache).
+HASH_BLOCK = BLOCK
+
 
 class Follower(threading.Thread):
-    """Hashes the contiguous finished prefix of the partial file while the rest downloads.
+    """Hashes the contiguous finished prefix of the partial file (SHA-256 or MD5, in file
+    order) while the rest downloads.
 
     Invariants: ``pos <= frontier <= size``; bytes are hashed once each, in file order, and
     only below the frontier the download announced; an error ends the thread and is kept in
     ``error`` for the transfer to raise; ``stop`` ends it without digests.
     """
 
-    def __init__(
-        self, fd: int, size: int, part_size: int | None, want_md5: bool, want_sha256: bool = True
-    ) -> None:
+    def __init__(self, fd: int, size: int, want_md5: bool, want_sha256: bool = True) -> None:
         super().__init__(name="isic2020-hash", daemon=True)
         self.fd = fd
         self.size = size
-        self.part_size = part_size
         self.sha256 = hashlib.sha256() if want_sha256 else None
         self.md5 = hashlib.md5() if want_md5 else None
-        self.part_md5s: list[bytes] = []
-        self._part = hashlib.md5() if part_size else None
-        self._part_left = part_size or 0
         self.pos = 0
         self._frontier = 0
         self._cond = threading.Condition()
         self._halt = False
         self.error: BaseException | None = None
+        self._view = memoryview(bytearray(HASH_BLOCK))  # the one read-back buffer
 
     def advance(self, frontier: int) -> None:
         with self._cond:
@@ -65,78 +81,154 @@ class Follower(threading.Thread):
                         return
                     frontier = self._frontier
                 while self.pos < frontier:
-                    block = os.pread(self.fd, min(4 * BLOCK, frontier - self.pos), self.pos)
-                    if not block:
+                    want = min(HASH_BLOCK, frontier - self.pos)
+                    got = os.preadv(self.fd, [self._view[:want]], self.pos)
+                    if got <= 0:
                         raise OSError(errno.EIO, "short read from partial file")
-                    self._feed(block)
-                    self.pos += len(block)
+                    self._feed(self._view[:got])
+                    self.pos += got
         except BaseException as exc:  # surfaced by the transfer
             self.error = exc
 
-    def _feed(self, block: bytes) -> None:
+    def _feed(self, block: memoryview) -> None:
         if self.sha256 is not None:
             self.sha256.update(block)
         if self.md5 is not None:
             self.md5.update(block)
-        if self._part is None:
-            return
-        view = memoryview(block)
-        while view:
-            take = min(self._part_left, len(view))
-            self._part.update(view[:take])
-            self._part_left -= take
-            view = view[take:]
-            if self._part_left == 0:
-                self.part_md5s.append(self._part.digest())
-                self._part = hashlib.md5()
-                self._part_left = self.part_size or 0
-        if self.pos + len(block) >= self.size and self._part_left != self.part_size:
-            self.part_md5s.append(self._part.digest())
 
-    def digests(self) -> tuple[str | None, str | None, str | None]:
-        mp = None
-        if self.part_size:
-            mp = f"{hashlib.md5(b''.join(self.part_md5s)).hexdigest()}-{len(self.part_md5s)}"
+    def digests(self) -> tuple[str | None, str | None]:
+        """(SHA-256, MD5) in hex, each None when not asked for."""
         sha = self.sha256.hexdigest() if self.sha256 is not None else None
-        return sha, (self.md5.hexdigest() if self.md5 else None), mp
+        return sha, (self.md5.hexdigest() if self.md5 else None)
+
+
+def part_threads() -> int:
+    """Threads for the per-part MD5s: every core but the one SHA-256 takes, at least 1, at
+    most 8 (each holds one read-back buffer)."""
+    return max(1, min(8, (os.cpu_count() or 1) - 1))
+
+
+class PartHashers:
+    """The per-part MD5s of a multipart ETag, whole parts on ``threads`` threads.
+
+    Invariants: part ``i`` is ``[i * part_size, min(size, (i + 1) * part_size))``; it is
+    handed to a thread only once the frontier reached its end, and hashed by that thread
+    alone, in order, from its own buffer, so each byte is hashed once and only below the
+    frontier; ``part_md5s`` hold the parts in part order whichever thread finished first; the
+    first error ends every thread and is kept in ``error``; ``stop`` ends them without digests.
+    """
+
+    def __init__(self, fd: int, size: int, part_size: int, threads: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.part_size = part_size
+        self.count = -(-size // part_size)
+        self.part_md5s: list[bytes | None] = [None] * self.count
+        self._ready = 0  # parts whose bytes are all below the frontier
+        self._next = 0  # the next part to hand out
+        self._halt = False
+        self._cond = threading.Condition()
+        self.error: BaseException | None = None
+        self.threads = [threading.Thread(target=self._work, name=f"isic2020-md5-{k}",
+                                         daemon=True) for k in range(max(1, threads))]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def advance(self, frontier: int) -> None:
+        ready = self.count if frontier >= self.size else frontier // self.part_size
+        with self._cond:
+            if ready > self._ready:
+                self._ready = ready
+                self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._halt = True
+            self._cond.notify_all()
+
+    def join(self) -> None:
+        for t in self.threads:
+            t.join()
+
+    def _take(self) -> int | None:
+        with self._cond:
+            while self._next >= self._ready and not self._halt and self._next < self.count:
+                self._cond.wait()
+            if self._halt or self._next >= self.count:
+                return None
+            i, self._next = self._next, self._next + 1
+            return i
+
+    def _work(self) -> None:
+        view = memoryview(bytearray(HASH_BLOCK))
+        try:
+            while (i := self._take()) is not None:
+                pos, end = i * self.part_size, min(self.size, (i + 1) * self.part_size)
+                h = hashlib.md5()
+                while pos < end:
+                    got = os.preadv(self.fd, [view[:min(HASH_BLOCK, end - pos)]], pos)
+                    if got <= 0:
+                        raise OSError(errno.EIO, "short read from partial file")
+                    h.update(view[:got])
+                    pos += got
+                self.part_md5s[i] = h.digest()
+        except BaseException as exc:  # surfaced by the transfer
+            with self._cond:
+                self.error = self.error or exc
+            self.stop()
+
+    def etag(self) -> str | None:
+        if any(d is None for d in self.part_md5s):
+            return None
+        digests: Sequence[bytes] = [d for d in self.part_md5s if d is not None]
+        return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
 
 
 class Hashers:
-    """SHA-256 in one follower, the MD5s an S3 ETag needs in another (two cores: in one
-    thread the two hashes would cap the download at the speed of both in sequence).
+    """SHA-256 in one follower; the MD5 of a single-part ETag in another; the per-part MD5s
+    of a multipart ETag on :class:`PartHashers` (in one thread the hashes would cap the
+    download at the speed of all of them in sequence).
 
-    Invariant: ``followers[0]`` computes SHA-256; ``followers[1]``, present when an MD5 or a
-    multipart ETag can be checked, the MD5s. Every call fans out to all of them.
+    Invariant: ``followers[0]`` computes SHA-256; ``followers[1]``, present when a single-part
+    MD5 is wanted, that MD5; ``parts`` is present when a multipart ETag can be checked. Every
+    call fans out to all of them.
     """
 
-    def __init__(self, fd: int, size: int, part_size: int | None, want_md5: bool) -> None:
-        self.followers = [Follower(fd, size, None, False, want_sha256=True)]
-        if want_md5 or part_size:
-            self.followers.append(Follower(fd, size, part_size, want_md5, want_sha256=False))
+    def __init__(self, fd: int, size: int, part_size: int | None, want_md5: bool,
+                 threads: int | None = None) -> None:
+        self.followers = [Follower(fd, size, False, want_sha256=True)]
+        if want_md5:
+            self.followers.append(Follower(fd, size, True, want_sha256=False))
+        self.parts = (PartHashers(fd, size, part_size, threads or part_threads())
+                      if part_size else None)
+
+    def _all(self) -> list[Follower | PartHashers]:
+        return [*self.followers, *([self.parts] if self.parts is not None else [])]
 
     def start(self) -> None:
-        for f in self.followers:
+        for f in self._all():
             f.start()
 
     def advance(self, frontier: int) -> None:
-        for f in self.followers:
+        for f in self._all():
             f.advance(frontier)
 
     def stop(self) -> None:
-        for f in self.followers:
+        for f in self._all():
             f.stop()
 
     def join(self) -> BaseException | None:
-        """Wait for every follower; the first error, if any."""
-        for f in self.followers:
+        """Wait for every thread; the first error, if any."""
+        for f in self._all():
             f.join()
-        return next((f.error for f in self.followers if f.error is not None), None)
+        return next((f.error for f in self._all() if f.error is not None), None)
 
     def digests(self) -> tuple[str, str | None, str | None]:
         sha = self.followers[0].digests()[0] or ""
-        md5 = mp = None
-        if len(self.followers) > 1:
-            _, md5, mp = self.followers[1].digests()
+        md5 = self.followers[1].digests()[1] if len(self.followers) > 1 else None
+        mp = self.parts.etag() if self.parts is not None else None
         return sha, md5, mp
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ class PartialFile:
         self.log = log
         self.fd = -1
         self.done: list[list[int]] = []
+        self._writing = threading.Lock()
 
     def open(self) -> list[list[int]]:
         """Resume what the state proves, else start over; the intervals already there."""
@@ -115,13 +117,18 @@ class PartialFile:
             raise disk_error(exc, self.state_path) from None
 
     def write(self, offset: int, block: bytes) -> int:
-        """Write ``block`` at ``offset``; the offset after it."""
+        """Write ``block`` at ``offset``; the offset after it.
+
+        One writer at a time (``_writing``): the kernel serializes buffered writes to one
+        file on its inode lock anyway, and a thread that waits there spins (optimistic
+        spinning burns the core the owner is not using); waiting on a Python lock sleeps."""
         view = memoryview(block)
         try:
-            while view:
-                n = os.pwrite(self.fd, view, offset)
-                view = view[n:]
-                offset += n
+            with self._writing:
+                while view:
+                    n = os.pwrite(self.fd, view, offset)
+                    view = view[n:]
+                    offset += n
         except OSError as exc:
             raise disk_error(exc, self.path) from None
         return offset

@@ -39,8 +39,11 @@ class RangedTransfer(SpanSink):
     - ``done`` holds the finished byte intervals (sorted, merged); ``_inflight`` maps each
       piece in flight to ``[start, end of what is written]``; the checkpoint claims both
       (``_written``), so an interrupt loses no written byte, and never more than is written;
-    - the followers hash only the finished prefix (``_frontier``), so :meth:`run` returns
-      digests of exactly the bytes written, once every byte is;
+    - the followers hash only the written prefix (``_frontier``: the finished intervals from
+      byte 0, plus what is written of the piece in flight that starts where they end; a
+      piece's bytes arrive once each and in order, so that prefix only grows and is never
+      rewritten), so :meth:`run` returns digests of exactly the bytes written, once every
+      byte is, and hashing follows the download instead of waiting for whole chunks;
     - the observer's ``begin`` precedes any ``arrived``; a ``prioritize`` it asks for before
       the queue is planned is applied once it is (``_early``);
     - after any exception from :meth:`run` the partial file and its state stay for a resume
@@ -80,6 +83,7 @@ class RangedTransfer(SpanSink):
         self.checkpoint: Checkpointer | None = None
         self._early: list[tuple[int, int]] | None = []
         self._inflight: dict[int, list[int]] = {}
+        self._head = 0  # the last frontier handed to the followers
 
     @property
     def transferred(self) -> int:
@@ -167,7 +171,10 @@ class RangedTransfer(SpanSink):
         end = self.file.write(offset, block)
         with self.lock:
             self._inflight[piece.start] = [piece.start, end]
-        assert self.checkpoint is not None
+            frontier = self._frontier() if offset <= self._head <= end else -1
+        assert self.checkpoint is not None and self.hashers is not None
+        if frontier >= 0:
+            self.hashers.advance(frontier)
         self.checkpoint.poke()
         if self.observer is not None:
             self.observer.arrived(offset, end)
@@ -199,6 +206,10 @@ class RangedTransfer(SpanSink):
                        else exc)
 
     def _frontier(self) -> int:
-        """End of the finished prefix: what the followers may hash."""
-        return self.done[0][1] if self.done and self.done[0][0] == 0 else 0
+        """End of the written prefix: what the followers may hash (called under the lock;
+        ``_head`` keeps it, so a block elsewhere in the file costs no interval lookup)."""
+        head = self.done[0][1] if self.done and self.done[0][0] == 0 else 0
+        inflight = self._inflight.get(head)
+        self._head = inflight[1] if inflight is not None else head
+        return self._head
 

@@ -1,0 +1,69 @@
+"""The digests computed while downloading equal S3's definitions whatever the thread count,
+and never read a byte before the download announced it (tests for ``transfer.hashers``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from isic2020.transfer.digests import MultipartHasher
+from isic2020.transfer.hashers import Hashers, hash_file
+
+PART = 64 * 1024
+
+
+def _expected(data: bytes, part: int) -> tuple[str, str, str]:
+    mp = MultipartHasher(part)
+    mp.update(data)
+    return hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest(), mp.hexdigest()
+
+
+@pytest.mark.parametrize("size", [1, PART - 1, PART, PART + 1, 7 * PART + 5, 16 * PART])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_multipart_etag_of_parts_hashed_on_several_threads_is_s3s(tmp_path, size, threads):
+    data = os.urandom(size)
+    path = tmp_path / "obj"
+    path.write_bytes(data)
+    sha, md5, mp = _expected(data, PART)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        hashers = Hashers(fd, size, PART, want_md5=True, threads=threads)
+        hashers.start()
+        for frontier in range(0, size + 1, PART // 3):  # announced in steps, as blocks land
+            hashers.advance(frontier)
+        hashers.advance(size)
+        assert hashers.join() is None
+        assert hashers.digests() == (sha, md5, mp)
+    finally:
+        os.close(fd)
+    assert hash_file(path, PART, want_md5=False) == (sha, None, mp)
+
+
+def test_bytes_past_the_frontier_are_never_hashed_before_it_passes_them(tmp_path):
+    """The digests are of the bytes on disk once written: a part is read only after the
+    download announced its end, so bytes rewritten above the frontier count as rewritten."""
+    size = 6 * PART
+    path = tmp_path / "obj"
+    path.write_bytes(bytes(size))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        hashers = Hashers(fd, size, PART, want_md5=True, threads=3)
+        hashers.start()
+        hashers.advance(2 * PART + 17)  # two parts and a bit are final
+        final = os.urandom(size - 2 * PART - 17)
+        os.pwrite(fd, final, 2 * PART + 17)  # the rest lands afterwards
+        hashers.advance(size)
+        assert hashers.join() is None
+        assert hashers.digests() == _expected(bytes(2 * PART + 17) + final, PART)
+    finally:
+        os.close(fd)
+
+
+def test_an_empty_object_has_the_digests_of_no_bytes(tmp_path):
+    path = tmp_path / "empty"
+    path.write_bytes(b"")
+    sha, _, _ = _expected(b"", PART)
+    assert hash_file(path, PART, want_md5=True) == (
+        sha, hashlib.md5(b"").hexdigest(), f"{hashlib.md5(b'').hexdigest()}-0")
