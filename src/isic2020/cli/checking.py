@@ -39,7 +39,9 @@ def verify(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Prove that what is on disk is complete and intact (by default: what was fetched)."""
+    """Prove that what is on disk is complete and intact.
+
+    Without --split and --format: what was fetched into DATA."""
     if against is not None:  # issue 13: the list is the whole truth (checks/against.py)
         from isic2020.checks.against import verify_against
 
