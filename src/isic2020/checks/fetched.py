@@ -68,7 +68,8 @@ def group_pairs(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     for split, fmt in pairs:
         by_fmt.setdefault(fmt, set()).add(split)
     out = []
-    for fmt in sorted(by_fmt, key=lambda f: (*FORMATS, "none").index(f)):
+    order = (*FORMATS, "none")
+    for fmt in sorted(by_fmt, key=lambda f: (order.index(f) if f in order else len(order), f)):
         splits = by_fmt[fmt]
         out.append(("all" if splits >= set(SPLITS) else splits.pop(), fmt))
     return out
