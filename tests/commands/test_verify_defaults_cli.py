@@ -38,7 +38,7 @@ def _cli(dataset, mirror, *args):
 def _advice(r) -> list[str]:
     """The command the one error line names (between backquotes), as argv."""
     assert len(r.error_lines) == 1, r.stderr
-    m = re.search(r"run `(isic2020 fetch [^`]*)`", r.error_lines[0])
+    m = re.search(r"`(isic2020 fetch [^`]*)`", r.error_lines[0])
     assert m, r.error_lines[0]
     return shlex.split(m.group(1))
 
