@@ -24,6 +24,7 @@ PREFIX = "/challenges/2020/"
 OLD_KEYWORDS = {
     "split": "train", "fmt": "dicom", "images": "names.txt", "sample": 5, "seed": 7,
     "where": "target == 1",
+    "reset_selection": True,
     "data_dir": "/d", "manifest": "m.toml", "mirrors": ("http://127.0.0.1:1/",),
     "keep_archives": False,
     "connections": 3, "extract": False, "direct": True, "dry_run": True, "lock_timeout": 2.0,

@@ -19,6 +19,13 @@ Why it is built this way:
   first few, with their line numbers); a bad ``--where`` gives pandas' message on one line.
 * **Recorded.** A :class:`Selection` (names plus how they were chosen) is saved by the caller in
   the state folder, so ``verify`` can check a subset against what was asked for and say so.
+* **Selections only grow, until the whole split supersedes them.** A later subset adds its
+  images to the recorded one; a fetch (or ``extract``) of the whole split removes the record
+  (:func:`supersede_selection`), so the CSV is what the folder is checked against again; a
+  subset fetched into a folder that already holds the whole split records nothing
+  (:func:`subset_grows`). ``fetch --reset-selection`` replaces the record instead.
+* **Downstream sees what is present.** ``export`` and ``folds`` of a subset work on the
+  recorded selection (:func:`recorded_subset`), not on every row of the CSV.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -38,12 +46,16 @@ if TYPE_CHECKING:  # imported where used: `fetch --direct` imports this module, 
     import pandas as pd
 
 from isic2020.errors import UsageError
+from isic2020.store.fsutil import remove_file
+from isic2020.store.layout import Layout
 from isic2020.store.records import atomic_write_json, read_json
 
 _NAME_RE = re.compile(r"^ISIC_[0-9]{7}$")
 _SUFFIX_RE = re.compile(r"\.(jpe?g|dcm)$", re.IGNORECASE)
 SELECTION_VERSION = 1
 SHOW = 5
+#: The image folders a selection can be recorded for (``DATA/<format>/<split>/``).
+IMAGE_FORMATS = ("jpeg", "dicom", "dicom-original")
 
 
 @dataclass
@@ -128,6 +140,56 @@ def load_selection(path: Path) -> Selection | None:
         return Selection.from_dict(doc)
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _has_images(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as it:
+            return any(e.name.startswith("ISIC_") for e in it)
+    except OSError:
+        return False
+
+
+def supersede_selection(layout: Layout, split: str, fmt: str) -> bool:
+    """The whole split of ``fmt`` is being put in place: forget the subset recorded for it
+    (``verify`` checks the folder against the CSV again). True when there was one."""
+    path = selection_path(layout.state_dir, split, fmt)
+    if not os.path.lexists(path):
+        return False
+    remove_file(path)
+    return True
+
+
+def subset_grows(layout: Layout, split: str, fmt: str) -> bool:
+    """Whether a subset fetched into ``DATA/<fmt>/<split>/`` should be recorded: not when
+    the folder holds images but no selection is recorded (the whole split was fetched: it stays
+    what is expected, and the subset's images are already among it)."""
+    if selection_path(layout.state_dir, split, fmt).exists():
+        return True
+    return not _has_images(layout.images_dir(fmt, split))
+
+
+def recorded_subset(
+    layout: Layout, split: str, formats: Sequence[str] = IMAGE_FORMATS
+) -> Selection | None:
+    """The images of ``split`` that are present when the data is a subset, else None.
+
+    The split is a subset when every folder of ``formats`` that holds images has a recorded
+    selection (the names are their union); None when one such folder holds the whole split, or
+    none holds images (then the metadata alone is the data: ``folds`` of ``--format none``).
+    """
+    chosen: Selection | None = None
+    for fmt in formats:
+        if not _has_images(layout.images_dir(fmt, split)):
+            continue
+        sel = load_selection(selection_path(layout.state_dir, split, fmt))
+        if sel is None:
+            return None
+        if chosen is None:
+            chosen = sel
+        else:
+            chosen.names = sorted(set(chosen.names) | set(sel.names))
+    return chosen
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ def check_csv(layout: Layout, entry: FileEntry) -> tuple[Check, pd.DataFrame | N
 
     path = layout.final_path(entry)
     name = f"metadata/{entry.name}"
+    if not path.exists():  # the fetch of this split's CSVs only, never the whole dataset
+        return Check(name, "failed", f"{path} is missing; `isic2020 fetch --split {entry.split} "
+                     "--format none` downloads the metadata of that split"), None
     try:
         df = read_metadata_csv(path, entry.role or "")
     except VerificationError as exc:

@@ -5,6 +5,8 @@ against their records (``checks.files``) and the images against the metadata
 (``checks.images``) into one :class:`~isic2020.checks.findings.VerifyReport`. Findings never
 raise; only "nothing of the selection is on disk at all" does. A subset fetch
 (``--images/--sample/--where``) is checked against its recorded selection, not the whole CSV.
+Without ``--split``/``--format`` it checks what was fetched (``checks.fetched``): each split
+with its formats, one report; a failed report names the fetch that puts it right (``repair``).
 
 ``verify`` takes the data directory's lock shared, so a concurrent fetch cannot change files in
 the middle of a check while other readers still can. ``MetadataPrecheck`` lets a fetch run the
@@ -15,7 +17,6 @@ unchanged.
 from __future__ import annotations
 
 import os
-import shlex
 import threading
 import time
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ from isic2020.catalog.manifest import (
     expand_split,
     load_manifest,
 )
+from isic2020.checks.fetched import fetched_pairs, fix_command, group_pairs
 from isic2020.checks.files import check_recorded
 from isic2020.checks.findings import Check, VerifyReport
 from isic2020.checks.images import image_checks
@@ -211,27 +213,67 @@ def verify_data(
                 continue
             expected = _apply_selection(layout, fmt, s, expected, report)
             report.checks += image_checks(layout, fmt, s, expected, deep, progress)
-    report.repair = shlex.join(["isic2020", "fetch", "--split", split, "--format", fmt,
-                                "--data-dir", str(layout.root)])
+    report.repair = fix_command(layout, [(split, fmt)])
     report.seconds = time.monotonic() - start
     return report
 
 
+def _runs(
+    layout: Layout, manifest: Manifest, split: str | None, fmt: str | None
+) -> list[tuple[str, str]]:
+    """The ``(split, format)`` checks of one ``verify``: the options when both are given; else
+    what was fetched, completed by the option given (``--split all`` checks the test split
+    too, in the formats fetched; the old defaults, all and jpeg, when nothing was fetched)."""
+    if split is not None and fmt is not None:
+        return [(split, fmt)]
+    pairs = fetched_pairs(layout, manifest)
+    if split is None and fmt is None:
+        chosen = pairs
+    elif split is None:
+        chosen = [(s, fmt) for s in sorted({s for s, _ in pairs}) or expand_split("all")]
+    else:
+        anywhere = {f for _, f in pairs if f != "none"} or {f for _, f in pairs} or {"jpeg"}
+        chosen = []
+        for s in expand_split(split):
+            mine = {f for s2, f in pairs if s2 == s} or anywhere
+            chosen += [(s, f) for f in sorted(mine)]
+    return group_pairs(chosen) or [(split or "all", fmt or "jpeg")]
+
+
 def verify(
-    split: str = "all",
-    fmt: str = "jpeg",
+    split: str | None = None,
+    fmt: str | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     manifest: str | os.PathLike[str] | None = None,
     deep: bool = False,
     progress: bool = False,
 ) -> VerifyReport:
-    """``isic2020 verify``: shared lock (a concurrent fetch must not change files mid-check)."""
+    """``isic2020 verify``: shared lock (a concurrent fetch must not change files mid-check).
+
+    ``split``/``fmt`` None: what was fetched into the data directory (``checks.fetched``).
+    """
     layout = Layout.at(data_dir)
     man = load_manifest(manifest)
     if not layout.root.is_dir():
         raise VerificationError(
             f"nothing to verify: {layout.root} does not exist",
-            f"run `isic2020 fetch --split {split} --format {fmt}` first",
+            f"run `isic2020 fetch --split {split or 'train'} --format {fmt or 'jpeg'}` first"
+            + ("" if data_dir is None else " with the same --data-dir"),
         )
     with data_dir_lock(layout.lock_path, shared=True):
-        return verify_data(layout, man, split=split, fmt=fmt, deep=deep, progress=progress)
+        runs = _runs(layout, man, split, fmt)
+        reports = [verify_data(layout, man, split=s, fmt=f, deep=deep, progress=progress)
+                   for s, f in runs]
+    if len(reports) == 1:
+        return reports[0]
+    covered = {x for s, _ in runs for x in expand_split(s)}
+    merged = VerifyReport(str(layout.root), "all" if len(covered) > 1 else covered.pop(),
+                          ",".join(f for _, f in runs), deep)
+    names: set[str] = set()
+    for r in reports:  # the CSVs of a split checked with two formats are listed once
+        merged.checks += [c for c in r.checks if c.name not in names]
+        names.update(c.name for c in r.checks)
+        merged.seconds += r.seconds
+    merged.repair = fix_command(layout, [(s, f) for (s, f), r in zip(runs, reports)
+                                         if not r.ok] or runs)
+    return merged

@@ -15,20 +15,23 @@ from isic2020.cli.app import (
     err,
     output_options,
     run_command,
-    selection_options,
 )
 
 
 @cli.command()
-@selection_options()
+@click.option("--split", type=click.Choice(SPLIT_CHOICES), default=None,
+              help="Which split [default: the splits fetched into DATA].")
+@click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default=None,
+              help="jpeg, dicom, dicom-original or none (CSVs only); default: the formats "
+              "fetched into DATA.")
 @common_options
 @click.option("--deep", is_flag=True, help="Decode JPEGs; cross-check DICOM headers with the CSV.")
 @click.option("--against", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Check the images against a SHA256SUMS from `isic2020 checksums` instead.")
 @output_options
 def verify(
-    split: str,
-    fmt: str,
+    split: str | None,
+    fmt: str | None,
     data_dir: str | None,
     manifest: str | None,
     deep: bool,
@@ -36,7 +39,9 @@ def verify(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Prove that what is on disk is complete and intact."""
+    """Prove that what is on disk is complete and intact.
+
+    Without --split and --format: what was fetched into DATA."""
     if against is not None:  # issue 13: the list is the whole truth (checks/against.py)
         from isic2020.checks.against import verify_against
 

@@ -83,6 +83,12 @@ def network_options(fn: Any) -> Any:
     "e.g. \"target == 1 and sex == 'female'\".",
 )
 @click.option(
+    "--reset-selection",
+    is_flag=True,
+    help="The subset replaces the one fetched before (images outside it are removed) "
+    "instead of adding to it.",
+)
+@click.option(
     "--direct",
     is_flag=True,
     help="Read the images straight out of the remote zip: the archive is never stored.",
@@ -104,6 +110,7 @@ def fetch(
     sample: int | None,
     seed: int,
     where: str | None,
+    reset_selection: bool,
     direct: bool,
     limit_rate: str | None,
     read_timeout: float | None,
@@ -116,7 +123,8 @@ def fetch(
     from isic2020.commands.fetch import FetchHow, FetchPlace, FetchWhat
     from isic2020.commands.fetch import fetch as do_fetch
 
-    what = FetchWhat(split=split, fmt=fmt, images=images, sample=sample, seed=seed, where=where)
+    what = FetchWhat(split=split, fmt=fmt, images=images, sample=sample, seed=seed, where=where,
+                     reset_selection=reset_selection)
     place = FetchPlace(data_dir=data_dir, manifest=manifest, mirrors=mirrors,
                        keep_archives=keep_archives)
     how = FetchHow(connections=connections, extract=not no_extract, direct=direct,

@@ -29,6 +29,10 @@ Rules, so an export can never damage anything:
   are written to a temporary name in their folder and renamed over the target (a rename
   replaces a symbolic link, it never writes through it);
 * only images named in the metadata are exported; stale files in a previous export are left.
+
+A subset fetch (``--sample``/``--images``/``--where``) exports what is present: ``train.csv``
+(``test.csv``, ``sample_submission.csv``) hold the rows of the recorded selection only, so a
+notebook never meets a row without its image; the report says ``subset`` and the counts.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from isic2020.catalog.manifest import load_manifest
 from isic2020.catalog.metadata import GROUND_TRUTH_COLUMNS, TEST_COLUMNS_KAGGLE
+from isic2020.catalog.selection import recorded_subset
 from isic2020.catalog.tables import (
     SUFFIX,
     image_paths,
@@ -100,7 +105,13 @@ class ExportReport:
     folders: list[FolderResult] = field(default_factory=list)
     copy_reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Per split that is a subset: ``{"selected": n, "in_metadata": m}``.
+    subset_images: dict[str, dict[str, int]] = field(default_factory=dict)
     exit_code: int = EXIT_OK
+
+    @property
+    def subset(self) -> bool:
+        return bool(self.subset_images)
 
     @property
     def linked(self) -> int:
@@ -117,7 +128,8 @@ class ExportReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("exit_code")
-        d.update(linked=self.linked, copied=self.copied, missing=self.missing)
+        d.update(linked=self.linked, copied=self.copied, missing=self.missing,
+                 subset=self.subset)
         return d
 
     def summary_lines(self) -> list[str]:
@@ -332,6 +344,21 @@ def _export_folder(
         )
 
 
+def _present(lay: Layout, split: str, frame: pd.DataFrame, report: ExportReport) -> pd.DataFrame:
+    """The rows of ``split`` whose images are present: a subset fetch's selection (and a note),
+    else every row."""
+    sel = recorded_subset(lay, split)
+    if sel is None:
+        return frame
+    part = frame[frame["image_name"].astype(str).isin(set(sel.names))].reset_index(drop=True)
+    report.subset_images[split] = {"selected": len(part), "in_metadata": len(frame)}
+    report.notes.append(
+        f"note: {split} is a subset ({len(part):,} of {len(frame):,} images, as fetched: "
+        f"{sel.describe()}): its CSVs hold those rows only"
+    )
+    return part
+
+
 def export(
     dest: str | os.PathLike[str],
     layout: str = "kaggle",
@@ -377,6 +404,8 @@ def export(
     test = read_test(files.test_metadata) if files.test_metadata else None
 
     report = ExportReport(dest=str(out), layout=layout, data_dir=str(lay.root))
+    train = _present(lay, "train", train, report)
+    test = None if test is None else _present(lay, "test", test, report)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

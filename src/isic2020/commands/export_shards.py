@@ -5,6 +5,8 @@ the destination seam); this module picks the splits, reports, and sets the exit 
 
 * ``--split all`` (the default) exports train, and test when its metadata and images are on
   disk (a note otherwise); ``--split test`` without them is an error;
+* a subset fetch (``--sample``/``--images``/``--where``) exports its recorded selection: the
+  report says ``subset`` with the counts, and only its images count as missing;
 * images named in the metadata but not on disk are left out of the shards, counted, and make
   the exit code 1 (the shards hold what is there; fetch the rest and run again: the shards
   that do not change are kept);
@@ -66,11 +68,18 @@ class ShardReport:
     shard_size: int
     splits: list[SplitResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Per split that is a subset: ``{"selected": n, "in_metadata": m}``.
+    subset_images: dict[str, dict[str, int]] = field(default_factory=dict)
     exit_code: int = EXIT_OK
+
+    @property
+    def subset(self) -> bool:
+        return bool(self.subset_images)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("exit_code")
+        d["subset"] = self.subset
         return d
 
     def summary_lines(self) -> list[str]:
@@ -162,6 +171,12 @@ def _export(target: Destination, lay: Layout, opts: ShardOptions, splits: tuple[
             report.exit_code = EXIT_VERIFY
             report.notes.append(note)
             continue
+        if sset.in_metadata is not None:
+            report.subset_images[split] = {"selected": sset.rows, "in_metadata": sset.in_metadata}
+            report.notes.append(
+                f"note: {split} is a subset ({sset.rows:,} of {sset.in_metadata:,} images, as "
+                "fetched): the shards hold it"
+            )
         fmt = _format_for(opts.layout, sset.columns)
         result = write_split(target, index, fmt, sset, opts.image_format, shard_size)
         report.splits.append(result)

@@ -14,6 +14,7 @@ from typing import Any
 
 from isic2020.archive.local import ArchiveExtraction, extract_archive
 from isic2020.catalog.manifest import expand_split, load_manifest
+from isic2020.catalog.selection import supersede_selection
 from isic2020.errors import UsageError
 from isic2020.store.layout import Layout
 from isic2020.store.lock import data_dir_lock
@@ -109,6 +110,7 @@ def extract(
                 else:
                     report.missing.append(entry.name)
                 continue
+            supersede_selection(layout, s, fmt)  # the whole archive: no longer a subset
             report.archives.append(
                 extract_archive(
                     layout, entry, records=records, progress=progress, workers=workers, log=log

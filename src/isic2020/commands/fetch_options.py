@@ -51,6 +51,9 @@ class FetchWhat:
     seed: int = 0
     #: A pandas query on the metadata (``--where``): fetch the images whose rows match.
     where: str | None = None
+    #: The subset replaces the recorded one (images outside it are removed) instead of adding
+    #: to it (``--reset-selection``).
+    reset_selection: bool = False
 
     @property
     def subset(self) -> bool:
@@ -143,6 +146,11 @@ def check_options(what: FetchWhat, how: FetchHow) -> None:
     if what.subset and what.split == "all":
         raise UsageError(
             "a subset is chosen from one split", "add --split train or --split test"
+        )
+    if what.reset_selection and not what.subset:
+        raise UsageError(
+            "--reset-selection replaces a subset by a new one",
+            "add --images, --sample or --where (a fetch of the whole split replaces any subset)",
         )
     if members_only and not how.extract:
         raise UsageError(

@@ -13,7 +13,8 @@ The order of trust, each step resumable on its own:
    downloads (``archive.streaming``) unless ``$ISIC2020_STREAM=0``.
 
 A verified file is recorded at once (``DATA/.isic2020``), so a later step failing never costs
-its download. An archive whose content changed since it was unpacked is unpacked again.
+its download. An archive whose content changed since it was unpacked is unpacked again. An
+archive unpacked whole supersedes the subset recorded for its folder (``catalog.selection``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from isic2020 import config
 from isic2020.catalog.manifest import FileEntry
 from isic2020.catalog.plausible import content_problem
+from isic2020.catalog.selection import supersede_selection
 from isic2020.checks.verify import release_free_memory
 from isic2020.commands.fetch_options import FetchRun
 from isic2020.commands.fetch_report import FileOutcome
@@ -53,6 +55,8 @@ def fetch_file(run: FetchRun, downloader: Downloader, entry: FileEntry) -> FileO
     final = layout.final_path(entry)
     rec = records.file(entry.name)
     done_extraction = entry.is_archive and entry.name in records.extracted
+    if entry.is_archive and run.how.extract:  # the whole split: a recorded subset is outgrown
+        supersede_selection(layout, entry.split, entry.format)
     if rec is not None and rec.matches_stat(final) and implausible(entry, final, log):
         rec = None  # recorded by an older run that trusted a login page: not verified
     if rec is not None and rec.matches_stat(final):

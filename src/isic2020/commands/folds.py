@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from isic2020.catalog.manifest import load_manifest
+from isic2020.catalog.selection import recorded_subset
 from isic2020.catalog.tables import fetch_hint, load_train_tables, write_csv_atomic
 from isic2020.errors import UsageError
 from isic2020.store.layout import Layout
@@ -238,7 +239,14 @@ class FoldsReport:
     duplicate_pairs: int
     pairs_across_patients: int
     folds: list[FoldStats] = field(default_factory=list)
+    #: The training rows of the metadata when the images are a subset fetch (``images`` is
+    #: the subset's count), else None.
+    in_metadata: int | None = None
     exit_code: int = 0
+
+    @property
+    def subset(self) -> bool:
+        return self.in_metadata is not None
 
     @property
     def malignant_rate(self) -> float:
@@ -254,6 +262,7 @@ class FoldsReport:
         d.pop("exit_code")
         d["malignant_rate"] = self.malignant_rate
         d["max_rate_deviation"] = self.max_rate_deviation
+        d["subset"] = self.subset
         return d
 
     def summary_lines(self) -> list[str]:
@@ -262,6 +271,7 @@ class FoldsReport:
             f"{self.patients:,} patients, {self.malignant} malignant "
             f"({100 * self.malignant_rate:.2f}%)"
             + (", duplicates dropped" if self.drop_duplicates else "")
+            + (f" (the subset fetched, of {self.in_metadata:,})" if self.subset else "")
             + f" -> {self.out}",
             f"{'fold':>4} {'images':>7} {'patients':>8} {'malignant':>9} {'rate':>6}  "
             "images/patient q1/median/q3",
@@ -300,13 +310,23 @@ def make_folds(
 ) -> FoldsReport:
     """Split the training metadata into ``k`` folds and write ``image_name,patient_id,fold``.
 
-    ``out`` defaults to ``DATA/folds.csv``. Needs only the metadata CSVs (not the images).
+    ``out`` defaults to ``DATA/folds.csv``. Needs only the metadata CSVs (not the images); of
+    a subset fetch (``--sample``/``--images``/``--where``) it folds the recorded selection.
     Without the duplicates CSV the folds are still patient-grouped (pairs share a patient in
     the official data), but ``drop_duplicates`` then fails.
     """
     layout = Layout.at(data_dir)
     man = load_manifest(manifest)
     train, pairs, _ = load_train_tables(layout, man)
+    in_metadata = None
+    sel = recorded_subset(layout, "train")  # a subset fetch: fold the images present
+    if sel is not None:
+        in_metadata = len(train)
+        train = train[train["image_name"].astype(str).isin(set(sel.names))]
+        train = train.reset_index(drop=True)
+        if pairs is not None:  # the pairs of the subset: both images in it
+            both = pairs["image_name_1"].isin(sel.names) & pairs["image_name_2"].isin(sel.names)
+            pairs = pairs[both].reset_index(drop=True)
     if drop_duplicates:
         if pairs is None:
             raise UsageError(
@@ -338,4 +358,5 @@ def make_folds(
         duplicate_pairs=0 if pairs is None else len(pairs),
         pairs_across_patients=across,
         folds=fold_stats(train, folds, k),
+        in_metadata=in_metadata,
     )

@@ -5,8 +5,10 @@ The archive is never stored; its central directory is cached by ETag in
 ``DATA/.isic2020/remote/``. A subset is chosen from the metadata CSVs (which the fetch
 downloads first) and recorded in ``DATA/.isic2020/selections/`` so that ``verify`` checks the
 images against it instead of the whole CSV. Subsets add up: what earlier subset fetches put in
-the folder stays expected. A ``--direct`` fetch of the whole split removes the selection: the
-CSV is what the images are checked against again.
+the folder stays expected, and a subset fetched into a folder that holds the whole split
+records nothing (the whole split stays expected). A ``--direct`` fetch of the whole split removes
+the selection: the CSV is what the images are checked against again. ``--reset-selection``
+replaces the recorded subset by the new one and removes the images outside it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from isic2020.catalog.selection import (
     make_selection,
     save_selection,
     selection_path,
+    subset_grows,
+    supersede_selection,
 )
 from isic2020.commands.fetch_options import FetchRun
 from isic2020.commands.fetch_report import FileOutcome
@@ -71,6 +75,12 @@ def fetch_members(run: FetchRun, entry: FileEntry) -> FileOutcome:
 
     layout, subset = run.layout, run.what.subset
     sel = choose_subset(run, entry)
+    reset = subset and run.what.reset_selection
+    record = not subset or reset or subset_grows(layout, entry.split, entry.format)
+    if not record and run.how.log is not None:  # the whole split is here: nothing to record
+        run.how.log(f"{entry.name}: {layout.images_dir(entry.format, entry.split)} holds "
+                    "the whole split; the subset's images are checked as part of it")
+    removed = _reset_folder(layout, entry, sel) if reset else 0
     dest_dir = layout.images_dir(entry.format, entry.split)
     missing: list[str] = []
 
@@ -91,7 +101,8 @@ def fetch_members(run: FetchRun, entry: FileEntry) -> FileOutcome:
         cache=cache_path(layout.state_dir, entry.name),
         expected_etag=entry.etag,
     )
-    _record_selection(layout, entry, sel, subset)
+    if record:
+        _record_selection(layout, entry, sel, subset, reset)
     result = DownloadResult(
         name=entry.name,
         path=str(dest_dir),
@@ -115,20 +126,43 @@ def fetch_members(run: FetchRun, entry: FileEntry) -> FileOutcome:
         "directory_bytes": remote.bytes_read,
         "directory_cached": remote.from_cache,
     }
+    if reset:
+        outcome.extraction["removed_outside_selection"] = removed
     return outcome
 
 
-def _record_selection(layout: Layout, entry: FileEntry, sel: Selection, subset: bool) -> None:
-    """A subset adds to the recorded one; the whole split removes it."""
+def _record_selection(
+    layout: Layout, entry: FileEntry, sel: Selection, subset: bool, reset: bool = False
+) -> None:
+    """A subset adds to the recorded one (or replaces it: ``reset``); the whole split removes
+    it; a subset of a folder that holds the whole split leaves it the whole split."""
     sel_path = selection_path(layout.state_dir, entry.split, entry.format)
     if subset:
-        prev = load_selection(sel_path)
+        prev = None if reset else load_selection(sel_path)
         if prev is not None:
             sel.names = sorted(set(prev.names) | set(sel.names))
         save_selection(sel_path, sel)
     else:
+        supersede_selection(layout, entry.split, entry.format)
+
+
+def _reset_folder(layout: Layout, entry: FileEntry, sel: Selection) -> int:
+    """``--reset-selection``: remove the images of the folder outside the new subset (only
+    ``ISIC_*`` image files of ``DATA/<format>/<split>/``); how many were removed."""
+    keep = set(sel.names)
+    folder = layout.images_dir(entry.format, entry.split)
+    removed = 0
+    try:
+        with os.scandir(folder) as it:
+            stale = [e.name for e in it if e.name.startswith("ISIC_") and e.is_file()
+                     and e.name.rsplit(".", 1)[0] not in keep]
+    except FileNotFoundError:
+        return 0
+    for name in stale:
         with contextlib.suppress(FileNotFoundError):
-            remove_file(sel_path)  # the whole split is here now: verify against the CSV again
+            remove_file(folder / name)
+            removed += 1
+    return removed
 
 
 def direct_has_work(layout: Layout, entry: FileEntry) -> bool:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from isic2020.catalog.manifest import load_manifest
 from isic2020.catalog.metadata import GROUND_TRUTH_COLUMNS, TEST_COLUMNS_KAGGLE
+from isic2020.catalog.selection import recorded_subset
 from isic2020.catalog.tables import load_test_table, load_train_tables
 from isic2020.errors import UsageError, VerificationError
 from isic2020.store.layout import Layout
@@ -81,6 +82,8 @@ class SampleSet:
     missing: int
     has_folds: bool
     columns: list[str] = field(default_factory=list)
+    #: The split's rows in the metadata when the data is a subset (``rows`` is the subset's).
+    in_metadata: int | None = None
 
 
 def check_format(image_format: str) -> str:
@@ -173,6 +176,12 @@ def load_samples(q: SampleQuery) -> SampleSet:
     check_format(q.image_format)
     layout = Layout.at(q.data_dir)
     df, columns = _frame(layout, q)
+    # A subset fetch (--sample/--images/--where): the samples are its images, not the CSV's.
+    sel = recorded_subset(layout, q.split, ("jpeg",))
+    in_metadata = None
+    if sel is not None:
+        in_metadata = len(df)
+        df = df[df["image_name"].astype(str).isin(set(sel.names))]
     df, has_folds = _apply_folds(df, layout, q)
     if has_folds:
         columns.append("fold")
@@ -198,7 +207,8 @@ def load_samples(q: SampleQuery) -> SampleSet:
         target = meta.get("target") if q.split == "train" else None
         samples.append(Sample(key, str(folder / f"{key}.jpg"), size, meta, target))
     samples.sort(key=lambda s: s.key)
-    return SampleSet(q.split, folder, samples, len(records), missing, has_folds, columns)
+    return SampleSet(q.split, folder, samples, len(records), missing, has_folds, columns,
+                     in_metadata)
 
 
 def jpeg_problem(data: bytes) -> str | None:
