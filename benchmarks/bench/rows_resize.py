@@ -138,6 +138,8 @@ def row_resize(b: Bench) -> None:
         if t is first:
             r_v = ratio(t, vips)
             ok = None if r_v is None else (r_v <= 0.6 and (rss_sum or 0) < 400)
+            if vips is not None and vips.samples:  # CPU is what load on the machine spares
+                notes += f"; CPU {t.med('cpu') / vips.med('cpu'):.2f}x vipsthumbnail's"
             b.add(name, t, fmt_ratio(r_v, "vipsthumbnail"),
                   verdict(ok, "<= 0.6x vipsthumbnail, RSS < 400 MB"),
                   notes + (f"; {fmt_ratio(ratio(t, magick), 'ImageMagick')}" if magick else ""))

@@ -116,10 +116,15 @@ def row_shards(b: Bench) -> None:
     ran = b.run_tools("row 11", tools)
     ours, engine, tar = ran[0], ran[1], ran[2]
     r = ratio(ours, tar)
+    def cpu_vs_tar(t: Tool) -> str:  # CPU is what load on the machine spares
+        ok = t.samples and tar.samples and tar.med("cpu") > 0
+        return f"; CPU {t.med('cpu') / tar.med('cpu'):.2f}x tar's" if ok else ""
+
     for t in ran:
         if t is ours:
             b.add(name, t, fmt_ratio(r, "tar"), verdict(None if r is None else r <= 1.2,
-                  "<= 1.2x tar"), f"{n:,} images, {total / 1e6:.0f} MB; + .json/.cls, sha256")
+                  "<= 1.2x tar"), f"{n:,} images, {total / 1e6:.0f} MB; + .json/.cls, sha256"
+                  + cpu_vs_tar(t))
         elif t is engine:
             secs = t.med_extra("engine_s")
             tar_s = tar.med("wall") if tar.samples else None
@@ -128,7 +133,8 @@ def row_shards(b: Bench) -> None:
                   verdict(None if er is None else er <= 1.2, "engine <= 1.2x tar"),
                   f"export_shards alone {secs:.2f} s" if secs is not None else "")
         elif t.label.startswith("isic2020"):
-            b.add(name, t, fmt_ratio(ratio(t, tar), "tar"), "", "Parquet, HF Image encoding")
+            b.add(name, t, fmt_ratio(ratio(t, tar), "tar"), "",
+                  "Parquet, HF Image encoding" + cpu_vs_tar(t))
         else:
             b.add(name, t, fmt_ratio(ratio(t, tar), "tar") if t is not tar else "", "",
                   "the same JPEGs, nothing else")

@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.cli import cli_env, run_cli
+from support.cli import cli_cmd, cli_env, run_cli
 from support.jpegs import write_jpegs
 from support.metadata import make_synthetic
+from support.rss import run_with_peak_rss
 
 INDEX = "isic2020-index.json"
 
@@ -134,3 +135,47 @@ def test_without_pyarrow_one_line_and_nothing_written(tmp_path: Path) -> None:
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("isic2020: error")]
     assert len(lines) == 1 and "isic2020[training]" in lines[0], p.stderr
     assert not dest.exists()
+
+
+def _photo_sized_data(root: Path, patients: int, image_bytes: int) -> int:
+    """A data directory whose training JPEGs are ``image_bytes`` of noise each (unique bytes
+    per name, real SOI/EOI markers); returns their total size."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from isic2020.synthetic import jpeg_bytes
+
+    syn = make_synthetic(root, patients=patients, seed=3)
+    side = int((image_bytes / 1.6) ** 0.5)  # q95 noise: about 1.6 bytes per pixel
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=95)
+    out = root / "jpeg" / "train"
+    out.mkdir(parents=True)
+    total = 0
+    for name in syn.train["image_name"]:
+        data = jpeg_bytes(buf.getvalue(), name)
+        (out / f"{name}.jpg").write_bytes(data)
+        total += len(data)
+    return total
+
+
+def test_memory_does_not_grow_with_the_dataset(tmp_path: Path) -> None:
+    """Peak RSS of the export is bounded by the row group, not the shard or the dataset: a
+    dataset 20 times the size of another (several row groups of JPEGs) peaks within 40 MB of
+    it (the process' own peak, measured from a small parent: support.rss)."""
+    pytest.importorskip("pyarrow")
+    peaks, sizes = [], []
+    for patients, image_bytes in ((2, 100_000), (40, 200_000)):
+        data = tmp_path / f"data-{patients}"
+        sizes.append(_photo_sized_data(data, patients, image_bytes))
+        run = run_with_peak_rss(
+            cli_cmd("export", "--layout", "parquet", "--split", "train", "--data-dir", str(data),
+                    str(tmp_path / f"pq-{patients}"), "--json"),
+            env=cli_env(), timeout=300)
+        assert run.returncode == 0 and not run.timed_out, run.stderr[-2000:]
+        peaks.append(run.peak_rss)
+    assert sizes[1] > 20 * sizes[0] and sizes[1] > 40 * 10**6, sizes
+    assert peaks[1] < peaks[0] + 40 * 2**20, [p // 2**20 for p in peaks]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO, Protocol
 
@@ -50,52 +51,99 @@ def parse_shard_size(text: str | int) -> int:
 
 
 class HashingWriter:
-    """A write-only file that passes bytes on, hashing and counting them.
+    """A write-only file that gathers bytes into large chunks, hashes and writes each once.
 
-    Images go through one reused buffer (:meth:`buffer`, :meth:`write_buffer`), so the bytes
-    are still in the CPU's cache when they are hashed and written, and no memory is taken per
-    image. The hash is taken inline: a hashing thread was measured slower on a busy two-core
-    machine (hand-offs wait for the scheduler). Also a file for pyarrow (``write``, ``tell``,
-    ``flush``, ``close``).
+    Small members (tar headers, JSON, padding) and image bytes land in one reused buffer:
+    images are read straight into its free part (:meth:`buffer`, :meth:`write_buffer`), so a
+    sample costs no memory of its own and the file sees one ``write`` per :data:`CHUNK`, not a
+    few per member. Each full chunk is hashed and written; with ``overlap`` the hash of one
+    chunk runs in a helper thread while the chunk is written (both release the GIL, so on two
+    cores hashing costs no wall time), with two buffers and at most one chunk being hashed, in
+    order: the digest is the same either way. Also a file for pyarrow (``write``, ``tell``,
+    ``flush``, ``close``). :meth:`hexdigest` writes what is pending first.
     """
 
     closed = False
-    BUFFER_SIZE = 1 << 18
+    CHUNK = 1 << 20
+    #: :meth:`buffer` never hands out less room than this (the chunk is flushed first).
+    MIN_ROOM = 1 << 16
 
-    def __init__(self, fh: BinaryIO) -> None:
+    def __init__(self, fh: BinaryIO, overlap: bool = True) -> None:
         self.fh = fh
         self.written = 0
         self._digest = hashlib.sha256()
-        self._buffer = bytearray(self.BUFFER_SIZE)
+        self._buffers = [bytearray(self.CHUNK), bytearray(self.CHUNK)] if overlap else [
+            bytearray(self.CHUNK)]
+        self._current = 0
+        self._fill = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._hashing: Future[None] | None = None
 
-    def buffer(self) -> bytearray:
-        """The buffer to fill, then give to :meth:`write_buffer`."""
-        return self._buffer
+    def buffer(self) -> memoryview:
+        """Free room in the chunk (at least :data:`MIN_ROOM`): fill it, then give the count
+        to :meth:`write_buffer`."""
+        if self.CHUNK - self._fill < self.MIN_ROOM:
+            self._flush_chunk()
+        return memoryview(self._buffers[self._current])[self._fill :]
 
-    def write_buffer(self, buf: bytearray, n: int) -> None:
-        """Write and hash ``buf[:n]``."""
-        view = memoryview(buf)[:n]
-        self.fh.write(view)
-        self._digest.update(view)
+    def write_buffer(self, buf: bytearray | memoryview, n: int) -> None:
+        """Take ``n`` bytes put at the start of the room :meth:`buffer` gave."""
+        self._fill += n
         self.written += n
 
     def write(self, data: bytes | memoryview | bytearray) -> int:
         n = data.nbytes if isinstance(data, memoryview) else len(data)
-        self.fh.write(data)
-        self._digest.update(data)
+        if self._fill + n > self.CHUNK:
+            self._flush_chunk()
+        if n > self.CHUNK:  # bigger than a chunk (pyarrow's column chunks): straight through
+            self._wait()
+            self._digest.update(data)
+            self.fh.write(data)
+        else:
+            self._buffers[self._current][self._fill : self._fill + n] = data
+            self._fill += n
         self.written += n
         return n
 
+    def _flush_chunk(self) -> None:
+        if not self._fill:
+            return
+        view = memoryview(self._buffers[self._current])[: self._fill]
+        self._wait()
+        if len(self._buffers) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="isic2020-sha256")
+            self._hashing = self._pool.submit(self._digest.update, view)
+            self.fh.write(view)
+            self._current = 1 - self._current
+        else:
+            self._digest.update(view)
+            self.fh.write(view)
+        self._fill = 0
+
+    def _wait(self) -> None:
+        if self._hashing is not None:
+            self._hashing.result()
+            self._hashing = None
+
     def hexdigest(self) -> str:
+        self._flush_chunk()
+        self._wait()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         return self._digest.hexdigest()
 
     def tell(self) -> int:
         return self.written
 
     def flush(self) -> None:
+        self._flush_chunk()
+        self._wait()
         self.fh.flush()
 
     def close(self) -> None:  # the destination's writer closes the real file
+        self.flush()
         self.closed = True
 
     def writable(self) -> bool:
