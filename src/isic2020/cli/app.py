@@ -18,7 +18,14 @@ import click
 
 from isic2020 import config
 from isic2020.catalog.manifest import FORMAT_CHOICES, SPLIT_CHOICES
-from isic2020.errors import EXIT_DOWNLOAD, EXIT_INTERRUPTED, EXIT_USAGE, Isic2020Error
+from isic2020.errors import (
+    EXIT_DOWNLOAD,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Isic2020Error,
+    is_permission_error,
+    unreadable,
+)
 from isic2020.store import libc
 from isic2020.version import __version__
 
@@ -97,6 +104,9 @@ def run_command(fn: Callable[[], Any], as_json: bool, quiet: bool) -> None:
     except Exception as exc:  # a bug: still one line, the traceback on request
         if config.flag(config.DEBUG, False):
             raise
+        if is_permission_error(exc):  # a folder of a shared dataset this user may not read
+            error = unreadable(getattr(exc, "filename", None), exc)
+            fail(as_json, error.exit_code, type(error).__name__, error.one_line(), error)
         fail(
             as_json, EXIT_DOWNLOAD, "internal",
             f"internal error {type(exc).__name__}: {exc}; please report it "

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from isic2020.catalog.manifest import expand_split
-from isic2020.errors import EXIT_OK, EXIT_VERIFY, VerificationError
+from isic2020.errors import EXIT_OK, EXIT_VERIFY, NothingThere, VerificationError
 from isic2020.report import human_size, plural
 from isic2020.store.layout import Layout
 from isic2020.training.destination import INDEX_NAME, LocalDestination
@@ -113,7 +113,7 @@ def export_shards(dest: str | os.PathLike[str], opts: ShardOptions) -> ShardRepo
         query = SampleQuery(split, opts.image_format, opts.data_dir, opts.manifest)
         try:
             sset = load_samples(query)
-        except VerificationError:
+        except (NothingThere, VerificationError):
             if split == "test" and opts.split == "all":
                 report.notes.append(
                     "note: no test metadata on disk, so no test shards (run `isic2020 fetch "

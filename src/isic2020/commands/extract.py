@@ -14,7 +14,7 @@ from typing import Any
 
 from isic2020.archive.local import ArchiveExtraction, extract_archive
 from isic2020.catalog.manifest import expand_split, load_manifest
-from isic2020.errors import UsageError
+from isic2020.errors import NothingThere
 from isic2020.store.layout import Layout
 from isic2020.store.lock import data_dir_lock
 from isic2020.store.records import Records
@@ -115,7 +115,7 @@ def extract(
                 )
             )
     if not report.archives:
-        raise UsageError(
+        raise NothingThere(
             f"nothing to extract: {', '.join(report.missing) or 'no archive'} not in "
             f"{layout.archives_dir}",
             f"run `isic2020 fetch --split {split} --format {fmt}` first",
