@@ -88,7 +88,8 @@ def fetch(
         report.dry_run = dry_run(run, entries)
     else:
         _make_root(run.layout)
-        with data_dir_lock(run.layout.lock_path, timeout=how.lock_timeout, on_wait=how.log):
+        with data_dir_lock(run.layout.lock_path, timeout=how.lock_timeout, on_wait=how.log,
+                           read_only_ok=True):  # a no-op fetch works on read-only data
             _fetch_locked(run, entries, report)
     report.seconds = time.monotonic() - t0
     return report
