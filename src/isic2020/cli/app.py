@@ -63,10 +63,23 @@ def envelope(exit_code: int) -> dict[str, Any]:
     }
 
 
+def rounded(value: Any, key: str = "") -> Any:
+    """The document with every duration and time (a key ending in ``seconds`` or ``_at``)
+    rounded to milliseconds, whichever part of the library measured it: one rule for every
+    command's JSON."""
+    if isinstance(value, dict):
+        return {k: rounded(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, key) for v in value]
+    if isinstance(value, float) and key.endswith(("seconds", "_at")):
+        return round(value, 3)
+    return value
+
+
 def emit(report: Any, as_json: bool, quiet: bool) -> None:
     if as_json:
         code = getattr(report, "exit_code", 0)
-        doc = {**envelope(code), **report.to_dict()}
+        doc = {**envelope(code), **rounded(report.to_dict())}
         doc.update(ok=code == 0, exit_code=code)  # one meaning for every command
         click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
     elif not quiet:
