@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # imported where used: `fetch --direct` imports this module, 
     import pandas as pd
 
 from isic2020.errors import UsageError
+from isic2020.report import plural
 from isic2020.store.records import atomic_write_json, read_json
 
 _NAME_RE = re.compile(r"^ISIC_[0-9]{7}$")
@@ -181,7 +182,9 @@ def read_images_file(path: str | Path) -> list[str]:
             names.append(name)
     if bad:
         raise UsageError(
-            f"{p}: {len(bad)} entries are not image names like ISIC_0000000 "
+            f"{p}: {plural(len(bad), 'entry', 'entries')} "
+            f"{'is not an image name' if len(bad) == 1 else 'are not image names'} like "
+            "ISIC_0000000 "
             f"({', '.join(bad[:SHOW])}{', ...' if len(bad) > SHOW else ''})",
             "one name per line, or a CSV with an image_name column",
         )

@@ -72,10 +72,10 @@ class ShardReport:
         lines = [f"{self.layout} shards in {self.dest} (from {self.data_dir})"]
         for r in self.splits:
             lines.append(
-                f"  {r.split} ({r.image_format}): {r.samples:,} samples in "
+                f"  {r.split} ({r.image_format}): {plural(r.samples, 'sample')} in "
                 f"{plural(r.shards, 'shard')}, {human_size(r.bytes)} ({r.written:,} written, "
                 f"{r.kept:,} already there)"
-                + (f", {r.missing:,} images MISSING" if r.missing else "")
+                + (f", {plural(r.missing, 'image')} MISSING" if r.missing else "")
             )
             if r.removed:
                 lines.append(f"  removed {plural(len(r.removed), 'stale shard')} of {r.split}")

@@ -51,6 +51,7 @@ import pandas as pd
 from isic2020.catalog.manifest import load_manifest
 from isic2020.catalog.tables import fetch_hint, load_train_tables, write_csv_atomic
 from isic2020.errors import UsageError
+from isic2020.report import plural
 from isic2020.store.layout import Layout
 
 FOLDS_FILENAME = "folds.csv"
@@ -258,8 +259,8 @@ class FoldsReport:
 
     def summary_lines(self) -> list[str]:
         lines = [
-            f"{self.k} folds (seed {self.seed}) of {self.images:,} images, "
-            f"{self.patients:,} patients, {self.malignant} malignant "
+            f"{self.k} folds (seed {self.seed}) of {plural(self.images, 'image')}, "
+            f"{plural(self.patients, 'patient')}, {self.malignant:,} malignant "
             f"({100 * self.malignant_rate:.2f}%)"
             + (", duplicates dropped" if self.drop_duplicates else "")
             + f" -> {self.out}",
