@@ -33,7 +33,7 @@ from typing import Any
 
 from isic2020.catalog.manifest import EXTENSIONS
 from isic2020.errors import DiskError, NothingThere, UsageError
-from isic2020.report import human_size, plural, progress_bar
+from isic2020.report import human_size, plural, progress_bar, readable_repr
 from isic2020.store.layout import Layout
 from isic2020.store.lock import data_dir_lock
 
@@ -145,6 +145,7 @@ def read_list(path: Path) -> dict[str, str]:
     return out
 
 
+@readable_repr
 @dataclass
 class AgainstReport:
     """What ``verify --against`` found: each problem by its path relative to DATA."""

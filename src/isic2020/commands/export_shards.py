@@ -22,7 +22,7 @@ from typing import Any
 
 from isic2020.catalog.manifest import expand_split
 from isic2020.errors import EXIT_OK, EXIT_VERIFY, NothingThere, VerificationError
-from isic2020.report import human_size, plural
+from isic2020.report import human_size, plural, readable_repr
 from isic2020.store.layout import Layout
 from isic2020.training.destination import INDEX_NAME, LocalDestination
 from isic2020.training.samples import SampleQuery, check_format, load_samples
@@ -50,6 +50,7 @@ class ShardOptions:
     manifest: str | os.PathLike[str] | None = None
 
 
+@readable_repr
 @dataclass
 class ShardReport:
     """What ``isic2020 export --layout webdataset|parquet`` wrote."""

@@ -15,12 +15,13 @@ from typing import Any
 from isic2020.archive.local import ArchiveExtraction, extract_archive
 from isic2020.catalog.manifest import expand_split, load_manifest
 from isic2020.errors import NothingThere
-from isic2020.report import plural
+from isic2020.report import plural, readable_repr
 from isic2020.store.layout import Layout
 from isic2020.store.lock import data_dir_lock
 from isic2020.store.records import Records
 
 
+@readable_repr
 @dataclass
 class ExtractReport:
     data_dir: str

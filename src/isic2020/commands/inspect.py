@@ -26,7 +26,7 @@ from isic2020.errors import (
     host_line,
     hosts_failed,
 )
-from isic2020.report import human_size
+from isic2020.report import human_size, readable_repr
 from isic2020.transfer.http import Timeouts
 from isic2020.transfer.retry import RetryPolicy
 
@@ -61,6 +61,7 @@ class ArchiveInspection:
         return asdict(self)
 
 
+@readable_repr
 @dataclass
 class InspectReport:
     data_dir: str

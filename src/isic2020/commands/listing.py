@@ -15,12 +15,13 @@ from typing import Any
 from isic2020.catalog.manifest import FileEntry, Manifest, load_manifest, parse_size
 from isic2020.commands.ondisk import partial_bytes, trusted
 from isic2020.commands.sources import check_mirrors
-from isic2020.report import human_size
+from isic2020.report import human_size, readable_repr
 from isic2020.store.layout import Layout
 from isic2020.store.records import FileRecord, Records
 from isic2020.version import __version__
 
 
+@readable_repr
 @dataclass
 class ListReport:
     """The rows of ``list`` (``--json``: the ``files`` key)."""

@@ -16,7 +16,7 @@ import pandas as pd
 
 from isic2020.catalog.manifest import FORMATS, SPLITS, load_manifest
 from isic2020.catalog.tables import image_paths, load_train_tables, read_test
-from isic2020.report import plural
+from isic2020.report import plural, readable_repr
 from isic2020.store.layout import Layout
 
 MISSING = "(missing)"
@@ -64,6 +64,7 @@ class TestStats:
     missing: dict[str, int]
 
 
+@readable_repr
 @dataclass
 class StatsReport:
     """Training (always) and test (when its CSV is present) counts, and images on disk."""
