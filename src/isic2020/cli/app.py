@@ -136,10 +136,10 @@ def failure_summary(report: Any) -> str:
     """One line for a report that ends in a non-zero exit (the details are on stdout)."""
     checked = getattr(report, "verification", None) or report
     failed = checked.failed() if hasattr(checked, "failed") else []
-    what = ", ".join(c.name for c in failed) or "see the report"
+    what = ", ".join(c.name for c in failed)
     return (
-        f"verification failed: {what}; see the report (--json for every problem), replace "
-        "what is damaged (delete it and run `isic2020 fetch`)"
+        f"verification failed{': ' + what if what else ''}; see the report (--json for every "
+        "problem), replace what is damaged (delete it and run `isic2020 fetch`)"
     )
 
 
@@ -152,7 +152,9 @@ def common_options(fn: F) -> F:
     )(fn)
     fn = click.option(
         "--data-dir",
-        type=click.Path(file_okay=False),
+        # not readable=True: a folder this user may not read is the command's "permission
+        # denied" (exit 3, like any unreadable part of the data), not a usage error
+        type=click.Path(file_okay=False, readable=False),
         envvar="ISIC2020_DATA_DIR",
         help="Data directory [env: ISIC2020_DATA_DIR; default: ~/.local/share/isic2020].",
     )(fn)
