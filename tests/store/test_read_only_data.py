@@ -93,3 +93,20 @@ def test_an_unreadable_folder_says_permission_denied(dataset, mirror, tmp_path, 
     finally:
         folder.chmod(0o755)
     assert os.access(folder, os.R_OK)
+
+
+def test_an_unreadable_data_directory_says_permission_denied(dataset, mirror, tmp_path):
+    """DATA itself unreadable: the same "permission denied" line (exit 3) as a folder inside,
+    not a usage error about the option."""
+    data = tmp_path / "d"
+    fetch_into(data, mirror.url, dataset.manifest_path, "--split", "train")
+    data.chmod(0)
+    try:
+        for command in (("verify", "--split", "train"), ("status",)):
+            r = run_unprivileged(*command, "--data-dir", str(data),
+                                 env=cli_env(dataset.manifest_path))
+            assert r.returncode == 3, r.stderr
+            line = _one_error(r)
+            assert "permission denied" in line and str(data) in line, line
+    finally:
+        data.chmod(0o755)
