@@ -61,15 +61,14 @@ def data_dir_lock(
             os.close(sfd)
     except OSError as exc:
         unwritable = exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
-        if unwritable and (shared or read_only_ok):
-            # A read-only data directory can still be read: under a shared lock when the lock
-            # file is there to be opened read-only, else (nobody ever wrote here) without one.
-            shared = True
-            fd = _open_read_only(lock_path)
-            if fd is None:
-                refuse_state_links(state_dir)
-                yield
-                return
+        fd = _open_read_only(lock_path) if unwritable and (shared or read_only_ok) else None
+        if fd is not None:
+            shared = True  # a read-only data directory can still be read, under a shared lock
+        elif unwritable and shared:
+            # verify: nobody ever wrote here (no lock file), so nobody can be writing now
+            refuse_state_links(state_dir)
+            yield
+            return
         elif exc.errno == errno.ELOOP:
             raise StateLinkError(lock_path, state_dir) from None
         else:
