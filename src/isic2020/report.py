@@ -69,7 +69,7 @@ def readable_repr(cls: type[T]) -> type[T]:
     of checks, rows or files as their count (``checks=<12 items>``), never pages of them."""
 
     def __repr__(self: Any) -> str:
-        shown = [f"{f.name}={_short(getattr(self, f.name))}"
+        shown = [f"{f.name}={_short(vars(self)[f.name])}"
                  for f in dataclasses.fields(self) if f.repr]
         return f"{type(self).__name__}({', '.join(shown)})"
 
