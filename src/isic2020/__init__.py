@@ -2,20 +2,19 @@
 
 The public API mirrors the CLI: ``fetch``, ``list_files``, ``extract``, ``verify`` and the
 metadata helpers. The functions named like their modules are imported eagerly (otherwise
-``isic2020.commands.fetch`` could be the module, depending on import order); the rest lazily.
+``isic2020.commands.fetch`` could be the module, depending on import order); the rest lazily,
+so ``import isic2020`` stays cheap (no pandas). ``dir(isic2020)`` lists the API (``__all__``),
+not the names this module needs to work.
 """
 
-from __future__ import annotations
+import importlib as _importlib
 
-import importlib
-from typing import Any
-
-from isic2020.checks.verify import verify  # noqa: E402
-from isic2020.commands.export import export  # noqa: E402
-from isic2020.commands.extract import extract  # noqa: E402
-from isic2020.commands.fetch import fetch  # noqa: E402
-from isic2020.commands.listing import list_files  # noqa: E402
-from isic2020.version import __version__  # noqa: E402
+from isic2020.checks.verify import verify
+from isic2020.commands.export import export
+from isic2020.commands.extract import extract
+from isic2020.commands.fetch import fetch
+from isic2020.commands.listing import list_files
+from isic2020.version import __version__
 
 _LAZY = {
     "load_metadata": "isic2020.catalog.tables",
@@ -39,10 +38,14 @@ _LAZY = {
 __all__ = ["__version__", "export", "extract", "fetch", "list_files", "verify", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'isic2020' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,4 +1,4 @@
-"""How sizes and progress look to a user, in one place.
+"""How sizes, counts, reports and progress look to a user, in one place.
 
 Sizes are decimal (``23.1 MB``), as the dataset's published sizes and ``df -H`` are, and the
 progress bars count in the same units, so a bar and the summary under it never disagree
@@ -27,13 +27,14 @@ bar unless its caller asked for progress.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 _UNITS = ("B", "KB", "MB", "GB", "TB")
 #: Seconds between two plain progress lines when the CLI does not say.
@@ -362,3 +363,41 @@ class _Ticker:
 
 
 _TICKER = _Ticker()
+
+
+T = TypeVar("T")
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _short(value: Any) -> str:
+    """A field's value as a repr shows it: scalars as they are, a long string cut, a table by
+    its shape, a collection by its length unless it is a few scalars."""
+    if hasattr(value, "shape") and hasattr(value, "columns"):  # a pandas DataFrame
+        return f"<{type(value).__name__} {value.shape[0]} rows x {value.shape[1]} columns>"
+    if isinstance(value, float):
+        return repr(round(value, 3))
+    if isinstance(value, str):
+        return repr(value if len(value) <= 80 else value[:77] + "...")
+    if isinstance(value, (list, tuple, set, frozenset, dict)):
+        items = list(value.values()) if isinstance(value, dict) else list(value)
+        text = repr(value)
+        if len(items) <= 4 and all(isinstance(v, _SCALARS) for v in items) and len(text) <= 80:
+            return text
+        return f"<{len(items)} {'item' if len(items) == 1 else 'items'}>"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return f"<{type(value).__name__}>"
+    return repr(value)
+
+
+def readable_repr(cls: type[T]) -> type[T]:
+    """Give a report dataclass a repr a person can read in a notebook: every field, but lists
+    of checks, rows or files as their count (``checks=<12 items>``), never pages of them."""
+
+    def __repr__(self: Any) -> str:
+        shown = [f"{f.name}={_short(vars(self)[f.name])}"
+                 for f in dataclasses.fields(self) if f.repr]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    cls.__repr__ = __repr__  # type: ignore[assignment,method-assign]
+    return cls

@@ -14,7 +14,7 @@ from support.metadata import (
 )
 
 from isic2020.catalog.tables import ImagesMissingWarning, load_metadata
-from isic2020.errors import UsageError, VerificationError
+from isic2020.errors import NothingThere, UsageError, VerificationError
 
 # ---------------------------------------------------------------- synthetic metadata
 
@@ -120,10 +120,12 @@ def test_v1_fallback_without_v2(tmp_path: Path) -> None:
 
 
 def test_missing_metadata_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(VerificationError) as ei:
+    """Missing metadata is missing input (exit 2, "run fetch first"), not failed verification."""
+    with pytest.raises(NothingThere) as ei:
         load_metadata("train", data_dir=tmp_path)
     assert "isic2020 fetch --format none" in ei.value.one_line()
-    with pytest.raises(VerificationError, match="no test metadata"):
+    assert ei.value.exit_code == 2
+    with pytest.raises(NothingThere, match="no test metadata"):
         load_metadata("test", data_dir=tmp_path)
 
 

@@ -16,7 +16,7 @@ from support.metadata import make_real_data_dir
 
 from isic2020.checks.verify import verify
 from isic2020.commands.extract import extract
-from isic2020.errors import VerificationError
+from isic2020.errors import NothingThere
 from isic2020.store.fsutil import temp_name
 from isic2020.store.layout import Layout
 from isic2020.store.records import FileRecord, Records
@@ -193,11 +193,12 @@ def test_kaggle_test_columns_accepted(tmp_path: Path) -> None:
 
 def test_nothing_to_verify(data, tmp_path: Path) -> None:
     ds, _ = data
-    with pytest.raises(VerificationError) as ei:
+    with pytest.raises(NothingThere) as ei:  # missing input: exit 2, as "nothing to extract"
         verify(data_dir=tmp_path / "empty", manifest=ds.manifest_path)
     assert "nothing to verify" in ei.value.message and "fetch" in (ei.value.hint or "")
+    assert ei.value.exit_code == 2
     (tmp_path / "empty2").mkdir()
-    with pytest.raises(VerificationError):
+    with pytest.raises(NothingThere):
         verify(data_dir=tmp_path / "empty2", manifest=ds.manifest_path, fmt="dicom-original")
 
 
@@ -237,7 +238,7 @@ def test_cli_malformed_csv_and_json(data) -> None:
     assert "image,patient,sex,age_approx,anatom_site_general" in meta, meta
     r = _cli("verify", "--data-dir", str(layout.root / "nope"), "--manifest",
              str(ds.manifest_path))
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "nothing to verify" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nothing to verify" in r.stderr
 
 
 @pytest.mark.slow

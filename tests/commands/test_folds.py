@@ -193,7 +193,7 @@ def test_cli_out_and_drop_duplicates(tmp_path: Path) -> None:
 
 def test_cli_missing_metadata(tmp_path: Path) -> None:
     r = run_cli("folds", "--data-dir", str(tmp_path))
-    assert r.returncode == 1
+    assert r.returncode == 2  # missing input (run fetch first), not failed verification
     assert r.stderr.startswith("isic2020: error:")
     assert "isic2020 fetch --format none" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

@@ -202,7 +202,7 @@ def test_bigger_shards_replace_the_old_ones(tmp_path: Path) -> None:
         (["--layout", "zarr"], 2, "'zarr' is not one of"),
         (["--layout", "webdataset", "--format", "png"], 2, "unknown image format 'png'"),
         (["--layout", "webdataset", "--shard-size", "lots"], 2, "bad shard size 'lots'"),
-        (["--layout", "webdataset", "--split", "test"], 1, "no test metadata"),
+        (["--layout", "webdataset", "--split", "test"], 2, "no test metadata"),
         (["--layout", "kaggle", "--split", "train"], 2, "for the webdataset and parquet"),
     ],
 )

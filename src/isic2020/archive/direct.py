@@ -36,6 +36,8 @@ from isic2020.errors import (
     ObjectChanged,
     UsageError,
     VerificationError,
+    host_line,
+    hosts_failed,
 )
 from isic2020.store.fsutil import remove_file
 from isic2020.transfer.retry import RetryPolicy
@@ -91,7 +93,7 @@ def fetch_remote_members(
             restarts += 1
             _drop(cache)
             if expected_etag or restarts > retry.object_restarts:
-                failures.append(f"{url}: {exc.message}")
+                failures.append(host_line(url, exc.message))
                 i += 1
                 continue
             check = "crc"
@@ -117,7 +119,8 @@ def fetch_remote_members(
                 no_ranges_hint = exc.hint or ""
             _failed(exc, url, failures, damaged, log, i + 1 < len(http_urls))
             i += 1
-    raise _all_failed(failures, damaged, no_ranges, no_ranges_hint)
+    raise _all_failed(failures, damaged, no_ranges, no_ranges_hint,
+                      http_urls[0].rsplit("/", 1)[-1].split("?")[0])
 
 
 def _drop(cache: Path | None) -> None:
@@ -130,15 +133,15 @@ def _drop(cache: Path | None) -> None:
 def _failed(exc: DownloadError | VerificationError, url: str, failures: list[str],
             damaged: list[str], log: Log | None, more: bool) -> None:
     """Record a host's failure (a damaged archive also in ``damaged``) and say so."""
-    failures.append(f"{url}: {exc.message}")
+    failures.append(host_line(url, exc.message))
     if isinstance(exc, VerificationError):
-        damaged.append(f"{url}: {exc.message}")
+        damaged.append(host_line(url, exc.message))
     if log is not None and more:
         log(f"{exc.message}; trying the next host")
 
 
 def _all_failed(failures: list[str], damaged: list[str], no_ranges: list[str],
-                no_ranges_hint: str) -> VerificationError | DownloadError:
+                no_ranges_hint: str, name: str) -> VerificationError | DownloadError:
     """Every host failed: a verification error when each served a damaged archive, a
     :class:`RangesNotServed` when none serves byte ranges."""
     if no_ranges and len(no_ranges) == len(failures):
@@ -148,7 +151,4 @@ def _all_failed(failures: list[str], damaged: list[str], no_ranges: list[str],
             "; ".join(damaged),
             "the servers' archive is damaged or not the official one; try another --mirror",
         )
-    return DownloadError(
-        f"every host failed ({'; '.join(failures)})",
-        "check the network or the mirror, then run the same command again to resume",
-    )
+    return hosts_failed(f"{name}: every host failed", failures)

@@ -47,7 +47,7 @@ from isic2020.archive.workers import (
 from isic2020.archive.zipformat import BadZip, read_directory
 from isic2020.catalog.manifest import FileEntry
 from isic2020.errors import DiskError, Interrupted, UsageError, VerificationError
-from isic2020.report import progress_bar
+from isic2020.report import human_size, plural, progress_bar
 from isic2020.store.fsutil import free_bytes, remove_tree
 from isic2020.store.layout import Layout
 from isic2020.store.records import Records, file_mode
@@ -175,7 +175,7 @@ def extract_archive(
                                        plan.members)
     todo = _todo(entry, plan.members, dest_dir, result)
     if log and todo:
-        log(f"extracting {len(todo)} images from {entry.name} to {rel_dest}")
+        log(f"extracting {plural(len(todo), 'image')} from {entry.name} to {rel_dest}")
     _write(path, entry, todo, dest_dir, result, workers, progress)
     records.put_extracted(
         entry.name,
@@ -261,8 +261,8 @@ def _todo(
     free = free_bytes(dest_dir)  # None: the filesystem does not say (ramfs)
     if free is not None and need > free:
         raise DiskError(
-            f"{entry.name} needs {need / 1e9:.2f} GB more in {dest_dir}, only "
-            f"{free / 1e9:.2f} GB free",
+            f"{entry.name} needs {human_size(need)} more in {dest_dir}, only "
+            f"{human_size(free)} free",
             "free space or choose another --data-dir, then run the same command again",
         )
     todo.sort(key=lambda m: m.entry.header_offset)

@@ -45,7 +45,7 @@ from isic2020.archive.spans import Span
 from isic2020.archive.unpack import UNPACKERS, MemberSink, Unpackers, cuts_of
 from isic2020.archive.zipformat import Entry as RemoteMember
 from isic2020.errors import Interrupted
-from isic2020.report import progress_bar
+from isic2020.report import human_size, plural, progress_bar
 from isic2020.store.records import file_mode
 from isic2020.transfer.http import Timeouts
 from isic2020.transfer.localfile import range_client
@@ -256,9 +256,9 @@ def fetch_members(
         job.plan(chosen, dest, check_existing,
                  Coalescer(ends, opts.max_gap, opts.max_span, DEFAULT_MAX_WASTE))
         if log is not None and result.spans:
-            log(f"{remote.name}: fetching {job.planned} members ({job.planned_bytes / 1e6:.1f} "
-                f"MB in {result.spans} ranges) over {min(connections, job.most_pieces)} "
-                "connections")
+            log(f"{remote.name}: fetching {plural(job.planned, 'member')} "
+                f"({human_size(job.planned_bytes)} in {plural(result.spans, 'range')}) over "
+                f"{plural(min(connections, job.most_pieces), 'connection')}")
         job.wait()
     except KeyboardInterrupt:
         job.stop()

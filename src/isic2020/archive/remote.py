@@ -47,7 +47,13 @@ from isic2020.archive.zipformat import (
     parse_central_directory,
     tail_start,
 )
-from isic2020.errors import DownloadError, ObjectChanged, VerificationError
+from isic2020.errors import (
+    DownloadError,
+    ObjectChanged,
+    VerificationError,
+    host_line,
+    hosts_failed_hint,
+)
 from isic2020.store.fsutil import atomic_write
 from isic2020.transfer.digests import normalize_etag
 from isic2020.transfer.engine import Downloader
@@ -127,10 +133,7 @@ def host_failed(url: str, exc: HostFailed) -> DownloadError:
             f"{url}: {exc}",
             "members of a zip need a server with byte ranges; fetch the whole archive instead",
         )
-    return DownloadError(
-        f"{url}: {exc}",
-        "check the network or try another --mirror, then run the same command again",
-    )
+    return DownloadError(host_line(url, str(exc)), hosts_failed_hint([str(exc)]))
 
 
 def probe(

@@ -66,6 +66,7 @@ from isic2020.archive.zipformat import (
 )
 from isic2020.catalog.manifest import FileEntry
 from isic2020.errors import Isic2020Error
+from isic2020.report import plural
 from isic2020.store.fsutil import StateLinkError, file_mode, open_dir, open_nofollow, remove_tree
 from isic2020.store.layout import Layout
 from isic2020.store.records import atomic_write_json
@@ -273,7 +274,8 @@ class StreamingExtractor(TransferObserver):
                 self._release(a, b)
             self._cond.notify_all()
         if self.log is not None:
-            self.log(f"{self.entry.name}: unpacking {len(members)} images while it downloads")
+            self.log(f"{self.entry.name}: unpacking {plural(len(members), 'image')} while it "
+                     "downloads")
         if self.on_planned is not None:
             self.on_planned()
 

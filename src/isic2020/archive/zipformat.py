@@ -32,6 +32,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from isic2020.report import human_size
+
 MiB = 1 << 20
 #: Tail that holds the end records of any zip: the longest comment (65535) + EOCD (22) +
 #: ZIP64 locator (20) + ZIP64 EOCD (56).
@@ -163,7 +165,7 @@ def end_records(tail: bytes, tail_start: int, size: int, read_at: ReadAt) -> Dir
     claim = f"a central directory of {cd_size} bytes at {cd_offset} with {n_total} entries"
     if cd_size > MAX_CD_BYTES:
         raise BadEndRecords(
-            f"the end records claim {claim}, over the {MAX_CD_BYTES // MiB} MiB any archive "
+            f"the end records claim {claim}, over the {human_size(MAX_CD_BYTES)} any archive "
             "of this dataset needs (the official ones are ~3 MB)"
         )
     if n_total * MIN_ENTRY > cd_size:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # imported where used: `fetch --direct` imports this module, 
     import pandas as pd
 
 from isic2020.errors import UsageError
+from isic2020.report import plural
 from isic2020.store.fsutil import remove_file
 from isic2020.store.layout import Layout
 from isic2020.store.records import atomic_write_json, read_json
@@ -243,7 +244,9 @@ def read_images_file(path: str | Path) -> list[str]:
             names.append(name)
     if bad:
         raise UsageError(
-            f"{p}: {len(bad)} entries are not image names like ISIC_0000000 "
+            f"{p}: {plural(len(bad), 'entry', 'entries')} "
+            f"{'is not an image name' if len(bad) == 1 else 'are not image names'} like "
+            "ISIC_0000000 "
             f"({', '.join(bad[:SHOW])}{', ...' if len(bad) > SHOW else ''})",
             "one name per line, or a CSV with an image_name column",
         )
@@ -313,17 +316,40 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _bad_query(where: str, exc: BaseException, columns: Iterable[object]) -> UsageError:
+    return UsageError(
+        f"--where {where!r} is not a valid query: {_one_line(exc)}",
+        "use pandas query syntax over the metadata columns, e.g. "
+        "\"target == 1 and sex == 'female'\"; columns: " + ", ".join(map(str, columns)),
+    )
+
+
+def check_where(where: str, split: str) -> None:
+    """Refuse a ``--where`` that no metadata can satisfy (a syntax error, a name that is not a
+    column) before anything is downloaded: it is tried on an empty frame with the split's
+    columns. Whatever depends on the values (types, comparisons) is left to the real frame."""
+    import pandas as pd
+    from pandas.errors import UndefinedVariableError
+
+    from isic2020.catalog.tables import TEST_COLUMNS, TRAIN_COLUMNS
+
+    columns = TEST_COLUMNS if split == "test" else TRAIN_COLUMNS
+    empty = pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
+    try:
+        empty.query(where)
+    except (SyntaxError, UndefinedVariableError) as exc:
+        raise _bad_query(where, exc, columns) from None
+    except Exception:  # noqa: BLE001, S110 - depends on the values: the real frame decides
+        pass
+
+
 def _query(df: pd.DataFrame, where: str) -> pd.DataFrame:
     import pandas as pd
 
     try:
         out = df.query(where)
     except Exception as exc:  # noqa: BLE001 - pandas raises many kinds; all are the user's input
-        raise UsageError(
-            f"--where {where!r} is not a valid query: {_one_line(exc)}",
-            "use pandas query syntax over the metadata columns, e.g. "
-            "\"target == 1 and sex == 'female'\"; columns: " + ", ".join(map(str, df.columns)),
-        ) from None
+        raise _bad_query(where, exc, df.columns) from None
     if not isinstance(out, pd.DataFrame):
         raise UsageError(f"--where {where!r} does not select rows", "give a boolean condition")
     return out

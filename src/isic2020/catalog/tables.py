@@ -27,8 +27,8 @@ from isic2020.catalog.metadata import (
     check_values,
     read_metadata_csv,
 )
-from isic2020.errors import DiskError, UsageError, VerificationError
-from isic2020.store.fsutil import atomic_file
+from isic2020.errors import NothingThere, UsageError, VerificationError
+from isic2020.store.fsutil import atomic_file, output_error
 from isic2020.store.layout import Layout
 
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ def load_train_tables(
     files = find_metadata_files(layout, manifest)
     if files.train is None:
         names = [e.name for r in ("ground_truth_v2", "ground_truth") if (e := manifest.role(r))]
-        raise VerificationError(
+        raise NothingThere(
             f"no training metadata in {layout.metadata_dir} (looked for {' or '.join(names)})",
             fetch_hint(layout),
         )
@@ -242,7 +242,7 @@ def load_test_table(layout: Layout, manifest: Manifest) -> pd.DataFrame:
     files = find_metadata_files(layout, manifest)
     if files.test_metadata is None:
         entry = manifest.role("test_metadata")
-        raise VerificationError(
+        raise NothingThere(
             f"no test metadata in {layout.metadata_dir}"
             + (f" (looked for {entry.name})" if entry else ""),
             fetch_hint(layout),
@@ -343,4 +343,4 @@ def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
             text.flush()
             text.detach()  # ``atomic_file`` fsyncs and closes ``fh`` itself
     except OSError as exc:
-        raise DiskError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise output_error(exc, path) from None

@@ -32,8 +32,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from isic2020.catalog.manifest import EXTENSIONS
-from isic2020.errors import DiskError, UsageError, VerificationError
-from isic2020.report import human_size, plural, progress_bar
+from isic2020.errors import DiskError, NothingThere, UsageError
+from isic2020.report import human_size, plural, progress_bar, readable_repr
 from isic2020.store.layout import Layout
 from isic2020.store.lock import data_dir_lock
 
@@ -145,6 +145,7 @@ def read_list(path: Path) -> dict[str, str]:
     return out
 
 
+@readable_repr
 @dataclass
 class AgainstReport:
     """What ``verify --against`` found: each problem by its path relative to DATA."""
@@ -233,7 +234,7 @@ def verify_against(
     layout = Layout.at(data_dir)
     listed = read_list(Path(against))
     if not layout.root.is_dir():
-        raise VerificationError(f"nothing to verify: {layout.root} does not exist",
+        raise NothingThere(f"nothing to verify: {layout.root} does not exist",
                                 "copy the data there, or give its folder with --data-dir")
     report = AgainstReport(str(layout.root), str(against), listed=len(listed))
     rels = sorted(listed)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from isic2020.report import readable_repr
+
 SHOW = 5  # names shown per problem list in the text summary
 
 
@@ -34,6 +36,7 @@ class Check:
         }
 
 
+@readable_repr
 @dataclass
 class VerifyReport:
     """Every check of one ``verify`` run; ``exit_code`` 1 when any failed (warnings do not)."""

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from isic2020.catalog.manifest import EXTENSIONS
 from isic2020.checks.findings import Check
+from isic2020.report import plural
 from isic2020.store.fsutil import is_temp_name
 from isic2020.store.layout import Layout
 
@@ -255,15 +256,16 @@ def _names_check(
     }
     if not folder.is_dir():
         msg = (
-            f"{folder} does not exist ({len(names):,} images expected); run "
+            f"{folder} does not exist ({plural(len(names), 'image')} expected); run "
             f"`isic2020 fetch --split {split} --format {fmt}`"
         )
     elif problems:
-        msg = f"{len(present):,} of {len(names):,} images; {len(missing)} missing, " + (
+        msg = f"{len(present):,} of {plural(len(names), 'image')}; {len(missing)} missing, " + (
             f"{len(extra_files)} extra"
         )
     else:
-        msg = f"all {len(names):,} images present, nothing extra"
+        msg = (f"all {plural(len(names), 'image')} present, nothing extra" if len(names) != 1
+               else "the 1 image present, nothing extra")
     return Check(f"{prefix}/names", "failed" if problems else "ok", msg, figures, problems)
 
 
@@ -306,7 +308,8 @@ def _integrity_checks(
             f"{prefix}/integrity",
             "failed" if problems else "ok",
             f"{len(problems)} of {len(files):,} damaged" if problems
-            else f"{len(files):,} {ext.upper()} files intact ({len(files) / max(el, 1e-9):,.0f}/s)",
+            else f"{plural(len(files), ext.upper() + ' file')} intact "
+            f"({len(files) / max(el, 1e-9):,.0f}/s)",
             {"checked": len(files), "damaged": len(problems), "seconds": round(el, 3)},
             problems,
         )

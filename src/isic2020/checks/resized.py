@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from isic2020.errors import Isic2020Error
+from isic2020.report import plural
 from isic2020.store.recipe import RecipeFile, ResizedFormat, load_recipe
 
 WORKERS = 2
@@ -81,7 +82,8 @@ def check_resized(
     out.append(Finding(
         f"{prefix}/recipe outputs", "failed" if recorded else "ok",
         f"{len(recorded)} of {n:,} differ from the recipe" if recorded
-        else f"{n:,} images have the size and SHA-256 the recipe records",
+        else f"{plural(n, 'image')} {'has' if n == 1 else 'have'} the size and SHA-256 the "
+        "recipe records",
         {"checked": n, "differ": len(recorded)}, recorded,
     ))
     out.append(Finding(
@@ -135,13 +137,14 @@ def _names(prefix: str, folder: Path, present: set[str], other: list[str],
     figures = {"expected": len(expected), "present": len(present), "missing": len(missing),
                "extra": len(extra), "missing_names": missing, "extra_names": extra}
     if not folder.is_dir():
-        msg = (f"{folder} does not exist ({len(expected):,} images expected); run "
+        msg = (f"{folder} does not exist ({plural(len(expected), 'image')} expected); run "
                f"`isic2020 resize` for {fmt} --split {split}")
     elif problems:
-        msg = (f"{len(present):,} of {len(expected):,} images; {len(missing)} missing, "
+        msg = (f"{len(present):,} of {plural(len(expected), 'image')}; {len(missing)} missing, "
                f"{len(extra)} extra (`isic2020 resize` makes the missing ones)")
     else:
-        msg = f"all {len(expected):,} images present, nothing extra"
+        msg = (f"all {plural(len(expected), 'image')} present, nothing extra" if len(expected) != 1
+               else "the 1 image present, nothing extra")
     return Finding(f"{prefix}/names", "failed" if problems else "ok", msg, figures, problems)
 
 

@@ -34,7 +34,7 @@ from isic2020.checks.findings import Check, VerifyReport
 from isic2020.checks.images import image_checks
 from isic2020.checks.metadata import metadata_checks
 from isic2020.checks.resized import check_resized, is_resized_format
-from isic2020.errors import UsageError, VerificationError
+from isic2020.errors import NothingThere, UsageError
 from isic2020.store.layout import Layout
 from isic2020.store.libc import malloc_trim
 from isic2020.store.lock import data_dir_lock
@@ -170,7 +170,7 @@ def verify_data(
     """Check the selection on disk; never raises for findings (they are in the report).
 
     ``metadata``: the metadata checks already made (:class:`MetadataPrecheck`).
-    Raises VerificationError only when nothing of the selection is on disk at all.
+    Raises NothingThere (exit 2) only when nothing of the selection is on disk at all.
     """
     start = time.monotonic()
     release_free_memory()
@@ -178,7 +178,7 @@ def verify_data(
     if fmt not in FORMAT_CHOICES and not is_resized_format(fmt):
         raise UsageError(f"unknown format {fmt!r}", f"use one of {', '.join(FORMAT_CHOICES)}")
     if not _anything_on_disk(layout, manifest, splits, fmt):
-        raise VerificationError(
+        raise NothingThere(
             f"nothing to verify: no metadata{'' if fmt == 'none' else ', archives or images'} "
             f"for --split {split} --format {fmt} in {layout.root}",
             f"run `isic2020 fetch --split {split} --format {fmt}` first",
@@ -255,7 +255,7 @@ def verify(
     layout = Layout.at(data_dir)
     man = load_manifest(manifest)
     if not layout.root.is_dir():
-        raise VerificationError(
+        raise NothingThere(
             f"nothing to verify: {layout.root} does not exist",
             f"run `isic2020 fetch --split {split or 'train'} --format {fmt or 'jpeg'}` first"
             + ("" if data_dir is None else " with the same --data-dir"),

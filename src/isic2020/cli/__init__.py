@@ -12,5 +12,8 @@ of commands registers its commands on the group when imported (below).
 
 from isic2020.cli import checking, cluster, data, fetching  # noqa: F401 - registers commands
 from isic2020.cli.app import cli, main
+from isic2020.cli.examples import add_epilogs
+
+add_epilogs(cli)
 
 __all__ = ["cli", "main"]

@@ -20,7 +20,14 @@ import click
 from isic2020 import config
 from isic2020.catalog.manifest import FORMAT_CHOICES, SPLIT_CHOICES
 from isic2020.cli import logs
-from isic2020.errors import EXIT_DOWNLOAD, EXIT_INTERRUPTED, EXIT_USAGE, Isic2020Error
+from isic2020.errors import (
+    EXIT_DOWNLOAD,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Isic2020Error,
+    is_permission_error,
+    unreadable,
+)
 from isic2020.report import configure as configure_progress
 from isic2020.report import write_line
 from isic2020.store import libc
@@ -62,10 +69,23 @@ def envelope(exit_code: int) -> dict[str, Any]:
     }
 
 
+def rounded(value: Any, key: str = "") -> Any:
+    """The document with every duration and time (a key ending in ``seconds`` or ``_at``)
+    rounded to milliseconds, whichever part of the library measured it: one rule for every
+    command's JSON."""
+    if isinstance(value, dict):
+        return {k: rounded(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, key) for v in value]
+    if isinstance(value, float) and key.endswith(("seconds", "_at")):
+        return round(value, 3)
+    return value
+
+
 def emit(report: Any, as_json: bool, quiet: bool) -> None:
     if as_json:
         code = getattr(report, "exit_code", 0)
-        doc = {**envelope(code), **report.to_dict()}
+        doc = {**envelope(code), **rounded(report.to_dict())}
         doc.update(ok=code == 0, exit_code=code)  # one meaning for every command
         click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
     elif not quiet:
@@ -113,6 +133,9 @@ def _run_logged(stack: contextlib.ExitStack, choice: logs.LogChoice, fn: Callabl
     except Exception as exc:  # a bug: still one line, the traceback on request
         if config.flag(config.DEBUG, False):
             raise
+        if is_permission_error(exc):  # a folder of a shared dataset this user may not read
+            error = unreadable(getattr(exc, "filename", None), exc)
+            fail(as_json, error.exit_code, type(error).__name__, error.one_line(), error)
         fail(
             as_json, EXIT_DOWNLOAD, "internal",
             f"internal error {type(exc).__name__}: {exc}; please report it "
@@ -129,10 +152,11 @@ def failure_summary(report: Any) -> str:
     """One line for a report that ends in a non-zero exit (the details are on stdout)."""
     checked = getattr(report, "verification", None) or report
     failed = checked.failed() if hasattr(checked, "failed") else []
-    what = ", ".join(c.name for c in failed) or "see the report"
+    what = ", ".join(c.name for c in failed)
     advice = (checked.advice() if hasattr(checked, "advice")
               else "replace what is damaged (delete it and run `isic2020 fetch`)")
-    return f"verification failed: {what}; see the report (--json for every problem), {advice}"
+    return (f"verification failed{': ' + what if what else ''}; see the report (--json for "
+            f"every problem), {advice}")
 
 
 def common_options(fn: F) -> F:
@@ -144,7 +168,9 @@ def common_options(fn: F) -> F:
     )(fn)
     fn = click.option(
         "--data-dir",
-        type=click.Path(file_okay=False),
+        # not readable=True: a folder this user may not read is the command's "permission
+        # denied" (exit 3, like any unreadable part of the data), not a usage error
+        type=click.Path(file_okay=False, readable=False),
         envvar="ISIC2020_DATA_DIR",
         help="Data directory [env: ISIC2020_DATA_DIR; default: ~/.local/share/isic2020].",
     )(fn)

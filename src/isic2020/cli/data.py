@@ -21,8 +21,11 @@ from isic2020.cli.checking import verify
 @cli.command(short_help="Patient-grouped, stratified cross-validation folds.")
 @common_options
 @click.option(
-    "-k", "--k", "k", type=click.IntRange(min=2), default=5, show_default=True, help="Folds."
+    "-k", "--folds", "k", type=click.IntRange(min=2), default=5, show_default=True,
+    help="Number of folds.",
 )
+@click.option("--k", "k_old", type=click.IntRange(min=2), default=None, hidden=True,
+              help="The old spelling of -k/--folds.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same folds.")
 @click.option("--drop-duplicates", is_flag=True, help="Leave out image_name_2 of each pair.")
 @click.option(
@@ -36,6 +39,7 @@ def folds(
     data_dir: str | None,
     manifest: str | None,
     k: int,
+    k_old: int | None,
     seed: int,
     drop_duplicates: bool,
     out: str | None,
@@ -45,6 +49,7 @@ def folds(
     """Patient-grouped folds stratified by malignancy and images per patient."""
     from isic2020.commands.folds import make_folds
 
+    k = k_old if k_old is not None else k
     run_command(lambda: make_folds(k=k, seed=seed, drop_duplicates=drop_duplicates,
                                    data_dir=data_dir, manifest=manifest, out=out),
                 as_json, quiet)

@@ -24,7 +24,7 @@ from typing import Any
 from isic2020.catalog.manifest import EXTENSIONS, FORMATS, expand_split
 from isic2020.checks.against import IMAGE_RE, format_line, hash_files
 from isic2020.errors import DiskError, UsageError
-from isic2020.report import human_size, plural, progress_bar
+from isic2020.report import human_size, plural, progress_bar, readable_repr
 from isic2020.store.fsutil import atomic_file
 from isic2020.store.layout import Layout
 from isic2020.store.lock import data_dir_lock
@@ -39,6 +39,7 @@ class Sum:
     size: int
 
 
+@readable_repr
 @dataclass
 class ChecksumsReport:
     data_dir: str

@@ -37,7 +37,7 @@ from isic2020.catalog.manifest import FORMATS, SPLITS, FileEntry, Manifest, load
 from isic2020.catalog.plausible import content_problem
 from isic2020.commands.status import disk_usage, parts, unreadable
 from isic2020.errors import DiskError, Isic2020Error
-from isic2020.report import human_size, plural
+from isic2020.report import human_size, plural, readable_repr
 from isic2020.store.fsutil import is_temp_name, remove_file, remove_tree
 from isic2020.store.layout import Layout
 from isic2020.store.lock import data_dir_lock
@@ -60,6 +60,7 @@ class KeptArchive:
     reason: str
 
 
+@readable_repr
 @dataclass
 class CleanReport:
     data_dir: str

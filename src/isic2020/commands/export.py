@@ -58,6 +58,7 @@ from isic2020.catalog.tables import (
 )
 from isic2020.commands.export_shards import SHARD_LAYOUTS, ShardOptions, ShardReport, export_shards
 from isic2020.errors import EXIT_OK, EXIT_VERIFY, DiskError, UsageError
+from isic2020.report import readable_repr
 from isic2020.store.fsutil import atomic_write
 from isic2020.store.layout import Layout
 from isic2020.training.bucket import dest_scheme
@@ -94,6 +95,7 @@ class FolderResult:
     missing: int = 0
 
 
+@readable_repr
 @dataclass
 class ExportReport:
     """What ``isic2020 export`` wrote, and how (links or copies)."""

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from isic2020.catalog.manifest import expand_split
-from isic2020.errors import EXIT_OK, EXIT_VERIFY, VerificationError
-from isic2020.report import human_size, plural
+from isic2020.errors import EXIT_OK, EXIT_VERIFY, NothingThere, VerificationError
+from isic2020.report import human_size, plural, readable_repr
 from isic2020.store.layout import Layout
 from isic2020.training.bucket import BucketDestination, dest_scheme
 from isic2020.training.destination import INDEX_NAME, Destination, LocalDestination
@@ -57,6 +57,7 @@ class ShardOptions:
     manifest: str | os.PathLike[str] | None = None
 
 
+@readable_repr
 @dataclass
 class ShardReport:
     """What ``isic2020 export --layout webdataset|parquet`` wrote."""
@@ -86,10 +87,10 @@ class ShardReport:
         lines = [f"{self.layout} shards in {self.dest} (from {self.data_dir})"]
         for r in self.splits:
             lines.append(
-                f"  {r.split} ({r.image_format}): {r.samples:,} samples in "
+                f"  {r.split} ({r.image_format}): {plural(r.samples, 'sample')} in "
                 f"{plural(r.shards, 'shard')}, {human_size(r.bytes)} ({r.written:,} written, "
                 f"{r.kept:,} already there)"
-                + (f", {r.missing:,} images MISSING" if r.missing else "")
+                + (f", {plural(r.missing, 'image')} MISSING" if r.missing else "")
             )
             if r.removed:
                 lines.append(f"  removed {plural(len(r.removed), 'stale shard')} of {r.split}")
@@ -151,7 +152,7 @@ def _export(target: Destination, lay: Layout, opts: ShardOptions, splits: tuple[
         query = SampleQuery(split, opts.image_format, opts.data_dir, opts.manifest)
         try:
             sset = load_samples(query)
-        except VerificationError:
+        except (NothingThere, VerificationError):
             if split == "test" and opts.split == "all":
                 report.notes.append(
                     "note: no test metadata on disk, so no test shards (run `isic2020 fetch "

@@ -15,12 +15,14 @@ from typing import Any
 from isic2020.archive.local import ArchiveExtraction, extract_archive
 from isic2020.catalog.manifest import expand_split, load_manifest
 from isic2020.catalog.selection import supersede_selection
-from isic2020.errors import UsageError
+from isic2020.errors import NothingThere
+from isic2020.report import plural, readable_repr
 from isic2020.store.layout import Layout
 from isic2020.store.lock import data_dir_lock
 from isic2020.store.records import Records
 
 
+@readable_repr
 @dataclass
 class ExtractReport:
     data_dir: str
@@ -51,11 +53,12 @@ class ExtractReport:
         for a in self.archives:
             if a.status == "extracted":
                 lines.append(
-                    f"{a.archive}: {a.images} images in {a.dest} ({a.written} written, "
+                    f"{a.archive}: {plural(a.images, 'image')} in {a.dest} ({a.written:,} written, "
                     f"{a.already_present} already there) in {a.seconds:.1f} s"
                 )
             elif a.status == "skipped":
-                lines.append(f"{a.archive}: already extracted to {a.dest} ({a.images} images)")
+                lines.append(f"{a.archive}: already extracted to {a.dest} "
+                             f"({plural(a.images, 'image')})")
             else:
                 lines.append(f"{a.archive}: extracted earlier, archive since removed")
             if a.non_images:
@@ -117,7 +120,7 @@ def extract(
                 )
             )
     if not report.archives:
-        raise UsageError(
+        raise NothingThere(
             f"nothing to extract: {', '.join(report.missing) or 'no archive'} not in "
             f"{layout.archives_dir}",
             f"run `isic2020 fetch --split {split} --format {fmt}` first",

@@ -66,18 +66,46 @@ def fetch(
     how: FetchHow | None = None,
     **keywords: Any,
 ) -> FetchReport:
-    """Download, verify, unpack and check one selection of the dataset.
+    """Download, verify, unpack and check one selection of the dataset (``isic2020 fetch``).
 
-    ``what`` (:class:`FetchWhat`): split, format and the subset (``images``/``sample``/
-    ``where``/``seed``); only a subset's byte ranges are read out of the remote zip.
-    ``place`` (:class:`FetchPlace`): data directory, manifest, mirrors, whether archives are
-    kept. ``how`` (:class:`FetchHow`): connections, extraction, ``direct`` (every image out of
-    the remote zip; the archive is never stored), dry run, lock timeout, progress and log.
-    Every field is also a keyword, as in ``fetch(split="train", fmt="jpeg", data_dir=...)``;
-    a keyword replaces that field of the object given. An unknown keyword is a ``TypeError``.
+    Call it with keywords, ``fetch(split="train", fmt="jpeg", data_dir="./isic2020-data")``,
+    or with the three option objects (the only positional parameters); a keyword replaces that
+    field of an object given, and an unknown keyword is a ``TypeError`` before anything is
+    written. The keywords, by object:
 
-    Returns a :class:`FetchReport`; raises :class:`~isic2020.errors.Isic2020Error` subclasses
-    for usage, download and disk failures (their ``exit_code`` is the CLI's).
+    ``what`` (:class:`FetchWhat`), which images:
+        split: ``"train"``, ``"test"`` or ``"all"`` (default ``"all"``).
+        fmt: ``"jpeg"`` (default), ``"dicom"`` (corrected), ``"dicom-original"`` or
+            ``"none"`` (the metadata CSVs only).
+        images: a file naming the images to fetch (one per line, or a CSV with an
+            ``image_name`` column); only their byte ranges are read out of the remote zip.
+        sample: fetch this many images, stratified by target.
+        seed: the seed of ``sample`` (default 0): the same seed chooses the same images.
+        where: a pandas query on the metadata (``"target == 1 and sex == 'female'"``).
+    ``place`` (:class:`FetchPlace`), from where and to where:
+        data_dir: the data directory (default ``$ISIC2020_DATA_DIR``, else
+            ``$XDG_DATA_HOME/isic2020``, else ``~/.local/share/isic2020``).
+        manifest: a manifest TOML path or a loaded ``Manifest`` (default
+            ``$ISIC2020_MANIFEST``, else the bundled one).
+        mirrors: folder URLs (``http(s)://``, ``file://``, ``s3://``) tried in order instead of
+            the manifest's hosts, each holding the official file names.
+        keep_archives: keep the zips in ``DATA/archives`` after unpacking (default True).
+    ``how`` (:class:`FetchHow`), how it runs:
+        connections: parallel connections per file (default 16).
+        extract: unpack and verify the images (default True; False: archives only).
+        direct: read every image straight out of the remote zip, never storing it.
+        dry_run: return what would be transferred and the disk needed; write nothing.
+        lock_timeout: seconds to wait for another isic2020 on the data directory (None:
+            wait as long as it takes).
+        progress: draw progress bars on stderr.
+        log: a callable given each message line (None: silent).
+        options: the download engine's options whole (timeouts, retries, chunk size).
+
+    Returns a :class:`FetchReport` (``report.exit_code``, ``report.to_dict()`` as the CLI's
+    ``--json``); a report with ``exit_code`` 1 means the closing verify found a problem. Raises
+    :class:`~isic2020.errors.Isic2020Error` subclasses for usage (2), download, disk and lock
+    (3) failures, whose ``exit_code`` is the CLI's; what finished is kept, so calling it again
+    resumes.
     """
     t0 = time.monotonic()
     what, place, how = options_from_keywords(what, place, how, keywords)
@@ -94,7 +122,8 @@ def fetch(
         report.dry_run = dry_run(run, entries)
     else:
         _make_root(run.layout)
-        with data_dir_lock(run.layout.lock_path, timeout=how.lock_timeout, on_wait=how.log):
+        with data_dir_lock(run.layout.lock_path, timeout=how.lock_timeout, on_wait=how.log,
+                           read_only_ok=True):  # a no-op fetch works on read-only data
             _fetch_locked(run, entries, report)
     report.seconds = time.monotonic() - t0
     return report

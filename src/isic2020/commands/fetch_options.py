@@ -157,6 +157,10 @@ def check_options(what: FetchWhat, how: FetchHow) -> None:
             "--images/--sample/--where/--direct write images, not archives",
             "drop --no-extract",
         )
+    if what.where is not None and what.where.strip():  # a broken query fails before downloads
+        from isic2020.catalog.selection import check_where
+
+        check_where(what.where, what.split)
 
 
 def download_options(

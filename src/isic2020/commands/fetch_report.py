@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from isic2020.errors import EXIT_OK, EXIT_VERIFY
-from isic2020.report import human_size, plural
+from isic2020.report import human_size, plural, readable_repr
 from isic2020.transfer.model import DownloadResult
 from isic2020.version import __version__
 
@@ -36,6 +36,7 @@ class FileOutcome:
         return d
 
 
+@readable_repr
 @dataclass
 class FetchReport:
     """One fetch: its files, the closing verification, or (``dry_run``) the rows of what it

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from isic2020.catalog.manifest import load_manifest
 from isic2020.catalog.selection import recorded_subset
 from isic2020.catalog.tables import fetch_hint, load_train_tables, write_csv_atomic
 from isic2020.errors import UsageError
+from isic2020.report import plural, readable_repr
 from isic2020.store.layout import Layout
 
 FOLDS_FILENAME = "folds.csv"
@@ -122,7 +123,8 @@ def assign_folds(
     group, patients_sorted, _ = patient_groups(df["image_name"], df["patient_id"], pairs)
     gids, ginv = np.unique(group, return_inverse=True)
     if k > len(gids):
-        raise UsageError(f"k={k} folds but only {len(gids)} patient groups", "use a smaller --k")
+        raise UsageError(f"k={k} folds but only {len(gids)} patient groups",
+                         "use a smaller -k (--folds)")
     target = df["target"].astype("int64").to_numpy()
     n = np.bincount(ginv, minlength=len(gids))
     m = np.bincount(ginv, weights=target, minlength=len(gids)).astype(np.int64)
@@ -225,9 +227,12 @@ def fold_stats(df: pd.DataFrame, folds: pd.Series, k: int) -> list[FoldStats]:
     return out
 
 
+@readable_repr
 @dataclass
 class FoldsReport:
-    """What ``isic2020 folds`` did: where the file is and how the folds look."""
+    """What ``isic2020 folds`` did: where the file is and how the folds look; ``table`` is the
+    file's content as a DataFrame (``image_name, patient_id, fold``), so Python code need not
+    read the CSV back (not in ``to_dict``: the JSON names the file instead)."""
 
     out: str
     k: int
@@ -243,6 +248,7 @@ class FoldsReport:
     #: the subset's count), else None.
     in_metadata: int | None = None
     exit_code: int = 0
+    table: pd.DataFrame | None = field(default=None, compare=False)
 
     @property
     def subset(self) -> bool:
@@ -258,8 +264,9 @@ class FoldsReport:
         return max((abs(f.malignant_rate - self.malignant_rate) for f in self.folds), default=0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(replace(self, table=None))
         d.pop("exit_code")
+        d.pop("table")
         d["malignant_rate"] = self.malignant_rate
         d["max_rate_deviation"] = self.max_rate_deviation
         d["subset"] = self.subset
@@ -267,8 +274,8 @@ class FoldsReport:
 
     def summary_lines(self) -> list[str]:
         lines = [
-            f"{self.k} folds (seed {self.seed}) of {self.images:,} images, "
-            f"{self.patients:,} patients, {self.malignant} malignant "
+            f"{self.k} folds (seed {self.seed}) of {plural(self.images, 'image')}, "
+            f"{plural(self.patients, 'patient')}, {self.malignant:,} malignant "
             f"({100 * self.malignant_rate:.2f}%)"
             + (", duplicates dropped" if self.drop_duplicates else "")
             + (f" (the subset fetched, of {self.in_metadata:,})" if self.subset else "")
@@ -313,7 +320,8 @@ def make_folds(
     ``out`` defaults to ``DATA/folds.csv``. Needs only the metadata CSVs (not the images); of
     a subset fetch (``--sample``/``--images``/``--where``) it folds the recorded selection.
     Without the duplicates CSV the folds are still patient-grouped (pairs share a patient in
-    the official data), but ``drop_duplicates`` then fails.
+    the official data), but ``drop_duplicates`` then fails. Returns a :class:`FoldsReport`
+    whose ``table`` is the folds table written (``report.table.groupby("fold")``).
     """
     layout = Layout.at(data_dir)
     man = load_manifest(manifest)
@@ -359,4 +367,5 @@ def make_folds(
         pairs_across_patients=across,
         folds=fold_stats(train, folds, k),
         in_metadata=in_metadata,
+        table=table,
     )

@@ -18,8 +18,15 @@ from typing import Any
 from isic2020.archive.members import Log, image_members
 from isic2020.archive.remote import RemoteZip, cache_path, open_remote
 from isic2020.catalog.manifest import EXTENSIONS
-from isic2020.errors import DiskError, DownloadError, UsageError, VerificationError
-from isic2020.report import human_size
+from isic2020.errors import (
+    DiskError,
+    DownloadError,
+    UsageError,
+    VerificationError,
+    host_line,
+    hosts_failed,
+)
+from isic2020.report import human_size, readable_repr
 from isic2020.transfer.http import Timeouts
 from isic2020.transfer.retry import RetryPolicy
 
@@ -54,6 +61,7 @@ class ArchiveInspection:
         return asdict(self)
 
 
+@readable_repr
 @dataclass
 class InspectReport:
     data_dir: str
@@ -186,7 +194,8 @@ def inspect(
 
     t0 = time.monotonic()
     if fmt == "none":
-        raise UsageError("inspect needs an image format", "use --format jpeg, dicom or ...")
+        raise UsageError("inspect needs an image format",
+                         "use --format jpeg, dicom or dicom-original")
     man = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     if mirrors:  # held to a mirror as fetch holds it: a pinned sha256, not the ETag, decides
         man = man.for_mirrors()
@@ -220,7 +229,7 @@ def _open_first(
         except (DownloadError, VerificationError) as exc:
             if isinstance(exc, DiskError):
                 raise
-            failures.append(f"{url}: {exc.message}")
+            failures.append(host_line(url, exc.message))
             if isinstance(exc, VerificationError):
                 damaged.append(exc.message)
             if log is not None:
@@ -230,10 +239,13 @@ def _open_first(
             f"{entry.name}: every host serves a damaged archive ({'; '.join(damaged)})",
             "the server's archive is damaged or not the official one; try another --mirror",
         )
-    raise DownloadError(
-        f"{entry.name}: no host could serve its directory ({'; '.join(failures)})",
-        "check the network or the mirror",
-    )
+    if not failures:  # only file:// URLs: a directory is read over http(s) or s3
+        raise UsageError(
+            f"{entry.name}: inspect reads archives' directories from http(s) or s3 hosts, and "
+            "every URL given is a file:// mirror",
+            "give an http(s) --mirror, or look at the local zip with `unzip -l`",
+        )
+    raise hosts_failed(f"{entry.name}: no host could serve its directory", failures)
 
 
 def _compare(result: ArchiveInspection, split: str, root: Path, man: Any) -> None:

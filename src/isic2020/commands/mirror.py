@@ -29,7 +29,7 @@ from typing import Any
 from isic2020.catalog.manifest import Manifest, expand_split, load_manifest
 from isic2020.commands.pin import PINNED_NAME, pin, verified_record
 from isic2020.errors import DiskError, UsageError, VerificationError
-from isic2020.report import human_size
+from isic2020.report import human_size, readable_repr
 from isic2020.store.fsutil import atomic_file, atomic_write
 from isic2020.store.layout import Layout
 from isic2020.store.lock import data_dir_lock
@@ -52,6 +52,7 @@ class Published:
         return dict(self.__dict__)
 
 
+@readable_repr
 @dataclass
 class MirrorReport:
     dest: str

@@ -22,6 +22,7 @@ from typing import Any
 from isic2020.catalog.manifest import FileEntry, Manifest, load_manifest, manifest_to_toml
 from isic2020.catalog.plausible import content_problem
 from isic2020.errors import UsageError, VerificationError
+from isic2020.report import readable_repr
 from isic2020.store.layout import Layout
 from isic2020.store.lock import data_dir_lock
 from isic2020.store.records import FileRecord, Records
@@ -31,6 +32,7 @@ from isic2020.version import __version__
 PINNED_NAME = "isic2020-pinned.toml"
 
 
+@readable_repr
 @dataclass
 class PinReport:
     """The pinned manifest (``toml``), and which entries it pins."""

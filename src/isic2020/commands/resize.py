@@ -42,7 +42,7 @@ from typing import Any
 
 from isic2020.catalog.manifest import SPLIT_CHOICES, expand_split
 from isic2020.errors import EXIT_OK, EXIT_VERIFY, DiskError, UsageError
-from isic2020.report import plural, progress_bar
+from isic2020.report import plural, progress_bar, readable_repr
 from isic2020.store.fsutil import remove_file
 from isic2020.store.layout import Layout
 from isic2020.store.libc import sync_folder
@@ -64,6 +64,7 @@ class Damaged:
     message: str
 
 
+@readable_repr
 @dataclass
 class ResizeReport:
     data_dir: str

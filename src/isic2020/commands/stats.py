@@ -16,6 +16,7 @@ import pandas as pd
 
 from isic2020.catalog.manifest import FORMATS, SPLITS, load_manifest
 from isic2020.catalog.tables import image_paths, load_train_tables, read_test
+from isic2020.report import plural, readable_repr
 from isic2020.store.layout import Layout
 
 MISSING = "(missing)"
@@ -63,6 +64,7 @@ class TestStats:
     missing: dict[str, int]
 
 
+@readable_repr
 @dataclass
 class StatsReport:
     """Training (always) and test (when its CSV is present) counts, and images on disk."""
@@ -83,7 +85,8 @@ class StatsReport:
         t = self.train
         ipp = t.images_per_patient
         lines = [
-            f"train ({os.path.basename(t.source)}): {t.images:,} images, {t.patients:,} patients, "
+            f"train ({os.path.basename(t.source)}): {plural(t.images, 'image')}, "
+            f"{plural(t.patients, 'patient')}, "
             f"{t.malignant:,} malignant ({100 * t.malignant / max(t.images, 1):.2f}%), "
             f"{t.benign:,} benign" + (f", {t.lesions:,} lesions" if t.lesions is not None else ""),
             f"  images per patient: min {ipp['min']:g}, median {ipp['median']:g}, "
@@ -93,9 +96,10 @@ class StatsReport:
             lines.append("  duplicates: the duplicates CSV is not on disk")
         else:
             lines.append(
-                f"  duplicates: {t.duplicate_pairs} pairs"
+                f"  duplicates: {plural(t.duplicate_pairs, 'pair')}"
                 f" ({t.duplicate_pairs_across_patients} across patients); without them "
-                f"{t.images_without_duplicates:,} images, {t.malignant_without_duplicates} "
+                f"{plural(t.images_without_duplicates, 'image')}, "
+                f"{t.malignant_without_duplicates:,} "
                 "malignant"
             )
         lines.append("  diagnosis: " + _inline(t.by_diagnosis))
@@ -107,7 +111,8 @@ class StatsReport:
         else:
             s = self.test
             lines.append(
-                f"test ({os.path.basename(s.source)}): {s.images:,} images, {s.patients:,} patients"
+                f"test ({os.path.basename(s.source)}): {plural(s.images, 'image')}, "
+                f"{plural(s.patients, 'patient')}"
             )
             lines.append("  site: " + _inline(s.by_site))
             lines.append("  missing values: " + (_inline(_nonzero(s.missing)) or "none"))

@@ -33,7 +33,7 @@ from isic2020.catalog.manifest import (
 from isic2020.catalog.plausible import content_problem
 from isic2020.checks.against import IMAGE_RE
 from isic2020.errors import DiskError
-from isic2020.report import human_size, plural
+from isic2020.report import human_size, plural, readable_repr
 from isic2020.store.fsutil import free_bytes
 from isic2020.store.layout import Layout
 from isic2020.store.records import Records, done_intervals, read_json
@@ -112,6 +112,7 @@ class FolderState:
     disk_bytes: int
 
 
+@readable_repr
 @dataclass
 class StatusReport:
     data_dir: str

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from isic2020.errors import DiskError
+from isic2020.errors import DiskError, Isic2020Error, UsageError
 from isic2020.store.layout import STATE_DIRNAME
 
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -85,6 +85,22 @@ def disk_error(exc: OSError, path: str | os.PathLike[str]) -> DiskError:
         )
     return DiskError(f"cannot write {path}: {exc.strerror or exc}",
                      "check the disk, then run the same command again")
+
+def output_error(exc: OSError, path: str | os.PathLike[str]) -> Isic2020Error:
+    """The user's error for an output file (``folds --out``, an export's CSVs) that cannot be
+    written: a folder on the way that is a file is a path that can never be a file (exit 2);
+    a read-only, unwritable or impossible place is a disk error (exit 3). Either way it names
+    the place and asks for another; a full disk reads as :func:`disk_error` says."""
+    final = Path(path)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return disk_error(exc, final)
+    blocker = next((p for p in final.parents if p.exists() or p.is_symlink()), None)
+    if blocker is not None and not blocker.is_dir():
+        return UsageError(f"cannot write {final}: {blocker} is a file, not a folder",
+                          "choose another place for it")
+    return DiskError(f"cannot write {final}: {(exc.strerror or str(exc)).lower()}",
+                     "choose a writable place for it (or make that folder writable)")
+
 
 class StateLinkError(DiskError):
     """The state folder is, or holds, a symbolic link: refused, never followed (exit 3)."""

@@ -38,8 +38,16 @@ def data_dir_lock(
     shared: bool = False,
     timeout: float | None = None,
     on_wait: Callable[[str], None] | None = None,
+    read_only_ok: bool = False,
 ) -> Iterator[None]:
-    """Hold the data directory's lock for the duration of the block."""
+    """Hold the data directory's lock for the duration of the block.
+
+    ``read_only_ok`` (a writer that may find nothing to write, ``fetch``): when this user may
+    not write the state folder, a shared lock is taken instead (through a read-only descriptor
+    of the existing lock file), as ``verify`` takes it. The writer then runs beside other
+    readers and waits for a writer that can write; whatever it finds it must write fails on
+    the permissions with one clear line, so only a run with nothing to do succeeds.
+    """
     state_dir = lock_path.parent
     try:
         # Made here; a link in place of it is refused. O_NOFOLLOW: a link planted at ``lock``
@@ -52,17 +60,22 @@ def data_dir_lock(
         finally:
             os.close(sfd)
     except OSError as exc:
-        if shared and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            # A read-only data directory can still be verified; nobody can write to it anyway.
+        unwritable = exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+        fd = _open_read_only(lock_path) if unwritable and (shared or read_only_ok) else None
+        if fd is not None:
+            shared = True  # a read-only data directory can still be read, under a shared lock
+        elif unwritable and shared:
+            # verify: nobody ever wrote here (no lock file), so nobody can be writing now
             refuse_state_links(state_dir)
             yield
             return
-        if exc.errno == errno.ELOOP:
+        elif exc.errno == errno.ELOOP:
             raise StateLinkError(lock_path, state_dir) from None
-        raise DiskError(
-            f"cannot create {lock_path}: {exc.strerror or exc}",
-            "make the data directory writable or choose another with --data-dir",
-        ) from None
+        else:
+            raise DiskError(
+                f"cannot create {lock_path}: {exc.strerror or exc}",
+                "make the data directory writable or choose another with --data-dir",
+            ) from None
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         start = time.monotonic()
@@ -92,6 +105,14 @@ def data_dir_lock(
         yield
     finally:
         os.close(fd)
+
+
+def _open_read_only(lock_path: Path) -> int | None:
+    """A read-only descriptor of an existing lock file (enough for ``flock``), or None."""
+    try:
+        return os.open(lock_path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def _read_holder(fd: int) -> str:

@@ -157,6 +157,10 @@ class Records:
             return None
 
     def put_file(self, rec: FileRecord) -> None:
+        """Record ``rec``; a record already there as it is is not written again (a run with
+        nothing to do writes nothing, so it works on a read-only data directory)."""
+        if self.files.get(rec.name) == asdict(rec):
+            return
         self.files[rec.name] = asdict(rec)
         self.save()
 
@@ -165,6 +169,8 @@ class Records:
             self.save()
 
     def put_extracted(self, archive: str, info: dict[str, Any]) -> None:
+        if self.extracted.get(archive) == info:
+            return
         self.extracted[archive] = info
         self.save()
 
@@ -173,6 +179,8 @@ class Records:
             self.save()
 
     def put_verified(self, selection: str, info: dict[str, Any]) -> None:
+        if self.verified.get(selection) == info:
+            return
         self.verified[selection] = info
         self.save()
 

@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from isic2020.catalog.plausible import encoding_problem
-from isic2020.errors import DownloadError, ObjectChanged, VerificationError
+from isic2020.errors import (
+    ObjectChanged,
+    VerificationError,
+    host_line,
+    hosts_failed,
+)
 from isic2020.report import progress_bar
 from isic2020.store.fsutil import disk_error, move_into_place, remove_file
 from isic2020.store.records import remove_stale_temps
@@ -143,22 +148,19 @@ class Downloader:
                     return self._copy_local(target, url, failures, t0)
                 return self._download_from(target, url, failures, t0)
             except HostFailed as exc:
-                failures.append(f"{url}: {exc}")
+                failures.append(host_line(url, str(exc)))
                 more = "; trying the next host" if url != urls[-1] else ""
                 self._log(f"{name}: {url} failed: {exc}{more}")
             except VerificationError as exc:
                 verify_failures.append(f"{url}: {exc.message}")
-                failures.append(f"{url}: {exc.message}")
+                failures.append(host_line(url, exc.message))
                 self._log(f"{name}: {exc.message}")
         if verify_failures and len(verify_failures) == len(failures):
             raise VerificationError(
                 f"{name}: downloaded bytes failed verification ({'; '.join(verify_failures)})",
                 "the source serves different data than expected; check the mirror or manifest",
             )
-        raise DownloadError(
-            f"{name}: every host failed ({'; '.join(failures)})",
-            "check the network or the mirror, then run the same command again to resume",
-        )
+        raise hosts_failed(f"{name}: every host failed", failures)
 
     def _download_from(
         self, t: _Target, url: str, failures: list[str], t0: float
