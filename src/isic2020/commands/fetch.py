@@ -82,6 +82,8 @@ def fetch(
         sample: fetch this many images, stratified by target.
         seed: the seed of ``sample`` (default 0): the same seed chooses the same images.
         where: a pandas query on the metadata (``"target == 1 and sex == 'female'"``).
+        reset_selection: the subset replaces the one fetched before (images of that folder
+            outside it are removed) instead of adding to it; needs a subset.
     ``place`` (:class:`FetchPlace`), from where and to where:
         data_dir: the data directory (default ``$ISIC2020_DATA_DIR``, else
             ``$XDG_DATA_HOME/isic2020``, else ``~/.local/share/isic2020``).
