@@ -102,6 +102,11 @@ def fetch(
         progress: draw progress bars on stderr.
         log: a callable given each message line (None: silent).
         options: the download engine's options whole (timeouts, retries, chunk size).
+        limit_rate: cap of the whole fetch in bytes per second, a number or ``"10M"`` (0: no
+            cap; None: ``$ISIC2020_LIMIT_RATE``). Timeouts None: their variable, else the default.
+        read_timeout: seconds a request may wait between two received blocks (default 30).
+        connect_timeout: seconds to open a connection (default 10).
+        retry_window: seconds without a new byte before a host is given up (default 300).
 
     Returns a :class:`FetchReport` (``report.exit_code``, ``report.to_dict()`` as the CLI's
     ``--json``); a report with ``exit_code`` 1 means the closing verify found a problem. Raises
