@@ -46,6 +46,7 @@ def fetch_remote_members(
     cache: Path | None = None,
     expected_etag: str | None = None,
     connections: int = DEFAULT_CONNECTIONS,
+    max_connections: int | None = None,
     timeouts: Timeouts | None = None,
     retry: RetryPolicy | None = None,
     log: Log | None = None,
@@ -80,6 +81,7 @@ def fetch_remote_members(
                                  expected_etag=expected_etag, connections=connections)
             chosen = choose(remote)
             res = fetch_members(remote, chosen, dest, connections=connections,
+                                max_connections=max_connections,
                                 timeouts=timeouts, retry=retry, log=log, progress=progress,
                                 check_existing=check, max_gap=max_gap, max_span=max_span)
             return remote, res

@@ -201,6 +201,7 @@ def fetch_members(
     dest: Callable[[RemoteMember], Path],
     *,
     connections: int = DEFAULT_CONNECTIONS,
+    max_connections: int | None = None,
     timeouts: Timeouts | None = None,
     retry: RetryPolicy | None = None,
     log: Log | None = None,
@@ -211,10 +212,11 @@ def fetch_members(
 ) -> FetchMembersResult:
     """Fetch ``members`` of ``remote`` by byte ranges straight to ``dest(member)``.
 
-    Parallel over ``connections`` (each worker its own session, with the engine's AIMD
-    throttle on 503/429), every member inflated, size- and CRC-checked against the directory,
-    written to ``.<name>.part`` next to its final path and renamed. Members already at their
-    final path (see ``check_existing``) are skipped, so a killed run resumes.
+    Parallel over ``connections`` (up to ``max_connections`` while the rate rises; each
+    worker its own session, with the engine's AIMD throttle on 503/429), every member
+    inflated, size- and CRC-checked against the directory, written to ``.<name>.part`` next
+    to its final path and renamed. Members already at their final path (see
+    ``check_existing``) are skipped, so a killed run resumes.
 
     Every member is checked against the limits before anything is fetched; the plan (final
     paths, what is already there, spans) is then made while the first spans download, and
@@ -230,8 +232,8 @@ def fetch_members(
     ends = remote.member_end()
     bar = _bar(progress, sum(ends[m.header_offset] - m.header_offset for m in chosen),
                remote.name)
-    job = _MemberFetch(remote, result, connections, timeouts or Timeouts(),
-                       retry or RetryPolicy(), bar)
+    job = _MemberFetch(remote, result, (connections, max_connections or connections),
+                       timeouts or Timeouts(), retry or RetryPolicy(), bar)
     try:
         job.start()
         job.plan(chosen, dest, check_existing,
@@ -290,11 +292,12 @@ class _MemberFetch:
         self,
         remote: RemoteZip,
         result: FetchMembersResult,
-        connections: int,
+        connections: tuple[int, int],
         timeouts: Timeouts,
         retry: RetryPolicy,
         bar: Any,
     ) -> None:
+        """``connections``: where the pool starts, and the most it may run."""
         self.remote = remote
         self.result = result
         self.bar = bar
@@ -306,12 +309,12 @@ class _MemberFetch:
         self.most_pieces = 0  # how many connections the spans could keep busy
         self.client = RangeClient(
             remote.url, remote.size, remote.etag, remote.last_modified,
-            timeouts=timeouts, retry=retry, throttle=Throttle(max(1, connections)),
+            timeouts=timeouts, retry=retry, throttle=Throttle(max(1, connections[0])),
             abort=self.abort, on_bytes=(bar.update if bar is not None else None),
             block=READ_BLOCK,
         )
-        self.pool = RangePool(self.client, connections, split_min=MIN_SPLIT,
-                              ask_max=ASK_MAX)
+        self.pool = RangePool(self.client, connections[0], split_min=MIN_SPLIT,
+                              ask_max=ASK_MAX, max_connections=connections[1])
         self.unpackers = Unpackers(UNPACKERS, self.abort, self.pool.fail, self.done)
         self.flushers: dict[int, Flusher] = {}  # by device of the destination folders
 

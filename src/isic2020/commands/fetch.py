@@ -1,9 +1,10 @@
 """``fetch``: the main job, from manifest to verified data on disk.
 
-``fetch`` holds the data directory's lock for its whole run and goes file by file, the CSVs
-first (a subset is chosen from them): a whole file goes through ``fetch_step`` (trusted from its
-record, adopted, or downloaded, then recorded and unpacked), an archive of a subset or
-``--direct`` fetch through ``members`` (only the chosen members' byte ranges). The selection is
+``fetch`` holds the data directory's lock for its whole run; the CSVs download side by side
+and beside the first archive (``fetch_small``; a subset's archive waits for them: it is chosen
+from them), the archives one after another: a whole file goes through ``fetch_step`` (trusted
+from its record, adopted, or downloaded, then recorded and unpacked), an archive of a subset
+or ``--direct`` fetch through ``members`` (only the chosen members' byte ranges). The selection is
 then checked by the fast ``verify`` (``fetch_verify``), and a fetch that passed writes its
 notices (``notices``). Each step is resumable on its own, so a re-run after any failure picks up
 where the last one stopped. ``--dry-run`` (``dryrun``) takes the same decisions, writes nothing
@@ -31,6 +32,7 @@ from isic2020.commands.fetch_options import (
     options_from_keywords,
 )
 from isic2020.commands.fetch_report import FetchReport, FileOutcome
+from isic2020.commands.fetch_small import SmallFiles
 from isic2020.commands.fetch_step import fetch_file
 from isic2020.commands.fetch_verify import verify_if_changed
 from isic2020.commands.members import direct_has_work, fetch_members
@@ -114,12 +116,22 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
     check_space(layout, run.records, entries, how.extract, run.members_only)
     if how.extract:
         run.precheck = MetadataPrecheck(layout, run.manifest, run.what.split)
+    # The CSVs download side by side, and beside the first archive (a subset's archive waits:
+    # it is chosen from them); the report lists the files in the manifest's order.
+    small = SmallFiles(run, [e for e in entries if not e.is_archive]).start()
+    run.after_small = small.after
+    outcomes: dict[str, FileOutcome] = {}
     downloader = Downloader(run.options)
     try:
-        for entry in entries:  # the CSVs come first: a subset is chosen from them
-            report.files.append(_fetch_entry(run, downloader, entry))
+        for entry in (e for e in entries if e.is_archive):
+            if run.members_only:
+                small.wait()
+            outcomes[entry.name] = _fetch_entry(run, downloader, entry)
+        small.wait()
     finally:
         downloader.close()
+    outcomes.update(small.outcomes)
+    report.files.extend(outcomes[e.name] for e in entries)
     if how.extract:
         report.verification = verify_if_changed(
             layout, run.manifest, run.records, run.what.split, run.what.fmt, how.progress,

@@ -161,5 +161,7 @@ def _streamer(run: FetchRun, entry: FileEntry) -> Any:
     from isic2020.archive.streaming import StreamingExtractor
 
     precheck = run.precheck
-    return StreamingExtractor(run.layout, entry, log=run.how.log,
-                              on_planned=precheck.start if precheck is not None else None)
+    return StreamingExtractor(
+        run.layout, entry, log=run.how.log,
+        on_planned=(lambda: run.after_small(precheck.start)) if precheck is not None else None,
+    )

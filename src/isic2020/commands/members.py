@@ -78,6 +78,7 @@ def fetch_members(run: FetchRun, entry: FileEntry) -> FileOutcome:
         cache=cache_path(layout.state_dir, entry.name),
         expected_etag=entry.etag,
         connections=opts.connections,
+        max_connections=opts.max_connections,
         timeouts=opts.timeouts,
         retry=opts.retry,
         log=run.how.log,

@@ -2,8 +2,9 @@
 
 The object is cut into chunks (``plan_chunk``: sized for the connections, not aligned to S3
 parts, since the per-part MD5s come from the hashing followers' sequential pass) and run over
-the :class:`~isic2020.transfer.pool.RangePool`. What an observer wants first (a zip's central
-directory, at its end) is fetched first, cut finer so that every connection helps.
+the :class:`~isic2020.transfer.pool.RangePool` (adaptive when ``max_connections`` allows).
+What an observer wants first (a zip's central directory, at its end) is fetched first, cut
+finer so that every connection helps.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ from isic2020.transfer.ranges import RangeClient
 from isic2020.transfer.throttle import Throttle
 
 Digests = tuple[str, "str | None", "str | None"]
+
+#: An adaptive pool's new connections take the back half of a chunk in flight when none is
+#: queued, leaving at least this much on each side (a quarter second at S3's per-stream rate):
+#: the last chunks end together instead of one connection finishing alone. Its requests then
+#: ask for about half a second of the connection's rate (at least this, at most the chunk
+#: size), so a cut is never inside a request in flight: no response is abandoned mid-body.
+SPLIT_MIN = 512 * 1024
 
 
 class RangedTransfer(SpanSink):
@@ -71,7 +79,11 @@ class RangedTransfer(SpanSink):
             abort=self.abort, on_bytes=bar.update if bar is not None else None,
             block=READ_BLOCK, validator=remote.validator,
         )
-        self.pool = RangePool(self.client, opts.connections)
+        adaptive = (opts.max_connections or 0) > opts.connections
+        self.pool = RangePool(self.client, opts.connections,
+                              max_connections=opts.max_connections,
+                              split_min=SPLIT_MIN if adaptive else None,
+                              ask_max=opts.chunk_size if adaptive else None)
         self.resumed_bytes = 0
         self.hashers: Hashers | None = None
         self.checkpoint: Checkpointer | None = None
