@@ -31,9 +31,9 @@ Digests = tuple[str, "str | None", "str | None"]
 
 #: An adaptive pool's new connections take the back half of a chunk in flight when none is
 #: queued, leaving at least this much on each side (a quarter second at S3's per-stream rate):
-#: the last chunks end together instead of one connection finishing alone. Its requests then
-#: ask for about half a second of the connection's rate (at least this, at most the chunk
-#: size), so a cut is never inside a request in flight: no response is abandoned mid-body.
+#: the last chunks end together instead of one connection finishing alone. Each chunk is still
+#: one request (few requests, each >= 8 MiB but at the tail); a cut ends the request in flight
+#: at the cut (that connection is closed, the bytes the server had sent past it are dropped).
 SPLIT_MIN = 512 * 1024
 
 
@@ -82,8 +82,7 @@ class RangedTransfer(SpanSink):
         adaptive = (opts.max_connections or 0) > opts.connections
         self.pool = RangePool(self.client, opts.connections,
                               max_connections=opts.max_connections,
-                              split_min=SPLIT_MIN if adaptive else None,
-                              ask_max=opts.chunk_size if adaptive else None)
+                              split_min=SPLIT_MIN if adaptive else None)
         self.resumed_bytes = 0
         self.hashers: Hashers | None = None
         self.checkpoint: Checkpointer | None = None
