@@ -119,9 +119,11 @@ class RangePool:
         ask_max: int | None = None,
         max_connections: int | None = None,
         window: float = WINDOW,
+        take_min: int | None = None,
     ) -> None:
         """``max_connections``: adapt the count between ``connections`` and this (None: a
-        fixed count); ``window``: seconds per measurement of the aggregate rate.
+        fixed count); ``window``: seconds per measurement of the aggregate rate; ``take_min``:
+        cut queued pieces as they are taken (see :meth:`_pop`), at least this long.
         ``ask_max``: a piece is asked for in requests of at most this many bytes (about
         :data:`ASK_SECONDS` of the connection's rate, at least ``split_min``), and a cut
         is never inside the request in flight, so the server never sends a byte past a cut
@@ -135,6 +137,7 @@ class RangePool:
         self._live = 0  # connection threads not yet ended
         self._name = "isic2020-dl"
         self.split_min = split_min
+        self.take_min = take_min
         self.ask_max = ask_max
         self.abort = client.abort
         self._cond = threading.Condition()
@@ -299,7 +302,7 @@ class RangePool:
         """Halve queued pieces that may be cut anywhere until the queue has a piece for each
         of ``more`` new connections, or none is long enough (under the lock): the re-cut of
         :meth:`prioritize`, for a count that grew."""
-        least = max(self.split_min or ALIGN, ALIGN)
+        least = max(self.split_min or self.take_min or ALIGN, ALIGN)
         pieces = list(self._queue)
         while len(pieces) < more:
             longest = max((p for p in pieces if p.span.cuts is None),
@@ -337,7 +340,7 @@ class RangePool:
             while not self.abort.is_set():
                 if self._live > self.growth.target:
                     break
-                piece = self._queue.popleft() if self._queue else self._steal()
+                piece = self._pop() if self._queue else self._steal()
                 if piece is not None:
                     piece.index = self._taken
                     self._taken += 1
@@ -391,6 +394,22 @@ class RangePool:
             return 1 << 62
         least = max(self.split_min or 0, self.client.block)
         return int(min(self.ask_max, max(least, rate * ASK_SECONDS)))
+
+    def _pop(self) -> Piece:
+        """The next queued piece; with ``take_min``, a piece that may be cut anywhere is cut
+        to about the queued bytes over the connections (never below ``take_min``) and the rest
+        stays first in the queue: pieces shrink as the queue drains, so the connections end
+        together without cutting a request in flight (under the lock)."""
+        piece = self._queue.popleft()
+        if self.take_min is None or piece.span.cuts is not None:
+            return piece
+        queued = piece.end - piece.start + sum(p.end - p.start for p in self._queue)
+        share = max(self.take_min, -(-queued // max(1, self._live)))
+        cut = -(-(piece.start + share) // ALIGN) * ALIGN
+        if cut <= piece.end - self.take_min:
+            self._queue.appendleft(Piece(piece.span, cut, piece.end))
+            piece.end = cut
+        return piece
 
     def _steal(self) -> Piece | None:
         """Split the piece in flight with the most left to fetch (called under the lock)."""

@@ -29,11 +29,10 @@ from isic2020.transfer.throttle import Throttle
 
 Digests = tuple[str, "str | None", "str | None"]
 
-#: An adaptive pool's new connections take the back half of a chunk in flight when none is
-#: queued, leaving at least this much on each side (a quarter second at S3's per-stream rate):
-#: the last chunks end together instead of one connection finishing alone. Each chunk is still
-#: one request (few requests, each >= 8 MiB but at the tail); a cut ends the request in flight
-#: at the cut (that connection is closed, the bytes the server had sent past it are dropped).
+#: An adaptive pool cuts the queued chunks as they are taken once few are left (about what is
+#: queued over the connections, never below this: a quarter second at S3's per-stream rate),
+#: so the last ones end together instead of one connection finishing alone. Each piece is one
+#: request and is never cut in flight, so the server sends no byte the client does not take.
 SPLIT_MIN = 512 * 1024
 
 
@@ -69,7 +68,10 @@ class RangedTransfer(SpanSink):
         self.size = remote.size
         self.file = PartialFile(remote, partial, state_path, opts.log)
         self.bar = bar
-        self.chunk = plan_chunk(self.size, opts.connections, opts.chunk_size)
+        # Sized for the most connections it may run, so that an adaptive pool has queued work
+        # for the connections it adds.
+        self.chunk = plan_chunk(self.size, max(opts.connections, opts.max_connections or 0),
+                                opts.chunk_size)
         self.done: list[list[int]] = []
         self.lock = threading.Lock()
         self.abort = threading.Event()
@@ -82,7 +84,7 @@ class RangedTransfer(SpanSink):
         adaptive = (opts.max_connections or 0) > opts.connections
         self.pool = RangePool(self.client, opts.connections,
                               max_connections=opts.max_connections,
-                              split_min=SPLIT_MIN if adaptive else None)
+                              take_min=SPLIT_MIN if adaptive else None)
         self.resumed_bytes = 0
         self.hashers: Hashers | None = None
         self.checkpoint: Checkpointer | None = None
