@@ -138,11 +138,13 @@ def test_a_503_slowdown_withdraws_the_new_connections_and_stops_the_growth(tmp_p
 
 
 def test_growth_keeps_a_step_only_when_the_rate_rose():
-    g = Growth(16, 64)
-    assert g.window(32.0, has_work=True) == 24  # first window: a base, then a step of 8
-    assert g.window(48.0, has_work=True) == 36  # +50% for +50% connections: kept
-    assert g.window(50.0, has_work=True) == 24  # +4% for +50%: withdrawn, stopped
-    assert g.stopped and g.window(500.0, has_work=True) == 24
+    g = Growth(16, 100)
+    assert g.window(32.0, has_work=True) == 32  # first window: a base, then twice as many
+    assert g.window(60.0, has_work=True) == 64  # +87% for +100% connections: kept
+    assert g.window(66.0, has_work=True) == 32  # +10% for +100%: withdrawn, stopped
+    assert g.stopped and g.window(500.0, has_work=True) == 32
+    capped = Growth(16, 20)
+    assert capped.window(1.0, has_work=True) == 20  # never past the ceiling
     fixed = Growth(8, 8)
     assert fixed.fixed and fixed.window(1.0, has_work=True) == 8
     nothing = Growth(4, 64)

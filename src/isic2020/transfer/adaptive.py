@@ -8,7 +8,7 @@ The rule (:class:`Growth`, pure arithmetic, no threads: the pool asks it once pe
 
 - start at ``start`` connections; each window the pool reports the aggregate rate (body bytes
   per second over the whole window);
-- add ``k`` more (half the current count, at least :data:`MIN_STEP`, up to ``ceiling``) when
+- add ``k`` more (as many as run, at least :data:`MIN_STEP`, up to ``ceiling``) when
   there is work for them; keep them when the next window's rate rose by at least
   :data:`GAIN` of what linear scaling would give (``k / n``), else go back to the count
   before and stop growing for good: a rate that no longer rises means the bottleneck is
@@ -72,7 +72,7 @@ class Growth:
             self._before = 0
         self._base = rate
         if has_work and rate > 0 and self.target < self.ceiling:
-            step = min(self.ceiling - self.target, max(MIN_STEP, self.target // 2))
+            step = min(self.ceiling - self.target, max(MIN_STEP, self.target))
             self._before = self.target
             self.target += step
         return self.target
