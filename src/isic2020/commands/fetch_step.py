@@ -135,6 +135,10 @@ def _unpack(run: FetchRun, entry: FileEntry, final: Path, landed: _Landed) -> No
     from isic2020.archive.local import extract_archive
 
     outcome = landed.outcome
+    if landed.stream_stats is None and outcome.status in ("downloaded", "resumed"):
+        # The transfer's buffers (one set per connection, up to 64) are garbage now: hand the
+        # heap back before the extraction forks its workers, which would inherit it.
+        release_free_memory()
     ext = extract_archive(run.layout, entry, records=run.records, progress=run.how.progress,
                           log=run.how.log, plan=landed.directory)
     outcome.extraction = ext.to_dict()
