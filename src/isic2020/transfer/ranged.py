@@ -30,10 +30,12 @@ from isic2020.transfer.throttle import Throttle
 Digests = tuple[str, "str | None", "str | None"]
 
 #: An adaptive pool cuts the queued chunks as they are taken once few are left (about what is
-#: queued over the connections, never below this: a quarter second at S3's per-stream rate),
-#: so the last ones end together instead of one connection finishing alone. Each piece is one
-#: request and is never cut in flight, so the server sends no byte the client does not take.
-SPLIT_MIN = 512 * 1024
+#: queued over the connections, never below this: two seconds at the per-stream rate of the
+#: benchmarks, so that a server's burst allowance per request, nginx's one second of
+#: ``limit_rate``, does not turn the tail into unthrottled requests), so the last ones end
+#: nearly together instead of one connection finishing alone. Each piece is one request and
+#: is never cut in flight, so the server sends no byte the client does not take.
+SPLIT_MIN = 4 * 1024 * 1024
 
 
 class RangedTransfer(SpanSink):
