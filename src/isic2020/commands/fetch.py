@@ -1,9 +1,10 @@
 """``fetch``: the main job, from manifest to verified data on disk.
 
-``fetch`` holds the data directory's lock for its whole run and goes file by file, the CSVs
-first (a subset is chosen from them): a whole file goes through ``fetch_step`` (trusted from its
-record, adopted, or downloaded, then recorded and unpacked), an archive of a subset or
-``--direct`` fetch through ``members`` (only the chosen members' byte ranges). The selection is
+``fetch`` holds the data directory's lock for its whole run; the CSVs download side by side
+and beside the first archive (``fetch_small``; a subset's archive waits for them: it is chosen
+from them), the archives one after another: a whole file goes through ``fetch_step`` (trusted
+from its record, adopted, or downloaded, then recorded and unpacked), an archive of a subset
+or ``--direct`` fetch through ``members`` (only the chosen members' byte ranges). The selection is
 then checked by the fast ``verify`` (``fetch_verify``), and a fetch that passed writes its
 notices (``notices``). Each step is resumable on its own, so a re-run after any failure picks up
 where the last one stopped. ``--dry-run`` (``dryrun``) takes the same decisions, writes nothing
@@ -35,6 +36,7 @@ from isic2020.commands.fetch_options import (
     options_from_keywords,
 )
 from isic2020.commands.fetch_report import FetchReport, FileOutcome
+from isic2020.commands.fetch_small import SmallFiles
 from isic2020.commands.fetch_step import fetch_file
 from isic2020.commands.fetch_verify import verify_if_changed
 from isic2020.commands.members import direct_has_work, fetch_members
@@ -147,6 +149,8 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
     run.records = Records(layout.records_path)
     run.records.heal(how.log)
     downloader = Downloader(run.options)
+    outcomes: dict[str, FileOutcome] = {}
+    small_entries = [e for e in entries if not e.is_archive]
     try:
         space = check_space(layout, run.records, entries, how.extract, run.members_only,
                             server_sizes(run, downloader, entries))
@@ -155,11 +159,22 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
         expected = {**{e.name: 0 for e in entries if e.is_archive and run.members_only},
                     **space.sizes}
         with overall(f"{run.what.split} {run.what.fmt}", expected, enabled=how.progress):
-            for entry in entries:  # the CSVs come first: a subset is chosen from them
-                report.files.append(_fetch_entry(run, downloader, entry))
+            # The CSVs download side by side, and beside the first archive (a subset's archive
+            # waits: it is chosen from them); the report lists the files in the manifest's order.
+            small = SmallFiles(run, small_entries).start()
+            run.after_small = small.after
+            for entry in (e for e in entries if e.is_archive):
+                if run.members_only:
+                    small.wait()
+                    _forget(small_entries)
+                outcomes[entry.name] = _fetch_entry(run, downloader, entry)
                 file_done(entry.name)
+            small.wait()
+            _forget(small_entries)
     finally:
         downloader.close()
+    outcomes.update(small.outcomes)
+    report.files.extend(outcomes[e.name] for e in entries)
     if how.extract:
         report.verification = verify_if_changed(
             layout, run.manifest, run.records, run.what.split, run.what.fmt, how.progress,
@@ -169,6 +184,12 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
             report.verification.repair = fetch_command(run)
     if report.exit_code == 0:
         write_notices(layout)
+
+
+def _forget(entries: list[FileEntry]) -> None:
+    """The overall bar stops waiting for files that are done (see ``report.file_done``)."""
+    for e in entries:
+        file_done(e.name)
 
 
 def server_sizes(run: FetchRun, downloader: Downloader, entries: list[FileEntry]) -> dict[str, int]:
