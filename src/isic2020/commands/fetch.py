@@ -84,6 +84,8 @@ def fetch(
         sample: fetch this many images, stratified by target.
         seed: the seed of ``sample`` (default 0): the same seed chooses the same images.
         where: a pandas query on the metadata (``"target == 1 and sex == 'female'"``).
+        reset_selection: the subset replaces the recorded one (images outside it are
+            removed) instead of adding to it.
     ``place`` (:class:`FetchPlace`), from where and to where:
         data_dir: the data directory (default ``$ISIC2020_DATA_DIR``, else
             ``$XDG_DATA_HOME/isic2020``, else ``~/.local/share/isic2020``).
@@ -93,7 +95,8 @@ def fetch(
             the manifest's hosts, each holding the official file names.
         keep_archives: keep the zips in ``DATA/archives`` after unpacking (default True).
     ``how`` (:class:`FetchHow`), how it runs:
-        connections: parallel connections per file (default 16).
+        connections: parallel connections per file, fixed (default None: start at 16 and
+            add more while the rate rises, up to `$ISIC2020_MAX_CONNECTIONS`, 64).
         extract: unpack and verify the images (default True; False: archives only).
         direct: read every image straight out of the remote zip, never storing it.
         dry_run: return what would be transferred and the disk needed; write nothing.
@@ -102,6 +105,11 @@ def fetch(
         progress: draw progress bars on stderr.
         log: a callable given each message line (None: silent).
         options: the download engine's options whole (timeouts, retries, chunk size).
+        limit_rate: an overall cap in bytes/s over every connection (``"10M"``: binary
+            units, as aria2c; None: ``$ISIC2020_LIMIT_RATE``, else none).
+        read_timeout: seconds a request may wait between two received blocks.
+        connect_timeout: seconds to open a connection.
+        retry_window: seconds without a new byte before a host is given up.
 
     Returns a :class:`FetchReport` (``report.exit_code``, ``report.to_dict()`` as the CLI's
     ``--json``); a report with ``exit_code`` 1 means the closing verify found a problem. Raises
