@@ -14,6 +14,7 @@ peak RSS (``ru_maxrss``), so every row has wall seconds, CPU seconds per GB and 
 
 Rows (see benchmarks/README.md for the why of each):
   1 throttled download (nginx ``limit_rate`` per request, like S3's cap per stream)
+ 1c the default fetch (adaptive connection count) vs aria2c -x16, 2 MiB/s per connection
   2 unthrottled loopback download, every check on (sha256 pinned; MD5 ETag via FaultServer);
     parts 2a (nginx), 2b (FaultServer, MD5 ETag), 2c (CPU per verified byte: isic2020's CPU
     over curl's + one openssl MD5 + one openssl SHA-256 pass, single-part and multipart ETag)
@@ -28,6 +29,8 @@ Rows (see benchmarks/README.md for the why of each):
  10 ``isic2020 resize --size 512`` of photo-sized JPEGs vs vipsthumbnail and ImageMagick
  11 ``isic2020 export --layout webdataset`` (and parquet) vs ``tar`` of the same JPEGs
  12 N nodes fetching at once from one local S3 endpoint (moto; nginx beside it) vs one alone
+ 13 the metadata CSVs (``fetch --format none``) from a server with per-request latency: side
+    by side vs one after another (``--baseline-src`` of the old code, e.g. main's src/)
 
 Exit status: 0 when every isic2020 run succeeded (missing peers are reported and skipped, and
 missed targets are reported, not failures: timings are noisy); 1 when an isic2020 run failed.
@@ -51,6 +54,7 @@ from bench.harness import FULL, QUICK, rmtree  # noqa: E402
 from bench.isic import set_isic_source, use_bytecode_cache  # noqa: E402
 from bench.report import report  # noqa: E402
 from bench.results import Bench  # noqa: E402
+from bench.rows_adaptive import row_capped, row_small_files  # noqa: E402
 from bench.rows_cluster import row_cluster  # noqa: E402
 from bench.rows_download import row_throttled, row_unthrottled  # noqa: E402
 from bench.rows_extract import row_extract  # noqa: E402
@@ -66,9 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: tiny sizes, 1 repetition (CI)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
-    ap.add_argument("--rows", default="1,2,3,4,5,7,8,9,10,11,12",
+    ap.add_argument("--rows", default="1,1c,2,3,4,5,7,8,9,10,11,12,13",
                     help="which workloads to run, e.g. 1,2 or 2b,2c (2 is 2a+2b+2c; 6, peak "
                          "RSS, is every row's column)")
+    ap.add_argument("--baseline-src", type=Path, default=None,
+                    help="row 13: the old code's folder holding isic2020/ (e.g. main's src/), "
+                         "whose fetch downloads the CSVs one after another")
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out",
                     help="data and scratch (cached between runs) [benchmarks/out]")
     ap.add_argument("--results", type=Path, default=None,
@@ -98,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         p = dataclasses.replace(p, direct_rate=int(args.direct_rate * MiB))
     tokens = {x.strip().lower() for x in args.rows.split(",") if x.strip()}
     parts = {"2a", "2b", "2c"} if "2" in tokens else tokens & {"2a", "2b", "2c"}
-    bad = tokens - parts - {"2"} - {str(n) for n in range(1, 13)}
+    bad = tokens - parts - {"2", "1c"} - {str(n) for n in range(1, 14)}
     if bad:
-        ap.error(f"--rows: no such row {', '.join(sorted(bad))} (1-12, 2a, 2b, 2c)")
+        ap.error(f"--rows: no such row {', '.join(sorted(bad))} (1-13, 1c, 2a, 2b, 2c)")
     rows = {int(x) for x in tokens if x.isdigit()}
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -115,9 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if 1 in rows:
             row_throttled(b)
+        if "1c" in tokens:
+            row_capped(b)
         if parts:
             row_unthrottled(b, parts)
-        if rows & {3, 4, 5, 7, 8}:
+        if rows & {3, 4, 5, 7, 8, 13}:
             b.log("building the image dataset (cached in " + str(work / "data") + ")")
             ds = build_image_mirror(work, p)
             if 3 in rows:
@@ -129,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             if 8 in rows:
                 row_direct(b, ds)
                 row_direct_few(b)
+            if 13 in rows:
+                row_small_files(b, ds, args.baseline_src)
         if 9 in rows:
             row_folds(b)
         if 10 in rows:

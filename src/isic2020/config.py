@@ -27,6 +27,7 @@ RETRY_WINDOW = "ISIC2020_RETRY_WINDOW"
 READ_TIMEOUT = "ISIC2020_READ_TIMEOUT"
 CONNECT_TIMEOUT = "ISIC2020_CONNECT_TIMEOUT"
 CHUNK_SIZE = "ISIC2020_CHUNK_SIZE"
+MAX_CONNECTIONS = "ISIC2020_MAX_CONNECTIONS"
 LOWEST_SPEED = "ISIC2020_LOWEST_SPEED"
 SPEED_TIME = "ISIC2020_SPEED_TIME"
 STREAM = "ISIC2020_STREAM"
@@ -57,6 +58,8 @@ TABLE: tuple[Variable, ...] = (
     Variable(READ_TIMEOUT, "30", "seconds a request may wait between two received blocks"),
     Variable(CONNECT_TIMEOUT, "10", "seconds to open a connection"),
     Variable(CHUNK_SIZE, "auto", "bytes per ranged request (default: the engine's choice)"),
+    Variable(MAX_CONNECTIONS, "64",
+             "the most connections per file while the rate keeps rising (--connections fixes it)"),
     Variable(LOWEST_SPEED, "1K",
              "a request slower than this (bytes/s; K, M suffixes; 0 off) for SPEED_TIME fails"),
     Variable(SPEED_TIME, "30", "seconds the lowest-speed rule looks back"),
@@ -139,6 +142,7 @@ class Settings:
     read_timeout: float | None = None
     connect_timeout: float | None = None
     chunk_size: int | None = None
+    max_connections: int | None = None
     lowest_speed: float | None = None
     speed_time: float | None = None
     stream: bool = True
@@ -160,6 +164,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         read_timeout=_seconds(env, READ_TIMEOUT),
         connect_timeout=_seconds(env, CONNECT_TIMEOUT),
         chunk_size=int(chunk) if chunk is not None else None,
+        max_connections=_count(env, MAX_CONNECTIONS),
         lowest_speed=_rate(env, LOWEST_SPEED),
         speed_time=_seconds(env, SPEED_TIME),
         stream=flag(STREAM, True, env),
@@ -169,6 +174,20 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         progress_interval=_seconds(env, PROGRESS_INTERVAL),
         limit_rate=_rate(env, LIMIT_RATE),
     )
+
+
+def _count(env: Mapping[str, str], name: str) -> int | None:
+    """A whole number of connections, 1 to 256."""
+    raw = env.get(name)
+    if not raw:
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 256:
+        raise UsageError(f"${name} must be a whole number from 1 to 256, found {raw!r}")
+    return value
 
 
 def _presign(env: Mapping[str, str]) -> float | None:

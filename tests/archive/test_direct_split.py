@@ -56,7 +56,7 @@ def test_one_range_is_served_over_every_connection_and_a_break_resumes_at_its_by
                 if _range_start(g.header("Range")) < cd_offset]
         at_once = srv.most_at_once()
     assert r.returncode == 0, r.stderr
-    assert "in 1 ranges) over 4 connections" in r.stderr, r.stderr
+    assert "in 1 range) over 4 connections" in r.stderr, r.stderr
     # served by 4 connections at once, though the plan had one range
     assert at_once == 4, f"at most {at_once} responses at once"
     assert len({g.peer for g in gets}) >= 4  # (one more: the reset connection is replaced)

@@ -79,6 +79,8 @@ class MemberFetchOptions:
     policy, log and progress bar, and the coalescing limits of :func:`plan_ranges`."""
 
     connections: int = DEFAULT_CONNECTIONS
+    #: Grow up to this many connections while the rate rises (None: ``connections``, fixed).
+    max_connections: int | None = None
     timeouts: Timeouts | None = None
     retry: RetryPolicy | None = None
     log: Log | None = None
@@ -228,10 +230,11 @@ def fetch_members(
     ``options`` (:class:`MemberFetchOptions`); each of its fields is also a keyword, which
     replaces that field of the object given.
 
-    Parallel over ``connections`` (each worker its own session, with the engine's AIMD
-    throttle on 503/429), every member inflated, size- and CRC-checked against the directory,
-    written to ``.<name>.part`` next to its final path and renamed. Members already at their
-    final path (see ``check_existing``) are skipped, so a killed run resumes.
+    Parallel over ``connections`` (up to ``max_connections`` while the rate rises; each
+    worker its own session, with the engine's AIMD throttle on 503/429), every member
+    inflated, size- and CRC-checked against the directory, written to ``.<name>.part`` next
+    to its final path and renamed. Members already at their final path (see
+    ``check_existing``) are skipped, so a killed run resumes.
 
     Every member is checked against the limits before anything is fetched; the plan (final
     paths, what is already there, spans) is then made while the first spans download, and
@@ -249,8 +252,8 @@ def fetch_members(
     ends = remote.member_end()
     bar = _bar(opts.progress, sum(ends[m.header_offset] - m.header_offset for m in chosen),
                remote.name)
-    job = _MemberFetch(remote, result, connections, opts.timeouts or Timeouts(),
-                       opts.retry or RetryPolicy(), bar)
+    job = _MemberFetch(remote, result, (connections, opts.max_connections or connections),
+                       opts.timeouts or Timeouts(), opts.retry or RetryPolicy(), bar)
     try:
         job.start()
         job.plan(chosen, dest, check_existing,
@@ -309,11 +312,12 @@ class _MemberFetch:
         self,
         remote: RemoteZip,
         result: FetchMembersResult,
-        connections: int,
+        connections: tuple[int, int],
         timeouts: Timeouts,
         retry: RetryPolicy,
         bar: Any,
     ) -> None:
+        """``connections``: where the pool starts, and the most it may run."""
         self.remote = remote
         self.result = result
         self.bar = bar
@@ -325,12 +329,12 @@ class _MemberFetch:
         self.most_pieces = 0  # how many connections the spans could keep busy
         self.client = range_client(
             remote.url, remote.size, remote.etag, remote.last_modified,
-            timeouts=timeouts, retry=retry, throttle=Throttle(max(1, connections)),
+            timeouts=timeouts, retry=retry, throttle=Throttle(max(1, connections[0])),
             abort=self.abort, on_bytes=(bar.update if bar is not None else None),
             block=READ_BLOCK,
         )
-        self.pool = RangePool(self.client, connections, split_min=MIN_SPLIT,
-                              ask_max=ASK_MAX)
+        self.pool = RangePool(self.client, connections[0], split_min=MIN_SPLIT,
+                              ask_max=ASK_MAX, max_connections=connections[1])
         self.unpackers = Unpackers(UNPACKERS, self.abort, self.pool.fail, self.done)
         self.flushers: dict[int, Flusher] = {}  # by device of the destination folders
 

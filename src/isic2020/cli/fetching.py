@@ -46,7 +46,8 @@ def network_options(fn: Any) -> Any:
     "-c",
     type=click.IntRange(1, 64),
     default=None,
-    help="Parallel connections per file [default: 16].",
+    help="Parallel connections per file, fixed [default: start at 16, add more while the "
+    "rate rises, up to $ISIC2020_MAX_CONNECTIONS (64)].",
 )
 @click.option("--no-extract", is_flag=True, help="Download and verify archives, do not unpack.")
 @click.option(

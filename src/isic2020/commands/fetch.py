@@ -1,9 +1,10 @@
 """``fetch``: the main job, from manifest to verified data on disk.
 
-``fetch`` holds the data directory's lock for its whole run and goes file by file, the CSVs
-first (a subset is chosen from them): a whole file goes through ``fetch_step`` (trusted from its
-record, adopted, or downloaded, then recorded and unpacked), an archive of a subset or
-``--direct`` fetch through ``members`` (only the chosen members' byte ranges). The selection is
+``fetch`` holds the data directory's lock for its whole run; the CSVs download side by side
+and beside the first archive (``fetch_small``; a subset's archive waits for them: it is chosen
+from them), the archives one after another: a whole file goes through ``fetch_step`` (trusted
+from its record, adopted, or downloaded, then recorded and unpacked), an archive of a subset
+or ``--direct`` fetch through ``members`` (only the chosen members' byte ranges). The selection is
 then checked by the fast ``verify`` (``fetch_verify``), and a fetch that passed writes its
 notices (``notices``). Each step is resumable on its own, so a re-run after any failure picks up
 where the last one stopped. ``--dry-run`` (``dryrun``) takes the same decisions, writes nothing
@@ -35,6 +36,7 @@ from isic2020.commands.fetch_options import (
     options_from_keywords,
 )
 from isic2020.commands.fetch_report import FetchReport, FileOutcome
+from isic2020.commands.fetch_small import SmallFiles
 from isic2020.commands.fetch_step import fetch_file
 from isic2020.commands.fetch_verify import verify_if_changed
 from isic2020.commands.members import direct_has_work, fetch_members
@@ -82,8 +84,8 @@ def fetch(
         sample: fetch this many images, stratified by target.
         seed: the seed of ``sample`` (default 0): the same seed chooses the same images.
         where: a pandas query on the metadata (``"target == 1 and sex == 'female'"``).
-        reset_selection: the subset replaces the one fetched before (images of that folder
-            outside it are removed) instead of adding to it; needs a subset.
+        reset_selection: the subset replaces the recorded one (images outside it are
+            removed) instead of adding to it.
     ``place`` (:class:`FetchPlace`), from where and to where:
         data_dir: the data directory (default ``$ISIC2020_DATA_DIR``, else
             ``$XDG_DATA_HOME/isic2020``, else ``~/.local/share/isic2020``).
@@ -93,7 +95,8 @@ def fetch(
             the manifest's hosts, each holding the official file names.
         keep_archives: keep the zips in ``DATA/archives`` after unpacking (default True).
     ``how`` (:class:`FetchHow`), how it runs:
-        connections: parallel connections per file (default 16).
+        connections: parallel connections per file, fixed (default None: start at 16 and
+            add more while the rate rises, up to `$ISIC2020_MAX_CONNECTIONS`, 64).
         extract: unpack and verify the images (default True; False: archives only).
         direct: read every image straight out of the remote zip, never storing it.
         dry_run: return what would be transferred and the disk needed; write nothing.
@@ -102,11 +105,11 @@ def fetch(
         progress: draw progress bars on stderr.
         log: a callable given each message line (None: silent).
         options: the download engine's options whole (timeouts, retries, chunk size).
-        limit_rate: cap of the whole fetch in bytes per second, a number or ``"10M"`` (0: no
-            cap; None: ``$ISIC2020_LIMIT_RATE``). Timeouts None: their variable, else the default.
-        read_timeout: seconds a request may wait between two received blocks (default 30).
-        connect_timeout: seconds to open a connection (default 10).
-        retry_window: seconds without a new byte before a host is given up (default 300).
+        limit_rate: an overall cap in bytes/s over every connection (``"10M"``: binary
+            units, as aria2c; None: ``$ISIC2020_LIMIT_RATE``, else none).
+        read_timeout: seconds a request may wait between two received blocks.
+        connect_timeout: seconds to open a connection.
+        retry_window: seconds without a new byte before a host is given up.
 
     Returns a :class:`FetchReport` (``report.exit_code``, ``report.to_dict()`` as the CLI's
     ``--json``); a report with ``exit_code`` 1 means the closing verify found a problem. Raises
@@ -154,6 +157,8 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
     run.records = Records(layout.records_path)
     run.records.heal(how.log)
     downloader = Downloader(run.options)
+    outcomes: dict[str, FileOutcome] = {}
+    small_entries = [e for e in entries if not e.is_archive]
     try:
         space = check_space(layout, run.records, entries, how.extract, run.members_only,
                             server_sizes(run, downloader, entries))
@@ -162,11 +167,22 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
         expected = {**{e.name: 0 for e in entries if e.is_archive and run.members_only},
                     **space.sizes}
         with overall(f"{run.what.split} {run.what.fmt}", expected, enabled=how.progress):
-            for entry in entries:  # the CSVs come first: a subset is chosen from them
-                report.files.append(_fetch_entry(run, downloader, entry))
+            # The CSVs download side by side, and beside the first archive (a subset's archive
+            # waits: it is chosen from them); the report lists the files in the manifest's order.
+            small = SmallFiles(run, small_entries).start()
+            run.after_small = small.after
+            for entry in (e for e in entries if e.is_archive):
+                if run.members_only:
+                    small.wait()
+                    _forget(small_entries)
+                outcomes[entry.name] = _fetch_entry(run, downloader, entry)
                 file_done(entry.name)
+            small.wait()
+            _forget(small_entries)
     finally:
         downloader.close()
+    outcomes.update(small.outcomes)
+    report.files.extend(outcomes[e.name] for e in entries)
     if how.extract:
         report.verification = verify_if_changed(
             layout, run.manifest, run.records, run.what.split, run.what.fmt, how.progress,
@@ -176,6 +192,12 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
             report.verification.repair = fetch_command(run)
     if report.exit_code == 0:
         write_notices(layout)
+
+
+def _forget(entries: list[FileEntry]) -> None:
+    """The overall bar stops waiting for files that are done (see ``report.file_done``)."""
+    for e in entries:
+        file_done(e.name)
 
 
 def server_sizes(run: FetchRun, downloader: Downloader, entries: list[FileEntry]) -> dict[str, int]:

@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from isic2020 import config
 from isic2020.catalog.manifest import Manifest
 from isic2020.errors import UsageError
 from isic2020.transfer.http import Timeouts
-from isic2020.transfer.model import DEFAULT_CHUNK, DEFAULT_CONNECTIONS, DownloadOptions
+from isic2020.transfer.model import (
+    DEFAULT_CHUNK,
+    DEFAULT_CONNECTIONS,
+    MAX_CONNECTIONS,
+    DownloadOptions,
+)
 from isic2020.transfer.ratelimit import RateLimit
 from isic2020.transfer.retry import RetryPolicy
 
@@ -177,8 +182,11 @@ def download_options(
 
     rate = _limit_rate(how.limit_rate)
     rate = env.limit_rate if rate is None else rate
+    # An explicit count is fixed; the default is where an adaptive pool starts.
+    most = connections or env.max_connections or MAX_CONNECTIONS
     return DownloadOptions(
-        connections=connections or DEFAULT_CONNECTIONS,
+        connections=min(connections or DEFAULT_CONNECTIONS, most),
+        max_connections=most,
         chunk_size=int(pick(env.chunk_size, DEFAULT_CHUNK)),
         timeouts=Timeouts(
             connect=pick(_positive(how.connect_timeout, "connect_timeout"),
@@ -240,6 +248,10 @@ class FetchRun:
     options: DownloadOptions
     records: Records | None = None
     precheck: MetadataPrecheck | None = None
+    #: Runs a callback once the small files (CSVs) are in: they download beside the first
+    #: archive, and what reads them (the metadata prechecks) must wait for them.
+    after_small: Callable[[Callable[[], None]], None] = field(default=lambda fn: fn(),
+                                                              repr=False)
 
     @property
     def members_only(self) -> bool:

@@ -144,6 +144,10 @@ def _unpack(run: FetchRun, entry: FileEntry, final: Path, landed: _Landed) -> No
     from isic2020.archive.local import extract_archive
 
     outcome = landed.outcome
+    if landed.stream_stats is None and outcome.status in ("downloaded", "resumed"):
+        # The transfer's buffers (one set per connection, up to 64) are garbage now: hand the
+        # heap back before the extraction forks its workers, which would inherit it.
+        release_free_memory()
     ext = extract_archive(run.layout, entry, records=run.records, progress=run.how.progress,
                           log=run.how.log, plan=landed.directory)
     outcome.extraction = ext.to_dict()
@@ -170,5 +174,7 @@ def _streamer(run: FetchRun, entry: FileEntry) -> Any:
     from isic2020.archive.streaming import StreamingExtractor
 
     precheck = run.precheck
-    return StreamingExtractor(run.layout, entry, log=run.how.log,
-                              on_planned=precheck.start if precheck is not None else None)
+    return StreamingExtractor(
+        run.layout, entry, log=run.how.log,
+        on_planned=(lambda: run.after_small(precheck.start)) if precheck is not None else None,
+    )

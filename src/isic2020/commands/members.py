@@ -62,7 +62,8 @@ def member_options(run: FetchRun) -> MemberFetchOptions:
     from isic2020.archive.members import MemberFetchOptions
 
     opts = run.options
-    return MemberFetchOptions(connections=opts.connections, timeouts=opts.timeouts,
+    return MemberFetchOptions(connections=opts.connections,
+                              max_connections=opts.max_connections, timeouts=opts.timeouts,
                               retry=opts.retry, log=run.how.log, progress=run.how.progress)
 
 

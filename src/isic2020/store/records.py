@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -102,10 +103,14 @@ class FileRecord:
 
 class Records:
     """records.json: ``files`` (downloaded, verified), ``extracted`` (completed archives) and
-    ``verified`` (the fingerprint of each selection at its last passing verification)."""
+    ``verified`` (the fingerprint of each selection at its last passing verification).
+
+    Thread-safe: a fetch records its small files from background threads (each change and its
+    save are one step under ``_lock``, so no save sees a section being changed)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = threading.RLock()
         self.problem: str | None = None  # why the file was (partly) ignored, if it was
         try:
             raw: Any = json.loads(path.read_bytes())
@@ -159,37 +164,43 @@ class Records:
     def put_file(self, rec: FileRecord) -> None:
         """Record ``rec``; a record already there as it is is not written again (a run with
         nothing to do writes nothing, so it works on a read-only data directory)."""
-        if self.files.get(rec.name) == asdict(rec):
-            return
-        self.files[rec.name] = asdict(rec)
-        self.save()
+        with self._lock:
+            if self.files.get(rec.name) == asdict(rec):
+                return
+            self.files[rec.name] = asdict(rec)
+            self.save()
 
     def drop_file(self, name: str) -> None:
-        if self.files.pop(name, None) is not None:
-            self.save()
+        with self._lock:
+            if self.files.pop(name, None) is not None:
+                self.save()
 
     def put_extracted(self, archive: str, info: dict[str, Any]) -> None:
-        if self.extracted.get(archive) == info:
-            return
-        self.extracted[archive] = info
-        self.save()
-
-    def drop_extracted(self, archive: str) -> None:
-        if self.extracted.pop(archive, None) is not None:
+        with self._lock:
+            if self.extracted.get(archive) == info:
+                return
+            self.extracted[archive] = info
             self.save()
 
+    def drop_extracted(self, archive: str) -> None:
+        with self._lock:
+            if self.extracted.pop(archive, None) is not None:
+                self.save()
+
     def put_verified(self, selection: str, info: dict[str, Any]) -> None:
-        if self.verified.get(selection) == info:
-            return
-        self.verified[selection] = info
-        self.save()
+        with self._lock:
+            if self.verified.get(selection) == info:
+                return
+            self.verified[selection] = info
+            self.save()
 
     def save(self) -> None:
         try:
-            atomic_write_json(
-                self.path,
-                {"files": self.files, "extracted": self.extracted, "verified": self.verified},
-            )
+            with self._lock:
+                atomic_write_json(
+                    self.path,
+                    {"files": self.files, "extracted": self.extracted, "verified": self.verified},
+                )
         except OSError as exc:
             raise DiskError(
                 f"cannot write {self.path}: {exc.strerror or exc}",

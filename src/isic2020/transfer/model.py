@@ -18,6 +18,9 @@ MiB = 1 << 20
 # 16: on S3-like servers that cap each stream, time falls linearly up to 16 connections
 # (as with aria2c's -x16; measured in benchmarks/RESULTS.md, row 1).
 DEFAULT_CONNECTIONS = 16
+#: The most connections an adaptive download runs (``$ISIC2020_MAX_CONNECTIONS``): far below
+#: what S3 allows one prefix (see README, "Connections").
+MAX_CONNECTIONS = 64
 DEFAULT_CHUNK = 8 * MiB
 #: Bytes per read of a plain stream and per hashing step.
 BLOCK = 1 * MiB
@@ -32,10 +35,14 @@ Accept = Callable[[Path], "str | None"]
 
 @dataclass
 class DownloadOptions:
-    """How to download: connections (the pool's threads and the throttle's ceiling), bytes
-    per ranged request (a base that ``plan_chunk`` adjusts), timeouts, retry policy."""
+    """How to download: connections (the pool's threads and the throttle's ceiling; the
+    start when ``max_connections`` is above it, and the pool adds more while the aggregate
+    rate rises: see ``adaptive``), bytes per ranged request (a base that ``plan_chunk``
+    adjusts), timeouts, retry policy."""
 
     connections: int = DEFAULT_CONNECTIONS
+    #: Up to this many connections when the rate keeps rising (None: exactly ``connections``).
+    max_connections: int | None = None
     chunk_size: int = DEFAULT_CHUNK
     timeouts: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)

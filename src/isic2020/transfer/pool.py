@@ -14,6 +14,12 @@ Invariants:
   half from a cut above what was delivered (the first piece's ``end`` shrinks; its reads and
   retries never ask past the cut, so no byte is fetched twice); ``piece.end`` is final once
   ``end`` is called;
+- with ``max_connections`` above ``connections`` the count adapts (:mod:`~isic2020.transfer.\
+  adaptive`): a controller thread measures the aggregate rate once per window and starts
+  more connections (never more than ``max_connections`` at once) or retires the last ones
+  (each ends after its piece); new connections take queued spans, queued spans that may be
+  cut anywhere are halved when there are too few for them, and, with ``split_min``, the back
+  half of a piece in flight;
 - the first error (a sink's, a worker's, :meth:`fail`'s) aborts every thread, and
   :meth:`wait` raises it; an ``Interrupted`` only when there is no other error.
 """
@@ -31,6 +37,7 @@ from typing import Any
 import requests
 
 from isic2020.errors import Interrupted
+from isic2020.transfer.adaptive import WINDOW, Growth
 from isic2020.transfer.http import make_session
 from isic2020.transfer.ranges import RangeClient, StopRange
 
@@ -110,14 +117,27 @@ class RangePool:
         *,
         split_min: int | None = None,
         ask_max: int | None = None,
+        max_connections: int | None = None,
+        window: float = WINDOW,
+        take_min: int | None = None,
     ) -> None:
-        """``ask_max``: a piece is asked for in requests of at most this many bytes (about
+        """``max_connections``: adapt the count between ``connections`` and this (None: a
+        fixed count); ``window``: seconds per measurement of the aggregate rate; ``take_min``:
+        cut queued pieces as they are taken (see :meth:`_pop`), at least this long.
+        ``ask_max``: a piece is asked for in requests of at most this many bytes (about
         :data:`ASK_SECONDS` of the connection's rate, at least ``split_min``), and a cut
         is never inside the request in flight, so the server never sends a byte past a cut
         (None: one request per piece)."""
         self.client = client
         self.connections = max(1, connections)
+        self.growth = Growth(self.connections, max_connections or self.connections)
+        self.window = window
+        #: The most connections that ran at once (what an adaptive pool reached).
+        self.most = 0
+        self._live = 0  # connection threads not yet ended
+        self._name = "isic2020-dl"
         self.split_min = split_min
+        self.take_min = take_min
         self.ask_max = ask_max
         self.abort = client.abort
         self._cond = threading.Condition()
@@ -139,12 +159,14 @@ class RangePool:
 
     def start(self, sink: SpanSink, name: str = "isic2020-dl") -> None:
         self._sink = sink
-        self._threads = [
-            threading.Thread(target=self._worker, name=f"{name}-{k}", daemon=True)
-            for k in range(self.connections)
-        ]
-        for t in self._threads:
-            t.start()
+        self._name = name
+        with self._cond:
+            self._spawn(self.connections)
+        if not self.growth.fixed:
+            control = threading.Thread(target=self._control, name=f"{name}-control",
+                                       daemon=True)
+            self._threads.append(control)
+            control.start()
 
     def put(self, span: Span) -> None:
         self.put_all((span,))
@@ -168,15 +190,22 @@ class RangePool:
     def join(self) -> None:
         """Until every thread ended (Ctrl-C interrupts the wait); errors stay for
         :meth:`raise_first` (a caller with more threads of its own raises after those)."""
-        for t in self._threads:
-            while t.is_alive():
-                t.join(timeout=0.1)
+        while True:
+            with self._cond:
+                alive = [t for t in self._threads if t.is_alive()]
+            if not alive:
+                return
+            for t in alive:
+                while t.is_alive():
+                    t.join(timeout=0.1)
 
     def stop(self) -> None:
         """After an error or Ctrl-C in the caller's thread: stop every thread."""
         self.abort.set()
         self.close()
-        for t in self._threads:
+        with self._cond:
+            threads = list(self._threads)
+        for t in threads:
             t.join(timeout=5)
 
     def fail(self, exc: BaseException) -> None:
@@ -217,6 +246,76 @@ class RangePool:
             hit.sort(key=lambda p: p.start)
             self._queue = deque(hit + rest)
 
+    # -- how many connections ------------------------------------------------------------
+    def _spawn(self, n: int) -> None:
+        """Start ``n`` more connections (under the lock)."""
+        for _ in range(n):
+            t = threading.Thread(target=self._worker, daemon=True,
+                                 name=f"{self._name}-{len(self._threads)}")
+            self._threads.append(t)
+            self._live += 1
+            t.start()
+        self.most = max(self.most, self._live)
+
+    def _control(self) -> None:
+        """Once per window: the aggregate rate to :class:`Growth`, its count to the pool."""
+        throttle = self.client.throttle
+        seen = throttle.slowdowns
+        last_bytes, last_t = self.client.transferred, time.monotonic()
+        with self._cond:
+            while not self.abort.is_set() and not (self._live == 0 and self._closed):
+                left = last_t + self.window - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)  # the last connection's end wakes it at once
+                    continue
+                now, got = time.monotonic(), self.client.transferred
+                rate = (got - last_bytes) / max(now - last_t, 1e-6)
+                last_bytes, last_t = got, now
+                if throttle.slowdowns != seen:
+                    target = self.growth.throttled()
+                else:
+                    target = self.growth.window(rate, self._has_work())
+                self._set_target(target)
+                if self.growth.stopped:
+                    return
+
+    def _set_target(self, target: int) -> None:
+        """Run ``target`` connections: start the missing ones, or let the extra ones end
+        after their piece (under the lock)."""
+        self.client.throttle.set_ceiling(target)
+        if target > self._live and self._live > 0:
+            self._recut(target - self._live)
+            self._spawn(target - self._live)
+        self._cond.notify_all()
+
+    def _has_work(self) -> bool:
+        """Would a new connection find something to do (under the lock)?"""
+        if self._queue:
+            return True
+        if self.split_min is None:
+            return False
+        least = max(self.split_min, self.client.block)
+        return any(self._cut_point(p, self._floor(p, least), least) is not None
+                   for p in self._inflight)
+
+    def _recut(self, more: int) -> None:
+        """Halve queued pieces that may be cut anywhere until the queue has a piece for each
+        of ``more`` new connections, or none is long enough (under the lock): the re-cut of
+        :meth:`prioritize`, for a count that grew."""
+        least = max(self.split_min or self.take_min or ALIGN, ALIGN)
+        pieces = list(self._queue)
+        while len(pieces) < more:
+            longest = max((p for p in pieces if p.span.cuts is None),
+                          key=lambda p: p.end - p.start, default=None)
+            if longest is None or longest.end - longest.start < 2 * least:
+                break
+            mid = longest.start + (longest.end - longest.start) // 2
+            mid = max(longest.start + least, mid // ALIGN * ALIGN)
+            i = pieces.index(longest)
+            pieces[i:i + 1] = [Piece(longest.span, longest.start, mid),
+                               Piece(longest.span, mid, longest.end)]
+        self._queue = deque(pieces)
+
     # -- the connections ------------------------------------------------------------------
     def _worker(self) -> None:
         session: requests.Session | None = None
@@ -225,6 +324,9 @@ class RangePool:
                 session = session or make_session(1)
                 self._fetch(session, piece)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller by wait()
+            with self._cond:
+                self._live -= 1
+                self._cond.notify_all()
             self.fail(exc)
         finally:
             if session is not None:
@@ -232,18 +334,23 @@ class RangePool:
 
     def _take(self) -> Piece | None:
         """The next queued piece, else the back half of one in flight, else None once the
-        queue is closed (waits for :meth:`put` while it is open)."""
+        queue is closed (waits for :meth:`put` while it is open), or when the pool runs more
+        connections than its target (this one ends). The caller's thread then ends."""
         with self._cond:
             while not self.abort.is_set():
-                piece = self._queue.popleft() if self._queue else self._steal()
+                if self._live > self.growth.target:
+                    break
+                piece = self._pop() if self._queue else self._steal()
                 if piece is not None:
                     piece.index = self._taken
                     self._taken += 1
                     self._inflight.append(piece)
                     return piece
                 if self._closed:
-                    return None
+                    break
                 self._cond.wait(0.1)
+            self._live -= 1
+            self._cond.notify_all()
             return None
 
     def _fetch(self, session: requests.Session, piece: Piece) -> None:
@@ -288,6 +395,22 @@ class RangePool:
         least = max(self.split_min or 0, self.client.block)
         return int(min(self.ask_max, max(least, rate * ASK_SECONDS)))
 
+    def _pop(self) -> Piece:
+        """The next queued piece; with ``take_min``, a piece that may be cut anywhere is cut
+        to about the queued bytes over the connections (never below ``take_min``) and the rest
+        stays first in the queue: pieces shrink as the queue drains, so the connections end
+        together without cutting a request in flight (under the lock)."""
+        piece = self._queue.popleft()
+        if self.take_min is None or piece.span.cuts is not None:
+            return piece
+        queued = piece.end - piece.start + sum(p.end - p.start for p in self._queue)
+        share = max(self.take_min, -(-queued // max(1, self._live)))
+        cut = -(-(piece.start + share) // ALIGN) * ALIGN
+        if cut <= piece.end - self.take_min:
+            self._queue.appendleft(Piece(piece.span, cut, piece.end))
+            piece.end = cut
+        return piece
+
     def _steal(self) -> Piece | None:
         """Split the piece in flight with the most left to fetch (called under the lock)."""
         if self.split_min is None:
@@ -296,13 +419,17 @@ class RangePool:
         # ahead is never crossed, so no byte is fetched twice.
         least = max(self.split_min, self.client.block)
         for p in sorted(self._inflight, key=lambda p: p.pos - p.end):
-            floor = p.pos + least if self.ask_max is None else max(p.pos + least, p.asked)
-            cut = self._cut_point(p, floor, least)
+            cut = self._cut_point(p, self._floor(p, least), least)
             if cut is not None:
                 back = Piece(p.span, cut, p.end)
                 p.end = cut
                 return back
         return None
+
+    def _floor(self, p: Piece, least: int) -> int:
+        """The first offset where ``p`` may be cut: past the read in hand (and, with
+        ``ask_max``, past the request in flight)."""
+        return p.pos + least if self.ask_max is None else max(p.pos + least, p.asked)
 
     @staticmethod
     def _cut_point(p: Piece, floor: int, least: int) -> int | None:

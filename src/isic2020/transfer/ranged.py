@@ -2,8 +2,9 @@
 
 The object is cut into chunks (``plan_chunk``: sized for the connections, not aligned to S3
 parts, since the per-part MD5s come from the hashing followers' sequential pass) and run over
-the :class:`~isic2020.transfer.pool.RangePool`. What an observer wants first (a zip's central
-directory, at its end) is fetched first, cut finer so that every connection helps.
+the :class:`~isic2020.transfer.pool.RangePool` (adaptive when ``max_connections`` allows).
+What an observer wants first (a zip's central directory, at its end) is fetched first, cut
+finer so that every connection helps.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ from isic2020.transfer.throttle import Throttle
 _LOG = logging.getLogger(__name__)
 
 Digests = tuple[str, "str | None", "str | None"]
+
+#: An adaptive pool cuts the queued chunks as they are taken once few are left (about what is
+#: queued over the connections, never below this: two seconds at the per-stream rate of the
+#: benchmarks, so that a server's burst allowance per request, nginx's one second of
+#: ``limit_rate``, does not turn the tail into unthrottled requests), so the last ones end
+#: nearly together instead of one connection finishing alone. Each piece is one request and
+#: is never cut in flight, so the server sends no byte the client does not take.
+SPLIT_MIN = 4 * 1024 * 1024
 
 
 class RangedTransfer(SpanSink):
@@ -67,7 +76,10 @@ class RangedTransfer(SpanSink):
         self.size = remote.size
         self.file = PartialFile(remote, partial, state_path, opts.log)
         self.bar = bar
-        self.chunk = plan_chunk(self.size, opts.connections, opts.chunk_size)
+        # Sized for the most connections it may run, so that an adaptive pool has queued work
+        # for the connections it adds.
+        self.chunk = plan_chunk(self.size, max(opts.connections, opts.max_connections or 0),
+                                opts.chunk_size)
         self.done: list[list[int]] = []
         self.lock = threading.Lock()
         self.abort = threading.Event()
@@ -77,7 +89,10 @@ class RangedTransfer(SpanSink):
             abort=self.abort, on_bytes=bar.update if bar is not None else None,
             block=READ_BLOCK, validator=remote.validator,
         )
-        self.pool = RangePool(self.client, opts.connections)
+        adaptive = (opts.max_connections or 0) > opts.connections
+        self.pool = RangePool(self.client, opts.connections,
+                              max_connections=opts.max_connections,
+                              take_min=SPLIT_MIN if adaptive else None)
         self.resumed_bytes = 0
         self.hashers: Hashers | None = None
         self.checkpoint: Checkpointer | None = None

@@ -3,7 +3,9 @@
 Invariants: at most ``limit`` requests are in flight (``1 <= limit <= max``); a 503 SlowDown or
 429 (or a body below the lowest speed) halves ``limit`` and holds every new request until the
 pause the server asked for is over; every fourth request that succeeds raises it by one again,
-up to ``max``. Why: S3 answers an overload of one prefix with SlowDown, and hammering it with
+up to ``max``. ``max`` is the pool's connection count, which an adaptive pool raises
+(:meth:`set_ceiling`); ``slowdowns`` counts the throttling answers, so that it stops growing.
+Why: S3 answers an overload of one prefix with SlowDown, and hammering it with
 the same parallelism only earns more of them.
 """
 
@@ -26,6 +28,7 @@ class Throttle:
         self.limit = limit
         self.active = 0
         self.pause_until = 0.0
+        self.slowdowns = 0
         self._ok = 0
         self._cond = threading.Condition()
 
@@ -53,9 +56,21 @@ class Throttle:
                     _LOG.debug("throttle: up to %d connections", self.limit)
             self._cond.notify_all()
 
+    def set_ceiling(self, ceiling: int) -> None:
+        """The pool now runs ``ceiling`` connections: more of them add as many slots, fewer
+        lower the cap with them."""
+        with self._cond:
+            ceiling = max(1, ceiling)
+            if ceiling > self.max:
+                self.limit += ceiling - self.max
+            self.max = ceiling
+            self.limit = min(self.limit, ceiling)
+            self._cond.notify_all()
+
     def slowdown(self, delay: float) -> None:
         """Halve the cap and hold new requests for ``delay`` seconds."""
         with self._cond:
+            self.slowdowns += 1
             self.limit = max(1, self.limit // 2)
             self._ok = 0
             self.pause_until = max(self.pause_until, time.monotonic() + delay)

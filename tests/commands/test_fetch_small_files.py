@@ -1,0 +1,49 @@
+"""The metadata CSVs of a fetch download side by side (issue 14, goal 4), and the report stays
+in the manifest's order. Counted from the server's log, never timed: under a per-connection
+cap a response of ``n`` bytes lasts at least ``n / rate`` seconds, so a request of another CSV
+that arrived before that much time had passed overlapped it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from support.cli import cli_env, run_cli
+from support.servers import FaultServer
+
+from isic2020.synthetic import build_dataset
+
+PREFIX = "/challenges/2020/"
+RATE = 8 * 1024  # bytes/s per response: each CSV takes a good part of a second
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory):
+    return build_dataset(tmp_path_factory.mktemp("small"), n_train=60, n_test=30)
+
+
+def test_the_csvs_are_in_flight_together_and_reported_in_manifest_order(dataset, tmp_path):
+    csvs = [f.name for f in dataset.metadata_files()]
+    assert len(csvs) >= 3
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        for name in csvs:
+            srv.throttle(RATE, name)
+        r = run_cli("fetch", "--data-dir", str(tmp_path / "d"), "--mirror", srv.url,
+                    "--format", "none", "--json", env=cli_env(dataset.manifest_path),
+                    timeout=300)
+        gets = [g for g in srv.requests(method="GET") if g.bytes_sent > 0]
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    listed = [f["name"] for f in doc["files"]]
+    assert listed == sorted(listed, key=csvs.index) and set(listed) == set(csvs)
+    # pairs of requests of two different CSVs where the later one arrived while the earlier
+    # one was certainly still being sent
+    overlapping = {
+        frozenset((a.path, b.path))
+        for a in gets for b in gets
+        if a.path != b.path and a.arrived <= b.arrived < a.arrived + 0.5 * a.bytes_sent / RATE
+    }
+    assert overlapping, "the CSVs were downloaded one after another"
+    paths = {g.path for g in gets}
+    assert len(paths) == len(csvs)
+    assert len({p for pair in overlapping for p in pair}) >= 3  # more than one pair at once
