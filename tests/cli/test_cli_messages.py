@@ -190,12 +190,14 @@ def test_no_network_says_check_the_network_or_use_a_mirror(dataset, tmp_path: Pa
     assert "run the same command again" in line
 
 
-def test_inspect_without_an_http_host_says_so(dataset, tmp_path: Path) -> None:
+def test_inspect_reads_a_file_mirror_in_place(dataset, tmp_path: Path) -> None:
+    """A ``file://`` mirror's zip is read by offset like a server's: its directory is listed,
+    nothing is copied into DATA."""
     r = run_cli("inspect", "--split", "train", "--data-dir", str(tmp_path / "d"), "--mirror",
                 dataset.root.as_uri() + "/", env=cli_env(dataset.manifest_path))
-    assert r.returncode == 2
-    line = _one_error(r)
-    assert "()" not in line and "file://" in line and "http(s) --mirror" in line
+    assert r.returncode == 0, r.stderr
+    assert f"{ZIP}: 25 entries, 24 images" in r.stdout, r.stdout
+    assert not list((tmp_path / "d").rglob("*.zip"))
 
 
 # --------------------------------------------------------------------------------------------

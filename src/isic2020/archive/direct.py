@@ -145,7 +145,8 @@ def _all_failed(failures: list[str], damaged: list[str], no_ranges: list[str],
     """Every host failed: a verification error when each served a damaged archive, a
     :class:`RangesNotServed` when none serves byte ranges."""
     if no_ranges and len(no_ranges) == len(failures):
-        return RangesNotServed("; ".join(no_ranges), no_ranges_hint)
+        return RangesNotServed(f"{name}: every host failed: {'; '.join(no_ranges)}",
+                               no_ranges_hint)
     if damaged and len(damaged) == len(failures):
         return VerificationError(
             "; ".join(damaged),

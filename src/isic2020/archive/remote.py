@@ -131,7 +131,8 @@ def host_failed(url: str, exc: HostFailed) -> DownloadError:
     if isinstance(exc, RangesIgnored):
         return RangesNotServed(
             f"{url}: {exc}",
-            "members of a zip need a server with byte ranges; fetch the whole archive instead",
+            "members of a zip need a server with byte ranges; fetch the whole split instead "
+            "(without --sample/--images/--where/--direct)",
         )
     return DownloadError(host_line(url, str(exc)), hosts_failed_hint([str(exc)]))
 

@@ -31,6 +31,7 @@ from isic2020.commands.fetch_report import FileOutcome
 from isic2020.commands.members import member_options
 from isic2020.commands.ondisk import cached_result
 from isic2020.errors import DownloadError
+from isic2020.report import plural
 from isic2020.store.records import FileRecord
 
 NOT_KEPT = "extracted (archive not kept)"
@@ -122,7 +123,7 @@ def _fetch_missing(run: FetchRun, entry: FileEntry, rec: FileRecord, known: bool
         if not isinstance(exc, RangesNotServed):
             raise
         n = len(found[0].members) if found else 0
-        what = f"{n} missing or damaged image(s) of {entry.name}" if n else entry.name
+        what = f"{plural(n, 'missing or damaged image')} of {entry.name}" if n else entry.name
         raise DownloadError(
             f"{what} cannot be fetched alone: {exc.message}",
             "download the whole archive and unpack it instead: "
