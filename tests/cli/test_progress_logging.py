@@ -10,19 +10,14 @@ bar. Everything runs the real CLI against a real FaultServer slowed with its Thr
 
 from __future__ import annotations
 
-import fcntl
-import os
-import pty
 import re
-import select
-import struct
 import subprocess
-import termios
 import time
 
 import pytest
 from support.cli import cli_cmd, cli_env, run_cli
 from support.servers import FaultServer, Stall
+from support.terminal import run_on_pty
 
 from isic2020.synthetic import build_dataset
 
@@ -173,37 +168,8 @@ def test_a_log_file_that_cannot_be_opened_is_one_usage_line(dataset, slow, tmp_p
     assert not (tmp_path / "d").exists()  # refused before anything was written
 
 
-def _run_on_pty(cmd: list[str], env: dict[str, str], timeout: float = 180) -> tuple[int, str]:
-    """Run with stderr on a real pseudo-terminal (100 columns); (exit code, what it got)."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=slave)
-    os.close(slave)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
-                try:
-                    block = os.read(master, 65536)
-                except OSError:  # EIO: the other side closed
-                    break
-                if not block:
-                    break
-                chunks.append(block)
-            elif proc.poll() is not None:
-                break
-        proc.wait(timeout=max(1, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        assert proc.stdout is not None
-        proc.stdout.close()
-        os.close(master)
-    return proc.returncode, b"".join(chunks).decode("utf-8", "replace")
+def _run_on_pty(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
+    return run_on_pty(cmd, env, columns=100, timeout=180)
 
 
 @pytest.mark.parametrize("verbose", [(), ("--verbose",)], ids=["plain", "verbose"])

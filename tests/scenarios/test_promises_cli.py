@@ -10,16 +10,9 @@ and the CLI as a real process (its progress bars on a real pseudo-terminal).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
 import re
-import select
-import struct
-import subprocess
-import termios
-import time
 import zipfile
 from pathlib import Path
 
@@ -27,6 +20,7 @@ import pydicom
 import pytest
 from support.cli import cli_cmd, cli_env, run_cli
 from support.servers import FaultServer, Status, range_starts_at_or_after, refused_url
+from support.terminal import run_on_pty
 
 import isic2020
 from isic2020.errors import Isic2020Error
@@ -304,38 +298,8 @@ def test_subsets_add_up_and_verify_checks_their_union_then_fails_on_a_missing_im
 # Progress bars
 
 
-def _run_on_pty(cmd: list[str], env: dict[str, str], timeout: float = 120) -> tuple[int, str]:
-    """Run with stderr on a real pseudo-terminal (120 columns); return (exit code, what the
-    terminal received)."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=slave)
-    os.close(slave)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
-                try:
-                    block = os.read(master, 65536)
-                except OSError:  # EIO: the other side closed
-                    break
-                if not block:
-                    break
-                chunks.append(block)
-            elif proc.poll() is not None:
-                break
-        proc.wait(timeout=max(1, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        assert proc.stdout is not None
-        proc.stdout.close()
-        os.close(master)
-    return proc.returncode, b"".join(chunks).decode("utf-8", "replace")
+def _run_on_pty(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
+    return run_on_pty(cmd, env, columns=120, timeout=120)
 
 
 def test_progress_bars_on_a_terminal_and_none_when_stderr_is_not_one(dataset, mirror, tmp_path):
