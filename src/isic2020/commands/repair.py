@@ -101,7 +101,7 @@ def _fetch_missing(run: FetchRun, entry: FileEntry, rec: FileRecord, known: bool
         for m in todo.members:
             finals[m.header_offset] = m.image_file_name(None)
         if todo.members and log is not None:
-            log(f"{entry.name}: {len(todo.members)} image(s) missing or damaged "
+            log(f"{entry.name}: {plural(len(todo.members), 'image')} missing or damaged "
                 f"({len(todo.absent)} missing, {len(todo.wrong_size)} of another size); "
                 "fetching only those from the remote zip")
         return todo.members
