@@ -18,10 +18,8 @@ Modules: ``fetch_options`` (what, where, how), ``sources`` (mirrors and hosts), 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from isic2020.catalog.manifest import FileEntry, Manifest, load_manifest
 from isic2020.commands.dryrun import dry_run
@@ -50,6 +48,7 @@ from isic2020.store.layout import Layout
 from isic2020.store.lock import data_dir_lock
 from isic2020.store.records import Records
 from isic2020.transfer.engine import Downloader
+from isic2020.transfer.localfile import file_path, is_file_url
 
 __all__ = [
     "FetchHow",
@@ -212,9 +211,9 @@ def server_sizes(run: FetchRun, downloader: Downloader, entries: list[FileEntry]
                                                run.layout.final_path(e)):
             continue
         size, url, _ = first_answer(e, run.mirrors, downloader)
-        if url is not None and url.startswith("file://"):
+        if url is not None and is_file_url(url):
             with contextlib.suppress(OSError):
-                size = os.stat(unquote(urlsplit(url).path)).st_size
+                size = file_path(url).stat().st_size
         if size:
             sizes[e.name] = size
     return sizes

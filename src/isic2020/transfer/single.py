@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import unquote, urlsplit
 
 import requests
 
@@ -26,6 +25,7 @@ from isic2020.errors import ObjectChanged, VerificationError
 from isic2020.store.fsutil import disk_error, open_nofollow, remove_file
 from isic2020.transfer.digests import MultipartHasher, etag_kind, normalize_etag
 from isic2020.transfer.http import header_int
+from isic2020.transfer.localfile import file_path
 from isic2020.transfer.model import BLOCK, DownloadOptions, RemoteObject
 from isic2020.transfer.retry import (
     NETWORK_ERRORS,
@@ -212,7 +212,7 @@ def copy_local(
     """Copy a ``file://`` mirror's file into ``partial``, hashing it; HostFailed when the
     source cannot be read, VerificationError when its sha256 is not the manifest's (nothing
     is left at ``partial`` then)."""
-    src = Path(unquote(urlsplit(url).path))
+    src = file_path(url)
     try:
         size = src.stat().st_size
     except OSError as exc:
