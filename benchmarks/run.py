@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # tests/support/servers/: NginxServer, 
 sys.path.insert(0, str(ROOT / "src"))  # works from a checkout even when not installed
 from bench.common import PEERS, MiB  # noqa: E402
 from bench.data import build_image_mirror  # noqa: E402
-from bench.harness import FULL, QUICK, rmtree  # noqa: E402
+from bench.harness import FULL, QUICK, empty_trash, rmtree, use_trash  # noqa: E402
 from bench.isic import set_isic_source, use_bytecode_cache  # noqa: E402
 from bench.report import report  # noqa: E402
 from bench.results import Bench  # noqa: E402
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     use_bytecode_cache(work / "pycache")
+    use_trash(work / "trash")
     b = Bench(p, work)
     if b.missing:
         b.log("MISSING peers, their rows are skipped: " + ", ".join(
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             row_cluster(b)
     finally:
         rmtree(work / "run")
+        empty_trash()
     text = report(b, raw_argv, time.monotonic() - t0)
     print(text)
     results = args.results or (work / "RESULTS-quick.md" if p.quick
