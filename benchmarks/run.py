@@ -50,7 +50,15 @@ sys.path.insert(0, str(ROOT / "tests"))  # tests/support/servers/: NginxServer, 
 sys.path.insert(0, str(ROOT / "src"))  # works from a checkout even when not installed
 from bench.common import PEERS, MiB  # noqa: E402
 from bench.data import build_image_mirror  # noqa: E402
-from bench.harness import FULL, QUICK, empty_trash, rmtree, use_trash  # noqa: E402
+from bench.harness import (  # noqa: E402
+    FULL,
+    QUICK,
+    empty_trash,
+    mount_scratch,
+    rmtree,
+    unmount_scratch,
+    use_trash,
+)
 from bench.isic import set_isic_source, use_bytecode_cache  # noqa: E402
 from bench.report import report  # noqa: E402
 from bench.results import Bench  # noqa: E402
@@ -84,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="row 1 per-connection limit in MiB/s (default 8; quick 4)")
     ap.add_argument("--direct-rate", type=float, default=None,
                     help="row 8 per-connection limit in MiB/s (default 2; quick 8)")
+    ap.add_argument("--scratch-fs", choices=("auto", "off"), default="auto",
+                    help="auto (not with --quick): as root, timed runs write to a fresh ext4 "
+                         "loop filesystem with a journal (WORKDIR/run.ext4, sparse) [auto]")
+    ap.add_argument("--scratch-gb", type=int, default=64,
+                    help="size of that filesystem in GiB (sparse: only what is written is used)")
     ap.add_argument("--src", type=Path, default=None,
                     help="run isic2020 from this folder (holding isic2020/) instead of src/, "
                          "to measure a patch against the same peers")
@@ -114,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     use_bytecode_cache(work / "pycache")
     use_trash(work / "trash")
     b = Bench(p, work)
+    if args.scratch_fs == "auto" and not p.quick:
+        b.scratch_note = mount_scratch(work / "run", args.scratch_gb * 1024**3)
+        b.log(b.scratch_note or "no scratch filesystem (needs root and mkfs.ext4): outputs "
+              f"on {work}'s own filesystem, deletions through {work / 'trash'}")
     if b.missing:
         b.log("MISSING peers, their rows are skipped: " + ", ".join(
             f"{t} (apt-get install {PEERS[t]})" for t in b.missing))
@@ -150,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         if 12 in rows:
             row_cluster(b)
     finally:
+        if b.scratch_note:
+            unmount_scratch(work / "run")
         rmtree(work / "run")
         empty_trash()
     text = report(b, raw_argv, time.monotonic() - t0)

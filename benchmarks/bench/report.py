@@ -86,6 +86,7 @@ def report(b: Bench, argv: list[str], seconds: float) -> str:
         f"(this run: {'--quick, ' if p.quick else ''}{p.reps} repetition(s), medians; "
         f"{seconds / 60:.1f} min in all; load average before/after: {b.load_before} / "
         f"{load_average()}).",
+        "Disk: " + (b.scratch_note or "outputs on the work folder's own filesystem") + ".",
         "",
         table(b.rows),
         "",

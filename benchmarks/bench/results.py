@@ -63,6 +63,7 @@ class Bench:
         self.missing = [t for t in PEERS if shutil.which(t) is None]
         self.nginx = nginx_binary()
         self.load_before = load_average()
+        self.scratch_note: str | None = None  # where timed runs wrote (harness.mount_scratch)
 
     def log(self, msg: str) -> None:
         if self.verbose:
