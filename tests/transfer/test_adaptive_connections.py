@@ -8,6 +8,7 @@ makes it withdraw and grow no more (politeness to S3); every byte still arrives 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -70,14 +71,18 @@ def test_an_adaptive_pool_adds_connections_on_a_capped_server_up_to_its_cap(tmp_
     root, data = _serve(tmp_path, size)
     with FaultServer(root, prefix="/p/") as srv:
         srv.throttle(512 * KiB, NAME)  # per connection, as S3 caps one stream
+        said: list[str] = []
         pool = _pool(srv, size, 2, max_connections=8, split_min=64 * KiB, ask_max=MiB,
-                     window=0.2)
+                     window=0.2, log=said.append)
         sink = Assembler(size)
         pool.run([Span(0, size // 2), Span(size // 2, size)], sink)
         at_once = srv.most_at_once()
     assert bytes(sink.buf) == data and all(sink.seen)
     assert 2 < at_once <= 8, f"{at_once} responses at once"
     assert pool.most <= 8
+    # --verbose says each step the count took (what a user reads to see why it is N)
+    assert said and said[0].startswith("connections: 2 -> "), said
+    assert all(line.startswith("connections: ") for line in said), said
 
 
 def test_a_fixed_count_is_exactly_that_many_connections_at_once(tmp_path):
@@ -105,7 +110,8 @@ def test_the_default_fetch_opens_more_than_16_connections_never_past_the_cap(
     monkeypatch.setenv("ISIC2020_MAX_CONNECTIONS", "20")
     with FaultServer(root, prefix="/p/") as srv:
         srv.throttle(512 * KiB, NAME)
-        opts = download_options()
+        said: list[str] = []
+        opts = dataclasses.replace(download_options(), log=said.append)
         assert (opts.connections, opts.max_connections) == (16, 20)
         dl = Downloader(opts)
         res = dl.download(NAME, [srv.url_for(NAME)], tmp_path / "part", tmp_path / "state",
@@ -116,6 +122,7 @@ def test_the_default_fetch_opens_more_than_16_connections_never_past_the_cap(
     assert res.sha256 == hashlib.sha256(data).hexdigest()
     assert 16 < at_once <= 20, f"{at_once} responses at once"
     assert res.bytes_transferred == sent == size  # no request is cut short, no byte twice
+    assert f"{NAME}: connections: 16 -> 20" in " ".join(said), said  # what -v shows
 
 
 def test_a_503_slowdown_withdraws_the_new_connections_and_stops_the_growth(tmp_path):
@@ -126,13 +133,15 @@ def test_a_503_slowdown_withdraws_the_new_connections_and_stops_the_growth(tmp_p
         # S3 answers an overload with SlowDown: here, any GET while 6 responses are in flight
         rule = srv.add_fault(Status.slow_down(retry_after=None), NAME, times=None,
                              when=lambda r: r.ranged and srv._active > 6)
+        said: list[str] = []
         pool = _pool(srv, size, 4, max_connections=16, split_min=64 * KiB, ask_max=MiB,
-                     window=0.2)
+                     window=0.2, log=said.append)
         sink = Assembler(size)
         pool.run([Span(0, size // 2), Span(size // 2, size)], sink)
     assert bytes(sink.buf) == data and all(sink.seen)
     assert rule.fired >= 1
     assert pool.growth.stopped and pool.growth.target == 4  # the step withdrawn, no other
+    assert said[-1].startswith("connections: staying at 4: the server throttled"), said
     # growth went on to 16 would have drawn a SlowDown for every request past 6
     assert rule.fired <= 4
 

@@ -253,7 +253,8 @@ def fetch_members(
     bar = _bar(opts.progress, sum(ends[m.header_offset] - m.header_offset for m in chosen),
                remote.name)
     job = _MemberFetch(remote, result, (connections, opts.max_connections or connections),
-                       opts.timeouts or Timeouts(), opts.retry or RetryPolicy(), bar)
+                       opts.timeouts or Timeouts(), opts.retry or RetryPolicy(), bar,
+                       log=(lambda msg: log(f"{remote.name}: {msg}")) if log else None)
     try:
         job.start()
         job.plan(chosen, dest, check_existing,
@@ -316,8 +317,10 @@ class _MemberFetch:
         timeouts: Timeouts,
         retry: RetryPolicy,
         bar: Any,
+        log: Callable[[str], None] | None = None,
     ) -> None:
-        """``connections``: where the pool starts, and the most it may run."""
+        """``connections``: where the pool starts, and the most it may run; ``log``: the
+        pool's ``--verbose`` lines (changes of the connection count)."""
         self.remote = remote
         self.result = result
         self.bar = bar
@@ -334,7 +337,7 @@ class _MemberFetch:
             block=READ_BLOCK,
         )
         self.pool = RangePool(self.client, connections[0], split_min=MIN_SPLIT,
-                              ask_max=ASK_MAX, max_connections=connections[1])
+                              ask_max=ASK_MAX, max_connections=connections[1], log=log)
         self.unpackers = Unpackers(UNPACKERS, self.abort, self.pool.fail, self.done)
         self.flushers: dict[int, Flusher] = {}  # by device of the destination folders
 

@@ -223,7 +223,7 @@ class Downloader:
                 return self._streamed(self._stream(remote, t.partial, bar, t.expected_size),
                                       tally)
             transfer = RangedTransfer(self.opts, remote, t.partial, t.state_path, bar,
-                                      t.observer)
+                                      t.observer, name=t.name)
             try:
                 sha, md5, mp = transfer.run()
             except RangesIgnored:

@@ -30,13 +30,14 @@ import bisect
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
 from isic2020.errors import Interrupted
+from isic2020.report import human_size
 from isic2020.transfer.adaptive import WINDOW, Growth
 from isic2020.transfer.http import make_session
 from isic2020.transfer.ranges import RangeClient, StopRange
@@ -120,6 +121,7 @@ class RangePool:
         max_connections: int | None = None,
         window: float = WINDOW,
         take_min: int | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         """``max_connections``: adapt the count between ``connections`` and this (None: a
         fixed count); ``window``: seconds per measurement of the aggregate rate; ``take_min``:
@@ -127,8 +129,10 @@ class RangePool:
         ``ask_max``: a piece is asked for in requests of at most this many bytes (about
         :data:`ASK_SECONDS` of the connection's rate, at least ``split_min``), and a cut
         is never inside the request in flight, so the server never sends a byte past a cut
-        (None: one request per piece)."""
+        (None: one request per piece). ``log``: each change of an adaptive count, and why it
+        stopped growing, in one line (``--verbose``)."""
         self.client = client
+        self.log = log
         self.connections = max(1, connections)
         self.growth = Growth(self.connections, max_connections or self.connections)
         self.window = window
@@ -271,13 +275,32 @@ class RangePool:
                 now, got = time.monotonic(), self.client.transferred
                 rate = (got - last_bytes) / max(now - last_t, 1e-6)
                 last_bytes, last_t = got, now
-                if throttle.slowdowns != seen:
+                before = self.growth.target
+                throttled = throttle.slowdowns != seen
+                if throttled:
                     target = self.growth.throttled()
                 else:
                     target = self.growth.window(rate, self._has_work())
                 self._set_target(target)
+                self._say_count(before, target, rate, throttled)
                 if self.growth.stopped:
                     return
+
+    def _say_count(self, before: int, target: int, rate: float, throttled: bool) -> None:
+        """One ``--verbose`` line for a change of the count, or for the end of its growth."""
+        if self.log is None or (target == before and not self.growth.stopped):
+            return
+        speed = f"{human_size(int(rate))}/s"
+        if throttled:
+            why = f"the server throttled (503 SlowDown, 429 or too slow) at {speed}"
+        elif target > before:
+            self.log(f"connections: {before} -> {target} (aggregate {speed})")
+            return
+        elif target < before:
+            why = f"{before} connections were no faster ({speed})"
+        else:
+            why = f"growth ended ({speed})"
+        self.log(f"connections: staying at {target}: {why}")
 
     def _set_target(self, target: int) -> None:
         """Run ``target`` connections: start the missing ones, or let the extra ones end

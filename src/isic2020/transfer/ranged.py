@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,9 @@ class RangedTransfer(SpanSink):
         state_path: Path,
         bar: Any,
         observer: TransferObserver | None = None,
+        name: str = "",
     ) -> None:
+        """``name``: the file's, for ``opts.log``'s lines."""
         assert remote.size is not None
         self.observer = observer
         self.opts = opts
@@ -92,7 +95,8 @@ class RangedTransfer(SpanSink):
         adaptive = (opts.max_connections or 0) > opts.connections
         self.pool = RangePool(self.client, opts.connections,
                               max_connections=opts.max_connections,
-                              take_min=SPLIT_MIN if adaptive else None)
+                              take_min=SPLIT_MIN if adaptive else None,
+                              log=_prefixed(opts.log, name))
         self.resumed_bytes = 0
         self.hashers: Hashers | None = None
         self.checkpoint: Checkpointer | None = None
@@ -228,3 +232,9 @@ class RangedTransfer(SpanSink):
         self._head = inflight[1] if inflight is not None else head
         return self._head
 
+
+def _prefixed(log: Callable[[str], None] | None, name: str) -> Callable[[str], None] | None:
+    """``log`` with each line starting with the file's name (None stays None)."""
+    if log is None:
+        return None
+    return lambda msg: log(f"{name}: {msg}" if name else msg)
