@@ -14,28 +14,18 @@ from pathlib import Path
 
 import pytest
 from support.cli import cli_env, run_cli
-from support.servers import FaultServer
+from support.fixtures import served_dataset
 from support.servers.faults import Stall
 
-from isic2020.synthetic import build_dataset
 from isic2020.transfer.ratelimit import MIN_BURST, RateLimit
 
-PREFIX = "/challenges/2020/"
 ZIP = "ISIC_2020_Training_JPEG.zip"
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory):
-    """Photo-sized stored JPEGs: a training zip of a few MB, enough for a rate to show."""
-    root = tmp_path_factory.mktemp("synthetic")
-    return build_dataset(root, n_train=16, n_test=4, photo=True, photo_sizes=[(1024, 768)],
-                         compression="stored")
-
-
-@pytest.fixture
-def server(dataset):
-    with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        yield srv
+# Photo-sized stored JPEGs: a training zip of a few MB, enough for a rate to show.
+dataset, server = served_dataset(
+    "synthetic", n_train=16, n_test=4, photo=True, photo_sizes=[(1024, 768)], compression="stored"
+)
 
 
 def _fetch(data: Path, mirror: str, *extra: str, manifest: Path, **env: str):
