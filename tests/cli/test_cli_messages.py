@@ -16,26 +16,18 @@ from pathlib import Path
 
 import pytest
 from support.cli import cli_env, run_cli
+from support.fixtures import served_dataset
 from support.fs import read_only_dir
 from support.servers import FaultServer, IgnoreRange, refused_url
 
 from isic2020.catalog.manifest import load_manifest, manifest_to_toml
 from isic2020.cli import cli
-from isic2020.synthetic import build_dataset
 
 PREFIX = "/challenges/2020/"
 ZIP = "ISIC_2020_Training_JPEG.zip"
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory):
-    return build_dataset(tmp_path_factory.mktemp("syn"), n_train=24, n_test=6)
-
-
-@pytest.fixture
-def mirror(dataset):
-    with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        yield srv
+dataset, mirror = served_dataset("syn", n_train=24, n_test=6)
 
 
 @pytest.fixture(scope="module")

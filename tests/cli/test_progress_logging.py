@@ -16,10 +16,9 @@ import time
 
 import pytest
 from support.cli import cli_cmd, cli_env, run_cli
+from support.fixtures import served_dataset
 from support.servers import FaultServer, Stall
 from support.terminal import run_on_pty
-
-from isic2020.synthetic import build_dataset
 
 PREFIX = "/challenges/2020/"
 ZIP = "ISIC_2020_Training_JPEG.zip"
@@ -31,17 +30,14 @@ PLAIN = re.compile(
 )
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory):
-    return build_dataset(tmp_path_factory.mktemp("syn"), n_train=120, n_test=4, image_size=96)
+dataset, mirror = served_dataset("syn", n_train=120, n_test=4, image_size=96)
 
 
 @pytest.fixture
-def slow(dataset):
+def slow(mirror: FaultServer) -> FaultServer:
     """The mirror, every GET body at 40 KB/s per connection: a fetch of a few seconds."""
-    with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        srv.throttle(40_000)
-        yield srv
+    mirror.throttle(40_000)
+    return mirror
 
 
 def _fetch(srv, data, *extra: str) -> tuple[str, ...]:

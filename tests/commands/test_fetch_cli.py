@@ -20,27 +20,18 @@ from pathlib import Path
 
 import pytest
 from support.cli import cli_cmd, cli_env, run_cli
+from support.fixtures import served_dataset
 from support.fs import read_only_dir, small_filesystem
 from support.servers import FaultServer, Throttle, free_port, refused_url
 
 from isic2020.catalog.manifest import load_manifest, manifest_to_toml
 from isic2020.store.records import read_json
-from isic2020.synthetic import build_dataset
 
 PREFIX = "/challenges/2020/"
 ZIP = "ISIC_2020_Training_JPEG.zip"
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("synthetic")
-    return build_dataset(root, n_train=24, n_test=12, formats=("jpeg",))
-
-
-@pytest.fixture
-def mirror(dataset):
-    with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        yield srv
+dataset, mirror = served_dataset("synthetic", n_train=24, n_test=12, formats=("jpeg",))
 
 
 def _fetch(data: Path, mirror_url: str, *extra: str, env=None, manifest=None):

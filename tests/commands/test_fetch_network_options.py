@@ -14,28 +14,18 @@ from pathlib import Path
 
 import pytest
 from support.cli import cli_env, run_cli
-from support.servers import FaultServer
+from support.fixtures import served_dataset
 from support.servers.faults import Stall
 
-from isic2020.synthetic import build_dataset
 from isic2020.transfer.ratelimit import MIN_BURST, RateLimit
 
-PREFIX = "/challenges/2020/"
 ZIP = "ISIC_2020_Training_JPEG.zip"
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory):
-    """Photo-sized stored JPEGs: a training zip of a few MB, enough for a rate to show."""
-    root = tmp_path_factory.mktemp("synthetic")
-    return build_dataset(root, n_train=16, n_test=4, photo=True, photo_sizes=[(1024, 768)],
-                         compression="stored")
-
-
-@pytest.fixture
-def server(dataset):
-    with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        yield srv
+# Photo-sized stored JPEGs: a training zip of a few MB, enough for a rate to show.
+dataset, server = served_dataset(
+    "synthetic", n_train=16, n_test=4, photo=True, photo_sizes=[(1024, 768)], compression="stored"
+)
 
 
 def _fetch(data: Path, mirror: str, *extra: str, manifest: Path, **env: str):
@@ -174,3 +164,21 @@ def test_direct_from_a_plain_path_mirror_unpacks_every_image_and_stores_no_archi
     assert again.returncode == 0, again.stderr
     row = next(f for f in again.json["files"] if f["name"] == ZIP)
     assert row["extraction"]["written"] == 0  # a re-run finds every image in place
+
+
+@pytest.mark.parametrize("extra, images", [((), 16), (("--sample", "3"), 3)],
+                         ids=["whole", "sample"])
+def test_an_upper_case_file_scheme_is_a_file_mirror(dataset, tmp_path, extra, images):
+    """``--mirror FILE:///folder`` is the same mirror as ``file:///folder`` (URL schemes are
+    case-insensitive, and ``--mirror`` accepts it): the whole-file copy and the in-place member
+    reads both take it as a local folder, never as a host to send an HTTP request to."""
+    url = "FILE" + dataset.root.as_uri()[len("file"):]
+    data = tmp_path / "data"
+    r = _fetch(data, url, *extra, "--json", manifest=dataset.manifest_path)
+    assert r.returncode == 0, r.stderr
+    assert len(list((data / "jpeg" / "train").glob("ISIC_*.jpg"))) == images
+    if extra:
+        _no_archive_copy(data)
+    dry = _fetch(tmp_path / "dry", url, "--dry-run", manifest=dataset.manifest_path)
+    assert dry.returncode == 0, dry.stderr
+    assert "unreachable" not in dry.stdout + dry.stderr, dry.stdout

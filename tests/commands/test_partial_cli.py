@@ -8,28 +8,13 @@ import os
 import warnings
 import zipfile
 
-import pytest
 from support.cli import cli_env, run_cli
-from support.servers import FaultServer
+from support.fixtures import served_dataset
 
 from isic2020.catalog.selection import select_images
 from isic2020.catalog.tables import load_metadata
-from isic2020.synthetic import build_dataset
 
-PREFIX = "/challenges/2020/"
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory):
-    return build_dataset(
-        tmp_path_factory.mktemp("syn"), n_train=400, n_test=30, image_size=64
-    )
-
-
-@pytest.fixture
-def mirror(dataset):
-    with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        yield srv
+dataset, mirror = served_dataset("syn", n_train=400, n_test=30, image_size=64)
 
 
 def _fetch(data, mirror, dataset, *args):

@@ -13,27 +13,15 @@ import shlex
 import zipfile
 from pathlib import Path
 
-import pytest
 from support.cli import cli_env, run_cli
+from support.fixtures import served_dataset
 from support.servers import FaultServer, IgnoreRange
 
-from isic2020.synthetic import build_dataset
-
-PREFIX = "/challenges/2020/"
 ZIP = "ISIC_2020_Training_JPEG.zip"
 ARGS = ("--split", "train", "--format", "jpeg")
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("synthetic")
-    return build_dataset(root, n_train=24, n_test=6, formats=("jpeg",))
-
-
-@pytest.fixture
-def mirror(dataset):
-    with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        yield srv
+dataset, mirror = served_dataset("synthetic", n_train=24, n_test=6, formats=("jpeg",))
 
 
 def _fetch(data: Path, srv: FaultServer, dataset, *extra: str):

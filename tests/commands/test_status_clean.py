@@ -16,27 +16,18 @@ from pathlib import Path
 
 import pytest
 from support.cli import cli_cmd, cli_env, run_cli
-from support.fetched import PREFIX, fetch_into, run_unprivileged
+from support.fetched import fetch_into, run_unprivileged
+from support.fixtures import served_dataset
 from support.servers import FaultServer, Throttle
 
 from isic2020.store.lock import data_dir_lock
 from isic2020.store.records import read_json
-from isic2020.synthetic import build_dataset
 
 TRAIN_ZIP = "ISIC_2020_Training_JPEG.zip"
 TEST_ZIP = "ISIC_2020_Test_JPEG.zip"
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory):
-    return build_dataset(tmp_path_factory.mktemp("syn"), n_train=24, n_test=40, image_size=48,
-                         distinct_images=40)
-
-
-@pytest.fixture
-def mirror(dataset):
-    with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        yield srv
+dataset, mirror = served_dataset("syn", n_train=24, n_test=40, image_size=48, distinct_images=40)
 
 
 def _cli(dataset, *args: str):

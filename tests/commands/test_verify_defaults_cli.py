@@ -11,24 +11,10 @@ from __future__ import annotations
 import re
 import shlex
 
-import pytest
 from support.cli import cli_env, run_cli
-from support.servers import FaultServer
+from support.fixtures import served_dataset
 
-from isic2020.synthetic import build_dataset
-
-PREFIX = "/challenges/2020/"
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory):
-    return build_dataset(tmp_path_factory.mktemp("syn"), n_train=80, n_test=12, image_size=32)
-
-
-@pytest.fixture
-def mirror(dataset):
-    with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        yield srv
+dataset, mirror = served_dataset("syn", n_train=80, n_test=12, image_size=32)
 
 
 def _cli(dataset, mirror, *args):

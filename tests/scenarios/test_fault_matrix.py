@@ -25,12 +25,12 @@ import subprocess
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.cli import cli_cmd, cli_env, run_cli
 from support.dataset import flip_byte
+from support.fixtures import served_dataset
 from support.fs import small_filesystem
 from support.netpeers import self_signed_certificate
 from support.servers import (
@@ -63,15 +63,7 @@ MiB = 1024 * KiB
 SRC = Path(isic2020.__file__).parent
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory):
-    return build_dataset(tmp_path_factory.mktemp("synthetic"), n_train=24, n_test=12)
-
-
-@pytest.fixture
-def mirror(dataset) -> Iterator[FaultServer]:
-    with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        yield srv
+dataset, mirror = served_dataset("synthetic", n_train=24, n_test=12)
 
 
 def _fetch(data: Path, *mirrors: str, extra: tuple[str, ...] = (), manifest: Path, **env: str):

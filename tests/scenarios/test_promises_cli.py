@@ -19,12 +19,13 @@ from pathlib import Path
 import pydicom
 import pytest
 from support.cli import cli_cmd, cli_env, run_cli
+from support.fixtures import served_dataset
 from support.servers import FaultServer, Status, range_starts_at_or_after, refused_url
 from support.terminal import run_on_pty
 
 import isic2020
 from isic2020.errors import Isic2020Error
-from isic2020.synthetic import ARCHIVE_FOLDERS, build_dataset
+from isic2020.synthetic import ARCHIVE_FOLDERS
 
 PREFIX = "/challenges/2020/"
 ZIP = "ISIC_2020_Training_JPEG.zip"
@@ -34,19 +35,10 @@ GT = "ISIC_2020_Training_GroundTruth.csv"
 KiB = 1024
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory):
-    """Every format; a training JPEG zip of ~440 KB (200 images of 128 px, many chunks)."""
-    return build_dataset(
-        tmp_path_factory.mktemp("syn"), n_train=200, n_test=10, image_size=128,
-        formats=("jpeg", "dicom", "dicom-original"),
-    )
-
-
-@pytest.fixture
-def mirror(dataset):
-    with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        yield srv
+# Every format; a training JPEG zip of ~440 KB (200 images of 128 px, many chunks).
+dataset, mirror = served_dataset(
+    "syn", n_train=200, n_test=10, image_size=128, formats=("jpeg", "dicom", "dicom-original"),
+)
 
 
 def _env(dataset, **extra: str) -> dict[str, str]:

@@ -15,22 +15,9 @@ from pathlib import Path
 import pytest
 from support.cli import cli_env
 from support.fetched import fetch_into, run_unprivileged
-from support.servers import FaultServer
+from support.fixtures import served_dataset
 
-from isic2020.synthetic import build_dataset
-
-PREFIX = "/challenges/2020/"
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory):
-    return build_dataset(tmp_path_factory.mktemp("syn"), n_train=24, n_test=6)
-
-
-@pytest.fixture
-def mirror(dataset):
-    with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        yield srv
+dataset, mirror = served_dataset("syn", n_train=24, n_test=6)
 
 
 def _chmod_tree(root: Path, *, write: bool) -> None:

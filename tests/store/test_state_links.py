@@ -24,25 +24,13 @@ from pathlib import Path
 
 import pytest
 from support.cli import cli_cmd, cli_env, run_cli
-from support.servers import FaultServer
+from support.fixtures import served_dataset
 
-from isic2020.synthetic import build_dataset
-
-PREFIX = "/challenges/2020/"
 TRAIN = "ISIC_2020_Training_JPEG.zip"
 N_TRAIN = 60
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory):
-    return build_dataset(tmp_path_factory.mktemp("links"), n_train=N_TRAIN, n_test=2,
-                         image_size=64)
-
-
-@pytest.fixture
-def server(dataset):
-    with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        yield srv
+dataset, server = served_dataset("links", n_train=N_TRAIN, n_test=2, image_size=64)
 
 
 def _args(data: Path, url: str, *extra: str) -> list[str]:

@@ -9,6 +9,11 @@ Import them into ``tests/conftest.py`` (pytest only finds fixtures defined or im
         s3_server,
         served_dir,
     )
+
+and one factory a test module calls at its top, for the pair most fetch tests start from (a
+synthetic dataset, and a server of it)::
+
+    dataset, mirror = served_dataset("syn", n_train=24, n_test=6)
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from isic2020.synthetic import SyntheticDataset, build_dataset
 
 from .servers import FaultServer, NginxServer, S3Server
 
@@ -45,6 +53,28 @@ def fault_server(served_dir: Path) -> Iterator[FaultServer]:
     """
     with FaultServer(served_dir, prefix=ISIC_PREFIX) as server:
         yield server
+
+
+def served_dataset(folder: str = "syn", **build: Any) -> tuple[Any, Any]:
+    """Two fixtures for a test module: ``dataset``, the synthetic dataset
+    ``build_dataset(**build)`` makes once per module in a fresh temporary folder named
+    ``folder``; and a fresh :class:`FaultServer` serving it at ``/challenges/2020/`` per test,
+    so a fault, a throttle or the request log of one test never reaches the next.
+
+    Bind them at the module's top: ``dataset, mirror = served_dataset("syn", n_train=24)``.
+    The first is the fixture ``dataset`` whatever it is bound to (the server asks for it by
+    that name); the second takes the name it is bound to (``mirror``, ``server``)."""
+
+    @pytest.fixture(scope="module", name="dataset")
+    def dataset(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
+        return build_dataset(tmp_path_factory.mktemp(folder), **build)
+
+    @pytest.fixture
+    def server(dataset: SyntheticDataset) -> Iterator[FaultServer]:
+        with FaultServer(dataset.root, prefix=ISIC_PREFIX) as srv:
+            yield srv
+
+    return dataset, server
 
 
 @pytest.fixture

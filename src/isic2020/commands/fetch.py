@@ -39,7 +39,7 @@ from isic2020.commands.fetch_step import fetch_file
 from isic2020.commands.fetch_verify import verify_if_changed
 from isic2020.commands.members import direct_has_work, fetch_members
 from isic2020.commands.notices import write_notices
-from isic2020.commands.ondisk import check_space, trusted
+from isic2020.commands.ondisk import PlannedFetch, check_space, trusted
 from isic2020.commands.repair import fetch_command
 from isic2020.commands.sources import check_mirrors, first_answer
 from isic2020.errors import DiskError
@@ -159,8 +159,10 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
     outcomes: dict[str, FileOutcome] = {}
     small_entries = [e for e in entries if not e.is_archive]
     try:
-        space = check_space(layout, run.records, entries, how.extract, run.members_only,
-                            server_sizes(run, downloader, entries))
+        plan = PlannedFetch(layout, run.records, entries, how.extract,
+                            members_only=run.members_only,
+                            server_sizes=server_sizes(run, downloader, entries))
+        space = check_space(plan)
         if how.extract:
             run.precheck = MetadataPrecheck(layout, run.manifest, run.what.split)
         expected = {**{e.name: 0 for e in entries if e.is_archive and run.members_only},

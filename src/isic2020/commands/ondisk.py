@@ -101,27 +101,37 @@ class SpaceNeed:
         return self.free is not None and self.direct_need <= self.free < self.need
 
 
-def space_needed(
-    layout: Layout,
-    records: Records,
-    entries: list[FileEntry],
-    extract: bool,
-    members_only: bool = False,
-    server_sizes: dict[str, int] | None = None,
-) -> SpaceNeed:
+@dataclass(frozen=True)
+class PlannedFetch:
+    """A fetch about to start, as the space check sees it: where it writes, what the data
+    directory already vouches for, which files, and what it keeps of them."""
+
+    layout: Layout
+    records: Records
+    entries: list[FileEntry]
+    #: the images are unpacked (not ``--no-extract``).
+    extract: bool
+    #: images only, no archive (a subset or ``--direct``).
+    members_only: bool = False
+    #: name -> size a server answered (a HEAD); wins over the manifest's published size.
+    server_sizes: dict[str, int] | None = None
+
+
+def space_needed(plan: PlannedFetch) -> SpaceNeed:
     """Remaining download plus unpacked images: the server's sizes (``server_sizes``, from a
     HEAD) win over the manifest's published ones (a 50 MB mirror is not refused for 46 GB)."""
+    layout, records, extract = plan.layout, plan.records, plan.extract
     block = block_size(layout.root)
     out = SpaceNeed(free=free_bytes(layout.root))  # None: the filesystem does not say (ramfs)
-    for e in entries:
-        if e.is_archive and members_only:
+    for e in plan.entries:
+        if e.is_archive and plan.members_only:
             continue  # images only, no archive: extraction checks the space per archive
         rec = records.file(e.name)
         if trusted(rec, e, layout.final_path(e)):
             continue
         if e.is_archive and e.name in records.extracted and not layout.final_path(e).exists():
             continue
-        size = (server_sizes or {}).get(e.name) or e.approx_bytes
+        size = (plan.server_sizes or {}).get(e.name) or e.approx_bytes
         out.sizes[e.name] = size
         download = max(0, size - partial_bytes(layout, e))
         images = images_on_disk(e, size, block) if e.is_archive and extract else 0
@@ -134,16 +144,10 @@ def space_needed(
     return out
 
 
-def check_space(
-    layout: Layout,
-    records: Records,
-    entries: list[FileEntry],
-    extract: bool,
-    members_only: bool = False,
-    server_sizes: dict[str, int] | None = None,
-) -> SpaceNeed:
+def check_space(plan: PlannedFetch) -> SpaceNeed:
     """Refuse to start what cannot finish (:func:`space_needed`); what it needs otherwise."""
-    need = space_needed(layout, records, entries, extract, members_only, server_sizes)
+    need = space_needed(plan)
+    layout = plan.layout
     if not need.fits():
         assert need.free is not None
         hint = "free space, choose another --data-dir, or fetch with --no-extract"

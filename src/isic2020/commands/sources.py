@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from isic2020.catalog.manifest import FileEntry
 from isic2020.errors import UsageError
 from isic2020.transfer.engine import Downloader
+from isic2020.transfer.localfile import is_file_url
 
 
 def check_mirrors(mirrors: Sequence[str], names: Sequence[str] = ()) -> list[str]:
@@ -78,7 +79,7 @@ def first_answer(
     reports a host that fails, it never fails on one."""
     size, url, state = entry.size, None, "missing"
     for u in entry.urls(mirrors):
-        if u.startswith("file://"):
+        if is_file_url(u):
             return size, u, state
         try:
             remote = downloader.probe(u)

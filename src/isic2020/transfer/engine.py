@@ -40,6 +40,7 @@ from isic2020.store.records import remove_stale_temps
 from isic2020.transfer.digests import etag_kind
 from isic2020.transfer.hashers import hash_file
 from isic2020.transfer.http import make_session
+from isic2020.transfer.localfile import is_file_url
 from isic2020.transfer.model import (
     Accept,
     DownloadOptions,
@@ -144,7 +145,7 @@ class Downloader:
         t0 = time.monotonic()
         for url in urls:
             try:
-                if url.startswith("file://"):
+                if is_file_url(url):
                     return self._copy_local(target, url, failures, t0)
                 return self._download_from(target, url, failures, t0)
             except HostFailed as exc:
@@ -402,7 +403,7 @@ class Downloader:
         if accept is not None and accept(final):
             return None
         for url in urls:
-            if url.startswith("file://"):
+            if is_file_url(url):
                 continue
             try:
                 remote = self.probe(url)

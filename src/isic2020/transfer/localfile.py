@@ -28,6 +28,9 @@ from isic2020.transfer.retry import HostFailed
 
 
 def is_file_url(url: str) -> bool:
+    """``url`` is read from the local filesystem: its scheme is ``file``, in any case
+    (``FILE://`` too: RFC 3986 schemes are case-insensitive, and ``--mirror`` accepts it).
+    The one test of it: the copy, the range reads, the probes and the dry run must agree."""
     return url[:7].lower() == "file://"
 
 
