@@ -10,6 +10,14 @@ Invariants, whoever calls (``local`` extraction, ``streaming``, remote spans):
 * **Never a partial file at a final path:** a member goes to a hidden temporary
   (``.NAME.part``, :func:`~isic2020.store.fsutil.temp_name`) in its final folder, opened
   without following links, and is renamed only once checked; any failure removes it.
+* **Staging, one rename less** (``in_place``, for ``streaming``'s hidden staging folder, which
+  is no final path): a member checked whole in memory first (size, end, CRC-32, up to
+  :data:`SMALL_MEMBER`) is written straight under its name, into a file made anew
+  (``O_EXCL``: never through a link or a hard link found there). Its size grows only with
+  bytes written, so a file of the member's size is the whole checked member; a killed write
+  leaves a shorter one, which the resume check (size) redoes and promotion drops. A failed
+  write removes it. Members decoded piece by piece keep the temporary: their CRC-32 is known
+  only once every byte is written.
 * **Disk errors are disk errors:** ENOSPC, EFBIG, EDQUOT say "disk full" / "file too large";
   a short write (RLIMIT_FSIZE) loops until the EFBIG that names it (:func:`write_all`).
 
@@ -50,6 +58,8 @@ BUFFER = 1 << 20
 FLUSH_INTERVAL = 0.5  # seconds between background flushes while extracting
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_CLOEXEC
+#: A new file, never an existing one or a link (``O_EXCL`` refuses both).
+CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 _stop = [False]  # set by a worker process's SIGTERM/SIGINT handler (see ``request_stop``)
 
 
@@ -241,6 +251,33 @@ def write_data(d: str, final: str, mode: int, data: bytes | memoryview,
         raise
 
 
+def write_new(d: str, final: str, mode: int, data: bytes | memoryview, dir_fd: int) -> None:
+    """Checked ``data`` straight to ``final`` in the open folder ``dir_fd`` (``d`` names it
+    in errors), in a file made anew: whatever had the name (a short file from a killed run, a
+    link) is unlinked first. Any failure removes the file: none stays short but by a kill."""
+    try:
+        try:
+            fd = os.open(final, CREATE_NEW, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            os.unlink(final, dir_fd=dir_fd)
+            fd = os.open(final, CREATE_NEW, mode, dir_fd=dir_fd)
+    except OSError as exc:
+        raise disk_error(exc, os.path.join(d, final)) from None
+    try:
+        try:
+            if data:
+                write_all(fd, data)
+        finally:
+            os.close(fd)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(final, dir_fd=dir_fd)
+        if isinstance(exc, OSError):
+            raise disk_error(exc, os.path.join(d, final)) from None
+        raise
+    count_images()
+
+
 def read_checked(read_at: Callable[[int, int], bytes], at: int, n: int) -> bytes:
     """``read_at`` of the archive; a failure to *read* it (EINVAL for an offset no file has,
     EIO) is the archive's problem, not the destination disk's."""
@@ -252,11 +289,12 @@ def read_checked(read_at: Callable[[int, int], bytes], at: int, n: int) -> bytes
 
 def extract_member(
     read_at: Callable[[int, int], bytes], e: Entry, d: str, final: str, mode: int,
-    dir_fd: int | None = None,
+    dir_fd: int | None = None, *, in_place: bool = False,
 ) -> int:
     """Read stored or deflated member ``e`` through ``read_at`` and write it to ``d/final``,
     checked; returns its size. A member up to :data:`SMALL_MEMBER` costs one read (header and
-    data), one inflate, one CRC-32, one write loop and a rename."""
+    data), one inflate, one CRC-32, one write loop and a rename (none with ``in_place`` and
+    ``dir_fd``: only for a folder that is no final path, see :func:`write_new`)."""
     check_method(e)
     guess = LFH.size + len(e.name.encode("utf-8")) + 64
     small = e.compressed_size <= SMALL_MEMBER and e.file_size <= SMALL_MEMBER
@@ -272,7 +310,10 @@ def extract_member(
         raise Damaged(str(exc)) from None
     if small and len(buf) >= hlen + e.compressed_size:
         data = decode_whole(e, memoryview(buf)[hlen : hlen + e.compressed_size])
-        write_data(d, final, mode, data, dir_fd)
+        if in_place and dir_fd is not None:
+            write_new(d, final, mode, data, dir_fd)
+        else:
+            write_data(d, final, mode, data, dir_fd)
         return e.file_size
     f = MemberFile(d, final, mode, dir_fd)
     try:

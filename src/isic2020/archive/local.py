@@ -35,7 +35,7 @@ from typing import Any
 
 from isic2020.archive.decode import Flusher, disk_error, present_files
 from isic2020.archive.rules import LOCAL_HINT, Member, Plan, Refused, plan_entries, refusal
-from isic2020.archive.staging import promote, staging_matches
+from isic2020.archive.staging import Promoted, promote, staging_matches
 from isic2020.archive.workers import (
     DEFAULT_WORKERS,
     MIN_MEMBERS_PER_WORKER,
@@ -109,12 +109,12 @@ def plan_archive(path: Path, entry: FileEntry) -> Plan:
 def _take_staged(
     layout: Layout, entry: FileEntry, records: Records, size: int, dest_dir: Path,
     members: list[Member],
-) -> int:
+) -> Promoted:
     """Move in the images unpacked while this archive downloaded, if they were unpacked from
     this very version of it (ETag and size, as recorded when it landed); else drop them."""
     staging = layout.staging_dir(entry)
     if not staging.exists():
-        return 0
+        return Promoted()
     rec = records.file(entry.name)
     try:
         if rec is not None and staging_matches(staging, rec.etag, size):
@@ -122,7 +122,7 @@ def _take_staged(
         remove_tree(staging)
     except OSError as exc:
         raise disk_error(exc, dest_dir) from None
-    return 0
+    return Promoted()
 
 
 
@@ -171,9 +171,9 @@ def extract_archive(
         dest_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise disk_error(exc, dest_dir) from None
-    result.from_staging = _take_staged(layout, entry, records, st.st_size, dest_dir,
-                                       plan.members)
-    todo = _todo(entry, plan.members, dest_dir, result)
+    staged = _take_staged(layout, entry, records, st.st_size, dest_dir, plan.members)
+    result.from_staging = staged.images
+    todo = _todo(entry, plan.members, dest_dir, result, staged.present)
     if log and todo:
         log(f"extracting {plural(len(todo), 'image')} from {entry.name} to {rel_dest}")
     _write(path, entry, todo, dest_dir, result, workers, progress)
@@ -250,11 +250,14 @@ def keep_directory(layout: Layout, records: Records, entry: FileEntry) -> None:
 
 
 def _todo(
-    entry: FileEntry, members: list[Member], dest_dir: Path, result: ArchiveExtraction
+    entry: FileEntry, members: list[Member], dest_dir: Path, result: ArchiveExtraction,
+    present: dict[str, int] | None = None,
 ) -> list[Member]:
     """The members not yet at their final path with their size, in archive order (each
-    worker reads its runs of the zip sequentially); refused when they cannot fit."""
-    present = present_files(dest_dir)
+    worker reads its runs of the zip sequentially); refused when they cannot fit.
+    ``present``: ``dest_dir``'s content when already known (the staged folder became it)."""
+    if present is None:
+        present = present_files(dest_dir)
     todo = [m for m in members if present.get(m.final) != m.entry.file_size]
     result.already_present = len(members) - len(todo)
     need = sum(m.entry.file_size for m in todo)

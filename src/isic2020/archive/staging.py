@@ -13,6 +13,8 @@ import contextlib
 import errno
 import json
 import os
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from isic2020.archive.rules import Member
@@ -21,6 +23,16 @@ from isic2020.store.fsutil import open_dir, remove_tree
 OBJECT_FILE = "object.json"
 IMAGES_DIR = "images"
 
+
+@dataclass
+class Promoted:
+    """What :func:`promote` moved into the layout."""
+
+    images: int = 0  # staged images now in the layout
+    #: The destination's whole content (name -> size) when the images folder itself became
+    #: it (one rename into an empty or missing folder): the caller need not list it again.
+    #: ``None``: moved one by one into a folder that may hold other files.
+    present: dict[str, int] | None = field(default=None, repr=False)
 
 
 def staging_matches(staging: Path, etag: str | None, size: int) -> bool:
@@ -33,9 +45,15 @@ def staging_matches(staging: Path, etag: str | None, size: int) -> bool:
     return bool(etag) and doc.get("etag") == etag and doc.get("size") == size
 
 
-def promote(staging: Path, dest: Path, members: list[Member]) -> int:
+def promote(staging: Path, dest: Path, members: list[Member]) -> Promoted:
     """Move the staged images that belong to ``members`` (by name and size) into ``dest``;
-    remove the staging folder. One rename of the folder when ``dest`` is empty.
+    remove the staging folder. One rename of the images folder itself when ``dest`` is empty
+    or missing (33,126 images: one ``renameat`` instead of 33,126); else one by one, never
+    replacing what ``dest`` already holds by anything but a staged image of the same name.
+
+    Only files named and sized like a member stay in the images folder before it moves (a
+    short file from a killed write, a temporary, a link, anything else is unlinked first), so
+    the folder that becomes ``dest`` holds exactly the names returned in ``present``.
 
     The staging and images folders are reached without following links (:func:`open_dir`;
     a link there raises :class:`StateLinkError`) and listed, cleaned and moved from through
@@ -44,11 +62,11 @@ def promote(staging: Path, dest: Path, members: list[Member]) -> int:
     moved one by one where a rename reaches, and the extraction unpacks the rest.
     """
     want = {m.final: m.entry.file_size for m in members}
-    keep: list[str] = []
+    done = Promoted()
     try:
         sfd = open_dir(staging, create=False)
     except FileNotFoundError:
-        return 0
+        return done
     try:
         try:
             dfd = open_dir(staging / IMAGES_DIR, create=False)
@@ -56,33 +74,37 @@ def promote(staging: Path, dest: Path, members: list[Member]) -> int:
             dfd = -1
         if dfd >= 0:
             try:
-                keep = _promote_from(sfd, dfd, dest, want)
+                done = _promote_from(sfd, dfd, dest, want)
             finally:
                 os.close(dfd)
     finally:
         os.close(sfd)
     with contextlib.suppress(OSError):
         remove_tree(staging)
-    return len(keep)
+    return done
 
 
-def _promote_from(sfd: int, dfd: int, dest: Path, want: dict[str, int]) -> list[str]:
+def _promote_from(sfd: int, dfd: int, dest: Path, want: dict[str, int]) -> Promoted:
     keep: list[str] = []
+    clean = True  # nothing but ``keep`` is left in the folder
     with os.scandir(dfd) as it:
         for e in it:
-            if not e.is_symlink() and want.get(e.name) == e.stat(follow_symlinks=False).st_size:
+            if e.is_file(follow_symlinks=False) and \
+                    want.get(e.name) == e.stat(follow_symlinks=False).st_size:
                 keep.append(e.name)
-            else:  # a temporary left by a kill, or anything else: never promoted
-                with contextlib.suppress(OSError):
-                    os.unlink(e.name, dir_fd=dfd)
+                continue
+            try:  # a short file left by a killed write, a temporary, anything else
+                os.unlink(e.name, dir_fd=dfd)
+            except OSError:
+                clean = False  # (a folder): the images go one by one, never with it
     if not keep:
-        return keep
+        return Promoted()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):
-        if (not os.path.islink(dest) and _empty_or_missing(dest)
+    with contextlib.suppress(OSError):  # not empty after all, another filesystem: one by one
+        if (clean and not os.path.islink(dest) and _empty_or_missing(dest) and _ours(dfd)
                 and _same_dir(os.stat(IMAGES_DIR, dir_fd=sfd, follow_symlinks=False), dfd)):
             os.rename(IMAGES_DIR, dest, src_dir_fd=sfd)  # replaces an empty folder (POSIX)
-            return keep
+            return Promoted(len(keep), {name: want[name] for name in keep})
     dest.mkdir(parents=True, exist_ok=True)
     for n, name in enumerate(keep):
         try:
@@ -90,8 +112,20 @@ def _promote_from(sfd: int, dfd: int, dest: Path, want: dict[str, int]) -> list[
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            return keep[:n]  # another filesystem: the extraction unpacks the rest
-    return keep
+            return Promoted(n)  # another filesystem: the extraction unpacks the rest
+    return Promoted(len(keep))
+
+
+def _ours(fd: int) -> bool:
+    """The images folder may become the layout's folder only if this user made it (not
+    someone else who can write the state folder and would then own ``jpeg/train``); it is
+    made writable by nobody else first, as a folder ``mkdir`` makes under a sane umask."""
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        return False
+    if st.st_mode & 0o002:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o002)
+    return True
 
 
 def _same_dir(st: os.stat_result, fd: int) -> bool:

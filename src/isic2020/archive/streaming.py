@@ -28,7 +28,10 @@ How, and why each step:
   (changed object, failed verification) discards the staging; a staging made for another
   version of the object (``object.json``: ETag, size) is removed before it is reused. A killed
   run keeps both the partial file and the staged images; the next run resumes the download and
-  skips the members already staged.
+  skips the members already staged (by name and size). The staging is no final path, so a
+  member checked whole in memory is written straight under its name (``in_place``: no
+  temporary, no rename); its size only grows with bytes written, so a file of the right size
+  is complete, and a shorter one (a killed write) is redone, never promoted.
 * **No links followed.** The staging folder is reached with :func:`isic2020.store.fsutil.open_dir`
   and members are written relative to its images folder's descriptor: a link planted there
   (by whoever else can write into a shared state folder) cannot send a write, a removal or a
@@ -259,7 +262,8 @@ class StreamingExtractor(TransferObserver):
         except (BadZip, Refused, OSError) as exc:
             self._stop(f"the directory could not be read while downloading ({exc})")
             return
-        staged = present_files(self.images)  # temporaries never match a final name
+        # A killed write left a short file (or a temporary): its size does not match.
+        staged = present_files(self.images)
         with self._cond:
             self.members, self.starts, self.ends = members, starts, ends
             self.plan = plan
@@ -340,7 +344,7 @@ class StreamingExtractor(TransferObserver):
     def _write(self, fd: int, m: Member, d: str, mode: int) -> None:
         try:
             extract_member(lambda at, n: os.pread(fd, n, at), m.entry, d, m.final, mode,
-                           dir_fd=self.images_fd)
+                           dir_fd=self.images_fd, in_place=True)
         except Damaged as exc:
             raise damaged_member(self.entry.name, m.entry.name, str(exc), DAMAGED_HINT) from None
 
