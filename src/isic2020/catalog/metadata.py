@@ -7,6 +7,14 @@ benign_malignant,target`` (v2 adds ``lesion_id`` after ``patient_id``); the dupl
 ``image,patient,sex,age_approx,anatom_site_general`` while Kaggle's test.csv uses the Kaggle
 names. Both are accepted and normalised to Kaggle's names, which every notebook expects.
 Files are CRLF with or without a final newline: we validate content, never bytes.
+
+Two readers, one result: :func:`read_metadata_csv` (a pandas frame, for ``load_metadata``,
+folds, export, ``--where``) and :func:`read_metadata_table` (a pandas-free
+:class:`~isic2020.catalog.table.Table`, for the checks of ``fetch`` and ``verify``: importing
+pandas alone is ~96 MB of RSS). Both give the same cells, column names and errors (checked side
+by side in tests/catalog/test_table.py). The value rules (:func:`value_problems`,
+:func:`bad_image_names`) exist once, on tables; a frame is turned into one
+(:func:`frame_table`) to be checked.
 """
 
 from __future__ import annotations
