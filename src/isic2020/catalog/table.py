@@ -154,7 +154,11 @@ def _parse(text: str, strict: bool, strip: bool) -> Table:
             _first_problem(text, strict)
         body = [r if len(r) == n else r + [""] * (n - len(r)) for r in body]
     columns = list(zip(*body)) if body else [() for _ in header]
-    return Table(header, tuple(_column(c, strip) for c in columns))
+    del rows, body  # the row lists (~4 MB for the ground truth): the columns hold the cells
+    cells = []
+    while columns:  # each raw column freed once its cells are made
+        cells.append(_column(columns.pop(0), strip))
+    return Table(header, tuple(cells))
 
 
 def _first_problem(text: str, strict: bool) -> None:
