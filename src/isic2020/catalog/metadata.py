@@ -7,14 +7,24 @@ benign_malignant,target`` (v2 adds ``lesion_id`` after ``patient_id``); the dupl
 ``image,patient,sex,age_approx,anatom_site_general`` while Kaggle's test.csv uses the Kaggle
 names. Both are accepted and normalised to Kaggle's names, which every notebook expects.
 Files are CRLF with or without a final newline: we validate content, never bytes.
+
+Two readers, one result: :func:`read_metadata_csv` (a pandas frame, for ``load_metadata``,
+folds, export, ``--where``) and :func:`read_metadata_table` (a pandas-free
+:class:`~isic2020.catalog.table.Table`, for the checks of ``fetch`` and ``verify``: importing
+pandas alone is ~96 MB of RSS). Both give the same cells, column names and errors (checked side
+by side in tests/catalog/test_table.py). The value rules (:func:`value_problems`,
+:func:`bad_image_names`) exist once, on tables; a frame is turned into one
+(:func:`frame_table`) to be checked.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from isic2020.catalog.table import Cell, Table, read_table
 from isic2020.errors import VerificationError
 
 if TYPE_CHECKING:
@@ -57,6 +67,30 @@ SCHEMAS: dict[str, list[list[str]]] = {
 }
 
 
+def _check_columns(path: Path, raw: Iterable[str], role: str) -> list[str]:
+    """The header names stripped; raises unless they are one of the role's schemas."""
+    cols = [str(c).strip() for c in raw]
+    allowed = SCHEMAS[role]
+    if cols not in allowed:
+        raise VerificationError(
+            f"{path}: columns {','.join(cols)} are not the documented "
+            + " or ".join(",".join(a) for a in allowed),
+            "the file is not the official one; delete it and run `isic2020 fetch` again",
+        )
+    return cols
+
+
+def _missing(path: Path) -> VerificationError:
+    return VerificationError(f"{path} is missing", "run `isic2020 fetch` to download the metadata")
+
+
+def _unreadable(path: Path, exc: Exception) -> VerificationError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return VerificationError(
+        f"{path} is not a readable CSV: {first}", "delete it and run `isic2020 fetch` again"
+    )
+
+
 def read_metadata_csv(path: Path, role: str) -> pd.DataFrame:
     """Read one official CSV as strings (blanks as ``<NA>``), Kaggle column names.
 
@@ -68,24 +102,11 @@ def read_metadata_csv(path: Path, role: str) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""])
     except FileNotFoundError:
-        raise VerificationError(
-            f"{path} is missing", "run `isic2020 fetch` to download the metadata"
-        ) from None
+        raise _missing(path) from None
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VerificationError(
-            f"{path} is not a readable CSV: {first}",
-            "delete it and run `isic2020 fetch` again",
-        ) from None
-    cols = [c.strip() for c in df.columns]
+        raise _unreadable(path, exc) from None
+    cols = _check_columns(path, df.columns, role)
     df.columns = cols
-    allowed = SCHEMAS[role]
-    if cols not in allowed:
-        raise VerificationError(
-            f"{path}: columns {','.join(cols)} are not the documented "
-            + " or ".join(",".join(a) for a in allowed),
-            "the file is not the official one; delete it and run `isic2020 fetch` again",
-        )
     if role == "test_metadata" and cols == TEST_COLUMNS_ISIC:
         df = df.rename(columns=ISIC_TO_KAGGLE)
     for c in df.columns:
@@ -93,10 +114,39 @@ def read_metadata_csv(path: Path, role: str) -> pd.DataFrame:
     return df
 
 
-def bad_image_names(names: pd.Series) -> list[str]:
-    """Names that are not ``ISIC_`` + seven digits (blank names included)."""
-    s = names.fillna("")
-    return [str(n) for n in s[~s.str.fullmatch(IMAGE_NAME_RE.pattern)]]
+def read_metadata_table(path: Path, role: str) -> Table:
+    """:func:`read_metadata_csv` without pandas: the same cells, names and errors, as a
+    :class:`~isic2020.catalog.table.Table` (what ``fetch`` and ``verify`` check)."""
+    try:
+        table = read_table(path, strip=True)
+    except FileNotFoundError:
+        raise _missing(path) from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # TableError is a ValueError
+        raise _unreadable(path, exc) from None
+    cols = _check_columns(path, table.columns, role)
+    table = Table(tuple(cols), table.cells)
+    if role == "test_metadata" and cols == TEST_COLUMNS_ISIC:
+        table = table.rename(ISIC_TO_KAGGLE)
+    return table
+
+
+def frame_table(df: pd.DataFrame) -> Table:
+    """A frame of strings (``<NA>`` blanks) as a :class:`Table`, for the rules below."""
+    return Table(
+        tuple(str(c) for c in df.columns),
+        tuple(tuple(v if isinstance(v, str) else None for v in df[c].tolist())
+              for c in df.columns),
+    )
+
+
+def bad_image_names(names: Iterable[object]) -> list[str]:
+    """Names that are not ``ISIC_`` + seven digits (blank names included, as ``""``)."""
+    out = []
+    for n in names:
+        s = n if isinstance(n, str) else ""
+        if not IMAGE_NAME_RE.fullmatch(s):
+            out.append(s)
+    return out
 
 
 PATIENT_RE = re.compile(r"^IP_[0-9]{7}$")
@@ -109,16 +159,26 @@ _UNSAFE_CELL = re.compile(r"[=+\-@]|.*[\x00-\x1f\x7f]", re.DOTALL)
 _SEP = "\x1e"
 _FORMULA_IN_JOINED = re.compile(r"(?:^|\x1e)[=+\-@]")
 _OTHER_CONTROL = re.compile(r"[\x00-\x1d\x1f\x7f]")  # all but the separator
+_AGE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+MAX_LINES = 50  # problem lines per rule and column
 
 
-def formula_problems(df: pd.DataFrame) -> list[str]:
+def _name(v: Cell) -> str:
+    return "<NA>" if v is None else v
+
+
+def _show(v: Cell) -> str:
+    return "<NA>" if v is None else repr(v)
+
+
+def formula_problems(table: Table) -> list[str]:
     """Cells that would be a formula (or hold control characters) in a spreadsheet that opens
     an exported CSV: a mirror's metadata must never reach ``train.csv`` or ``folds.csv`` with
     ``=HYPERLINK(...)`` or ``+cmd|...`` in it."""
     out: list[str] = []
-    key = df.columns[0]
-    for col in df.columns:
-        values = df[col].dropna().unique().to_numpy(dtype=object)
+    keys = table[table.columns[0]]
+    for col, cells in zip(table.columns, table.cells):
+        values = [v for v in dict.fromkeys(cells) if v is not None]
         # Fast path (a few ms for 33k names): one search over the values joined by a record
         # separator (a control character too: it must occur exactly n - 1 times).
         text = _SEP.join(values)
@@ -128,53 +188,57 @@ def formula_problems(df: pd.DataFrame) -> list[str]:
             and text.count(_SEP) == max(0, len(values) - 1)
         ):
             continue
-        bad = [v for v in values if _UNSAFE_CELL.match(v)]
-        if not bad:
-            continue
-        hit = df[col].isin(bad)
-        for name, v in df.loc[hit, [key, col]].head(50).itertuples(index=False):
-            out.append(f"{name}: {col} {v!r} would be a spreadsheet formula or control text")
+        bad = {v for v in values if _UNSAFE_CELL.match(v)}
+        hits = [(k, v) for k, v in zip(keys, cells) if v in bad][:MAX_LINES]
+        out += [f"{_name(k)}: {col} {v!r} would be a spreadsheet formula or control text"
+                for k, v in hits]
     return out
 
 
-def value_problems(df: pd.DataFrame) -> list[str]:
-    """Malformed values of one metadata frame (Kaggle column names; blanks allowed where the
+def _is_age(v: Cell) -> bool:
+    """What ``pd.to_numeric(errors="coerce").between(0, 120)`` accepts (blank handled apart)."""
+    return v is not None and v.isascii() and bool(_AGE.fullmatch(v)) and 0 <= float(v) <= 120
+
+
+def value_problems(table: Table) -> list[str]:
+    """Malformed values of one metadata table (Kaggle column names; blanks allowed where the
     real files have them): the checks ``verify`` reports, and what ``load_metadata``,
     ``export`` and ``folds`` refuse (one line naming the file and the first problem)."""
-    import pandas as pd
+    out = formula_problems(table)
+    keys = table[table.columns[0]]
 
-    out = formula_problems(df)
-    key = df.columns[0]
+    def bad(col: str, ok: Callable[[Any], bool], what: str, other: str | None = None) -> None:
+        # ``ok`` of each distinct cell (or pair of cells with ``other``), then C-speed lookups:
+        # a Python call per cell would take seconds for the 33k rows of the ground truth.
+        cells = table[col]
+        keyed: Sequence[Any] = cells if other is None else list(zip(cells, table[other]))
+        verdict = {x: ok(x) for x in dict.fromkeys(keyed)}
+        if all(verdict.values()):
+            return
+        hits = [(k, v) for k, v, x in zip(keys, cells, keyed) if not verdict[x]]
+        out.extend(f"{_name(k)}: {col} {_show(v)} is not {what}" for k, v in hits[:MAX_LINES])
 
-    def bad(col: str, ok: pd.Series, what: str) -> None:
-        vals = df.loc[~ok.fillna(False), [key, col]]
-        for name, v in vals.head(50).itertuples(index=False):
-            out.append(f"{name}: {col} {v!r} is not {what}")
-
-    if "patient_id" in df:
-        bad("patient_id", df["patient_id"].fillna("").str.fullmatch(PATIENT_RE.pattern),
+    if "patient_id" in table:
+        bad("patient_id", lambda v: v is not None and bool(PATIENT_RE.fullmatch(v)),
             "IP_ + 7 digits")
     # lesion_id is not checked for form: the official v2 file has ``0`` for ISIC_3746471.
-    if "sex" in df:
-        bad("sex", df["sex"].isna() | df["sex"].isin(["male", "female"]), "male/female/blank")
-    if "age_approx" in df:
-        ages = pd.to_numeric(df["age_approx"], errors="coerce")
-        bad("age_approx", df["age_approx"].isna() | ages.between(0, 120), "an age")
-    if "target" in df:
-        consistent = ((df["target"] == "1") & (df["benign_malignant"] == "malignant")) | (
-            (df["target"] == "0") & (df["benign_malignant"] == "benign")
-        )
-        bad("target", consistent, "consistent with benign_malignant")
-    if "diagnosis" in df and "target" in df:
+    if "sex" in table:
+        bad("sex", lambda v: v is None or v in ("male", "female"), "male/female/blank")
+    if "age_approx" in table:
+        bad("age_approx", lambda v: v is None or _is_age(v), "an age")
+    if "target" in table:
+        bad("target", lambda p: p in (("1", "malignant"), ("0", "benign")),
+            "consistent with benign_malignant", other="benign_malignant")
+    if "diagnosis" in table and "target" in table:
         # In the official files melanoma and target 1 coincide exactly (584 rows).
-        bad("diagnosis", (df["diagnosis"] == "melanoma") == (df["target"] == "1"),
-            "consistent with target")
+        bad("diagnosis", lambda p: None not in p and (p[0] == "melanoma") == (p[1] == "1"),
+            "consistent with target", other="target")
     return out
 
 
 def check_values(df: pd.DataFrame, path: Path) -> None:
     """Raise :class:`VerificationError` naming ``path`` and its first malformed value."""
-    problems = value_problems(df)
+    problems = value_problems(frame_table(df))
     if problems:
         raise VerificationError(
             f"{path}: {len(problems)} malformed value(s) (first: {problems[0]})",

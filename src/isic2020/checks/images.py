@@ -28,16 +28,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from isic2020.catalog.manifest import EXTENSIONS
+from isic2020.catalog.table import Table
 from isic2020.checks.findings import Check
 from isic2020.report import plural
 from isic2020.store.fsutil import is_temp_name
 from isic2020.store.layout import Layout
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 DEEP_WORKERS = 2
 PROCESS_THRESHOLD = 2000  # below this, starting processes costs more than it saves
@@ -140,15 +138,13 @@ def _norm_site(v: str) -> str:
 
 
 def _dicom_vs_csv(name: str, fields: dict[str, str], row: dict[str, Any] | None) -> list[str]:
-    import pandas as pd
-
     if row is None:
         return []
     out = []
 
     def val(col: str) -> str | None:
         v = row.get(col)
-        return None if v is None or pd.isna(v) or v == "" else str(v)
+        return None if v is None or v == "" else str(v)
 
     pid, sex, age, site = (
         val("patient_id"), val("sex"), val("age_approx"), val("anatom_site_general_challenge")
@@ -238,10 +234,10 @@ def map_threads(fn: Callable[[str], Any], items: Sequence[str], workers: int) ->
 
 def _names_check(
     folder: Path, ext: str, prefix: str, split: str, fmt: str, present: set[str],
-    other: list[str], expected: pd.DataFrame,
+    other: list[str], expected: Table,
 ) -> Check:
     """The image files are exactly the expected names: every missing and extra one listed."""
-    names = set(expected["image_name"].dropna())
+    names = set(expected["image_name"]) - {None}
     missing = sorted(names - present)
     extra = sorted(present - names)
     extra_files = [f"{n}.{ext}" for n in extra] + other
@@ -281,14 +277,14 @@ def _temporary_check(prefix: str, temps: list[str]) -> Check:
 
 
 def _integrity_checks(
-    files: list[str], fmt: str, ext: str, prefix: str, expected: pd.DataFrame | None,
+    files: list[str], fmt: str, ext: str, prefix: str, expected: Table | None,
     deep: bool,
 ) -> list[Check]:
     """The fast integrity check of every file; with ``deep`` for DICOM also the header fields
     against the CSV (they come out of the same read)."""
     rows: dict[str, dict[str, Any]] = {}
     if deep and fmt != "jpeg" and expected is not None:
-        rows = {r["image_name"]: r for r in expected.to_dict("records")}
+        rows = {str(r["image_name"]): r for r in expected.records()}
     problems: list[str] = []
     mismatches: list[str] = []
     t0 = time.monotonic()
@@ -349,7 +345,7 @@ def image_checks(
     layout: Layout,
     fmt: str,
     split: str,
-    expected: pd.DataFrame | None,
+    expected: Table | None,
     deep: bool,
     progress: bool,
 ) -> list[Check]:

@@ -20,7 +20,6 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from isic2020.catalog.manifest import (
     FORMAT_CHOICES,
@@ -28,6 +27,7 @@ from isic2020.catalog.manifest import (
     expand_split,
     load_manifest,
 )
+from isic2020.catalog.table import Table
 from isic2020.checks.fetched import fetched_pairs, fix_command, group_pairs
 from isic2020.checks.files import check_recorded
 from isic2020.checks.findings import Check, VerifyReport
@@ -40,18 +40,15 @@ from isic2020.store.libc import malloc_trim
 from isic2020.store.lock import data_dir_lock
 from isic2020.store.records import Records
 
-if TYPE_CHECKING:
-    import pandas as pd
-
 __all__ = ["Check", "MetadataPrecheck", "VerifyReport", "release_free_memory", "verify",
            "verify_data"]
 
 
 def release_free_memory() -> None:
     """Hand the heap that earlier work freed (a download's buffers, an extraction's central
-    directory) back to the system before pandas and the image lists take theirs: glibc keeps
-    freed memory in its arenas, which a ``fetch`` would otherwise carry into this last step,
-    whose own peak (pandas, the frames, every image name) then adds to it."""
+    directory) back to the system before the tables and the image lists take theirs: glibc
+    keeps freed memory in its arenas, which a ``fetch`` would otherwise carry into this last
+    step, whose own peak (the tables, every image name) then adds to it."""
     malloc_trim()
 
 
@@ -71,8 +68,8 @@ def _anything_on_disk(layout: Layout, manifest: Manifest, splits: Iterable[str],
 
 
 def _apply_selection(
-    layout: Layout, fmt: str, split: str, expected: pd.DataFrame | None, report: VerifyReport
-) -> pd.DataFrame | None:
+    layout: Layout, fmt: str, split: str, expected: Table | None, report: VerifyReport
+) -> Table | None:
     """A subset fetch (``--images/--sample/--where``) is checked against its recorded
     selection, not the whole CSV, and the report says so."""
     from isic2020.catalog.selection import load_selection, selection_path
@@ -92,13 +89,13 @@ def _apply_selection(
             [f"{n}: selected but not in the metadata" for n in unknown],
         )
     )
-    return expected[expected["image_name"].isin(chosen)]
+    return expected.filter(lambda r: r["image_name"] in chosen)
 
 
 class MetadataPrecheck:
     """The metadata checks of a fetch's closing verify, run while its archives download.
 
-    Why: importing pandas and checking the training CSVs takes time the machine otherwise
+    Why: reading and checking the training CSVs takes time the machine otherwise
     spends waiting for the network; at the end of the fetch it would add to its time. The
     result is used only if every CSV still has the size and mtime it had when the checks read
     it (else the verify does them again); any error here just means the same.
@@ -109,7 +106,7 @@ class MetadataPrecheck:
         self.manifest = manifest
         self.splits = expand_split(split)
         self._thread: threading.Thread | None = None
-        self._result: tuple[list[Check], dict[str, pd.DataFrame]] | None = None
+        self._result: tuple[list[Check], dict[str, Table]] | None = None
         self._stats: list[tuple[int, int] | None] = []
 
     def start(self) -> None:
@@ -137,8 +134,8 @@ class MetadataPrecheck:
             # The fast verify needs only the names of the expected images: the full frames
             # (tens of MB for the training CSVs) would sit in memory for the whole download.
             names = {
-                role: df[["image_name"]].copy()
-                for role, df in frames.items()
+                role: table.select(["image_name"])
+                for role, table in frames.items()
                 if role in ("ground_truth", "ground_truth_v2", "test_metadata")
             }
             del frames
@@ -147,7 +144,7 @@ class MetadataPrecheck:
         except Exception:  # noqa: BLE001 - the closing verify does the checks itself
             self._result = None
 
-    def result(self) -> tuple[list[Check], dict[str, pd.DataFrame]] | None:
+    def result(self) -> tuple[list[Check], dict[str, Table]] | None:
         """The checks, if they ran and the CSVs have not changed since; waits for them."""
         if self._thread is None:
             return None
@@ -165,7 +162,7 @@ def verify_data(
     fmt: str = "jpeg",
     deep: bool = False,
     progress: bool = False,
-    metadata: tuple[list[Check], dict[str, pd.DataFrame]] | None = None,
+    metadata: tuple[list[Check], dict[str, Table]] | None = None,
 ) -> VerifyReport:
     """Check the selection on disk; never raises for findings (they are in the report).
 
@@ -207,7 +204,7 @@ def verify_data(
                 expected = frames.get("test_metadata")
             if is_resized_format(fmt):  # issue 15: a folder made by `isic2020 resize`
                 expected = _apply_selection(layout, "jpeg", s, expected, report)
-                names = None if expected is None else set(expected["image_name"].dropna())
+                names = None if expected is None else set(expected["image_name"]) - {None}
                 report.checks += [Check(**vars(f)) for f in
                                   check_resized(layout.root, fmt, s, names, deep)]
                 continue

@@ -168,7 +168,7 @@ def _streamer(run: FetchRun, entry: FileEntry) -> Any:
     """The observer that unpacks ``entry`` while it downloads (``streaming``), or None when
     it will not be unpacked (or ``$ISIC2020_STREAM=0`` turns it off, to compare). The closing
     verify's metadata checks start once the archive's directory is parsed: both at once would
-    add their peaks of memory (pandas and the CSVs; the archive's entries)."""
+    add their peaks of memory (the CSVs' tables; the archive's entries)."""
     if not (entry.is_archive and run.how.extract) or not config.flag(config.STREAM, True):
         return None
     from isic2020.archive.streaming import StreamingExtractor
