@@ -17,23 +17,27 @@ import subprocess
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 from support.cli import cli_cmd, cli_env, run_cli
 from support.dataset import files_under
-from support.fixtures import served_dataset
+from support.servers import FaultServer
 
 from isic2020.archive.rules import Member
 from isic2020.archive.writer_process import WriterDied, WriterProcess
 from isic2020.archive.zipformat import read_directory
 from isic2020.errors import VerificationError
+from isic2020.synthetic import build_dataset
 
+PREFIX = "/challenges/2020/"
 TRAIN = "ISIC_2020_Training_JPEG.zip"
 N_TRAIN = 200
 
 
-dataset, mirror = served_dataset("wproc", n_train=N_TRAIN, n_test=4, image_size=64)
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory):
+    return build_dataset(tmp_path_factory.mktemp("wproc"), n_train=N_TRAIN, n_test=4,
+                         image_size=64)
 
 
 def _args(data: Path, url: str, *extra: str) -> list[str]:
@@ -128,11 +132,12 @@ def test_a_writer_that_died_is_reported_not_waited_for(tmp_path):
         os.close(dfd)
 
 
-def test_processes_and_threads_stage_the_same_images(dataset, mirror, tmp_path):
-    mirror.throttle(200_000)
-    a = run_cli(*_args(tmp_path / "a", mirror.url), env=_env(dataset))
-    b = run_cli(*_args(tmp_path / "b", mirror.url),
-                env=_env(dataset, ISIC2020_STREAM_PROCESSES="0"))
+def test_processes_and_threads_stage_the_same_images(dataset, tmp_path):
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        srv.throttle(200_000)
+        a = run_cli(*_args(tmp_path / "a", srv.url), env=_env(dataset))
+        b = run_cli(*_args(tmp_path / "b", srv.url),
+                    env=_env(dataset, ISIC2020_STREAM_PROCESSES="0"))
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     for r in (a, b):
         stream = _train(r.json)["extraction"]["while_downloading"]
@@ -141,55 +146,57 @@ def test_processes_and_threads_stage_the_same_images(dataset, mirror, tmp_path):
     assert len(got) == N_TRAIN and got == files_under(tmp_path / "b" / "jpeg")
 
 
-def _fetch_with_writers(dataset, mirror, data: Path, staged_at_least: int,
-                        **popen: Any) -> subprocess.Popen:
-    """A throttled fetch into ``data``, returned once its writer processes run and at least
-    ``staged_at_least`` images are staged."""
-    mirror.throttle(60_000)
-    proc = subprocess.Popen(cli_cmd(*_args(data, mirror.url)), env=_env(dataset), **popen)
-    staged = data / ".isic2020" / "staging" / TRAIN / "images"
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline and not (
-        _writers_of(data) and staged.is_dir() and len(os.listdir(staged)) >= staged_at_least
-    ):
-        time.sleep(0.01)
-    return proc
-
-
 def test_a_writer_killed_mid_download_moves_the_work_after_it_and_the_fetch_completes(
-    dataset, mirror, tmp_path
+    dataset, tmp_path
 ):
     data = tmp_path / "d"
-    proc = _fetch_with_writers(dataset, mirror, data, 5, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
-        victims = _writers_of(data)
-        assert victims, "no writer process was seen while the archive downloaded"
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    args = cli_cmd(*_args(data, "URL"))
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        srv.throttle(60_000)
+        args[args.index("URL")] = srv.url
+        proc = subprocess.Popen(args, env=_env(dataset), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            staged = data / ".isic2020" / "staging" / TRAIN / "images"
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline and not (
+                staged.is_dir() and len(os.listdir(staged)) >= 5 and _writers_of(data)
+            ):
+                time.sleep(0.01)
+            victims = _writers_of(data)
+            assert victims, "no writer process was seen while the archive downloaded"
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     assert proc.returncode == 0, err
     stream = _train(json.loads(out))["extraction"]["while_downloading"]
     assert "unpacking process stopped" in (stream["disabled"] or ""), stream
     assert len(files_under(data / "jpeg")) == N_TRAIN
 
 
-def test_a_fetch_killed_with_sigkill_leaves_no_writer_process(dataset, mirror, tmp_path):
+def test_a_fetch_killed_with_sigkill_leaves_no_writer_process(dataset, tmp_path):
     data = tmp_path / "d"
-    proc = _fetch_with_writers(dataset, mirror, data, 0, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        assert _writers_of(data), "no writer process was seen"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        deadline = time.monotonic() + 10
-        while _writers_of(data) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = _writers_of(data)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    args = cli_cmd(*_args(data, "URL"))
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        srv.throttle(60_000)
+        args[args.index("URL")] = srv.url
+        proc = subprocess.Popen(args, env=_env(dataset), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline and not _writers_of(data):
+                time.sleep(0.01)
+            assert _writers_of(data), "no writer process was seen"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            deadline = time.monotonic() + 10
+            while _writers_of(data) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            left = _writers_of(data)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     assert left == [], f"writer processes outlived the fetch: {left}"
