@@ -6,7 +6,6 @@ Modules, bottom up (no cycle; each knows only those before it):
 * ``rules``: the one set of rules (unsafe names, bombs, image naming, duplicates) and messages.
 * ``decode``: inflate + bound + CRC-32 + write, once (with ``Flusher`` and ``write_all``).
 * ``staging``, ``workers``, ``local``: a landed archive into the layout (forked workers).
-* ``writer_process``: members written by a spawned process (the streaming's, off the GIL).
 * ``streaming``: unpacking while the archive downloads (a ``TransferObserver``).
 * ``remote`` (directory + cache), ``pool`` (the range pool, zip-free), ``spans`` (a span's
   bytes into files), ``members`` (choose and fetch members), ``direct`` (the whole job, with

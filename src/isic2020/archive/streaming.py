@@ -16,13 +16,10 @@ How, and why each step:
   does the work, or names the problem.
 * **Member by member, as their bytes land.** The engine reports each block it writes
   (``arrived``); a member whose whole span (local header to the next entry) lies inside the
-  bytes on disk is queued, and ``STREAM_THREADS`` threads take batches of queued members and
-  hand each batch to a writer process of their own (``writer_process``: spawned, not forked,
-  since the download runs threads), which unpacks them with the one decoder (``decode``:
-  ``pread`` + inflate + bound + CRC-32 + write). Why processes: up to 64 downloading threads
-  hold the GIL between their reads, and unpacking threads waiting for it slowed the download
-  by a third. ``processes=False`` (``$ISIC2020_STREAM_PROCESSES=0``), or a writer that cannot
-  start, has the threads unpack themselves.
+  bytes on disk is queued, and ``STREAM_THREADS`` threads unpack queued members with the one
+  decoder (``decode``: ``pread`` + inflate + bound + CRC-32 + write). Threads, not processes:
+  the work here waits on a download, zlib and the file system calls release the GIL, and
+  forking a process that runs download threads is unsafe.
 * **Staged until the archive is verified.** Members are CRC-checked against the directory as
   they are written, but the directory itself is only proven when the whole archive's hash is
   (size, ETag, manifest sha256). So they are written to ``DATA/.isic2020/staging/<archive>/``
