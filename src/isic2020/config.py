@@ -31,7 +31,6 @@ MAX_CONNECTIONS = "ISIC2020_MAX_CONNECTIONS"
 LOWEST_SPEED = "ISIC2020_LOWEST_SPEED"
 SPEED_TIME = "ISIC2020_SPEED_TIME"
 STREAM = "ISIC2020_STREAM"
-STREAM_PROCESSES = "ISIC2020_STREAM_PROCESSES"
 MALLOC = "ISIC2020_MALLOC"
 DEBUG = "ISIC2020_DEBUG"
 S3_PRESIGN_SECONDS = "ISIC2020_S3_PRESIGN_SECONDS"
@@ -65,8 +64,6 @@ TABLE: tuple[Variable, ...] = (
              "a request slower than this (bytes/s; K, M suffixes; 0 off) for SPEED_TIME fails"),
     Variable(SPEED_TIME, "30", "seconds the lowest-speed rule looks back"),
     Variable(STREAM, "1", "0 turns off unpacking while an archive downloads (to compare)"),
-    Variable(STREAM_PROCESSES, "1",
-             "0 unpacks while downloading in the fetch's own process (threads), not in two more"),
     Variable(MALLOC, "1", "0 leaves glibc's allocator at its defaults (Linux)"),
     Variable(DEBUG, "0", "1 shows the traceback of an internal error"),
     Variable(LIMIT_RATE, "0",
@@ -149,7 +146,6 @@ class Settings:
     lowest_speed: float | None = None
     speed_time: float | None = None
     stream: bool = True
-    stream_processes: bool = True
     malloc: bool = True
     debug: bool = False
     s3_presign_seconds: float | None = None
@@ -172,7 +168,6 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         lowest_speed=_rate(env, LOWEST_SPEED),
         speed_time=_seconds(env, SPEED_TIME),
         stream=flag(STREAM, True, env),
-        stream_processes=flag(STREAM_PROCESSES, True, env),
         malloc=flag(MALLOC, True, env),
         debug=flag(DEBUG, False, env),
         s3_presign_seconds=_presign(env),

@@ -58,7 +58,6 @@ from isic2020.archive.decode import Damaged, Flusher, extract_member, present_fi
 from isic2020.archive.rules import Member, Plan, Refused, damaged_member, plan_entries
 from isic2020.archive.staging import IMAGES_DIR, OBJECT_FILE
 from isic2020.archive.workers import DAMAGED_HINT
-from isic2020.archive.writer_process import WriterDied, WriterProcess
 from isic2020.archive.zipformat import (
     DEFLATED,
     STORED,
@@ -70,7 +69,7 @@ from isic2020.archive.zipformat import (
 )
 from isic2020.catalog.manifest import FileEntry
 from isic2020.errors import Isic2020Error
-from isic2020.report import count_images, plural
+from isic2020.report import plural
 from isic2020.store.fsutil import StateLinkError, file_mode, open_dir, open_nofollow, remove_tree
 from isic2020.store.layout import Layout
 from isic2020.store.records import atomic_write_json
@@ -108,16 +107,12 @@ class StreamingExtractor(TransferObserver):
     def __init__(
         self, layout: Layout, entry: FileEntry, *, threads: int = STREAM_THREADS,
         log: Log | None = None, on_planned: Callable[[], None] | None = None,
-        processes: bool = True,
     ) -> None:
-        """``processes``: each unpacking thread hands its members to a process of its own
-        (``writer_process``: off the GIL the downloads hold), else writes them itself."""
         self.layout = layout
         self.entry = entry
         self.staging = layout.staging_dir(entry)
         self.images = self.staging / IMAGES_DIR
         self.n_threads = max(1, threads)
-        self.processes = processes
         self.log = log
         self.on_planned = on_planned  # called once the directory is parsed and checked
         self.stats = StreamStats()
@@ -319,61 +314,32 @@ class StreamingExtractor(TransferObserver):
     def _unpack_queued(self) -> None:
         mode = file_mode()
         d = str(self.images)
-        writer = self._start_writer(d, mode)
-        try:
-            while True:
-                with self._cond:
-                    while not self.queue and not self.stopped and not (
-                        self.closing and (self.planned or not self._planner_alive())
-                    ):
-                        self._cond.wait()
-                    if self.stopped or not self.queue:
-                        return
-                    batch = [self.queue.popleft() for _ in range(min(BATCH, len(self.queue)))]
-                    fd = self.fd
-                    members = self.members
-                # Other methods are left for the extraction after the download (zipfile's).
-                todo = [members[i] for i in batch
-                        if members[i].entry.method in (STORED, DEFLATED)]
-                if not self._unpack(writer, todo, fd, d, mode):
+        fd = -1
+        while True:
+            with self._cond:
+                while not self.queue and not self.stopped and not (
+                    self.closing and (self.planned or not self._planner_alive())
+                ):
+                    self._cond.wait()
+                if self.stopped or not self.queue:
                     return
-        finally:
-            if writer is not None:
-                writer.close()
-
-    def _unpack(self, writer: WriterProcess | None, todo: list[Member], fd: int, d: str,
-                mode: int) -> bool:
-        """Write ``todo`` (through ``writer``, or here); False when the streaming stops."""
-        try:
-            if writer is not None:
-                n = writer.write(todo)
-                count_images(n)  # the child's own count is its copy's, lost
-                with self._cond:
-                    self.stats.unpacked += n
-                return not self.stopped
-            for m in todo:
+                batch = [self.queue.popleft() for _ in range(min(BATCH, len(self.queue)))]
+                fd = self.fd
+                members = self.members
+            for i in batch:
                 if self.stopped:
-                    return False
-                self._write(fd, m, d, mode)
+                    return
+                m = members[i]
+                if m.entry.method not in (STORED, DEFLATED):
+                    continue  # left for the extraction after the download (zipfile's)
+                try:
+                    self._write(fd, m, d, mode)
+                except (Isic2020Error, OSError) as exc:
+                    why = exc.message if isinstance(exc, Isic2020Error) else str(exc)
+                    self._stop(f"stopped unpacking while downloading: {why}")
+                    return
                 with self._cond:
                     self.stats.unpacked += 1
-        except (Isic2020Error, OSError, WriterDied) as exc:
-            why = exc.message if isinstance(exc, Isic2020Error) else str(exc)
-            self._stop(f"stopped unpacking while downloading: {why}")
-            return False
-        return True
-
-    def _start_writer(self, d: str, mode: int) -> WriterProcess | None:
-        """This thread's writer process (``processes``), or None: members are written here
-        (also when the process cannot start: the thread does the work, slower)."""
-        if not self.processes:
-            return None
-        try:
-            return WriterProcess(self.fd, self.images_fd, d, mode, self.entry.name)
-        except WriterDied as exc:
-            if self.log is not None:
-                self.log(f"{self.entry.name}: {exc}; unpacking in this process instead")
-            return None
 
     def _write(self, fd: int, m: Member, d: str, mode: int) -> None:
         try:

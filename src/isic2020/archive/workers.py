@@ -219,15 +219,6 @@ _ERROR_KINDS: dict[str, type[Isic2020Error]] = {
 }
 
 
-def error_from_doc(doc: dict[str, Any], who: str) -> Exception:
-    """The error a worker process reported (``{"kind", "message", "hint"}``), as the same
-    :class:`~isic2020.errors.Isic2020Error` it raised (an unknown kind: a RuntimeError)."""
-    cls = _ERROR_KINDS.get(doc.get("kind", ""))
-    if cls is not None:
-        return cls(doc.get("message", ""), doc.get("hint"))
-    return RuntimeError(f"{who} failed: {doc.get('message', '')}")
-
-
 @dataclass
 class _Worker:
     pid: int
@@ -379,7 +370,12 @@ class _Processes:
             self.total += int(arg)
             w.finished = True
         elif kind == b"e" and self.error is None:
-            self.error = error_from_doc(json.loads(arg), "extraction worker")
+            doc = json.loads(arg)
+            cls = _ERROR_KINDS.get(doc["kind"])
+            self.error = (
+                cls(doc["message"], doc["hint"]) if cls is not None
+                else RuntimeError(f"extraction worker failed: {doc['message']}")
+            )
             self.stop_all()
 
     def reap(self) -> None:

@@ -176,6 +176,5 @@ def _streamer(run: FetchRun, entry: FileEntry) -> Any:
     precheck = run.precheck
     return StreamingExtractor(
         run.layout, entry, log=run.how.log,
-        processes=config.flag(config.STREAM_PROCESSES, True),
         on_planned=(lambda: run.after_small(precheck.start)) if precheck is not None else None,
     )
