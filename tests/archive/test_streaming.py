@@ -164,12 +164,15 @@ def test_an_archive_failing_verification_leaves_no_image_anywhere(dataset, tmp_p
 
 class _OldStaged(threading.Thread):
     """Copies images out of the staging folder while ``rule`` (the object's replacement) has
-    not fired yet: bytes that can only have come from the old version of the archive."""
+    not fired yet: bytes that can only have come from the old version of the archive. An image
+    is staged in place (no temporary), so a copy counts only once it has the image's size
+    (``sizes``): a shorter file is one still being written."""
 
-    def __init__(self, data: Path, rule) -> None:
+    def __init__(self, data: Path, rule, sizes: dict[str, int]) -> None:
         super().__init__(daemon=True)
         self.staged = data / ".isic2020" / "staging" / TRAIN / "images"
         self.rule = rule
+        self.sizes = sizes
         self.copies: dict[str, bytes] = {}
         self.done = threading.Event()
 
@@ -189,7 +192,8 @@ class _OldStaged(threading.Thread):
                     continue
                 if self.rule.done:  # read after the swap: could be either version
                     return
-                self.copies[n] = content
+                if len(content) == self.sizes.get(n):
+                    self.copies[n] = content
             time.sleep(0.005)
 
 
@@ -217,7 +221,9 @@ def test_a_changed_object_discards_what_was_unpacked_from_the_old_one(dataset, t
     with FaultServer(served, prefix=PREFIX) as srv:
         srv.throttle(100_000)
         rule = srv.add_fault(ReplaceObject(content=new_zip, after_bytes=200_000), TRAIN)
-        old_staged = _OldStaged(data, rule)
+        with zipfile.ZipFile(dataset.archive("train", "jpeg")) as old_zf:
+            sizes = {i.filename.rsplit("/", 1)[-1]: i.file_size for i in old_zf.infolist()}
+        old_staged = _OldStaged(data, rule, sizes)
         old_staged.start()
         try:
             r = run_cli(*_args(data, srv.url, "--json"), env=_env(manifest))
