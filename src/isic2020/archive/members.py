@@ -253,8 +253,7 @@ def fetch_members(
     bar = _bar(opts.progress, sum(ends[m.header_offset] - m.header_offset for m in chosen),
                remote.name)
     job = _MemberFetch(remote, result, (connections, opts.max_connections or connections),
-                       opts.timeouts or Timeouts(), opts.retry or RetryPolicy(), bar,
-                       log=(lambda msg: log(f"{remote.name}: {msg}")) if log else None)
+                       opts.timeouts or Timeouts(), opts.retry or RetryPolicy(), bar, log=log)
     try:
         job.start()
         job.plan(chosen, dest, check_existing,
@@ -337,7 +336,8 @@ class _MemberFetch:
             block=READ_BLOCK,
         )
         self.pool = RangePool(self.client, connections[0], split_min=MIN_SPLIT,
-                              ask_max=ASK_MAX, max_connections=connections[1], log=log)
+                              ask_max=ASK_MAX, max_connections=connections[1], log=log,
+                              label=remote.name)
         self.unpackers = Unpackers(UNPACKERS, self.abort, self.pool.fail, self.done)
         self.flushers: dict[int, Flusher] = {}  # by device of the destination folders
 

@@ -122,6 +122,7 @@ class RangePool:
         window: float = WINDOW,
         take_min: int | None = None,
         log: Callable[[str], None] | None = None,
+        label: str = "",
     ) -> None:
         """``max_connections``: adapt the count between ``connections`` and this (None: a
         fixed count); ``window``: seconds per measurement of the aggregate rate; ``take_min``:
@@ -130,9 +131,11 @@ class RangePool:
         :data:`ASK_SECONDS` of the connection's rate, at least ``split_min``), and a cut
         is never inside the request in flight, so the server never sends a byte past a cut
         (None: one request per piece). ``log``: each change of an adaptive count, and why it
-        stopped growing, in one line (``--verbose``)."""
+        stopped growing, in one line (``--verbose``), starting with ``label`` (the file's
+        name) when there is one."""
         self.client = client
         self.log = log
+        self.label = f"{label}: " if label else ""
         self.connections = max(1, connections)
         self.growth = Growth(self.connections, max_connections or self.connections)
         self.window = window
@@ -294,13 +297,13 @@ class RangePool:
         if throttled:
             why = f"the server throttled (503 SlowDown, 429 or too slow) at {speed}"
         elif target > before:
-            self.log(f"connections: {before} -> {target} (aggregate {speed})")
+            self.log(f"{self.label}connections: {before} -> {target} (aggregate {speed})")
             return
         elif target < before:
             why = f"{before} connections were no faster ({speed})"
         else:
             why = f"growth ended ({speed})"
-        self.log(f"connections: staying at {target}: {why}")
+        self.log(f"{self.label}connections: staying at {target}: {why}")
 
     def _set_target(self, target: int) -> None:
         """Run ``target`` connections: start the missing ones, or let the extra ones end

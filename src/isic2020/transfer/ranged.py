@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +95,7 @@ class RangedTransfer(SpanSink):
         self.pool = RangePool(self.client, opts.connections,
                               max_connections=opts.max_connections,
                               take_min=SPLIT_MIN if adaptive else None,
-                              log=_prefixed(opts.log, name))
+                              log=opts.log, label=name)
         self.resumed_bytes = 0
         self.hashers: Hashers | None = None
         self.checkpoint: Checkpointer | None = None
@@ -231,10 +230,3 @@ class RangedTransfer(SpanSink):
         inflight = self._inflight.get(head)
         self._head = inflight[1] if inflight is not None else head
         return self._head
-
-
-def _prefixed(log: Callable[[str], None] | None, name: str) -> Callable[[str], None] | None:
-    """``log`` with each line starting with the file's name (None stays None)."""
-    if log is None:
-        return None
-    return lambda msg: log(f"{name}: {msg}" if name else msg)
