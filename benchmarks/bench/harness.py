@@ -208,7 +208,7 @@ def mount_scratch(run: Path, size: int) -> str | None:
         return None
     unmount_scratch(run)
     image = run.with_name(run.name + ".ext4")
-    rmtree_now(run)
+    shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True, exist_ok=True)
     try:
         with open(image, "wb") as fh:
@@ -233,10 +233,6 @@ def unmount_scratch(run: Path) -> None:
     with contextlib.suppress(OSError):
         run.with_name(run.name + ".ext4").unlink()
     _SCRATCH[:] = []
-
-
-def rmtree_now(p: Path) -> None:
-    shutil.rmtree(p, ignore_errors=True)
 
 
 #: The scratch filesystem's mount point while one is mounted (:func:`mount_scratch`).
