@@ -1,9 +1,10 @@
 """The few C library calls Python's standard library lacks, in one place.
 
 ``syncfs`` (flush one filesystem, not the whole machine's dirty data as ``os.sync`` does),
-``malloc_trim`` (hand freed heap back to the system), ``mallopt`` (glibc's heap settings) and
-``prctl`` (through :func:`libc`). Each degrades to the portable fallback, or to nothing, where
-the call or the library is missing (macOS, musl, a sandbox without ``dlopen``): these calls
+``sync_file_range`` (start writing a file's range to disk without waiting), ``malloc_trim``
+(hand freed heap back to the system), ``mallopt`` (glibc's heap settings) and ``prctl``
+(through :func:`libc`). Each degrades to the portable fallback, or to nothing, where the call
+or the library is missing (macOS, musl, a sandbox without ``dlopen``): these calls
 make things faster or smaller, never correct.
 """
 
@@ -51,6 +52,39 @@ def sync_folder(folder: str | os.PathLike[str]) -> None:
             os.sync()
     finally:
         os.close(fd)
+
+
+SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.cache
+def _sync_file_range() -> Any:
+    lib = libc()
+    fn = getattr(lib, "sync_file_range", None) if lib is not None else None
+    if fn is not None:
+        import ctypes
+
+        fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+        fn.restype = ctypes.c_int
+    return fn
+
+
+def start_writeback(fd: int, offset: int, length: int) -> bool:
+    """Have the kernel start writing the dirty pages of ``[offset, offset + length)`` of
+    ``fd`` to disk now, without waiting for them (``sync_file_range(SYNC_FILE_RANGE_WRITE)``;
+    ``length`` 0: to the end of the file). False where the call is missing or fails.
+
+    Why: the kernel leaves a file's dirty pages in memory until they are 30 s old or exceed
+    ``dirty_background_ratio`` of RAM (gigabytes on a big machine), so the ``fsync`` before a
+    download's rename would write all of them at the end, one after the other with the
+    network. Started per finished piece, the disk writes while the network still receives,
+    and that ``fsync`` waits for the last few pieces only. It is no durability promise (the
+    ``fsync`` still makes one); the pages stay cached, so reading them back (hashing) costs
+    no disk read."""
+    fn = _sync_file_range()
+    if fn is None or fd < 0 or length < 0:
+        return False
+    return fn(fd, offset, length, SYNC_FILE_RANGE_WRITE) == 0
 
 
 def malloc_trim() -> None:

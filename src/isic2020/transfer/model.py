@@ -27,6 +27,9 @@ BLOCK = 1 * MiB
 #: Bytes per socket read of a ranged body: each connection holds about twice this
 #: (http.client's buffer and the block), so 16 connections at 1 MiB cost ~30 MB more.
 READ_BLOCK = 256 * 1024
+#: Bytes a sequential writer lets pile up before it asks the kernel to start writing them
+#: to disk (``store.libc.start_writeback``): the final fsync then waits for this little.
+WRITEBACK_STEP = 8 * MiB
 
 Log = Callable[[str], None]
 #: A last check of verified bytes before they land: a reason to refuse them, or None.

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from isic2020.store.fsutil import disk_error, open_nofollow, remove_file
+from isic2020.store.libc import start_writeback
 from isic2020.store.records import atomic_write_json, done_intervals, read_json, remove_stale_temps
 from isic2020.transfer.model import Log, RemoteObject
 
@@ -132,6 +133,11 @@ class PartialFile:
         except OSError as exc:
             raise disk_error(exc, self.path) from None
         return offset
+
+    def written(self, start: int, end: int) -> None:
+        """``[start, end)`` is complete: have the kernel start writing it to disk now, so the
+        fsync of :meth:`finish` waits for the last pieces only (no promise of durability)."""
+        start_writeback(self.fd, start, end - start)
 
     def finish(self) -> None:
         """Flush the data to disk before the rename makes it final."""

@@ -207,6 +207,7 @@ class RangedTransfer(SpanSink):
         assert self.hashers is not None and self.checkpoint is not None
         self.hashers.advance(frontier)
         self.checkpoint.poke()
+        self.file.written(piece.start, piece.end)
 
     # -- the checkpoint's side ------------------------------------------------------------
     def _written(self) -> list[list[int]]:

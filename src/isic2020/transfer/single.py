@@ -23,10 +23,11 @@ import requests
 from isic2020.catalog.plausible import encoding_problem
 from isic2020.errors import ObjectChanged, VerificationError
 from isic2020.store.fsutil import disk_error, open_nofollow, remove_file
+from isic2020.store.libc import start_writeback
 from isic2020.transfer.digests import MultipartHasher, etag_kind, normalize_etag
 from isic2020.transfer.http import header_int
 from isic2020.transfer.localfile import file_path
-from isic2020.transfer.model import BLOCK, DownloadOptions, RemoteObject
+from isic2020.transfer.model import BLOCK, WRITEBACK_STEP, DownloadOptions, RemoteObject
 from isic2020.transfer.retry import (
     NETWORK_ERRORS,
     REDIRECT_ERRORS,
@@ -48,6 +49,20 @@ class Streamed(NamedTuple):
     multipart: str | None
     transferred: int
     retries: int
+
+
+class _Writeback:
+    """Starts the disk writing of a file written from its start, every ``WRITEBACK_STEP``
+    bytes (see ``store.libc.start_writeback``: the closing fsync then waits for little)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.queued = 0
+
+    def wrote(self, end: int) -> None:
+        if end - self.queued >= WRITEBACK_STEP:
+            start_writeback(self.fd, self.queued, end - self.queued)
+            self.queued = end
 
 
 class _Digests:
@@ -171,6 +186,7 @@ class SingleStream:
         with fh:
             if self.bar is not None:
                 self.bar.reset(total=length)
+            writeback = _Writeback(fh.fileno())
             while block := read_block(resp.raw, BLOCK, guard):
                 try:
                     fh.write(block)
@@ -178,6 +194,7 @@ class SingleStream:
                     raise disk_error(exc, self.partial) from None
                 digests.update(block)
                 written += len(block)
+                writeback.wrote(written)
                 self.transferred += len(block)
                 if written > self.best and guard.healthy():
                     self.best = written
@@ -224,9 +241,12 @@ def copy_local(
     bar = make_bar(size)
     try:
         with open(src, "rb") as fin, os.fdopen(open_nofollow(partial, TRUNCATE), "wb") as fout:
+            writeback, copied = _Writeback(fout.fileno()), 0
             while block := fin.read(4 * BLOCK):
                 fout.write(block)
                 sha.update(block)
+                copied += len(block)
+                writeback.wrote(copied)
                 if bar is not None:
                     bar.update(len(block))
             fout.flush()
