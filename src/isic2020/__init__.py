@@ -1,22 +1,22 @@
 """isic2020: the ISIC 2020 Challenge Dataset onto a machine, complete and verified.
 
 The public API mirrors the CLI: ``fetch``, ``list_files``, ``extract``, ``verify`` and the
-metadata helpers. The functions named like their modules are imported eagerly (otherwise
-``isic2020.commands.fetch`` could be the module, depending on import order); the rest lazily,
-so ``import isic2020`` stays cheap (no pandas). ``dir(isic2020)`` lists the API (``__all__``),
-not the names this module needs to work.
+metadata helpers. Every name is imported on first use (PEP 562), so ``import isic2020`` and
+each command load only what they need: ``isic2020 verify`` or ``--version`` never import
+``requests`` or pandas, and ``fetch`` not the export's object-store client. ``dir(isic2020)``
+lists the API (``__all__``), not the names this module needs to work.
 """
 
 import importlib as _importlib
 
-from isic2020.checks.verify import verify
-from isic2020.commands.export import export
-from isic2020.commands.extract import extract
-from isic2020.commands.fetch import fetch
-from isic2020.commands.listing import list_files
 from isic2020.version import __version__
 
 _LAZY = {
+    "verify": "isic2020.checks.verify",
+    "export": "isic2020.commands.export",
+    "extract": "isic2020.commands.extract",
+    "fetch": "isic2020.commands.fetch",
+    "list_files": "isic2020.commands.listing",
     "load_metadata": "isic2020.catalog.tables",
     "ImagesMissingWarning": "isic2020.catalog.tables",
     "make_folds": "isic2020.commands.folds",
@@ -35,7 +35,7 @@ _LAZY = {
     "mirror": "isic2020.commands.mirror",
 }
 
-__all__ = ["__version__", "export", "extract", "fetch", "list_files", "verify", *_LAZY]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> object:
