@@ -58,6 +58,8 @@ def test_version_and_verify_never_import_the_network_stack(tmp_path: Path) -> No
     assert code == 2  # nothing there to verify: a usage answer, after the verify's imports
     assert "isic2020.checks.verify" in mods
     assert _heavy(mods) == []
+    # process pools (multiprocessing, ~20 ms) only for the DICOM checks that use them
+    assert not any(m.startswith(("multiprocessing", "concurrent.futures.process")) for m in mods)
 
 
 def test_the_api_names_are_the_commands_functions() -> None:
