@@ -47,3 +47,31 @@ def test_the_csvs_are_in_flight_together_and_reported_in_manifest_order(dataset,
     paths = {g.path for g in gets}
     assert len(paths) == len(csvs)
     assert len({p for pair in overlapping for p in pair}) >= 3  # more than one pair at once
+
+
+def test_direct_reads_the_zip_while_the_csvs_download(dataset, tmp_path):
+    """``--direct`` takes every member, so it needs nothing from the CSVs: the zip's directory
+    and members are read while they download (a subset waits for them: it is chosen from
+    them). Before, the zip's first request came only after the last CSV was in."""
+    csvs = {e.name for e in dataset.manifest.metadata("train")}
+    zip_name = dataset.archive("train", "jpeg").name
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        for name in csvs:
+            srv.throttle(RATE, name)
+        r = run_cli("fetch", "--split", "train", "--direct", "--data-dir", str(tmp_path / "d"),
+                    "--mirror", srv.url, "--json", env=cli_env(dataset.manifest_path),
+                    timeout=300)
+        log = srv.requests()
+    assert r.returncode == 0, r.stderr
+    def name(g) -> str:
+        return g.path.rsplit("/", 1)[-1]
+
+    csv_gets = [g for g in log if g.method == "GET" and name(g) in csvs and g.bytes_sent > 0]
+    zip_first = min(g.arrived for g in log if name(g) == zip_name)
+    assert csv_gets, "no CSV was downloaded"
+    # a CSV response of n bytes at RATE lasts at least n / RATE seconds after it arrived: a
+    # zip request before half of that had passed came while that CSV was still being sent
+    assert any(zip_first < g.arrived + 0.5 * g.bytes_sent / RATE
+               for g in csv_gets), "the zip was read only after the CSVs were in"
+    doc = json.loads(r.stdout)
+    assert doc["ok"] and doc["verification"]["ok"]

@@ -169,11 +169,12 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
                     **space.sizes}
         with overall(f"{run.what.split} {run.what.fmt}", expected, enabled=how.progress):
             # The CSVs download side by side, and beside the first archive (a subset's archive
-            # waits: it is chosen from them); the report lists the files in the manifest's order.
+            # waits: it is chosen from them; ``--direct`` takes every member and does not);
+            # the report lists the files in the manifest's order.
             small = SmallFiles(run, small_entries).start()
             run.after_small = small.after
             for entry in (e for e in entries if e.is_archive):
-                if run.members_only:
+                if run.what.subset:
                     small.wait()
                     _forget(small_entries)
                 outcomes[entry.name] = _fetch_entry(run, downloader, entry)
@@ -226,5 +227,6 @@ def _fetch_entry(run: FetchRun, downloader: Downloader, entry: FileEntry) -> Fil
         return fetch_file(run, downloader, entry)
     if (run.precheck is not None and run.how.direct and not run.what.subset
             and direct_has_work(run.layout, entry)):
-        run.precheck.start()  # the closing verify's metadata checks, while members download
+        # the closing verify's metadata checks, while members download (once the CSVs are in)
+        run.after_small(run.precheck.start)
     return fetch_members(run, entry)
