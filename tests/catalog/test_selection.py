@@ -170,3 +170,42 @@ def test_selection_record_round_trip(frames, tmp_path: Path) -> None:
     assert Selection.from_dict(sel.to_dict()) == sel
     path.write_text("{broken")
     assert load_selection(path) is None
+
+
+def test_the_pandas_free_table_chooses_the_same_images_as_the_frame(
+    frames, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``fetch --sample``/``--images`` choose from ``load_metadata_table`` (no pandas): the same
+    names, in the same order, as from ``load_metadata``'s frame, and as main chose before
+    (the digests were computed with the frame-only code)."""
+    import hashlib
+
+    from isic2020.catalog.manifest import load_manifest
+    from isic2020.catalog.tables import load_metadata_table
+
+    train, test = frames
+    root = tmp_path_factory.mktemp("sel_table")
+    ds = build_dataset(root / "m", n_train=2000, n_test=300, seed=3)
+    layout = install(ds, root / "data", archives=False)
+    man = load_manifest(ds.manifest_path)
+    tables = {s: load_metadata_table(s, layout.root, man) for s in ("train", "test")}
+    listing = root / "names.txt"
+    listing.write_text("\n".join(train["image_name"].iloc[::7].tolist()[::-1]) + "\n")
+    digests = {}
+    for split, frame in (("train", train), ("test", test)):
+        for kw in ({"sample": 37, "seed": 5}, {"sample": 1, "seed": 0}, {"sample": 500},
+                   {"images_file": listing, "sample": 20, "seed": 2}, {}):
+            if split == "test" and "images_file" in kw:
+                continue
+            got = select_images(tables[split], **kw)
+            assert got == select_images(frame, **kw), (split, kw)
+            digests[f"{split} {sorted(kw)} {kw.get('sample')}"] = got
+    assert stratified_sample(tables["train"], 10, seed=0) == stratified_sample(train, 10, seed=0)
+    text = repr(sorted(digests.items())).replace(str(root), "ROOT")
+    assert hashlib.sha256(text.encode()).hexdigest() == PINNED_SELECTIONS, text[:200]
+    with pytest.raises(UsageError, match="positive"):
+        select_images(tables["train"], sample=0)
+
+
+#: sha256 of the selections above as main's frame-only code made them.
+PINNED_SELECTIONS = "121405531cc91914e12578f140108b9b59670064c4fde089bb2ec51eb41aa21f"

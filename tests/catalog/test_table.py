@@ -1,9 +1,12 @@
-"""The pandas-free metadata reader (``catalog.table``) against ``read_metadata_csv`` (pandas).
+"""The one metadata reader (``catalog.table``) against ``pandas.read_csv``, what users got before.
 
-``fetch`` and ``verify`` check the CSVs with :func:`read_metadata_table` (no pandas: ~100 MB
-of RSS less); ``load_metadata``, folds and export still read them with pandas. Both must see
-the same cells, names and errors, on the real files and on every CSV edge case the stdlib
-``csv`` module might treat differently from pandas' C parser.
+``load_metadata``, folds and export used to read the CSVs with ``pd.read_csv(dtype="string",
+keep_default_na=False, na_values=[""])`` then ``str.strip``; ``fetch`` and ``verify`` with the
+stdlib ``csv`` module. Now every caller reads them with :func:`read_metadata_table`, and
+``load_metadata`` builds its frame from that table (:func:`read_metadata_frame`). So the reader
+must give the cells, names and errors pandas gave, and the frame must equal pandas' (values,
+dtypes, blanks, index), on the real files and on every CSV edge case the stdlib ``csv`` module
+might treat differently from pandas' C parser. :func:`_pandas` is that old reader, verbatim.
 """
 
 from __future__ import annotations
@@ -11,16 +14,19 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from support.metadata import DUPS, GT, GT2, KAGGLE_TEST, real_csv
 
 from isic2020.catalog.manifest import FileEntry
 from isic2020.catalog.metadata import (
-    frame_table,
-    read_metadata_csv,
+    ISIC_TO_KAGGLE,
+    SCHEMAS,
+    TEST_COLUMNS_ISIC,
     read_metadata_table,
 )
 from isic2020.catalog.table import Table
+from isic2020.catalog.tables import read_metadata_frame
 from isic2020.checks.metadata import metadata_checks
 from isic2020.errors import VerificationError
 from isic2020.store.layout import Layout
@@ -31,14 +37,54 @@ ROW = "ISIC_0000001,IP_0000001,male,45,torso,nevus,benign,0"
 ROW2 = "ISIC_0000002,IP_0000002,female,,head/neck,melanoma,malignant,1"
 
 
+def _pandas(path: Path, role: str) -> pd.DataFrame:
+    """The pandas reader ``load_metadata`` used before (``read_metadata_csv``), verbatim."""
+    try:
+        df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""])
+    except FileNotFoundError:
+        raise VerificationError(f"{path} is missing") from None
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VerificationError(f"{path} is not a readable CSV: {first}") from None
+    cols = [str(c).strip() for c in df.columns]
+    if cols not in SCHEMAS[role]:
+        raise VerificationError(
+            f"{path}: columns {','.join(cols)} are not the documented "
+            + " or ".join(",".join(a) for a in SCHEMAS[role]))
+    df.columns = cols
+    if role == "test_metadata" and cols == TEST_COLUMNS_ISIC:
+        df = df.rename(columns=ISIC_TO_KAGGLE)
+    for c in df.columns:
+        df[c] = df[c].str.strip()
+    return df
+
+
+def _as_table(df: pd.DataFrame) -> Table:
+    return Table(
+        tuple(str(c) for c in df.columns),
+        tuple(tuple(v if isinstance(v, str) else None for v in df[c].tolist())
+              for c in df.columns),
+    )
+
+
 def _both(path: Path, role: str) -> tuple[Table | str, Table | str]:
-    """(new, old): the table each reader gives, or its error message."""
+    """(new, old): the table each reader gives, or its error message; where both read, the
+    frame built from the new table must equal pandas' frame (dtypes and index included)."""
     out: list[Table | str] = []
-    for read in (read_metadata_table, lambda p, r: frame_table(read_metadata_csv(p, r))):
+    frames: list[pd.DataFrame] = []
+    for read in (read_metadata_table, _pandas):
         try:
-            out.append(read(path, role))
+            got = read(path, role)
         except VerificationError as exc:
             out.append(exc.message)
+        else:
+            if isinstance(got, pd.DataFrame):
+                frames.append(got)
+                got = _as_table(got)
+            out.append(got)
+    if frames and isinstance(out[0], Table):
+        pd.testing.assert_frame_equal(read_metadata_frame(path, role), frames[0],
+                                      check_exact=True)
     return out[0], out[1]
 
 
@@ -285,3 +331,65 @@ def test_checks_report_what_the_pandas_checks_reported(tmp_path: Path) -> None:
     assert known["figures"] == {"names": 6, "not_in_ground_truth": 3}
     assert known["problems"] == [f"{n} is not in the ground truth"
                                  for n in ("ISIC_9999999", "ISIC_12", "=x")]
+
+
+# ---------------------------------------------------------------------------------------------
+# The refusals of load_metadata (read_train, read_test, read_duplicates), now made on tables:
+# word for word what the pandas implementation (main before this change) said, first problem
+# first (names, then target, then ages, then the value rules).
+
+_T = "image_name,patient_id,sex,age_approx,anatom_site_general_challenge"
+_D = "image_name_1,image_name_2"
+REFUSALS = {
+    "target_1.0": ("train", f"{HEADER}\n{ROW.replace('melanoma', 'x')[:-1]}1.0\n",
+                   "1 malformed value(s) (first: ISIC_0000001: target '1.0' is not consistent "
+                   "with benign_malignant)"),
+    "target_x": ("train", f"{HEADER}\n{ROW[:-1]}x\n", "target must be 0 or 1 in every row"),
+    "target_blank": ("train", f"{HEADER}\n{ROW[:-1]}\n", "target must be 0 or 1 in every row"),
+    "target_before_ages": ("train", f"{HEADER}\n{ROW.replace(',45,', ',4.5,')[:-1]}x\n",
+                           "target must be 0 or 1 in every row"),
+    "age_half": ("train", f"{HEADER}\n{ROW.replace(',45,', ',45.5,')}\n"
+                 f"{ROW2.replace(',,', ',nan,')}\n",
+                 "age_approx is not a whole number of years in 2 rows (first: '45.5')"),
+    "age_inf_and_121": ("train", f"{HEADER}\n{ROW.replace(',45,', ',inf,')}\n"
+                              f"{ROW2.replace(',,', ',121,')}\n",
+                              "age_approx is not a whole number of years in 2 rows "
+                              "(first: 'inf')"),
+    "age_spaces": ("train", f"{HEADER}\n{ROW.replace(',45,', ', ,')}\n",
+                   "age_approx is not a whole number of years in 1 rows (first: '')"),
+    "age_minus_zero": ("train", f"{HEADER}\n{ROW.replace(',45,', ',-0,')}\n",
+                       "1 malformed value(s) (first: ISIC_0000001: age_approx '-0' would be a "
+                       "spreadsheet formula or control text)"),
+    "names_before_target": ("train", f"{HEADER}\nISIC_1,{ROW[13:-1]}x\n,{ROW[13:]}\n",
+                            "2 image names are not ISIC_ + 7 digits (first: 'ISIC_1')"),
+    "listed_twice": ("train", f"{HEADER}\n{ROW}\n{ROW2}\n{ROW2}\n{ROW}\n{ROW}\n",
+                     "image ISIC_0000002 is listed 2 times"),
+    "no_patient": ("train", f"{HEADER}\n{ROW.replace('IP_0000001', '')}\n"
+                   f"{ROW2.replace('IP_0000002', ' ')}\n", "1 rows have no patient_id"),
+    "test_age_na": ("test", f"{_T}\nISIC_0000001,IP_0000001,male,NA,torso\n",
+                    "age_approx is not a whole number of years in 1 rows (first: 'NA')"),
+    "test_formula": ("test", f"{_T}\nISIC_0000001,IP_0000001,male,45,=1+1\n",
+                     "1 malformed value(s) (first: ISIC_0000001: anatom_site_general_challenge "
+                     "'=1+1' would be a spreadsheet formula or control text)"),
+    "dups_blank": ("dups", f"{_D}\r\nISIC_0000001,\r\n",
+                   "1 names in image_name_2 are not ISIC_ + 7 digits (first: '')"),
+    "dups_formula_first": ("dups", f"{_D}\r\n=x,ISIC_0000002\r\n",
+                           "1 malformed value(s) (first: =x: image_name_1 '=x' would be a "
+                           "spreadsheet formula or control text)"),
+    "dups_unknown": ("dups", f"{_D}\r\nISIC_0000001,ISIC_0000009\r\nISIC_0000008,ISIC_0000002\r\n",
+                     "2 names are not in the training ground truth (first: ISIC_0000008)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_load_metadata_refuses_as_the_pandas_implementation_did(case: str, tmp_path: Path):
+    from isic2020.catalog.tables import read_duplicates, read_test, read_train
+
+    kind, text, message = REFUSALS[case]
+    path = tmp_path / "file.csv"
+    path.write_bytes(text.encode())
+    read = {"train": lambda: read_train(path, "ground_truth"), "test": lambda: read_test(path),
+            "dups": lambda: read_duplicates(path, ["ISIC_0000001", "ISIC_0000002"])}[kind]
+    with pytest.raises(VerificationError) as exc:
+        read()
+    assert exc.value.message == f"{path}: {message}"

@@ -1,4 +1,5 @@
-"""``fetch`` (a full split, no ``--where``) and ``verify`` never import pandas.
+"""``fetch`` (a full split, a subset by ``--sample`` or ``--images``, ``--dry-run``; all but
+``--where``) and ``verify`` never import pandas.
 
 Why: ``import pandas`` alone is ~96 MB of RSS (and 0.3-0.5 s); the metadata checks read the
 CSVs with the stdlib (``catalog.table``), so a fetch can stay under the project's 150 MB peak.
@@ -80,3 +81,32 @@ def test_a_damaged_csv_is_reported_without_pandas(dataset, tmp_path: Path) -> No
     assert verify.returncode == 1, verify.stdout[-3000:] + verify.stderr[-3000:]
     assert "pandas imported: False" in verify.stderr
     assert "fields, the header 8" in verify.stdout, verify.stdout[-3000:]
+
+
+def test_subset_fetches_and_their_dry_runs_never_import_pandas(dataset, tmp_path: Path) -> None:
+    """``--sample`` and ``--images`` choose from the pandas-free table of the CSVs
+    (``load_metadata_table``): only ``--where`` needs a frame. The dry runs choose too once the
+    CSVs are on disk (the second round), so both rounds are run; a bad ``--images`` file is
+    refused without pandas as well."""
+    data = tmp_path / "data"
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(dataset.train_names[:3]) + "\n")
+    subsets = (("--sample", "5"), ("--images", str(names)), ("--sample", "3", "--seed", "4"))
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        for round_ in ("no CSVs yet", "CSVs on disk"):
+            for subset in subsets:
+                for dry in (("--dry-run",), ()):
+                    args = ("fetch", "--split", "train", *subset, *dry, "--data-dir", str(data),
+                            "--mirror", srv.url)
+                    run = _run(dataset, *args)
+                    assert run.returncode == 0, (round_, args, run.stderr[-3000:])
+                    assert "pandas imported: False" in run.stderr, (round_, args,
+                                                                    run.stderr[-3000:])
+                    assert run.peak_rss < RSS_BOUND, (
+                        f"{' '.join(args[3:])}: peak RSS {run.peak_rss / MiB:.0f} MiB")
+        bad = _run(dataset, "fetch", "--split", "train", "--images", str(tmp_path / "nope"),
+                   "--data-dir", str(data), "--mirror", srv.url)
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    assert "pandas imported: False" in bad.stderr, bad.stderr[-3000:]
+    chosen = sorted(p.stem for p in (data / "jpeg" / "train").glob("*.jpg"))
+    assert set(dataset.train_names[:3]) <= set(chosen) and len(chosen) >= 5

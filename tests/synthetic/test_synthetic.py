@@ -18,8 +18,8 @@ from isic2020.catalog.metadata import (
     GROUND_TRUTH_V2_COLUMNS,
     TEST_COLUMNS_ISIC,
     TEST_COLUMNS_KAGGLE,
-    read_metadata_csv,
 )
+from isic2020.catalog.tables import read_metadata_frame
 from isic2020.synthetic import build_dataset, official_manifest
 from isic2020.transfer.digests import file_digests
 
@@ -53,7 +53,7 @@ def test_csvs_like_the_real_ones(ds) -> None:
             continue
         raw = (ds.root / f.name).read_bytes()
         assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
-        df = read_metadata_csv(ds.root / f.name, f.role)
+        df = read_metadata_frame(ds.root / f.name, f.role)
         assert len(df) == f.rows
     header = (ds.root / "ISIC_2020_Training_GroundTruth.csv").read_bytes().split(b"\r\n")[0]
     assert header.decode().split(",") == GROUND_TRUTH_COLUMNS
@@ -61,7 +61,7 @@ def test_csvs_like_the_real_ones(ds) -> None:
     assert header.decode().split(",") == GROUND_TRUTH_V2_COLUMNS
     header = (ds.root / "ISIC_2020_Test_Metadata.csv").read_bytes().split(b"\r\n")[0]
     assert header.decode().split(",") == TEST_COLUMNS_ISIC
-    gt = read_metadata_csv(ds.root / "ISIC_2020_Training_GroundTruth_v2.csv", "ground_truth_v2")
+    gt = read_metadata_frame(ds.root / "ISIC_2020_Training_GroundTruth_v2.csv", "ground_truth_v2")
     assert list(gt["image_name"]) == ds.train_names
     assert gt["patient_id"].str.fullmatch(r"IP_\d{7}").all()
     assert gt["lesion_id"].str.fullmatch(r"IL_\d{7}").all()
@@ -71,7 +71,7 @@ def test_csvs_like_the_real_ones(ds) -> None:
     assert (gt["age_approx"].dropna().astype(int) % 5 == 0).all()
     assert ((gt["target"] == "1") == (gt["benign_malignant"] == "malignant")).all()
     assert ((gt["target"] == "1") == (gt["diagnosis"] == "melanoma")).all()
-    dups = read_metadata_csv(ds.root / "ISIC_2020_Training_Duplicates.csv", "duplicates")
+    dups = read_metadata_frame(ds.root / "ISIC_2020_Training_Duplicates.csv", "duplicates")
     assert len(dups) >= 1
     assert set(dups["image_name_1"]) | set(dups["image_name_2"]) <= set(gt["image_name"])
 
@@ -94,7 +94,7 @@ def test_zip_layout_and_images(ds) -> None:
             raw = zf.read(f"test/{ds.test_names[0]}.dcm")
     assert raw[128:132] == b"DICM"
     d = pydicom.dcmread(io.BytesIO(raw))
-    row = read_metadata_csv(ds.root / "ISIC_2020_Test_Metadata.csv", "test_metadata").iloc[0]
+    row = read_metadata_frame(ds.root / "ISIC_2020_Test_Metadata.csv", "test_metadata").iloc[0]
     assert d.PatientID == row["patient_id"]
     assert d.pixel_array.shape == (16, 16, 3)
     if not pd.isna(row["age_approx"]):
@@ -126,11 +126,11 @@ def test_sampled_from_real_metadata(tmp_path: Path) -> None:
     ds = build_dataset(tmp_path / "mirror", n_train=40, n_test=10, metadata_dir=real_dir)
     real = pd.read_csv(real_dir / GT2, dtype=str,
                        keep_default_na=False).set_index("image_name")
-    gt = read_metadata_csv(ds.root / "ISIC_2020_Training_GroundTruth_v2.csv", "ground_truth_v2")
+    gt = read_metadata_frame(ds.root / "ISIC_2020_Training_GroundTruth_v2.csv", "ground_truth_v2")
     assert len(gt) == 40
     for r in gt.fillna("").itertuples(index=False):
         assert real.loc[r.image_name, "patient_id"] == r.patient_id
         assert real.loc[r.image_name, "lesion_id"] == r.lesion_id
-    dups = read_metadata_csv(ds.root / "ISIC_2020_Training_Duplicates.csv", "duplicates")
+    dups = read_metadata_frame(ds.root / "ISIC_2020_Training_Duplicates.csv", "duplicates")
     assert len(dups) >= 1
     assert set(dups["image_name_1"]) | set(dups["image_name_2"]) <= set(gt["image_name"])

@@ -17,7 +17,9 @@ Invariants, whoever calls (``local`` extraction, ``streaming``, remote spans):
   bytes written, so a file of the member's size is the whole checked member; a killed write
   leaves a shorter one, which the resume check (size) redoes and promotion drops. A failed
   write removes it. Members decoded piece by piece keep the temporary: their CRC-32 is known
-  only once every byte is written.
+  only once every byte is written. One writer does both (:class:`MemberFile`, with or
+  without ``in_place``; :func:`write_data` for bytes already checked), so the disk-error
+  wording, the removal on failure and the image count exist once.
 * **Disk errors are disk errors:** ENOSPC, EFBIG, EDQUOT say "disk full" / "file too large";
   a short write (RLIMIT_FSIZE) loops until the EFBIG that names it (:func:`write_all`).
 
@@ -198,15 +200,37 @@ class MemberFile:
     """A member's file: the hidden temporary while it is written, the final name once checked.
 
     ``d`` is the folder; with ``dir_fd`` (the folder open, reached without links) names are
-    relative to it, so a link replacing ``d`` meanwhile changes nothing."""
+    relative to it, so a link replacing ``d`` meanwhile changes nothing.
 
-    def __init__(self, d: str, final: str, mode: int, dir_fd: int | None = None) -> None:
+    ``in_place`` (only with ``dir_fd``: a folder that is no final path, see the module
+    docstring): no temporary. The file is made anew under its name (``O_EXCL``: never through
+    a link or a hard link; whatever had the name is unlinked first) and ``commit`` renames
+    nothing. Either way ``discard`` removes what was written, and a disk error is
+    :func:`~isic2020.store.fsutil.disk_error`'s one line.
+    """
+
+    def __init__(self, d: str, final: str, mode: int, dir_fd: int | None = None, *,
+                 in_place: bool = False) -> None:
+        self.dir_fd = dir_fd
+        self.in_place = in_place and dir_fd is not None
+        if self.in_place:
+            self.path = os.path.join(d, final)
+            self.final = self.tmp = final  # written where it stays
+            self.fd = -1
+            try:
+                try:
+                    self.fd = os.open(final, CREATE_NEW, mode, dir_fd=dir_fd)
+                except FileExistsError:  # a short file of a killed run, a (hard) link
+                    os.unlink(final, dir_fd=dir_fd)
+                    self.fd = os.open(final, CREATE_NEW, mode, dir_fd=dir_fd)
+            except OSError as exc:
+                raise disk_error(exc, self.path) from None
+            return
         self.path = f"{d}/{final}" if d else final
         if dir_fd is None:
             self.final, self.tmp = self.path, os.path.join(d, temp_name(final))
         else:
             self.final, self.tmp = final, temp_name(final)
-        self.dir_fd = dir_fd
         try:
             self.fd = open_nofollow(self.tmp, CREATE, mode, dir_fd=dir_fd)
         except OSError as exc:
@@ -219,17 +243,19 @@ class MemberFile:
             raise disk_error(exc, self.path) from None
 
     def commit(self) -> None:
-        """Close and rename to the final name (the content was checked)."""
+        """Close and (but ``in_place``) rename to the final name: the content was checked."""
         try:
-            os.close(self.fd)
-            self.fd = -1
-            os.rename(self.tmp, self.final, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            fd, self.fd = self.fd, -1  # closed once, even when close fails
+            os.close(fd)
+            if not self.in_place:
+                os.rename(self.tmp, self.final, src_dir_fd=self.dir_fd,
+                          dst_dir_fd=self.dir_fd)
         except OSError as exc:
             raise disk_error(exc, self.path) from None
         count_images()
 
     def discard(self) -> None:
-        """After a failure: close and remove the temporary (never left half-written)."""
+        """After a failure: close and remove the file written (never left half-written)."""
         if self.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
@@ -239,9 +265,10 @@ class MemberFile:
 
 
 def write_data(d: str, final: str, mode: int, data: bytes | memoryview,
-               dir_fd: int | None = None) -> None:
-    """Checked ``data`` to ``d/final`` (through the temporary and a rename)."""
-    f = MemberFile(d, final, mode, dir_fd)
+               dir_fd: int | None = None, *, in_place: bool = False) -> None:
+    """Checked ``data`` to ``d/final``: through the temporary and a rename, or (``in_place``
+    with ``dir_fd``) straight under its name in a file made anew, see :class:`MemberFile`."""
+    f = MemberFile(d, final, mode, dir_fd, in_place=in_place)
     try:
         if data:
             f.write(data)
@@ -249,33 +276,6 @@ def write_data(d: str, final: str, mode: int, data: bytes | memoryview,
     except BaseException:
         f.discard()
         raise
-
-
-def write_new(d: str, final: str, mode: int, data: bytes | memoryview, dir_fd: int) -> None:
-    """Checked ``data`` straight to ``final`` in the open folder ``dir_fd`` (``d`` names it
-    in errors), in a file made anew: whatever had the name (a short file from a killed run, a
-    link) is unlinked first. Any failure removes the file: none stays short but by a kill."""
-    try:
-        try:
-            fd = os.open(final, CREATE_NEW, mode, dir_fd=dir_fd)
-        except FileExistsError:
-            os.unlink(final, dir_fd=dir_fd)
-            fd = os.open(final, CREATE_NEW, mode, dir_fd=dir_fd)
-    except OSError as exc:
-        raise disk_error(exc, os.path.join(d, final)) from None
-    try:
-        try:
-            if data:
-                write_all(fd, data)
-        finally:
-            os.close(fd)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(final, dir_fd=dir_fd)
-        if isinstance(exc, OSError):
-            raise disk_error(exc, os.path.join(d, final)) from None
-        raise
-    count_images()
 
 
 def read_checked(read_at: Callable[[int, int], bytes], at: int, n: int) -> bytes:
@@ -294,7 +294,7 @@ def extract_member(
     """Read stored or deflated member ``e`` through ``read_at`` and write it to ``d/final``,
     checked; returns its size. A member up to :data:`SMALL_MEMBER` costs one read (header and
     data), one inflate, one CRC-32, one write loop and a rename (none with ``in_place`` and
-    ``dir_fd``: only for a folder that is no final path, see :func:`write_new`)."""
+    ``dir_fd``: only for a folder that is no final path, see :class:`MemberFile`)."""
     check_method(e)
     guess = LFH.size + len(e.name.encode("utf-8")) + 64
     small = e.compressed_size <= SMALL_MEMBER and e.file_size <= SMALL_MEMBER
@@ -310,10 +310,7 @@ def extract_member(
         raise Damaged(str(exc)) from None
     if small and len(buf) >= hlen + e.compressed_size:
         data = decode_whole(e, memoryview(buf)[hlen : hlen + e.compressed_size])
-        if in_place and dir_fd is not None:
-            write_new(d, final, mode, data, dir_fd)
-        else:
-            write_data(d, final, mode, data, dir_fd)
+        write_data(d, final, mode, data, dir_fd, in_place=in_place)
         return e.file_size
     f = MemberFile(d, final, mode, dir_fd)
     try:

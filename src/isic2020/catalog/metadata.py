@@ -8,27 +8,27 @@ benign_malignant,target`` (v2 adds ``lesion_id`` after ``patient_id``); the dupl
 names. Both are accepted and normalised to Kaggle's names, which every notebook expects.
 Files are CRLF with or without a final newline: we validate content, never bytes.
 
-Two readers, one result: :func:`read_metadata_csv` (a pandas frame, for ``load_metadata``,
-folds, export, ``--where``) and :func:`read_metadata_table` (a pandas-free
-:class:`~isic2020.catalog.table.Table`, for the checks of ``fetch`` and ``verify``: importing
-pandas alone is ~96 MB of RSS). Both give the same cells, column names and errors (checked side
-by side in tests/catalog/test_table.py). The value rules (:func:`value_problems`,
-:func:`bad_image_names`) exist once, on tables; a frame is turned into one
-(:func:`frame_table`) to be checked.
+One reader: :func:`read_metadata_table` (the stdlib ``csv`` module into a pandas-free
+:class:`~isic2020.catalog.table.Table`). Importing pandas alone is ~96 MB of RSS, so the checks
+of ``fetch`` and ``verify`` and the choice of a subset (``--sample``, ``--images``) never need
+it; ``catalog.tables`` turns a table into a frame only where one is returned
+(``load_metadata``, folds, export, ``--where``). The cells are what ``pd.read_csv(dtype=
+"string", keep_default_na=False, na_values=[""])`` then ``str.strip`` gave (checked against
+pandas in tests/catalog/test_table.py). Every rule exists once, on tables: the value rules
+(:func:`value_problems`, :func:`bad_image_names`) and the refusals of a training, test or
+duplicates file (:func:`read_train_table`, :func:`read_test_table`,
+:func:`read_duplicates_table`), which name the file and the first problem in one line.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from isic2020.catalog.table import Cell, Table, read_table
 from isic2020.errors import VerificationError
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 IMAGE_NAME_RE = re.compile(r"^ISIC_[0-9]{7}$")
 
@@ -91,32 +91,12 @@ def _unreadable(path: Path, exc: Exception) -> VerificationError:
     )
 
 
-def read_metadata_csv(path: Path, role: str) -> pd.DataFrame:
-    """Read one official CSV as strings (blanks as ``<NA>``), Kaggle column names.
+def read_metadata_table(path: Path, role: str) -> Table:
+    """One official CSV as stripped strings (blanks ``None``), Kaggle column names.
 
     Raises :class:`VerificationError` naming the file when it is missing, unparsable or has
-    columns other than the documented ones.
+    columns other than the documented ones (what ``verify`` reports; no value is checked).
     """
-    import pandas as pd
-
-    try:
-        df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""])
-    except FileNotFoundError:
-        raise _missing(path) from None
-    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise _unreadable(path, exc) from None
-    cols = _check_columns(path, df.columns, role)
-    df.columns = cols
-    if role == "test_metadata" and cols == TEST_COLUMNS_ISIC:
-        df = df.rename(columns=ISIC_TO_KAGGLE)
-    for c in df.columns:
-        df[c] = df[c].str.strip()
-    return df
-
-
-def read_metadata_table(path: Path, role: str) -> Table:
-    """:func:`read_metadata_csv` without pandas: the same cells, names and errors, as a
-    :class:`~isic2020.catalog.table.Table` (what ``fetch`` and ``verify`` check)."""
     try:
         table = read_table(path, strip=True)
     except FileNotFoundError:
@@ -128,15 +108,6 @@ def read_metadata_table(path: Path, role: str) -> Table:
     if role == "test_metadata" and cols == TEST_COLUMNS_ISIC:
         table = table.rename(ISIC_TO_KAGGLE)
     return table
-
-
-def frame_table(df: pd.DataFrame) -> Table:
-    """A frame of strings (``<NA>`` blanks) as a :class:`Table`, for the rules below."""
-    return Table(
-        tuple(str(c) for c in df.columns),
-        tuple(tuple(v if isinstance(v, str) else None for v in df[c].tolist())
-              for c in df.columns),
-    )
 
 
 def bad_image_names(names: Iterable[object]) -> list[str]:
@@ -151,7 +122,7 @@ def bad_image_names(names: Iterable[object]) -> list[str]:
 
 PATIENT_RE = re.compile(r"^IP_[0-9]{7}$")
 #: A cell a spreadsheet would run as a formula starts with one of these ("CSV injection";
-#: tab and CR are stripped by :func:`read_metadata_csv`, which leaves what follows them). No
+#: tab and CR are stripped by :func:`read_metadata_table`, which leaves what follows them). No
 #: value of the official files starts with one: ids start with letters, ages are whole
 #: non-negative numbers, sites and diagnoses are words.
 FORMULA_START = ("=", "+", "-", "@")
@@ -195,9 +166,17 @@ def formula_problems(table: Table) -> list[str]:
     return out
 
 
+def _number(v: Cell) -> float | None:
+    """What ``pd.to_numeric(errors="coerce")`` makes of a cell (``None``: NaN)."""
+    if v is None or not v.isascii() or not _AGE.fullmatch(v):
+        return None
+    return float(v)
+
+
 def _is_age(v: Cell) -> bool:
     """What ``pd.to_numeric(errors="coerce").between(0, 120)`` accepts (blank handled apart)."""
-    return v is not None and v.isascii() and bool(_AGE.fullmatch(v)) and 0 <= float(v) <= 120
+    x = _number(v)
+    return x is not None and 0 <= x <= 120
 
 
 def value_problems(table: Table) -> list[str]:
@@ -236,12 +215,102 @@ def value_problems(table: Table) -> list[str]:
     return out
 
 
-def check_values(df: pd.DataFrame, path: Path) -> None:
+def _refused(path: Path, what: str) -> VerificationError:
+    return VerificationError(
+        f"{path}: {what}",
+        "the file is not the official one; delete it and run `isic2020 fetch` again",
+    )
+
+
+def check_values(table: Table, path: Path) -> None:
     """Raise :class:`VerificationError` naming ``path`` and its first malformed value."""
-    problems = value_problems(frame_table(df))
+    problems = value_problems(table)
     if problems:
         raise VerificationError(
             f"{path}: {len(problems)} malformed value(s) (first: {problems[0]})",
             "the file is not the official one; delete it and run `isic2020 fetch` again "
             "(`isic2020 verify` lists every problem)",
         )
+
+
+def check_image_names(table: Table, path: Path) -> None:
+    """Every image named ``ISIC_`` + 7 digits, once, with a patient."""
+    names = table["image_name"]
+    bad = bad_image_names(names)
+    if bad:
+        raise _refused(path, f"{len(bad)} image names are not ISIC_ + 7 digits "
+                             f"(first: {bad[0]!r})")
+    if len(set(names)) != len(names):
+        seen: set[Cell] = set()
+        for n in names:
+            if n in seen:
+                raise _refused(path, f"image {n} is listed {names.count(n)} times")
+            seen.add(n)
+    no_patient = table["patient_id"].count(None)
+    if no_patient:
+        raise _refused(path, f"{no_patient} rows have no patient_id")
+
+
+def check_target(table: Table, path: Path) -> None:
+    """Every ``target`` a number equal to 0 or 1 (``1.0`` too: the value rules say more)."""
+    if not all(_number(v) in (0.0, 1.0) for v in dict.fromkeys(table["target"])):
+        raise _refused(path, "target must be 0 or 1 in every row")
+
+
+def check_ages(table: Table, path: Path) -> None:
+    """Every non-blank ``age_approx`` a whole number of years, 0 to 120 (``45.0`` too)."""
+    cells = table["age_approx"]
+
+    def whole(v: str) -> bool:
+        x = _number(v)
+        return x is not None and x % 1 == 0 and 0 <= x <= 120
+
+    verdict = {v: whole(v) for v in dict.fromkeys(cells) if v is not None}
+    if all(verdict.values()):
+        return
+    bad = [v for v in cells if v is not None and not verdict[v]]
+    raise _refused(path, f"age_approx is not a whole number of years in {len(bad)} rows "
+                         f"(first: {bad[0]!r})")
+
+
+def read_train_table(path: Path, role: str) -> Table:
+    """One training ground truth (v1 or v2), refused unless ``load_metadata`` can type it: the
+    names, then ``target``, then the ages, then the value rules (the first problem, one line)."""
+    table = read_metadata_table(path, role)
+    check_image_names(table, path)
+    check_target(table, path)
+    check_ages(table, path)
+    check_values(table, path)
+    return table
+
+
+def read_test_table(path: Path) -> Table:
+    """The test metadata (official ISIC or Kaggle column names, read as Kaggle's), refused as
+    :func:`read_train_table` says (no target)."""
+    table = read_metadata_table(path, "test_metadata")
+    check_image_names(table, path)
+    check_ages(table, path)
+    check_values(table, path)
+    return table
+
+
+def read_duplicates_table(path: Path, known: Collection[Cell] | None = None) -> Table:
+    """The duplicate pairs; with ``known`` (the training image names) every name must be in
+    it."""
+    table = read_metadata_table(path, "duplicates")
+    check_values(table, path)
+    for col in DUPLICATES_COLUMNS:
+        bad = bad_image_names(table[col])
+        if bad:
+            raise _refused(path, f"{len(bad)} names in {col} are not ISIC_ + 7 digits "
+                                 f"(first: {bad[0]!r})")
+    if known is not None:
+        names = set(known)
+        unknown = [n for col in DUPLICATES_COLUMNS for n in table[col] if n not in names]
+        if unknown:
+            raise VerificationError(
+                f"{path}: {len(unknown)} names are not in the training ground truth "
+                f"(first: {unknown[0]})",
+                "the metadata files do not belong together; run `isic2020 fetch` again",
+            )
+    return table

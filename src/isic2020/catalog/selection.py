@@ -5,7 +5,9 @@ Why it is built this way:
 * **Over the metadata, not the archive.** Users think in labels ("malignant, female, torso"),
   which only the CSVs hold; the frame is
   :func:`isic2020.catalog.tables.load_metadata`'s (Kaggle column names,
-  typed), so a ``--where`` that works in a notebook works here.
+  typed), so a ``--where`` that works in a notebook works here. Without ``--where`` only the
+  names and ``target`` are used, so ``--sample`` and ``--images`` choose from the pandas-free
+  :func:`~isic2020.catalog.tables.load_metadata_table` (the same names, ~96 MB of RSS less).
 * **One order of operations.** ``where`` filters the metadata, the images file intersects that,
   ``sample`` draws from what is left. So ``--where "target == 1" --sample 50`` means "50 of the
   malignant ones", the only reading that is not a surprise.
@@ -45,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported where used: `fetch --direct` imports this module, not pandas
     import pandas as pd
 
+from isic2020.catalog.table import Table
 from isic2020.errors import UsageError
 from isic2020.report import plural
 from isic2020.store.fsutil import remove_file
@@ -288,23 +291,36 @@ def _allocate(n: int, sizes: Sequence[int]) -> list[int]:
     return take
 
 
-def stratified_sample(df: pd.DataFrame, n: int, seed: int = 0) -> list[str]:
-    """``n`` image names stratified by ``target`` when the frame has one; metadata order."""
-    import pandas as pd
+def _names_and_strata(meta: pd.DataFrame | Table) -> tuple[list[str], list[str]]:
+    """The image names of ``load_metadata``'s frame or ``load_metadata_table``'s table, and
+    the stratum of each (its ``target`` as text: ``"0"``, ``"1"``; ``"all"`` without one)."""
+    if isinstance(meta, Table):
+        names = ["<NA>" if n is None else n for n in meta["image_name"]]
+        if "target" not in meta:
+            return names, ["all"] * len(names)
+        return names, ["<NA>" if t is None else t for t in meta["target"]]
+    names = meta["image_name"].astype(str).tolist()
+    if "target" not in meta.columns:
+        return names, ["all"] * len(names)
+    return names, meta["target"].astype("string").fillna("<NA>").tolist()
+
+
+def _sample(names: list[str], keys: list[str], n: int, seed: int) -> list[str]:
     if n <= 0:
         raise UsageError(f"--sample must be a positive number, not {n}")
-    names = df["image_name"].astype(str)
-    if "target" in df.columns:
-        keys = df["target"].astype("string").fillna("<NA>")
-    else:
-        keys = pd.Series("all", index=df.index)
-    groups = sorted(keys.unique())
-    members = [names[keys == g].tolist() for g in groups]
+    groups = sorted(set(keys))
+    members = [[s for s, k in zip(names, keys) if k == g] for g in groups]
     shares = _allocate(n, [len(m) for m in members])
     chosen: set[str] = set()
     for group, k in zip(members, shares):
         chosen.update(sorted(group, key=lambda s: _rank(seed, s))[:k])
     return [s for s in names if s in chosen]
+
+
+def stratified_sample(meta: pd.DataFrame | Table, n: int, seed: int = 0) -> list[str]:
+    """``n`` image names stratified by ``target`` when the metadata has one; metadata order.
+    The same names from the frame and from the table of the same CSVs."""
+    return _sample(*_names_and_strata(meta), n, seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,32 +378,39 @@ def _listing(items: Iterable[str]) -> str:
 
 
 def select_images(
-    df: pd.DataFrame,
+    df: pd.DataFrame | Table,
     *,
     images_file: str | Path | None = None,
     sample: int | None = None,
     seed: int = 0,
     where: str | None = None,
 ) -> list[str]:
-    """The image names chosen from the metadata frame ``df``, in the frame's order.
+    """The image names chosen from the metadata ``df``, in its order.
 
     ``where`` (a ``DataFrame.query`` expression) first, then the names of ``images_file``
     (each must be in ``df``: an unknown name is a UsageError listing the first few), then a
     stratified ``sample`` of ``N`` with ``seed``. With none of them: every image. An empty
     result is a UsageError saying which step emptied it.
+
+    ``df`` is :func:`~isic2020.catalog.tables.load_metadata`'s frame, or, when there is no
+    ``where`` (only the names and ``target`` are used), the pandas-free
+    :func:`~isic2020.catalog.tables.load_metadata_table` of the same CSVs: the same names.
     """
     if "image_name" not in df.columns:
         raise UsageError("the metadata has no image_name column", "load it with load_metadata")
     frame = df
     steps: list[str] = []
     if where is not None and where.strip():
-        frame = _query(frame, where)
+        if isinstance(df, Table):
+            raise TypeError("--where needs load_metadata's frame, not a Table")
+        frame = _query(df, where)
         steps.append(f"--where {where!r}")
         if frame.empty:
             raise UsageError(f"--where {where!r} matches no image", "loosen the condition")
+    names, keys = _names_and_strata(frame)
     if images_file is not None:
         wanted = read_images_file(images_file)
-        known = set(df["image_name"].astype(str))
+        known = set(names) if frame is df else set(_names_and_strata(df)[0])
         unknown = [n for n in wanted if n not in known]
         if unknown:
             raise UsageError(
@@ -395,20 +418,22 @@ def select_images(
                 f"({_listing(unknown)})",
                 "check the split (--split train or test) and the names",
             )
-        frame = frame[frame["image_name"].astype(str).isin(set(wanted))]
+        keep = set(wanted)
+        kept = [(n, k) for n, k in zip(names, keys) if n in keep]
+        names, keys = [n for n, _ in kept], [k for _, k in kept]
         steps.append(f"--images {images_file}")
-        if frame.empty:
+        if not names:
             raise UsageError(
                 f"no image of {images_file} is left after {' then '.join(steps[:-1])}",
                 "check the file against the condition",
             )
     if sample is not None:
-        return stratified_sample(frame, sample, seed)
-    return frame["image_name"].astype(str).tolist()
+        return _sample(names, keys, sample, seed)
+    return names
 
 
 def make_selection(
-    df: pd.DataFrame,
+    df: pd.DataFrame | Table,
     split: str,
     *,
     images_file: str | Path | None = None,

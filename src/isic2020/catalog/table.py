@@ -2,12 +2,13 @@
 
 Why: ``import pandas`` alone costs ~96 MB of RSS and ~0.3-0.5 s; the metadata checks of
 ``fetch`` and ``verify`` (``checks.metadata``) need no DataFrame, only the cells as strings. A
-fetch's peak RSS must stay under 150 MB, so those checks read the CSVs with this module and
-pandas stays for what really needs DataFrames (``catalog.tables``, folds, export, ``--where``).
+fetch's peak RSS must stay under 150 MB, so every metadata reader is this module, and pandas
+only turns a table into a frame where one is returned (``catalog.tables``: ``load_metadata``,
+folds, export, ``--where``).
 
 Invariants (the semantics of ``pd.read_csv(dtype="string", keep_default_na=False,
-na_values=[""])``, which ``catalog.metadata.read_metadata_csv`` uses, checked side by side in
-tests/catalog/test_table.py):
+na_values=[""])``, with which ``load_metadata`` read the CSVs before it was built on this
+reader; checked against ``pandas.read_csv`` in tests/catalog/test_table.py):
 
 * every cell is a ``str`` or ``None``; only an empty field (quoted or not) is ``None``: "NA",
   "nan", "null" stay strings;

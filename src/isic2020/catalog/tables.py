@@ -8,6 +8,11 @@ The training split prefers the v2 ground truth (it adds ``lesion_id``) and falls
 ``path`` is ``<NA>`` for images that are not on disk, and an :class:`ImagesMissingWarning`
 says how many are missing and how to fetch them: a silently half-filled ``path`` column is the
 kind of thing that only shows up as a crash an hour into training.
+
+One reader: the CSVs are read and refused by ``catalog.metadata`` (pandas-free tables, the
+stdlib ``csv`` module); pandas only turns a checked table into a frame here
+(:func:`metadata_frame`, then the dtypes), so a caller that needs no frame
+(:func:`load_metadata_table`: ``fetch --sample``/``--images``) never imports it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,10 +29,12 @@ from isic2020.catalog.manifest import FORMATS, SPLITS, Manifest, load_manifest
 from isic2020.catalog.metadata import (
     GROUND_TRUTH_COLUMNS,
     TEST_COLUMNS_KAGGLE,
-    bad_image_names,
-    check_values,
-    read_metadata_csv,
+    read_duplicates_table,
+    read_metadata_table,
+    read_test_table,
+    read_train_table,
 )
+from isic2020.catalog.table import Table
 from isic2020.errors import NothingThere, UsageError, VerificationError
 from isic2020.store.fsutil import atomic_file, output_error
 from isic2020.store.layout import Layout
@@ -99,6 +107,22 @@ def find_metadata_files(layout: Layout, manifest: Manifest) -> MetadataFiles:
     )
 
 
+def metadata_frame(table: Table) -> pd.DataFrame:
+    """A table as a frame of pandas strings (blanks ``<NA>``, a ``RangeIndex``): what
+    ``pd.read_csv(dtype="string", keep_default_na=False, na_values=[""])`` then ``str.strip``
+    gave when ``load_metadata`` read the CSVs with pandas."""
+    import pandas as pd
+
+    return pd.DataFrame({c: pd.array(list(cells), dtype="string")
+                         for c, cells in zip(table.columns, table.cells)})
+
+
+def read_metadata_frame(path: Path, role: str) -> pd.DataFrame:
+    """One official CSV as a frame of strings (:func:`metadata_frame` of
+    :func:`~isic2020.catalog.metadata.read_metadata_table`: the same names and errors)."""
+    return metadata_frame(read_metadata_table(path, role))
+
+
 def _category(values: pd.Series, known: list[str]) -> pd.Series:
     import pandas as pd
 
@@ -106,125 +130,75 @@ def _category(values: pd.Series, known: list[str]) -> pd.Series:
     return values.astype(pd.CategoricalDtype([*known, *extra]))
 
 
-def _ages(values: pd.Series, path: Path) -> pd.Series:
-    """Ages as nullable integers; the official files write ``45``, Kaggle's ``45.0``."""
+def _ages(values: pd.Series) -> pd.Series:
+    """Ages as nullable integers (checked whole numbers: the official files write ``45``,
+    Kaggle's ``45.0``)."""
     import pandas as pd
 
-    num = pd.to_numeric(values, errors="coerce")
-    bad = values.notna() & (num.isna() | (num % 1 != 0) | (num < 0) | (num > 120))
-    if bad.any():
-        raise VerificationError(
-            f"{path}: age_approx is not a whole number of years in {int(bad.sum())} rows "
-            f"(first: {values[bad].iloc[0]!r})",
-            "the file is not the official one; delete it and run `isic2020 fetch` again",
-        )
-    return num.round().astype("Int64")
+    return pd.to_numeric(values, errors="coerce").round().astype("Int64")
 
 
-def _check_names(df: pd.DataFrame, path: Path) -> None:
-    bad = bad_image_names(df["image_name"])
-    if bad:
-        raise VerificationError(
-            f"{path}: {len(bad)} image names are not ISIC_ + 7 digits (first: {bad[0]!r})",
-            "the file is not the official one; delete it and run `isic2020 fetch` again",
-        )
-    dup = df["image_name"][df["image_name"].duplicated()]
-    if len(dup):
-        raise VerificationError(
-            f"{path}: image {dup.iloc[0]} is listed {int((df['image_name'] == dup.iloc[0]).sum())}"
-            " times",
-            "the file is not the official one; delete it and run `isic2020 fetch` again",
-        )
-    if df["patient_id"].isna().any():
-        raise VerificationError(
-            f"{path}: {int(df['patient_id'].isna().sum())} rows have no patient_id",
-            "the file is not the official one; delete it and run `isic2020 fetch` again",
-        )
-
-
-def read_train(path: Path, role: str) -> pd.DataFrame:
-    """One training ground truth (v1 or v2) as a typed frame in :data:`TRAIN_COLUMNS` order."""
+def typed_train(table: Table) -> pd.DataFrame:
+    """A checked training table (:func:`~isic2020.catalog.metadata.read_train_table`) as a typed
+    frame in :data:`TRAIN_COLUMNS` order."""
     import pandas as pd
 
-    df = read_metadata_csv(path, role)
-    _check_names(df, path)
-    target = pd.to_numeric(df["target"], errors="coerce")
-    if target.isna().any() or not target.isin([0, 1]).all():
-        raise VerificationError(
-            f"{path}: target must be 0 or 1 in every row",
-            "the file is not the official one; delete it and run `isic2020 fetch` again",
-        )
+    df = metadata_frame(table)
     if "lesion_id" not in df.columns:
         df["lesion_id"] = pd.Series(pd.NA, index=df.index, dtype="string")
-    out = pd.DataFrame(
+    return pd.DataFrame(
         {
             "image_name": df["image_name"].astype("string"),
             "patient_id": df["patient_id"].astype("string"),
             "sex": _category(df["sex"], SEX_CATEGORIES),
-            "age_approx": _ages(df["age_approx"], path),
+            "age_approx": _ages(df["age_approx"]),
             "anatom_site_general_challenge": _category(
                 df["anatom_site_general_challenge"], SITE_CATEGORIES
             ),
             "diagnosis": df["diagnosis"].astype("category"),
             "benign_malignant": _category(df["benign_malignant"], BENIGN_MALIGNANT_CATEGORIES),
-            "target": target.astype("int64"),
+            "target": pd.to_numeric(df["target"], errors="coerce").astype("int64"),
             "lesion_id": df["lesion_id"].astype("string"),
         }
-    )
-    check_values(df, path)  # after the checks with their own words (target, ages)
-    return out.reset_index(drop=True)
+    ).reset_index(drop=True)
 
 
-def read_test(path: Path) -> pd.DataFrame:
-    """The test metadata (official ISIC or Kaggle column names) in Kaggle's names and dtypes."""
+def typed_test(table: Table) -> pd.DataFrame:
+    """A checked test table (:func:`~isic2020.catalog.metadata.read_test_table`) as a typed
+    frame in :data:`TEST_COLUMNS` order."""
     import pandas as pd
 
-    df = read_metadata_csv(path, "test_metadata")
-    _check_names(df, path)
-    out = pd.DataFrame(
+    df = metadata_frame(table)
+    return pd.DataFrame(
         {
             "image_name": df["image_name"].astype("string"),
             "patient_id": df["patient_id"].astype("string"),
             "sex": _category(df["sex"], SEX_CATEGORIES),
-            "age_approx": _ages(df["age_approx"], path),
+            "age_approx": _ages(df["age_approx"]),
             "anatom_site_general_challenge": _category(
                 df["anatom_site_general_challenge"], SITE_CATEGORIES
             ),
         }
-    )
-    check_values(df, path)  # after the checks with their own words (target, ages)
-    return out.reset_index(drop=True)
+    ).reset_index(drop=True)
 
 
-def read_duplicates(path: Path, known: pd.Series | None = None) -> pd.DataFrame:
+def read_train(path: Path, role: str) -> pd.DataFrame:
+    """One training ground truth (v1 or v2) as a typed frame in :data:`TRAIN_COLUMNS` order."""
+    return typed_train(read_train_table(path, role))
+
+
+def read_test(path: Path) -> pd.DataFrame:
+    """The test metadata (official ISIC or Kaggle column names) in Kaggle's names and dtypes."""
+    return typed_test(read_test_table(path))
+
+
+def read_duplicates(path: Path, known: Iterable[object] | None = None) -> pd.DataFrame:
     """The duplicate pairs; with ``known`` (the training image names) every name must be in it."""
-    import pandas as pd
-
-    df = read_metadata_csv(path, "duplicates")
-    check_values(df, path)
-    for col in ("image_name_1", "image_name_2"):
-        bad = bad_image_names(df[col])
-        if bad:
-            raise VerificationError(
-                f"{path}: {len(bad)} names in {col} are not ISIC_ + 7 digits (first: {bad[0]!r})",
-                "the file is not the official one; delete it and run `isic2020 fetch` again",
-            )
-    if known is not None:
-        names = pd.concat([df["image_name_1"], df["image_name_2"]])
-        unknown = names[~names.isin(set(known))]
-        if len(unknown):
-            raise VerificationError(
-                f"{path}: {len(unknown)} names are not in the training ground truth "
-                f"(first: {unknown.iloc[0]})",
-                "the metadata files do not belong together; run `isic2020 fetch` again",
-            )
-    return df.astype("string").reset_index(drop=True)
+    return metadata_frame(read_duplicates_table(path, None if known is None else set(known)))
 
 
-def load_train_tables(
-    layout: Layout, manifest: Manifest
-) -> tuple[pd.DataFrame, pd.DataFrame | None, MetadataFiles]:
-    """Training frame and duplicate pairs (``None`` if that CSV is absent), or one clear error."""
+def _train_source(layout: Layout, manifest: Manifest) -> tuple[MetadataFiles, Path, str]:
+    """The metadata files, the training CSV to read (v2 when present) and its role."""
     files = find_metadata_files(layout, manifest)
     if files.train is None:
         names = [e.name for r in ("ground_truth_v2", "ground_truth") if (e := manifest.role(r))]
@@ -232,13 +206,10 @@ def load_train_tables(
             f"no training metadata in {layout.metadata_dir} (looked for {' or '.join(names)})",
             fetch_hint(layout),
         )
-    role = "ground_truth_v2" if files.ground_truth_v2 else "ground_truth"
-    train = read_train(files.train, role)
-    pairs = read_duplicates(files.duplicates, train["image_name"]) if files.duplicates else None
-    return train, pairs, files
+    return files, files.train, "ground_truth_v2" if files.ground_truth_v2 else "ground_truth"
 
 
-def load_test_table(layout: Layout, manifest: Manifest) -> pd.DataFrame:
+def _test_source(layout: Layout, manifest: Manifest) -> Path:
     files = find_metadata_files(layout, manifest)
     if files.test_metadata is None:
         entry = manifest.role("test_metadata")
@@ -247,7 +218,37 @@ def load_test_table(layout: Layout, manifest: Manifest) -> pd.DataFrame:
             + (f" (looked for {entry.name})" if entry else ""),
             fetch_hint(layout),
         )
-    return read_test(files.test_metadata)
+    return files.test_metadata
+
+
+def load_metadata_table(
+    split: str, data_dir: str | os.PathLike[str] | None, manifest: Manifest
+) -> Table:
+    """The checked metadata of one split as a pandas-free :class:`Table` (the CSV's columns,
+    no ``path``): what ``--sample`` and ``--images`` choose from. The same files and the same
+    refusals as :func:`load_metadata` (the training split's duplicates list included)."""
+    layout = Layout.at(data_dir)
+    if split != "train":
+        return read_test_table(_test_source(layout, manifest))
+    files, path, role = _train_source(layout, manifest)
+    table = read_train_table(path, role)
+    if files.duplicates:
+        read_duplicates_table(files.duplicates, set(table["image_name"]))
+    return table
+
+
+def load_train_tables(
+    layout: Layout, manifest: Manifest
+) -> tuple[pd.DataFrame, pd.DataFrame | None, MetadataFiles]:
+    """Training frame and duplicate pairs (``None`` if that CSV is absent), or one clear error."""
+    files, path, role = _train_source(layout, manifest)
+    train = read_train(path, role)
+    pairs = read_duplicates(files.duplicates, train["image_name"]) if files.duplicates else None
+    return train, pairs, files
+
+
+def load_test_table(layout: Layout, manifest: Manifest) -> pd.DataFrame:
+    return read_test(_test_source(layout, manifest))
 
 
 def image_paths(

@@ -195,7 +195,7 @@ def _choose(
 ) -> tuple[Selection | None, str | None]:
     """The selection a member fetch would make, or None when the CSVs it is chosen from are
     not on disk yet (and why the ones there cannot be used, when they are)."""
-    from isic2020.catalog.tables import load_metadata
+    from isic2020.catalog.tables import load_metadata, load_metadata_table
 
     split, fmt = entry.split, entry.format
     if not what.subset:
@@ -204,9 +204,13 @@ def _choose(
     unusable: str | None = None  # why the CSVs on disk cannot be used to choose
     if _has_csvs(layout, man, split):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                df = load_metadata(split, layout.root, image_format=None, manifest=man.path)
+            if what.where and what.where.strip():  # a pandas query: the typed frame
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    df: Any = load_metadata(split, layout.root, image_format=None,
+                                            manifest=man.path)
+            else:  # --sample, --images: the same checks and names, without pandas
+                df = load_metadata_table(split, layout.root, man)
         except VerificationError as exc:
             # The fetch would download a CSV that changed since it was verified again
             # before choosing, so a damaged one is a reason to wait, not a failure.
