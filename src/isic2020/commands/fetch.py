@@ -172,7 +172,7 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
             # waits: it is chosen from them; ``--direct`` takes every member and does not);
             # the report lists the files in the manifest's order.
             small = SmallFiles(run, small_entries).start()
-            run.after_small = small.after
+            run.after_small, run.wait_small = small.after, small.wait
             for entry in (e for e in entries if e.is_archive):
                 if run.what.subset:
                     small.wait()

@@ -252,6 +252,8 @@ class FetchRun:
     #: archive, and what reads them (the metadata prechecks) must wait for them.
     after_small: Callable[[Callable[[], None]], None] = field(default=lambda fn: fn(),
                                                               repr=False)
+    #: Waits until the small files are in (raises the first of their errors).
+    wait_small: Callable[[], None] = field(default=lambda: None, repr=False)
 
     @property
     def members_only(self) -> bool:

@@ -31,6 +31,7 @@ from isic2020.catalog.selection import (
 )
 from isic2020.commands.fetch_options import FetchRun
 from isic2020.commands.fetch_report import FileOutcome
+from isic2020.errors import Interrupted, Isic2020Error, VerificationError
 from isic2020.store.fsutil import remove_file
 from isic2020.store.layout import Layout
 from isic2020.transfer.model import DownloadResult
@@ -58,6 +59,21 @@ def choose_subset(run: FetchRun, entry: FileEntry) -> Selection:
         df, entry.split, images_file=what.images, sample=what.sample, seed=what.seed,
         where=what.where, fmt=entry.format,
     )
+
+
+def _listed_not_found(run: FetchRun, entry: FileEntry, found: dict[str, Any]) -> list[str]:
+    """The images the split's (sha256-pinned) metadata lists that are not among ``found``;
+    none when the metadata cannot be read (the closing verify reports that instead)."""
+    from isic2020.catalog.tables import load_metadata_table
+
+    try:
+        run.wait_small()
+        table = load_metadata_table(entry.split, run.layout.root, run.manifest)
+    except Interrupted:
+        raise
+    except Isic2020Error:  # a CSV that failed is the fetch's error, raised after the archive
+        return []
+    return sorted(str(n) for n in table["image_name"] if n is not None and n not in found)
 
 
 def member_options(run: FetchRun) -> MemberFetchOptions:
@@ -88,9 +104,22 @@ def fetch_members(run: FetchRun, entry: FileEntry) -> FileOutcome:
     dest_dir = layout.images_dir(entry.format, entry.split)
     missing: list[str] = []
 
+    doubted: list[bool] = []  # a directory was doubted (and read again) once already
+
     def choose(remote: Any) -> list[Any]:
         found = image_members(remote, entry.format)
         if not subset:
+            absent = [] if doubted else _listed_not_found(run, entry, found)
+            if absent:
+                doubted.append(True)
+                # The pinned CSVs list images this directory lacks: a directory has no
+                # checksum, and one damaged in transit (a flipped byte in a name makes an image
+                # a stray file) would otherwise be cached and trusted by every later run. Read
+                # it again once (the member fetch drops the cache on this error); if the
+                # archive really lacks them, the closing verify says so.
+                raise VerificationError(
+                    f"{entry.name}: its {'cached ' if remote.from_cache else ''}directory lacks "
+                    f"{len(absent):,} image(s) the metadata lists ({', '.join(absent[:3])})")
             sel.names = sorted(found)
             return list(found.values())
         missing[:] = [n for n in sel.names if n not in found]
