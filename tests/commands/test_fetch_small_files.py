@@ -50,9 +50,9 @@ def test_the_csvs_are_in_flight_together_and_reported_in_manifest_order(dataset,
 
 
 def test_direct_reads_the_zip_while_the_csvs_download(dataset, tmp_path):
-    """``--direct`` takes every member, so it needs nothing from the CSVs: the zip's directory
-    and members are read while they download (a subset waits for them: it is chosen from
-    them). Before, the zip's first request came only after the last CSV was in."""
+    """``--direct`` takes every member: the zip's directory is read while the CSVs download
+    (a subset waits for them: it is chosen from them). Before, the zip's first request came
+    only after the last CSV was in."""
     csvs = {e.name for e in dataset.manifest.metadata("train")}
     zip_name = dataset.archive("train", "jpeg").name
     with FaultServer(dataset.root, prefix=PREFIX) as srv:

@@ -169,7 +169,8 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
                     **space.sizes}
         with overall(f"{run.what.split} {run.what.fmt}", expected, enabled=how.progress):
             # The CSVs download side by side, and beside the first archive (a subset's archive
-            # waits: it is chosen from them; ``--direct`` takes every member and does not);
+            # waits: it is chosen from them; ``--direct`` reads the zip's directory meanwhile and
+            # checks it against them before its members);
             # the report lists the files in the manifest's order.
             small = SmallFiles(run, small_entries).start()
             run.after_small, run.wait_small = small.after, small.wait
