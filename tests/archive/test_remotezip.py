@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from support.dataset import add_entry, add_symlink, files_under, flip_byte, install
+from support.interrupt import signal_mid_transfer
 from support.servers import (
     FaultServer,
     FlipByte,
@@ -741,7 +742,9 @@ def test_ctrl_c_during_direct_mode_stops_cleanly(big, tmp_path: Path) -> None:
             if out.is_dir() and sum(1 for _ in os.scandir(out)) > 600:
                 break
             time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
+        # Seen mid-transfer; but a loaded machine may run this test seconds later, when the
+        # fetch is over. The hold keeps a request of it unanswered until SIGINT is sent.
+        signal_mid_transfer(srv, TRAIN, proc, signal.SIGINT)
         try:
             _, err = proc.communicate(timeout=15)
         finally:
