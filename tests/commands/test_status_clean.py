@@ -65,7 +65,7 @@ def _interrupted_test_fetch(data: Path, dataset, srv: FaultServer) -> None:
     while not (read_json(state) or {}).get("done") \
             and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    signal_mid_transfer(srv, TEST_ZIP, proc, signal.SIGINT, hold=hold)
+    signal_mid_transfer(proc, signal.SIGINT, hold)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     srv.clear_faults()
