@@ -22,7 +22,7 @@ import pytest
 from support.cli import cli_cmd, cli_env, run_cli
 from support.fixtures import served_dataset
 from support.fs import read_only_dir, small_filesystem
-from support.interrupt import signal_mid_transfer
+from support.interrupt import PATIENT, signal_mid_transfer
 from support.servers import (
     FaultServer,
     Hold,
@@ -506,7 +506,7 @@ def test_sigkill_twenty_times_then_final_run_is_exact_and_resumed(dataset, tmp_p
 def test_sigint_leaves_resumable_state_and_one_line(dataset, tmp_path):
     root, manifest, blob = _big_archive_setup(dataset, tmp_path, size_mib=8)
     data = tmp_path / "d"
-    env = cli_env(manifest, ISIC2020_CHUNK_SIZE=str(256 * 1024))
+    env = cli_env(manifest, ISIC2020_CHUNK_SIZE=str(256 * 1024), **PATIENT)
     with FaultServer(root, prefix=PREFIX) as srv:
         srv.add_fault(Throttle(bytes_per_second=1_000_000), None, times=None)
         # The ranges from 1 MiB on wait until the signal is sent: the fetch cannot end before

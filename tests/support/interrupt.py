@@ -18,6 +18,12 @@ import time
 
 from support.servers import Hold
 
+#: The command's read timeout and retry window while it meets a hold (``cli_env(...,
+#: **PATIENT)``): longer than a hold may last (the 60 s below), so that a test that runs
+#: late finds the command still waiting at the hold, not given up on the server (the test
+#: environment's 5 s would end it).
+PATIENT = {"ISIC2020_READ_TIMEOUT": "120", "ISIC2020_RETRY_WINDOW": "120"}
+
 
 def signal_mid_transfer(
     proc: subprocess.Popen[str], sig: signal.Signals, hold: Hold, *, timeout: float = 60.0

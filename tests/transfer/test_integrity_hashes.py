@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from support.cli import cli_cmd, cli_env, run_cli
+from support.interrupt import PATIENT
 from support.servers import (
     CaptivePortal,
     FaultServer,
@@ -174,7 +175,7 @@ def test_an_interrupted_repair_is_resumed_by_the_next_run(dataset, tmp_path):
     blob = _zip_blob(12 * MiB, seed=11)
     root, manifest = _mirror(dataset, tmp_path, blob)
     data = tmp_path / "d"
-    env = cli_env(manifest, ISIC2020_CHUNK_SIZE=str(256 * 1024))
+    env = cli_env(manifest, ISIC2020_CHUNK_SIZE=str(256 * 1024), **PATIENT)
     connections = 4
     args = cli_cmd("fetch", "--data-dir", str(data), "--mirror", "", "--json", "--quiet",
                    "--connections", str(connections), *NO_EXTRACT)

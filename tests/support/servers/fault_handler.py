@@ -221,7 +221,7 @@ class FaultHandler(WireHandler):
     ) -> None:
         owner = self.owner
         hold = chosen.get("hold")
-        if hold is not None and isinstance(hold[1], Hold) and not hold[1].after:
+        if hold is not None and isinstance(hold[1], Hold):
             self._idle_now()
             hold[1].wait(owner._stop)
             if hold[1].then == "drop" or owner._stop.is_set():
@@ -414,8 +414,6 @@ class FaultHandler(WireHandler):
             elif flip is not None and isinstance(flip[1], FlipByte):
                 sent = self._send_flipped(info.path, fh, start, limit, flip[1].position(start, end),
                                           flip[1].mask)
-            elif hold is not None and isinstance(hold[1], Hold) and hold[1].after:
-                sent = self._send_held(info.path, fh, start, limit, rate, hold[1])
             else:
                 sent = self._send_body(info.path, fh, start, limit, rate)
         except (ConnectionError, TimeoutError, OSError):

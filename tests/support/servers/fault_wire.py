@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
 
-from .faults import Hold, Trickle
+from .faults import Trickle
 
 if TYPE_CHECKING:
     from .fault_server import FaultServer, QuietThreadingServer
@@ -138,20 +138,6 @@ class WireHandler(http.server.BaseHTTPRequestHandler):
             sent += len(block)
             owner._count(path, len(block))
         return sent
-
-    def _send_held(
-        self, path: str, fh: IO[bytes], start: int, count: int, rate: int | None, hold: Hold
-    ) -> int:
-        """``hold.after`` bytes, then wait for its release; then the rest, or (``drop``, or
-        the server closing) nothing more."""
-        sent = self._send_body(path, fh, start, min(hold.after, count), rate)
-        self._idle_now()
-        hold.wait(self.owner._stop)
-        if hold.then == "drop" or self.owner._stop.is_set():
-            return sent
-        self._counted = True  # serving again: busy
-        self.owner._busy(1)
-        return sent + self._send_body(path, fh, start + sent, count - sent, rate)
 
     def _send_body(self, path: str, fh: IO[bytes], start: int, count: int, rate: int | None) -> int:
         """Send ``count`` bytes from ``start``; count them as they go (for the tests)."""

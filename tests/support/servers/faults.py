@@ -127,9 +127,7 @@ class Hold(Fault):
     :meth:`release`; then ``then="serve"`` answers it normally, ``"drop"`` closes the
     connection without a byte (logged as ``"held"``). Once released it holds nothing more.
 
-    ``after=N`` sends the headers and N body bytes first (a request already in flight when
-    the test looks, e.g. a file fetched in one piece). A test that interrupts a command
-    "while it transfers" holds the transfer, waits for
+    A test that interrupts a command "while it transfers" holds the transfer, waits for
     :meth:`wait_held` (the command is then provably mid-work: a request of it is waiting),
     signals, then releases: no race with the command finishing first, whatever the machine's
     load. The only fault holding state of its own (its gate); :meth:`close` of the server
@@ -138,7 +136,6 @@ class Hold(Fault):
 
     then: Literal["serve", "drop"] = "serve"
     methods: tuple[str, ...] = ("GET",)
-    after: int = 0  # body bytes sent first: a response held mid-body (plain bodies only)
     kind: str = field(default="hold", init=False)
     _cond: threading.Condition = field(init=False, repr=False)
     _held: int = field(default=0, init=False, repr=False)
