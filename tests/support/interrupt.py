@@ -5,7 +5,7 @@ bytes served) and then send the signal. On a loaded machine the test may not run
 after it saw that progress; the command meanwhile finishes, and the signal tests nothing (or
 the test fails). The fix is by construction: *before the command starts*, the test installs a
 :class:`support.servers.Hold` on the requests that come after the progress it wants (a later
-range, a body after N bytes). The command cannot finish past the hold, however late the test
+range, a request that repeats one). The command cannot finish past the hold, however late the test
 runs; :func:`signal_mid_transfer` waits until one of its requests is held, sends the signal,
 and only then lets the held requests be answered.
 """
