@@ -23,9 +23,11 @@ from pathlib import Path
 
 import pytest
 from support.dataset import add_entry, add_symlink, files_under, flip_byte, install
+from support.interrupt import signal_mid_transfer
 from support.servers import (
     FaultServer,
     FlipByte,
+    Hold,
     IgnoreRange,
     ReplaceObject,
     Reset,
@@ -732,8 +734,16 @@ def test_ctrl_c_during_direct_mode_stops_cleanly(big, tmp_path: Path) -> None:
     with Interrupted, every file at a final path is complete, no temporary file is left."""
     out = tmp_path / "out"
     path = big.archive("train", "jpeg")
+    with zipfile.ZipFile(path) as zf:
+        cd = zf.start_dir
     with _serve(big.root) as srv:
         srv.throttle(1_000_000, TRAIN)
+        # The members from 40 % of the zip on (not its central directory, read first) wait
+        # until the signal is sent: the fetch cannot end before it, however late a loaded
+        # machine runs this test.
+        hold = Hold()
+        srv.add_fault(hold, TRAIN, times=None,
+                      when=lambda r: r.ranged and 0.4 * cd <= r.start < cd)
         proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, srv.url_for(TRAIN),
                                  str(out)], stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
@@ -741,7 +751,7 @@ def test_ctrl_c_during_direct_mode_stops_cleanly(big, tmp_path: Path) -> None:
             if out.is_dir() and sum(1 for _ in os.scandir(out)) > 600:
                 break
             time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
+        signal_mid_transfer(proc, signal.SIGINT, hold)
         try:
             _, err = proc.communicate(timeout=15)
         finally:

@@ -272,7 +272,7 @@ class Downloader:
         the repaired file's digests); the new verdict and the ranges replaced."""
         ranged = got.transfer is not None
         if got.transfer is not None:
-            got.transfer.finish()
+            got.transfer.keep()  # an interrupted repair resumes with the whole first copy
             got.transfer = None
         if t.observer is not None:
             t.observer.discard()  # what was unpacked came from damaged bytes

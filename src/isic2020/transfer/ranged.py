@@ -180,6 +180,19 @@ class RangedTransfer(SpanSink):
         """Flush the data to disk before the rename makes it final."""
         self.file.finish()
 
+    def keep(self) -> None:
+        """After :meth:`run`: one last checkpoint, so the state claims every byte, then
+        :meth:`finish`. For a file that stays partial a while (a failed hash: a second copy is
+        fetched first): a run interrupted then resumes it whole, not from the last periodic
+        checkpoint (which lags most on a loaded machine) re-fetching its tail."""
+        assert self.checkpoint is not None
+        try:
+            self.checkpoint.flush()
+        except OSError as exc:
+            self.close()
+            raise disk_error(exc, self.file.state_path) from None
+        self.finish()
+
     def close(self) -> None:
         self.file.close()
 

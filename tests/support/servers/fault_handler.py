@@ -31,6 +31,7 @@ from .faults import (
     FaultRule,
     FlipByte,
     GzipBody,
+    Hold,
     PartSizeClaim,
     Redirect,
     Reset,
@@ -219,6 +220,16 @@ class FaultHandler(WireHandler):
         n_parts: int,
     ) -> None:
         owner = self.owner
+        hold = chosen.get("hold")
+        if hold is not None and isinstance(hold[1], Hold):
+            self._idle_now()
+            hold[1].wait(owner._stop)
+            if hold[1].then == "drop" or owner._stop.is_set():
+                self.close_connection = True
+                self._record(None, 0, names, "held")
+                return
+            self._counted = True  # serving now: busy again
+            owner._busy(1)
         stall = chosen.get("stall")
         if stall is not None:
             sf = stall[1]

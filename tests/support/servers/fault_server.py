@@ -88,6 +88,7 @@ class FaultServer(Lifecycle):
         self._idle = threading.Condition(self._lock)
         self._active = 0
         self._peak_active = 0
+        self._live: set[socket.socket] = set()  # connections whose handler is still running
         self._httpd: QuietThreadingServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -129,6 +130,11 @@ class FaultServer(Lifecycle):
                 conn.shutdown(socket.SHUT_RDWR)
         if thread is not None:
             thread.join(timeout=2)
+        # The handlers of stalled or held requests only log them once they wake from their
+        # wait; a loaded machine may run those threads late. Wait for them, so that the log
+        # read after close() holds every request (a stalled one too), not most of them.
+        with self._idle:
+            self._idle.wait_for(lambda: not self._live, timeout=5)
 
     close = stop
 
@@ -423,8 +429,11 @@ class FaultServer(Lifecycle):
             self._log.append(entry)
 
     def _track(self, conn: socket.socket, add: bool) -> None:
-        with self._lock:
+        with self._idle:
             if add:
                 self._conns.add(conn)
+                self._live.add(conn)
             else:
                 self._conns.discard(conn)
+                self._live.discard(conn)
+                self._idle.notify_all()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -117,6 +119,58 @@ class Stall(Fault):
 
     def applies(self, req: RequestInfo) -> bool:
         return self.before_headers or req.method == "GET"
+
+
+@dataclass
+class Hold(Fault):
+    """Keep each request it hits unanswered (nothing sent, not counted as busy) until
+    :meth:`release`; then ``then="serve"`` answers it normally, ``"drop"`` closes the
+    connection without a byte (logged as ``"held"``). Once released it holds nothing more.
+
+    A test that interrupts a command "while it transfers" holds the transfer, waits for
+    :meth:`wait_held` (the command is then provably mid-work: a request of it is waiting),
+    signals, then releases: no race with the command finishing first, whatever the machine's
+    load. The only fault holding state of its own (its gate); :meth:`close` of the server
+    ends a hold too.
+    """
+
+    then: Literal["serve", "drop"] = "serve"
+    methods: tuple[str, ...] = ("GET",)
+    kind: str = field(default="hold", init=False)
+    _cond: threading.Condition = field(init=False, repr=False)
+    _held: int = field(default=0, init=False, repr=False)
+    _open: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._cond = threading.Condition()
+
+    def applies(self, req: RequestInfo) -> bool:
+        return req.method in self.methods
+
+    @property
+    def held(self) -> int:
+        """How many requests this hold has caught so far (waiting or released)."""
+        with self._cond:
+            return self._held
+
+    def wait_held(self, n: int = 1, timeout: float = 60.0) -> bool:
+        """Wait until ``n`` requests have been caught; True if they were in time."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._held >= n, timeout)
+
+    def release(self) -> None:
+        with self._cond:
+            self._open = True
+            self._cond.notify_all()
+
+    def wait(self, stop: threading.Event, timeout: float = 120.0) -> None:
+        """(The server's side.) Count this request, then wait for the release (or ``stop``)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._held += 1
+            self._cond.notify_all()
+            while not self._open and not stop.is_set() and time.monotonic() < deadline:
+                self._cond.wait(0.05)
 
 
 @dataclass
