@@ -63,17 +63,24 @@ def choose_subset(run: FetchRun, entry: FileEntry) -> Selection:
 
 def _listed_not_found(run: FetchRun, entry: FileEntry, found: dict[str, Any]) -> list[str]:
     """The images the split's (sha256-pinned) metadata lists that are not among ``found``;
-    none when the metadata cannot be read (the closing verify reports that instead)."""
+    none when the metadata cannot be read (the closing verify reports that instead). The
+    names come from the closing verify's metadata precheck when it ran (the CSVs are read
+    once per fetch), else from the CSVs."""
     from isic2020.catalog.tables import load_metadata_table
 
     try:
         run.wait_small()
-        table = load_metadata_table(entry.split, run.layout.root, run.manifest)
+        pre = run.precheck.result() if run.precheck is not None else None
+        roles = ("ground_truth", "ground_truth_v2") if entry.split == "train" else (
+            "test_metadata",)
+        names = next((pre[1][r] for r in roles if pre is not None and r in pre[1]), None)
+        if names is None:
+            names = load_metadata_table(entry.split, run.layout.root, run.manifest)
     except Interrupted:
         raise
     except Isic2020Error:  # a CSV that failed is the fetch's error, raised after the archive
         return []
-    return sorted(str(n) for n in table["image_name"] if n is not None and n not in found)
+    return sorted(str(n) for n in names["image_name"] if n is not None and n not in found)
 
 
 def member_options(run: FetchRun) -> MemberFetchOptions:
