@@ -26,8 +26,9 @@ from pathlib import Path
 
 from isic2020.archive.decode import present_files
 from isic2020.archive.remote import RemoteMember, RemoteZip, cache_key, load_cached, save_cached
-from isic2020.archive.rules import Refused, plan_entries
+from isic2020.archive.rules import Refused, image_file_name, plan_entries
 from isic2020.archive.zipformat import BadZip, read_directory
+from isic2020.catalog.manifest import EXTENSIONS
 
 
 def directory_path(state_dir: Path, archive: str) -> Path:
@@ -87,10 +88,17 @@ class Missing:
 def missing_members(remote: RemoteZip, fmt: str, folder: Path) -> Missing:
     """Every image member of ``remote`` whose file in ``folder`` is absent or not its size: by
     names, from one ``scandir`` (a stray file never stands in for a missing image). Refused
-    when the directory breaks the rules (raised as :class:`Refused`)."""
+    when something is missing and the directory breaks the rules (raised as :class:`Refused`).
+
+    The folder is first compared by canonical names alone, which is what a re-run of a complete
+    fetch pays (no rule decides anything when no byte is to be written); only when an image is
+    absent or not its size are the entries put through the rules, which then decide what may be
+    written, and where."""
+    present = present_files(folder)
+    if _complete(remote, fmt, present):
+        return Missing([], [], [])
     plan = plan_entries(remote.members, fmt, remote.size)
     remote.checked = remote.members
-    present = present_files(folder)
     out = Missing([], [], [])
     for m in plan.members:
         have = present.get(m.final)
@@ -99,6 +107,16 @@ def missing_members(remote: RemoteZip, fmt: str, folder: Path) -> Missing:
         out.members.append(m.entry)
         (out.absent if have is None else out.wrong_size).append(m.final)
     return out
+
+
+def _complete(remote: RemoteZip, fmt: str, present: dict[str, int]) -> bool:
+    """Is every image entry of ``remote`` in ``present`` (file name -> size) with its size?"""
+    ext = EXTENSIONS[fmt]
+    for e in remote.members:
+        final = image_file_name(e.name, ext)
+        if final is not None and present.get(final) != e.file_size:
+            return False
+    return True
 
 
 def repair_needs(

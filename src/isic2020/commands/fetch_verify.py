@@ -43,9 +43,7 @@ def selection_fingerprint(layout: Layout, man: Manifest, split: str, fmt: str) -
             folder = layout.images_dir(fmt, s)
             try:
                 st = folder.stat()
-                with os.scandir(folder) as it:
-                    count = sum(1 for _ in it)
-                parts.append([str(folder), st.st_mtime_ns, st.st_ino, count])
+                parts.append([str(folder), st.st_mtime_ns, st.st_ino, len(os.listdir(folder))])
             except OSError:
                 parts.append([str(folder), None])
         extra = [layout.state_dir / "selections" / f"{s}-{fmt}.json"]
