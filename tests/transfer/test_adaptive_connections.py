@@ -18,7 +18,7 @@ import pytest
 from support.servers import FaultServer, Status
 
 from isic2020.commands.fetch_options import download_options
-from isic2020.transfer.adaptive import Growth
+from isic2020.transfer.adaptive import MAX_RETRY_WINDOWS, RETRY_WINDOWS, Growth
 from isic2020.transfer.engine import Downloader
 from isic2020.transfer.http import Timeouts
 from isic2020.transfer.model import DownloadOptions
@@ -150,8 +150,37 @@ def test_growth_keeps_a_step_only_when_the_rate_rose():
     g = Growth(16, 100)
     assert g.window(32.0, has_work=True) == 32  # first window: a base, then twice as many
     assert g.window(60.0, has_work=True) == 64  # +87% for +100% connections: kept
-    assert g.window(66.0, has_work=True) == 32  # +10% for +100%: withdrawn, stopped
-    assert g.stopped and g.window(500.0, has_work=True) == 32
+    assert g.window(66.0, has_work=True) == 32  # +10% for +100%: withdrawn
+    assert not g.stopped
+
+
+def test_a_step_that_did_not_pay_is_tried_again_ever_more_rarely():
+    # One window is a small sample: a moment of a busy CPU must not hold a capped download at
+    # half its rate for good, yet a link that is the bottleneck is asked ever more rarely.
+    g = Growth(16, 64)
+    assert g.window(30.0, has_work=True) == 32
+    assert g.window(31.0, has_work=True) == 16  # no faster: withdrawn
+    waits = []
+    for _ in range(5):
+        n = 0
+        while g.window(30.0, has_work=True) == 16:  # waits at 16, then tries 32 again
+            n += 1
+            assert n < 100
+        waits.append(n)
+        assert g.window(30.5, has_work=True) == 16  # still no faster: withdrawn again
+    assert waits == [RETRY_WINDOWS, 2 * RETRY_WINDOWS, 4 * RETRY_WINDOWS, MAX_RETRY_WINDOWS,
+                     MAX_RETRY_WINDOWS]
+    while g.window(30.0, has_work=True) == 16:
+        pass
+    assert g.window(60.0, has_work=True) == 64  # the retried step paid: kept, and on
+    assert g.window(200.0, has_work=False) == 64  # no work for more: no step
+
+
+def test_a_throttled_pool_never_grows_again():
+    g = Growth(16, 100)
+    assert g.window(32.0, has_work=True) == 32
+    assert g.throttled() == 16 and g.stopped
+    assert all(g.window(500.0 * i, has_work=True) == 16 for i in range(1, 200))
     capped = Growth(16, 20)
     assert capped.window(1.0, has_work=True) == 20  # never past the ceiling
     fixed = Growth(8, 8)

@@ -28,7 +28,6 @@ Words: a *row* is one file of the dry run; *plan* appears here only in the archi
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -195,7 +194,7 @@ def _choose(
 ) -> tuple[Selection | None, str | None]:
     """The selection a member fetch would make, or None when the CSVs it is chosen from are
     not on disk yet (and why the ones there cannot be used, when they are)."""
-    from isic2020.catalog.tables import load_metadata, load_metadata_table
+    from isic2020.catalog.tables import selection_metadata
 
     split, fmt = entry.split, entry.format
     if not what.subset:
@@ -204,13 +203,7 @@ def _choose(
     unusable: str | None = None  # why the CSVs on disk cannot be used to choose
     if _has_csvs(layout, man, split):
         try:
-            if what.where and what.where.strip():  # a pandas query: the typed frame
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    df: Any = load_metadata(split, layout.root, image_format=None,
-                                            manifest=man.path)
-            else:  # --sample, --images: the same checks and names, without pandas
-                df = load_metadata_table(split, layout.root, man)
+            df = selection_metadata(split, layout.root, man, what.where)
         except VerificationError as exc:
             # The fetch would download a CSV that changed since it was verified again
             # before choosing, so a damaged one is a reason to wait, not a failure.

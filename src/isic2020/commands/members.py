@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import warnings
 from typing import TYPE_CHECKING, Any
 
 from isic2020.catalog.manifest import FileEntry
@@ -43,18 +42,12 @@ if TYPE_CHECKING:
 def choose_subset(run: FetchRun, entry: FileEntry) -> Selection:
     """The images of ``entry``'s split that ``run.what`` chooses (every one for ``--direct``:
     the names are filled in from the archive)."""
-    from isic2020.catalog.tables import load_metadata, load_metadata_table
+    from isic2020.catalog.tables import selection_metadata
 
     what = run.what
     if not what.subset:
         return Selection(split=entry.split, names=[], format=entry.format)
-    if what.where and what.where.strip():  # a pandas query: the typed frame
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            df: Any = load_metadata(entry.split, run.layout.root, image_format=None,
-                                    manifest=run.manifest.path)
-    else:  # --sample, --images: names and targets, no pandas (~96 MB of RSS less)
-        df = load_metadata_table(entry.split, run.layout.root, run.manifest)
+    df = selection_metadata(entry.split, run.layout.root, run.manifest, what.where)
     return make_selection(
         df, entry.split, images_file=what.images, sample=what.sample, seed=what.seed,
         where=what.where, fmt=entry.format,

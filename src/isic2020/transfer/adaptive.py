@@ -11,15 +11,21 @@ The rule (:class:`Growth`, pure arithmetic, no threads: the pool asks it once pe
 - add ``k`` more (as many as run, at least :data:`MIN_STEP`, up to ``ceiling``) when
   there is work for them; keep them when the next window's rate rose by at least
   :data:`GAIN` of what linear scaling would give (``k / n``), else go back to the count
-  before and stop growing for good: a rate that no longer rises means the bottleneck is
-  elsewhere (the link, the disk, the CPU), and more connections only cost the server;
+  before: a rate that does not rise means the bottleneck is elsewhere (the link, the disk,
+  the CPU), and more connections only cost the server;
+- after a step that did not pay, try the same step again only after :data:`RETRY_WINDOWS`
+  windows, twice as many after each further one (at most :data:`MAX_RETRY_WINDOWS`): one
+  window is a small sample, and a machine that was busy for a moment (the unpacking of a
+  streamed zip starting, another process) would otherwise hold a capped download at half
+  its rate for the rest of a 23 GB file, while retrying costs the server one window of the
+  extra connections each time, ever more rarely;
 - a throttling answer (503 SlowDown, 429, a body below the lowest speed: the throttle counts
   them) stops growing for good and withdraws the last step; the throttle's own AIMD (halving,
   then slow additive increase back up to the count here) does the rest;
 - ``start == ceiling`` (``--connections N``) is a fixed count: no step is ever taken.
 
 Invariants: ``start <= target <= ceiling`` until a withdrawal, and ``1 <= target`` always;
-once stopped, the target never rises again.
+once stopped (throttled), the target never rises again.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ WINDOW = 0.5
 MIN_STEP = 4
 #: A step is kept when the rate rose by at least this share of ``k / n`` (linear scaling).
 GAIN = 0.25
+#: Windows to wait before trying again a step that did not pay (doubled after each failure).
+RETRY_WINDOWS = 4
+#: The longest wait between two trials of a step (in windows: 16 s).
+MAX_RETRY_WINDOWS = 32
 
 
 @dataclass
@@ -44,8 +54,10 @@ class Growth:
     gain: float = GAIN
     target: int = 0
     stopped: bool = False
+    retry_in: int = 0  # windows left before the next trial (after a step that did not pay)
     _base: float | None = None  # the rate at the count before the step in trial
     _before: int = 0  # the count before the step in trial (0: none in trial)
+    _backoff: int = RETRY_WINDOWS  # the wait after the next step that does not pay
 
     def __post_init__(self) -> None:
         self.start = max(1, self.start)
@@ -66,12 +78,16 @@ class Growth:
             return self.target
         if self._before:
             n, k = self._before, self.target - self._before
-            base = self._base or 0.0
-            if rate < base * (1 + self.gain * k / n):
-                return self._stop(withdraw=True)
             self._before = 0
+            if rate < (self._base or 0.0) * (1 + self.gain * k / n):
+                self.target = n  # withdrawn: the same step is tried again later
+                self.retry_in = self._backoff
+                self._backoff = min(2 * self._backoff, MAX_RETRY_WINDOWS)
+                return self.target
         self._base = rate
-        if has_work and rate > 0 and self.target < self.ceiling:
+        if self.retry_in:
+            self.retry_in -= 1
+        elif has_work and rate > 0 and self.target < self.ceiling:
             step = min(self.ceiling - self.target, max(MIN_STEP, self.target))
             self._before = self.target
             self.target += step

@@ -277,7 +277,6 @@ class RangePool:
                     continue
                 now, got = time.monotonic(), self.client.transferred
                 rate = (got - last_bytes) / max(now - last_t, 1e-6)
-                last_bytes, last_t = got, now
                 before = self.growth.target
                 throttled = throttle.slowdowns != seen
                 if throttled:
@@ -288,6 +287,9 @@ class RangePool:
                 self._say_count(before, target, rate, throttled)
                 if self.growth.stopped:
                     return
+                # The next window starts once the new count runs: starting threads on a busy
+                # CPU can take most of a window, which would then measure the old count.
+                last_bytes, last_t = self.client.transferred, time.monotonic()
 
     def _say_count(self, before: int, target: int, rate: float, throttled: bool) -> None:
         """One ``--verbose`` line for a change of the count, or for the end of its growth."""
@@ -300,7 +302,8 @@ class RangePool:
             self.log(f"{self.label}connections: {before} -> {target} (aggregate {speed})")
             return
         elif target < before:
-            why = f"{before} connections were no faster ({speed})"
+            why = (f"{before} connections were no faster ({speed}); trying again in "
+                   f"{self.growth.retry_in * self.window:g} s")
         else:
             why = f"growth ended ({speed})"
         self.log(f"{self.label}connections: staying at {target}: {why}")
