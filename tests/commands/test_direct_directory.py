@@ -40,15 +40,26 @@ def test_a_damaged_cached_directory_is_read_again(dataset, mirror, tmp_path: Pat
     victim[col] = victim[col].replace("ISIC_", "ISIC^")  # one flipped bit: 0x5F -> 0x5E
     cache.write_bytes(gzip.compress(json.dumps(doc).encode()))
     (data / "jpeg" / "train" / image).unlink()  # so the damaged directory must be relied on
+    # and one image the damaged directory still names: fetched before the directory is
+    # doubted (the check waits for the CSVs, the members do not), found in place after
+    other = next(row for row in doc["members"] if row[col].endswith(".jpg") and row is not victim)
+    other_image = other[col].rsplit("/", 1)[-1]
+    sizes = {image: victim[doc["columns"].index("file_size")],
+             other_image: other[doc["columns"].index("file_size")]}
+    (data / "jpeg" / "train" / other_image).unlink()
 
     again = _fetch(dataset, mirror, data)
 
     assert again.returncode == 0, again.stderr[-2000:]
     assert (data / "jpeg" / "train" / image).is_file()
+    assert (data / "jpeg" / "train" / other_image).stat().st_size == sizes[other_image]
     report = json.loads(again.stdout)
     assert report["verification"]["ok"]
     (entry,) = (f for f in report["files"] if f["name"] == ZIP)
     assert entry["extraction"]["directory_cached"] is False  # read again from the server
-    assert entry["extraction"]["written"] == 1
+    # both passes counted: the two images written once each, none counted as already there
+    assert entry["extraction"]["written"] == 2
+    assert entry["extraction"]["bytes_written"] == sum(sizes.values())
+    assert entry["extraction"]["skipped"] == 40 - 2
     healed = json.loads(gzip.decompress(cache.read_bytes()))
     assert all("ISIC^" not in row[col] for row in healed["members"])

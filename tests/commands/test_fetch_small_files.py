@@ -6,6 +6,7 @@ that arrived before that much time had passed overlapped it."""
 from __future__ import annotations
 
 import json
+import zipfile
 
 import pytest
 from support.cli import cli_env, run_cli
@@ -75,3 +76,38 @@ def test_direct_reads_the_zip_while_the_csvs_download(dataset, tmp_path):
                for g in csv_gets), "the zip was read only after the CSVs were in"
     doc = json.loads(r.stdout)
     assert doc["ok"] and doc["verification"]["ok"]
+
+
+def test_direct_fetches_the_members_while_the_csvs_download(dataset, tmp_path):
+    """``--direct`` checks the zip's directory against the CSVs (a damaged directory lacks
+    images they list) once the members are in, so the members need not wait for the CSVs.
+    Before, the first member's request came only after every CSV was in and read."""
+    csvs = {e.name for e in dataset.manifest.metadata("train")}
+    zip_name = dataset.archive("train", "jpeg").name
+    with zipfile.ZipFile(next(dataset.root.rglob(zip_name))) as z:
+        start_dir = z.start_dir  # members lie below it, the directory from it on
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        for name in csvs:
+            srv.throttle(RATE, name)
+        r = run_cli("fetch", "--split", "train", "--direct", "--data-dir", str(tmp_path / "d"),
+                    "--mirror", srv.url, "--json", env=cli_env(dataset.manifest_path),
+                    timeout=300)
+        log = srv.requests(method="GET")
+    assert r.returncode == 0, r.stderr
+
+    def name(g) -> str:
+        return g.path.rsplit("/", 1)[-1]
+
+    def members_only(g) -> bool:  # a ranged GET that ends before the directory
+        last = (g.header("Range") or "").rpartition("-")[2]
+        return last.isdigit() and int(last) < start_dir
+
+    csv_gets = [g for g in log if name(g) in csvs and g.bytes_sent > 0]
+    member_gets = [g for g in log if name(g) == zip_name and members_only(g)]
+    assert csv_gets and member_gets
+    first_member = min(g.arrived for g in member_gets)
+    assert any(first_member < g.arrived + 0.5 * g.bytes_sent / RATE
+               for g in csv_gets), "the members were fetched only after the CSVs were in"
+    doc = json.loads(r.stdout)
+    assert doc["ok"] and doc["verification"]["ok"]
+    assert doc["files"][-1]["extraction"]["written"] == 60

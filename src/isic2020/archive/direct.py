@@ -53,6 +53,7 @@ def fetch_remote_members(
     *,
     cache: Path | None = None,
     expected_etag: str | None = None,
+    confirm: Callable[[RemoteZip], None] | None = None,
     **keywords: Any,
 ) -> tuple[RemoteZip, FetchMembersResult]:
     """Open the archive at the first URL that works and fetch ``choose(remote)`` into place.
@@ -63,6 +64,13 @@ def fetch_remote_members(
     drops the cached directory, re-reads it and goes on with ``check_existing="crc"`` so no
     file of the old version is trusted by size alone. A ``file://`` URL is read in place by
     offset (never copied whole).
+
+    ``confirm(remote)`` runs once the chosen members are in place and may raise
+    :class:`VerificationError` to doubt the directory (it lacks what the metadata lists): the
+    directory is then dropped and read again once, like one a member disagreed with, and the
+    members are chosen again (those already in place are skipped by size; the report counts
+    both passes). Why afterwards: such a check waits for the metadata CSVs, the members need
+    not, and every member written was proven by its own CRC-32 either way.
     """
     opts = (options or MemberFetchOptions()).but(**keywords)
     retry = opts.retry or RetryPolicy()
@@ -79,8 +87,10 @@ def fetch_remote_members(
     http_urls = list(urls)
     if not http_urls:
         raise UsageError("no URL for this archive", "give a --mirror or fix the manifest")
+    earlier: list[FetchMembersResult] = []  # passes whose directory ``confirm`` doubted
     while i < len(http_urls):
         url = http_urls[i]
+        res: FetchMembersResult | None = None
         try:
             remote = open_remote(url, cache, timeouts=opts.timeouts, retry=retry,
                                  expected_etag=expected_etag, connections=opts.connections)
@@ -88,6 +98,10 @@ def fetch_remote_members(
             _LOG.debug("%s: %d members from %s (directory %s)", remote.name, len(chosen), url,
                        "cached" if remote.from_cache else f"read, {remote.bytes_read} bytes")
             res = fetch_members(remote, chosen, dest, opts, check_existing=check)
+            if confirm is not None:
+                confirm(remote)
+            for prev in earlier:
+                res.fold_in(prev)
             return remote, res
         except ObjectChanged as exc:
             restarts += 1
@@ -103,8 +117,11 @@ def fetch_remote_members(
             raise
         except VerificationError as exc:
             # A directory has no checksum: one damaged in transit disagrees with a member's
-            # local header (name, method) or CRC/size. Never keep it: drop the cache and read
-            # the directory once more from this host before blaming the archive.
+            # local header (name, method) or CRC/size, or lacks images (``confirm``). Never
+            # keep it: drop the cache and read the directory once more from this host before
+            # blaming the archive.
+            if res is not None:
+                earlier.append(res)
             _drop(cache)
             if rereads.get(url, 0) < 1:
                 rereads[url] = rereads.get(url, 0) + 1

@@ -113,6 +113,19 @@ class FetchMembersResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def fold_in(self, earlier: FetchMembersResult) -> None:
+        """Count an earlier pass of the same job too (its directory was doubted and read
+        again): what it wrote this pass found in place, and its bytes crossed the network."""
+        moved = min(earlier.written, self.skipped)
+        self.written += moved
+        self.skipped -= moved
+        self.spans += earlier.spans
+        self.bytes_transferred += earlier.bytes_transferred
+        self.bytes_wanted += earlier.bytes_wanted
+        self.bytes_written += earlier.bytes_written
+        self.retries += earlier.retries
+        self.seconds = round(self.seconds + earlier.seconds, 3)
+
 
 def unsafe_members(remote: RemoteZip) -> list[tuple[str, str]]:
     """``(name, why)`` for every entry the rules refuse as unsafe."""

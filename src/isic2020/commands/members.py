@@ -105,25 +105,31 @@ def fetch_members(run: FetchRun, entry: FileEntry) -> FileOutcome:
     missing: list[str] = []
 
     doubted: list[bool] = []  # a directory was doubted (and read again) once already
+    chosen: dict[str, Any] = {}  # the image members of the directory last chosen from
 
     def choose(remote: Any) -> list[Any]:
         found = image_members(remote, entry.format)
+        chosen.clear()
+        chosen.update(found)
         if not subset:
-            absent = [] if doubted else _listed_not_found(run, entry, found)
-            if absent:
-                doubted.append(True)
-                # The pinned CSVs list images this directory lacks: a directory has no
-                # checksum, and one damaged in transit (a flipped byte in a name makes an image
-                # a stray file) would otherwise be cached and trusted by every later run. Read
-                # it again once (the member fetch drops the cache on this error); if the
-                # archive really lacks them, the closing verify says so.
-                raise VerificationError(
-                    f"{entry.name}: its {'cached ' if remote.from_cache else ''}directory lacks "
-                    f"{len(absent):,} image(s) the metadata lists ({', '.join(absent[:3])})")
             sel.names = sorted(found)
             return list(found.values())
         missing[:] = [n for n in sel.names if n not in found]
         return [found[n] for n in sel.names if n in found]
+
+    def confirm(remote: Any) -> None:
+        # The pinned CSVs list images this directory lacks: a directory has no checksum, and
+        # one damaged in transit (a flipped byte in a name makes an image a stray file) would
+        # otherwise be cached and trusted by every later run. Read it again once (the member
+        # fetch drops the cache on this error, then fetches what is still missing); if the
+        # archive really lacks them, the closing verify says so. Checked once the members
+        # are in place, so that they need not wait for the CSVs.
+        absent = [] if subset or doubted else _listed_not_found(run, entry, chosen)
+        if absent:
+            doubted.append(True)
+            raise VerificationError(
+                f"{entry.name}: its {'cached ' if remote.from_cache else ''}directory lacks "
+                f"{len(absent):,} image(s) the metadata lists ({', '.join(absent[:3])})")
 
     t0 = time.monotonic()
     remote, res = fetch_remote_members(
@@ -133,6 +139,7 @@ def fetch_members(run: FetchRun, entry: FileEntry) -> FileOutcome:
         member_options(run),
         cache=cache_path(layout.state_dir, entry.name),
         expected_etag=entry.etag,
+        confirm=confirm,
     )
     if record:
         _record_selection(layout, entry, sel, subset, reset)
