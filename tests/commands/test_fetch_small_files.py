@@ -50,22 +50,32 @@ def test_the_csvs_are_in_flight_together_and_reported_in_manifest_order(dataset,
     assert len({p for pair in overlapping for p in pair}) >= 3  # more than one pair at once
 
 
+def name(g) -> str:
+    """The file a logged request asked for."""
+    return g.path.rsplit("/", 1)[-1]
+
+
+def _direct_with_capped_csvs(dataset, csvs, tmp_path):
+    """``fetch --split train --direct`` from a FaultServer that caps each CSV response at
+    RATE; the result (exit 0 asserted) and the server's log."""
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        for csv in csvs:
+            srv.throttle(RATE, csv)
+        r = run_cli("fetch", "--split", "train", "--direct", "--data-dir", str(tmp_path / "d"),
+                    "--mirror", srv.url, "--json", env=cli_env(dataset.manifest_path),
+                    timeout=300)
+        log = srv.requests()
+    assert r.returncode == 0, r.stderr
+    return r, log
+
+
 def test_direct_reads_the_zip_while_the_csvs_download(dataset, tmp_path):
     """``--direct`` takes every member: the zip's directory is read while the CSVs download
     (a subset waits for them: it is chosen from them). Before, the zip's first request came
     only after the last CSV was in."""
     csvs = {e.name for e in dataset.manifest.metadata("train")}
     zip_name = dataset.archive("train", "jpeg").name
-    with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        for name in csvs:
-            srv.throttle(RATE, name)
-        r = run_cli("fetch", "--split", "train", "--direct", "--data-dir", str(tmp_path / "d"),
-                    "--mirror", srv.url, "--json", env=cli_env(dataset.manifest_path),
-                    timeout=300)
-        log = srv.requests()
-    assert r.returncode == 0, r.stderr
-    def name(g) -> str:
-        return g.path.rsplit("/", 1)[-1]
+    r, log = _direct_with_capped_csvs(dataset, csvs, tmp_path)
 
     csv_gets = [g for g in log if g.method == "GET" and name(g) in csvs and g.bytes_sent > 0]
     zip_first = min(g.arrived for g in log if name(g) == zip_name)
@@ -86,24 +96,15 @@ def test_direct_fetches_the_members_while_the_csvs_download(dataset, tmp_path):
     zip_name = dataset.archive("train", "jpeg").name
     with zipfile.ZipFile(next(dataset.root.rglob(zip_name))) as z:
         start_dir = z.start_dir  # members lie below it, the directory from it on
-    with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        for name in csvs:
-            srv.throttle(RATE, name)
-        r = run_cli("fetch", "--split", "train", "--direct", "--data-dir", str(tmp_path / "d"),
-                    "--mirror", srv.url, "--json", env=cli_env(dataset.manifest_path),
-                    timeout=300)
-        log = srv.requests(method="GET")
-    assert r.returncode == 0, r.stderr
-
-    def name(g) -> str:
-        return g.path.rsplit("/", 1)[-1]
+    r, log = _direct_with_capped_csvs(dataset, csvs, tmp_path)
 
     def members_only(g) -> bool:  # a ranged GET that ends before the directory
         last = (g.header("Range") or "").rpartition("-")[2]
         return last.isdigit() and int(last) < start_dir
 
-    csv_gets = [g for g in log if name(g) in csvs and g.bytes_sent > 0]
-    member_gets = [g for g in log if name(g) == zip_name and members_only(g)]
+    csv_gets = [g for g in log if g.method == "GET" and name(g) in csvs and g.bytes_sent > 0]
+    member_gets = [g for g in log if g.method == "GET" and name(g) == zip_name
+                   and members_only(g)]
     assert csv_gets and member_gets
     first_member = min(g.arrived for g in member_gets)
     assert any(first_member < g.arrived + 0.5 * g.bytes_sent / RATE
