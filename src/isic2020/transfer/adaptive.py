@@ -95,10 +95,7 @@ class Growth:
 
     def throttled(self) -> int:
         """The server asked for fewer requests: withdraw the step in trial, grow no more."""
-        return self._stop(withdraw=True)
-
-    def _stop(self, withdraw: bool) -> int:
-        if withdraw and self._before:
+        if self._before:
             self.target = self._before
         self._before = 0
         self.stopped = True
