@@ -39,11 +39,18 @@ def row_extract(b: Bench, ds: Dataset) -> None:
         return f
 
     d_isic = out / "isic"
+    staged = out / "staged" / TRAIN_ZIP  # on the scratch filesystem, so it can be hard-linked
 
     def before_isic(rep: int) -> None:
         rmtree(d_isic)
         (d_isic / "archives").mkdir(parents=True)
-        os.link(zip_path, d_isic / "archives" / TRAIN_ZIP)  # same file, no copy
+        try:
+            os.link(zip_path, d_isic / "archives" / TRAIN_ZIP)  # same file, no copy
+        except OSError:  # the scratch filesystem is another device: copy once, link after
+            if not staged.exists():
+                staged.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(zip_path, staged)
+            os.link(staged, d_isic / "archives" / TRAIN_ZIP)
         sync()
 
     def after_isic(rep: int, s: Sample) -> None:

@@ -33,7 +33,6 @@ import contextlib
 import errno
 import os
 import threading
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,14 @@ from isic2020.archive.zipformat import (
 from isic2020.report import count_images
 from isic2020.store.fsutil import disk_error, open_nofollow, temp_name
 from isic2020.store.libc import syncfs_function
+
+try:  # zlib-ng: zlib's API, members inflate ~13 % and CRC-32 ~5x faster (see the README)
+    from zlib_ng import zlib_ng as zlib
+except ImportError:  # pragma: no cover - a platform without its wheel: the same, slower
+    import zlib  # type: ignore[no-redef]
+
+#: CRC-32 of a buffer (``crc32(data, running)``), the fastest one this process has.
+crc32 = zlib.crc32
 
 #: Inflate output per call for a member decoded in pieces (memory per member in flight).
 OUT_BLOCK = 256 << 10

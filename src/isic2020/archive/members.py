@@ -32,13 +32,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from isic2020.archive.decode import Flusher, disk_error, present_files
+from isic2020.archive.decode import Flusher, crc32, disk_error, present_files
 from isic2020.archive.remote import DEFAULT_CONNECTIONS, RemoteZip, damaged, host_failed
 from isic2020.archive.rules import Refused, check_entry, plan_entries
 from isic2020.archive.spans import Span
@@ -216,7 +215,7 @@ def _file_crc(path: Path) -> int:
     crc = 0
     with open(path, "rb") as fh:
         while block := fh.read(BLOCK):
-            crc = zlib.crc32(block, crc)
+            crc = crc32(block, crc)
     return crc
 
 

@@ -366,7 +366,8 @@ def image_checks(
         checks.append(_temporary_check(prefix, temps))
     if not present:
         return checks
-    files = [str(folder / f"{n}.{ext}") for n in sorted(present)]
+    base = os.fspath(folder) + os.sep  # one string per image, no Path objects (33k of them)
+    files = [f"{base}{n}.{ext}" for n in sorted(present)]
     integrity = _integrity_checks(files, fmt, ext, prefix, expected, deep)
     checks.append(integrity[0])
     if deep and fmt == "jpeg":
