@@ -31,6 +31,7 @@ MAX_CONNECTIONS = "ISIC2020_MAX_CONNECTIONS"
 LOWEST_SPEED = "ISIC2020_LOWEST_SPEED"
 SPEED_TIME = "ISIC2020_SPEED_TIME"
 STREAM = "ISIC2020_STREAM"
+STREAM_PROCESS_MIN = "ISIC2020_STREAM_PROCESS_MIN"
 MALLOC = "ISIC2020_MALLOC"
 DEBUG = "ISIC2020_DEBUG"
 S3_PRESIGN_SECONDS = "ISIC2020_S3_PRESIGN_SECONDS"
@@ -64,6 +65,9 @@ TABLE: tuple[Variable, ...] = (
              "a request slower than this (bytes/s; K, M suffixes; 0 off) for SPEED_TIME fails"),
     Variable(SPEED_TIME, "30", "seconds the lowest-speed rule looks back"),
     Variable(STREAM, "1", "0 turns off unpacking while an archive downloads (to compare)"),
+    Variable(STREAM_PROCESS_MIN, "256M",
+             "archives from this size on are unpacked while they download by child processes "
+             "(K, M, G suffixes; 0: always; smaller ones: by threads)"),
     Variable(MALLOC, "1", "0 leaves glibc's allocator at its defaults (Linux)"),
     Variable(DEBUG, "0", "1 shows the traceback of an internal error"),
     Variable(LIMIT_RATE, "0",
@@ -146,6 +150,7 @@ class Settings:
     lowest_speed: float | None = None
     speed_time: float | None = None
     stream: bool = True
+    stream_process_min: int | None = None
     malloc: bool = True
     debug: bool = False
     s3_presign_seconds: float | None = None
@@ -168,6 +173,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         lowest_speed=_rate(env, LOWEST_SPEED),
         speed_time=_seconds(env, SPEED_TIME),
         stream=flag(STREAM, True, env),
+        stream_process_min=_bytes(env, STREAM_PROCESS_MIN),
         malloc=flag(MALLOC, True, env),
         debug=flag(DEBUG, False, env),
         s3_presign_seconds=_presign(env),
@@ -188,6 +194,18 @@ def _count(env: Mapping[str, str], name: str) -> int | None:
     if not 1 <= value <= 256:
         raise UsageError(f"${name} must be a whole number from 1 to 256, found {raw!r}")
     return value
+
+
+def _bytes(env: Mapping[str, str], name: str) -> int | None:
+    """A size in bytes (K, M, G suffixes, binary)."""
+    raw = env.get(name)
+    if not raw:
+        return None
+    try:
+        return int(parse_rate(raw))
+    except ValueError:
+        raise UsageError(f"${name} must be a size in bytes (e.g. 0, 64K, 256M), found {raw!r}"
+                         ) from None
 
 
 def _presign(env: Mapping[str, str]) -> float | None:

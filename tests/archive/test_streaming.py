@@ -9,6 +9,7 @@ next run reuses it; and the result is always exactly the archive's images.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from support.cli import cli_cmd, cli_env, run_cli
-from support.dataset import files_under
+from support.dataset import files_under, flip_byte
 from support.servers import FaultServer, IgnoreRange, ReplaceObject
 
 from isic2020.catalog.manifest import load_manifest, manifest_to_toml
@@ -43,8 +44,42 @@ def _args(data: Path, url: str, *extra: str) -> list[str]:
             "--format", "jpeg", "--connections", "2", *extra]
 
 
-def _env(manifest: Path, **extra: str) -> dict[str, str]:
-    return cli_env(manifest, ISIC2020_CHUNK_SIZE=str(64 * 1024), **extra)
+def _env(manifest: Path, mode: str = "threads", **extra: str) -> dict[str, str]:
+    """``mode``: who unpacks while the archive downloads, the fetch's own threads or its child
+    processes (``stream_worker``), whatever the archive's size."""
+    return cli_env(manifest, ISIC2020_CHUNK_SIZE=str(64 * 1024),
+                   ISIC2020_STREAM_PROCESS_MIN="0" if mode == "processes" else "1024G", **extra)
+
+
+@pytest.fixture(params=["threads", "processes"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def _unpackers(mode: str) -> int:
+    """``while_downloading.processes`` of a run in ``mode`` (its 2 threads' children)."""
+    return 2 if mode == "processes" else 0
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (its forked unpackers, in processes mode), whichever of
+    its threads forked them (each thread lists its own)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, not gone nor a zombie (an orphan's zombie waits for whoever reaps it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 class _Watcher(threading.Thread):
@@ -93,13 +128,14 @@ def _unchanged_manifest(dataset, tmp_path: Path) -> Path:
     return path
 
 
-def test_images_are_unpacked_during_the_download_but_land_only_after_it(dataset, tmp_path):
+def test_images_are_unpacked_during_the_download_but_land_only_after_it(dataset, tmp_path,
+                                                                         mode):
     data = tmp_path / "d"
     with FaultServer(dataset.root, prefix=PREFIX) as srv:
         srv.throttle(100_000)
         watcher = _Watcher(data)
         watcher.start()
-        r = run_cli(*_args(data, srv.url, "--json"), env=_env(dataset.manifest_path))
+        r = run_cli(*_args(data, srv.url, "--json"), env=_env(dataset.manifest_path, mode))
         watcher.done.set()
         watcher.join()
     assert r.returncode == 0, r.stderr
@@ -107,7 +143,7 @@ def test_images_are_unpacked_during_the_download_but_land_only_after_it(dataset,
     ext = train["extraction"]
     stream = ext["while_downloading"]
     assert stream["members"] == N_TRAIN and stream["disabled"] is None
-    assert stream["unpacked"] == N_TRAIN
+    assert stream["unpacked"] == N_TRAIN and stream["processes"] == _unpackers(mode)
     assert ext["from_staging"] == N_TRAIN and ext["written"] == 0
     # Overlap, observed on disk: images were staged while the archive was still partial...
     assert watcher.staged_while_partial > 0
@@ -119,9 +155,9 @@ def test_images_are_unpacked_during_the_download_but_land_only_after_it(dataset,
     )
 
 
-def test_streamed_images_equal_those_of_a_plain_extraction(dataset, tmp_path):
+def test_streamed_images_equal_those_of_a_plain_extraction(dataset, tmp_path, mode):
     with FaultServer(dataset.root, prefix=PREFIX) as srv:
-        a = run_cli(*_args(tmp_path / "a", srv.url), env=_env(dataset.manifest_path))
+        a = run_cli(*_args(tmp_path / "a", srv.url), env=_env(dataset.manifest_path, mode))
         b = run_cli(*_args(tmp_path / "b", srv.url),
                     env=_env(dataset.manifest_path, ISIC2020_STREAM="0"))
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
@@ -132,7 +168,7 @@ def test_streamed_images_equal_those_of_a_plain_extraction(dataset, tmp_path):
     assert all(not m & 0o002 for m in modes)
 
 
-def test_an_archive_failing_verification_leaves_no_image_anywhere(dataset, tmp_path):
+def test_an_archive_failing_verification_leaves_no_image_anywhere(dataset, tmp_path, mode):
     """Images are staged from the archive while it downloads; when the landed bytes then fail
     the manifest's sha256: exit 1, one error line naming the archive and sha256, and none of
     the staged images is left in the layout or the staging."""
@@ -148,7 +184,7 @@ def test_an_archive_failing_verification_leaves_no_image_anywhere(dataset, tmp_p
         srv.throttle(200_000)
         watcher.start()
         try:
-            r = run_cli(*_args(data, srv.url), env=_env(bad))
+            r = run_cli(*_args(data, srv.url), env=_env(bad, mode))
         finally:
             watcher.done.set()
             watcher.join()
@@ -259,9 +295,9 @@ def _claims_bytes(state: Path) -> bool:
     return isinstance(doc, dict) and any(b > a for a, b in doc.get("done") or [])
 
 
-def test_a_kill_keeps_the_staged_images_and_the_next_run_reuses_them(dataset, tmp_path):
+def test_a_kill_keeps_the_staged_images_and_the_next_run_reuses_them(dataset, tmp_path, mode):
     data = tmp_path / "d"
-    env = _env(dataset.manifest_path)
+    env = _env(dataset.manifest_path, mode)
     args = cli_cmd(*_args(data, "URL", "--json"))
     staged = data / ".isic2020" / "staging" / TRAIN / "images"
     with FaultServer(dataset.root, prefix=PREFIX) as srv:
@@ -277,8 +313,15 @@ def test_a_kill_keeps_the_staged_images_and_the_next_run_reuses_them(dataset, tm
                 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert proc.poll() is None, "the fetch ended before it could be killed"
+        children = _children(proc.pid)  # the unpackers, maybe the CSVs' checks (forked too)
+        assert len(children) >= _unpackers(mode), children
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        # no unpacking process outlives the fetch (parent-death signal, end of its input)
+        deadline = time.monotonic() + 10
+        while any(map(_alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(map(_alive, children)), children
         kept = _count(staged)
         assert kept >= 20
         assert _count(data / "jpeg" / "train") == 0
@@ -322,3 +365,35 @@ def test_a_server_without_etags_unpacks_after_the_download(dataset, tmp_path):
     assert not (data / ".isic2020" / "staging").exists() or not any(
         (data / ".isic2020" / "staging").rglob("*.jpg")
     )
+
+
+def test_a_member_the_unpacking_cannot_write_stops_it_and_is_named(dataset, tmp_path, mode):
+    """A member whose bytes do not match its CRC-32 (an archive damaged at the source, pinned
+    as it is): the unpacking while downloading stops and says why, in its threads as in its
+    processes; the extraction after the download names the member, exit 1, no traceback, and
+    the damaged member never reaches the layout."""
+    root = tmp_path / "mirror"
+    shutil.copytree(dataset.root, root)
+    zpath = root / TRAIN
+    victim = sorted(zipfile.ZipFile(zpath).namelist())[N_TRAIN // 2]
+    flip_byte(zpath, victim)
+    man = load_manifest(dataset.manifest_path)
+    files = tuple(
+        dataclasses.replace(f, size=zpath.stat().st_size,
+                            sha256=hashlib.sha256(zpath.read_bytes()).hexdigest())
+        if f.name == TRAIN else f for f in man.files
+    )
+    pinned = tmp_path / "pinned.toml"
+    pinned.write_text(manifest_to_toml(dataclasses.replace(man, files=files)))
+    data = tmp_path / "d"
+    with FaultServer(root, prefix=PREFIX) as srv:
+        srv.throttle(400_000)
+        r = run_cli(*_args(data, srv.url, "-v"), env=_env(pinned, mode))
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr and len(r.error_lines) == 1, r.stderr
+    assert victim in r.error_lines[0] and "damaged" in r.error_lines[0], r.stderr
+    stopped = [ln for ln in r.stderr.splitlines() if "stopped unpacking while downloading" in ln]
+    assert len(stopped) == 1 and victim in stopped[0], r.stderr
+    # every other member is checked on its own: those of a verified archive may land, never
+    # the damaged one
+    assert not (data / "jpeg" / "train" / Path(victim).name).exists()

@@ -25,7 +25,7 @@ from isic2020.catalog.metadata import (
     TEST_COLUMNS_ISIC,
     read_metadata_table,
 )
-from isic2020.catalog.table import Table
+from isic2020.catalog.table import PIECE_ROWS, Table
 from isic2020.catalog.tables import read_metadata_frame
 from isic2020.checks.metadata import metadata_checks
 from isic2020.errors import VerificationError
@@ -116,6 +116,15 @@ EDGE_CASES = {
     "repeated_and_empty_header_names": HEADER.replace("sex", "image_name") + f",\n{ROW},\n",
     "extra_field_on_a_later_row": f"{HEADER}\n{ROW}\n{ROW},x\n",
     "unterminated_quote": f'{HEADER}\n{ROW}\nISIC_0000002,"IP_0000002,female\n',
+    # more rows than one piece of the parse (``table.PIECE_ROWS``): short, blank and quoted
+    # rows right at the boundaries, an error in a later piece
+    "rows_over_several_pieces": HEADER + "\n" + "\n".join(
+        "ISIC_0000001,IP_0000001,male" if i == PIECE_ROWS - 2 else
+        "" if i in (PIECE_ROWS - 1, 2 * PIECE_ROWS) else
+        'ISIC_0000002,"IP\r\n2",female,,head,melanoma,malignant,1' if i == PIECE_ROWS else
+        ROW.replace("0000001", f"{i:07d}") for i in range(2 * PIECE_ROWS + 500)) + "\n",
+    "extra_field_in_a_later_piece": HEADER + "\n" + "\n".join(
+        ROW + (",x" if i == PIECE_ROWS + 300 else "") for i in range(2 * PIECE_ROWS)) + "\n",
 }
 
 

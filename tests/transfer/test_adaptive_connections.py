@@ -154,6 +154,20 @@ def test_growth_keeps_a_step_only_when_the_rate_rose():
     assert not g.stopped
 
 
+def test_a_trial_window_whose_rate_fell_is_measured_again():
+    # A moment of a busy machine (a streamed zip's directory parsed while it downloads) drops
+    # the aggregate in the very window that judges a step: that window decides nothing.
+    g = Growth(16, 64)
+    assert g.window(30.0, has_work=True) == 32
+    assert g.window(12.0, has_work=True) == 32  # fell below the base: one more window
+    assert g.window(60.0, has_work=True) == 64  # that one decides: it paid, kept, and on
+    g = Growth(16, 64)
+    assert g.window(30.0, has_work=True) == 32
+    assert g.window(12.0, has_work=True) == 32
+    assert g.window(13.0, has_work=True) == 16  # the second window decides, fallen or not
+    assert g.retry_in == RETRY_WINDOWS
+
+
 def test_a_step_that_did_not_pay_is_tried_again_ever_more_rarely():
     # One window is a small sample: a moment of a busy CPU must not hold a capped download at
     # half its rate for good, yet a link that is the bottleneck is asked ever more rarely.

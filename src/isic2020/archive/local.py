@@ -92,8 +92,10 @@ def plan_archive(path: Path, entry: FileEntry) -> Plan:
         ) from None
     try:
         size = os.fstat(fd).st_size
-        _, entries = read_directory(lambda at, n: os.pread(fd, n, at), size)
-        return plan_entries(entries, entry.format, size)
+        cd, entries = read_directory(lambda at, n: os.pread(fd, n, at), size)
+        plan = plan_entries(entries, entry.format, size)
+        plan.parsed = (cd, entries)
+        return plan
     except Refused as exc:
         raise refusal(entry.name, exc, LOCAL_HINT) from None
     except BadZip as exc:
@@ -188,7 +190,7 @@ def extract_archive(
             "extracted_at": time.time(),
         },
     )
-    keep_directory(layout, records, entry)
+    keep_directory(layout, records, entry, plan)
     result.seconds = time.monotonic() - start
     return result
 
@@ -235,9 +237,11 @@ def _images_missing(layout: Layout, records: Records, entry: FileEntry, dest_dir
     return any(present.get(m.final) != m.entry.file_size for m in members)
 
 
-def keep_directory(layout: Layout, records: Records, entry: FileEntry) -> None:
+def keep_directory(layout: Layout, records: Records, entry: FileEntry,
+                   plan: Plan | None = None) -> None:
     """Save the landed archive's directory (``saved``) unless it is saved already: once the
-    archive goes, it is what a later ``fetch`` repairs the images from."""
+    archive goes, it is what a later ``fetch`` repairs the images from. ``plan``: one made
+    from this very archive, whose parsed directory is saved as it is (no second parse)."""
     from isic2020.archive.saved import directory_path, load_directory, save_directory
 
     rec = records.file(entry.name)
@@ -246,7 +250,8 @@ def keep_directory(layout: Layout, records: Records, entry: FileEntry) -> None:
     dest = directory_path(layout.state_dir, entry.name)
     if load_directory(dest, rec.size, rec.etag, rec.sha256) is None:
         with contextlib.suppress(DiskError):  # (a read-only copy): only a later repair needs it
-            save_directory(layout.final_path(entry), dest, rec.url, rec.etag, rec.sha256)
+            save_directory(layout.final_path(entry), dest, rec.url, rec.etag, rec.sha256,
+                           parsed=plan.parsed if plan is not None else None)
 
 
 def _todo(

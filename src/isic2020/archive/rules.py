@@ -28,7 +28,7 @@ import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from isic2020.catalog.manifest import EXTENSIONS
 from isic2020.errors import VerificationError
@@ -149,6 +149,9 @@ class Plan:
     non_images: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     directories: int = 0
+    #: The ``(Directory, entries)`` of ``zipformat.read_directory`` this plan was made from,
+    #: when its maker kept them: saving the directory then needs no second parse.
+    parsed: tuple[Any, list[Any]] | None = field(default=None, repr=False)
 
 
 def plan_entries(entries: Sequence[Entry], fmt: str | None, archive_size: int) -> Plan:

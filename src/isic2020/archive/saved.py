@@ -27,7 +27,7 @@ from pathlib import Path
 from isic2020.archive.decode import present_files
 from isic2020.archive.remote import RemoteMember, RemoteZip, cache_key, load_cached, save_cached
 from isic2020.archive.rules import Refused, image_file_name, plan_entries
-from isic2020.archive.zipformat import BadZip, read_directory
+from isic2020.archive.zipformat import BadZip, Directory, read_directory
 from isic2020.catalog.manifest import EXTENSIONS
 
 
@@ -48,16 +48,18 @@ def key_of(size: int, etag: str | None, sha256: str) -> str | None:
     return cache_key(tag, size, marker)
 
 
-def save_directory(zip_path: Path, dest: Path, url: str, etag: str | None, sha256: str) -> bool:
-    """Read the landed archive's directory and keep it at ``dest``; False (nothing written)
-    when the archive cannot be read: the images are judged by ``verify`` then."""
+def save_directory(zip_path: Path, dest: Path, url: str, etag: str | None, sha256: str,
+                   parsed: tuple[Directory, list[RemoteMember]] | None = None) -> bool:
+    """Read the landed archive's directory (``parsed``: already read from this very file) and
+    keep it at ``dest``; False (nothing written) when the archive cannot be read: the images
+    are judged by ``verify`` then."""
     try:
         fd = os.open(zip_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return False
     try:
         size = os.fstat(fd).st_size
-        d, entries = read_directory(lambda at, n: os.pread(fd, n, at), size)
+        d, entries = parsed or read_directory(lambda at, n: os.pread(fd, n, at), size)
     except (OSError, BadZip, ValueError, struct.error):
         return False
     finally:

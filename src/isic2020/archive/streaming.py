@@ -57,6 +57,7 @@ from typing import Any
 from isic2020.archive.decode import Damaged, Flusher, extract_member, present_files
 from isic2020.archive.rules import Member, Plan, Refused, damaged_member, plan_entries
 from isic2020.archive.staging import IMAGES_DIR, OBJECT_FILE
+from isic2020.archive.stream_worker import UnpackerGone, UnpackerProcess
 from isic2020.archive.workers import DAMAGED_HINT
 from isic2020.archive.zipformat import (
     DEFLATED,
@@ -69,7 +70,7 @@ from isic2020.archive.zipformat import (
 )
 from isic2020.catalog.manifest import FileEntry
 from isic2020.errors import Isic2020Error
-from isic2020.report import plural
+from isic2020.report import count_images, plural
 from isic2020.store.fsutil import StateLinkError, file_mode, open_dir, open_nofollow, remove_tree
 from isic2020.store.layout import Layout
 from isic2020.store.records import atomic_write_json
@@ -79,6 +80,10 @@ from isic2020.transfer.observer import TransferObserver
 
 STREAM_THREADS = 2
 BATCH = 16  # members a thread takes at once
+PROCESS_BATCH = 64  # members a thread hands its child process at once
+#: From an archive of this many bytes on, each thread unpacks through a forked child
+#: (``stream_worker``); below it the unpacking is too short to be worth a process.
+PROCESS_MIN = 256 << 20
 
 Log = Callable[[str], None]
 
@@ -91,6 +96,7 @@ class StreamStats:
     unpacked: int = 0  # unpacked into the staging folder by this run
     already_staged: int = 0  # staged by an earlier, interrupted run
     after_download_s: float = 0.0  # unpacking left when the download finished
+    processes: int = 0  # child processes that unpacked (0: the threads did, in this one)
     disabled: str | None = None  # why streaming stopped or never started
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,12 +113,14 @@ class StreamingExtractor(TransferObserver):
     def __init__(
         self, layout: Layout, entry: FileEntry, *, threads: int = STREAM_THREADS,
         log: Log | None = None, on_planned: Callable[[], None] | None = None,
+        process_min: int = PROCESS_MIN,
     ) -> None:
         self.layout = layout
         self.entry = entry
         self.staging = layout.staging_dir(entry)
         self.images = self.staging / IMAGES_DIR
         self.n_threads = max(1, threads)
+        self.process_min = process_min
         self.log = log
         self.on_planned = on_planned  # called once the directory is parsed and checked
         self.stats = StreamStats()
@@ -137,6 +145,7 @@ class StreamingExtractor(TransferObserver):
         self.stopped = False
         self.active = 0
         self.threads: list[threading.Thread] = []
+        self.procs: list[UnpackerProcess] = []  # the threads' child processes, if any
         self.flusher: Flusher | None = None
         self.images_fd = -1  # the staging images folder, reached without following links
 
@@ -287,6 +296,7 @@ class StreamingExtractor(TransferObserver):
         """The plan (the rules of every path), and each member's span in archive order."""
         cd, entries = read_directory(lambda at, n: os.pread(fd, n, at), self.size)
         plan = plan_entries(entries, self.entry.format, self.size)
+        plan.parsed = (cd, entries)
         members = plan.members
         members.sort(key=lambda m: m.entry.header_offset)
         starts = [m.entry.header_offset for m in members]
@@ -312,34 +322,79 @@ class StreamingExtractor(TransferObserver):
         return added
 
     def _unpack_queued(self) -> None:
+        """Take batches off the queue and unpack them: in this thread, or (an archive of at
+        least ``process_min`` bytes) through a forked child of its own (``stream_worker``:
+        its own GIL), which this thread feeds and, outliving it, owns."""
         mode = file_mode()
         d = str(self.images)
-        fd = -1
-        while True:
-            with self._cond:
-                while not self.queue and not self.stopped and not (
-                    self.closing and (self.planned or not self._planner_alive())
-                ):
-                    self._cond.wait()
-                if self.stopped or not self.queue:
-                    return
-                batch = [self.queue.popleft() for _ in range(min(BATCH, len(self.queue)))]
-                fd = self.fd
-                members = self.members
-            for i in batch:
-                if self.stopped:
-                    return
-                m = members[i]
-                if m.entry.method not in (STORED, DEFLATED):
-                    continue  # left for the extraction after the download (zipfile's)
-                try:
-                    self._write(fd, m, d, mode)
-                except (Isic2020Error, OSError) as exc:
-                    why = exc.message if isinstance(exc, Isic2020Error) else str(exc)
-                    self._stop(f"stopped unpacking while downloading: {why}")
-                    return
+        proc: UnpackerProcess | None = None
+        first = True
+        try:
+            while True:
                 with self._cond:
-                    self.stats.unpacked += 1
+                    while not self.queue and not self.stopped and not (
+                        self.closing and (self.planned or not self._planner_alive())
+                    ):
+                        self._cond.wait()
+                    if self.stopped or not self.queue:
+                        return
+                    take = PROCESS_BATCH if proc is not None else BATCH
+                    batch = [self.queue.popleft() for _ in range(min(take, len(self.queue)))]
+                    fd = self.fd
+                    members = self.members
+                if first:  # forked once the plan is made: the child inherits the members
+                    first = False
+                    if self.size >= self.process_min:
+                        proc = self._start_process(members, fd, mode)
+                # other methods are left for the extraction after the download (zipfile's)
+                todo = [i for i in batch if members[i].entry.method in (STORED, DEFLATED)]
+                if proc is not None:
+                    try:
+                        proc.submit(todo)
+                    except UnpackerGone as exc:
+                        if not exc.interrupted:  # else whoever stopped it handles the rest
+                            self._stop(f"stopped unpacking while downloading: {exc}")
+                        return
+                    continue
+                for i in todo:
+                    if self.stopped:
+                        return
+                    try:
+                        self._write(fd, members[i], d, mode)
+                    except (Isic2020Error, OSError) as exc:
+                        why = exc.message if isinstance(exc, Isic2020Error) else str(exc)
+                        self._stop(f"stopped unpacking while downloading: {why}")
+                        return
+                    self._unpacked(1)
+        finally:
+            if proc is not None:
+                if self.stopped:
+                    proc.stop()
+                why = proc.close()
+                if why is not None and not self.stopped and not proc.interrupted:
+                    self._stop(f"stopped unpacking while downloading: {why}")
+
+    def _start_process(self, members: list[Member], fd: int, mode: int
+                       ) -> UnpackerProcess | None:
+        proc = UnpackerProcess.start(members, fd, self.images_fd, mode, self.entry.name,
+                                     self._unpacked_elsewhere)
+        if proc is not None:
+            with self._cond:
+                self.procs.append(proc)
+                self.stats.processes += 1
+                if self.stopped:  # stopped while it started: it stops at once too
+                    proc.stop()
+        return proc
+
+    def _unpacked(self, n: int) -> None:
+        with self._cond:
+            self.stats.unpacked += n
+
+    def _unpacked_elsewhere(self, n: int) -> None:
+        """A child wrote ``n`` images: its counter is its own, so the report's is counted here
+        (in this process the writer counts each one itself)."""
+        self._unpacked(n)
+        count_images(n)
 
     def _write(self, fd: int, m: Member, d: str, mode: int) -> None:
         try:
@@ -379,6 +434,9 @@ class StreamingExtractor(TransferObserver):
                 self.stats.disabled = why
             self.stopped = True
             self._cond.notify_all()
+            procs = list(self.procs)
+        for p in procs:
+            p.stop()
         if self.log is not None:
             self.log(f"{self.entry.name}: {why}; unpacking after the download instead")
 
@@ -386,6 +444,9 @@ class StreamingExtractor(TransferObserver):
         with self._cond:
             self.stopped = True
             self._cond.notify_all()
+            procs = list(self.procs)
+        for p in procs:  # each stops at its next member; its thread then reaps it
+            p.stop()
         for t in self.threads:
             t.join()
         self._close()

@@ -45,6 +45,7 @@ from isic2020.store.libc import libc
 
 DEFAULT_WORKERS = 2
 MIN_MEMBERS_PER_WORKER = 8  # fewer members than this per worker: one process does it all
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 CHUNKS_PER_WORKER = 16  # work is handed out in this many runs per worker
 PER_FILE_COST = 32768  # a file's open/rename costs about as much as writing this many bytes
 #: What to do about a damaged member of an archive on disk.
@@ -174,6 +175,7 @@ def _child(
     request_stop(False)
     signal.signal(signal.SIGTERM, _on_stop_signal)
     signal.signal(signal.SIGINT, _on_stop_signal)  # the parent decides; it sends SIGTERM
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked across the fork
     if lib is not None:
         with contextlib.suppress(Exception):
             lib.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG: orphans stop too
@@ -290,7 +292,16 @@ class _Processes:
     def spawn(self) -> None:
         cmd_r, cmd_w = os.pipe()
         msg_r, msg_w = os.pipe()
-        pid = os.fork()
+        # SIGTERM/SIGINT wait until the worker has its own handlers: one arriving between the
+        # fork and those (``stop_all`` after another worker's error) would run the parent's
+        # handler in the child and print a traceback
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         if pid == 0:  # the worker: never returns into the caller's code
             code = 70
             try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from isic2020.catalog.manifest import (
     FORMAT_CHOICES,
@@ -35,6 +35,7 @@ from isic2020.checks.images import image_checks
 from isic2020.checks.metadata import metadata_checks
 from isic2020.checks.resized import check_resized, is_resized_format
 from isic2020.errors import NothingThere, UsageError
+from isic2020.store.forking import ForkFailed, call_in_fork
 from isic2020.store.layout import Layout
 from isic2020.store.libc import malloc_trim
 from isic2020.store.lock import data_dir_lock
@@ -92,6 +93,21 @@ def _apply_selection(
     return expected.filter(lambda r: r["image_name"] in chosen)
 
 
+def _checks_and_names(
+    layout: Layout, manifest: Manifest, splits: Sequence[str]
+) -> tuple[list[Check], dict[str, Table]]:
+    """The metadata checks, and of the tables only the names of the expected images: that is
+    all the fast verify needs, and the full tables (tens of MB for the training CSVs) would sit
+    in memory for the whole download."""
+    checks, frames = metadata_checks(layout, manifest, splits)
+    names = {
+        role: table.select(["image_name"])
+        for role, table in frames.items()
+        if role in ("ground_truth", "ground_truth_v2", "test_metadata")
+    }
+    return checks, names
+
+
 class MetadataPrecheck:
     """The metadata checks of a fetch's closing verify, run while its archives download.
 
@@ -130,17 +146,13 @@ class MetadataPrecheck:
     def _run(self) -> None:
         try:
             stats = self._files()
-            checks, frames = metadata_checks(self.layout, self.manifest, self.splits)
-            # The fast verify needs only the names of the expected images: the full frames
-            # (tens of MB for the training CSVs) would sit in memory for the whole download.
-            names = {
-                role: table.select(["image_name"])
-                for role, table in frames.items()
-                if role in ("ground_truth", "ground_truth_v2", "test_metadata")
-            }
-            del frames
-            self._stats, self._result = stats, (checks, names)
-            release_free_memory()
+            try:  # in a forked child: the CSVs' parsing does not hold the download's GIL
+                result = call_in_fork(_checks_and_names, self.layout, self.manifest,
+                                      self.splits)
+            except ForkFailed:
+                result = _checks_and_names(self.layout, self.manifest, self.splits)
+                release_free_memory()
+            self._stats, self._result = stats, result
         except Exception:  # noqa: BLE001 - the closing verify does the checks itself
             self._result = None
 

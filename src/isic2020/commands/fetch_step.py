@@ -174,7 +174,9 @@ def _streamer(run: FetchRun, entry: FileEntry) -> Any:
     from isic2020.archive.streaming import StreamingExtractor
 
     precheck = run.precheck
+    process_min = config.load().stream_process_min
     return StreamingExtractor(
         run.layout, entry, log=run.how.log,
         on_planned=(lambda: run.after_small(precheck.start)) if precheck is not None else None,
+        **({} if process_min is None else {"process_min": process_min}),
     )

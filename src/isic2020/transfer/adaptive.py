@@ -13,6 +13,10 @@ The rule (:class:`Growth`, pure arithmetic, no threads: the pool asks it once pe
   :data:`GAIN` of what linear scaling would give (``k / n``), else go back to the count
   before: a rate that does not rise means the bottleneck is elsewhere (the link, the disk,
   the CPU), and more connections only cost the server;
+- a trial window whose rate *fell* below the rate before the step says nothing about the
+  step (more connections to a capped server do not lower the aggregate; a machine busy for a
+  moment does: the directory of a streamed zip being parsed, its unpacking starting), so the
+  trial runs one more window, which decides;
 - after a step that did not pay, try the same step again only after :data:`RETRY_WINDOWS`
   windows, twice as many after each further one (at most :data:`MAX_RETRY_WINDOWS`): one
   window is a small sample, and a machine that was busy for a moment (the unpacking of a
@@ -58,6 +62,7 @@ class Growth:
     _base: float | None = None  # the rate at the count before the step in trial
     _before: int = 0  # the count before the step in trial (0: none in trial)
     _backoff: int = RETRY_WINDOWS  # the wait after the next step that does not pay
+    _again: bool = False  # the step in trial is measured a second window (the first fell)
 
     def __post_init__(self) -> None:
         self.start = max(1, self.start)
@@ -78,8 +83,12 @@ class Growth:
             return self.target
         if self._before:
             n, k = self._before, self.target - self._before
-            self._before = 0
-            if rate < (self._base or 0.0) * (1 + self.gain * k / n):
+            base = self._base or 0.0
+            if rate < base and not self._again:
+                self._again = True  # inconclusive: the same count, one more window
+                return self.target
+            self._before, self._again = 0, False
+            if rate < base * (1 + self.gain * k / n):
                 self.target = n  # withdrawn: the same step is tried again later
                 self.retry_in = self._backoff
                 self._backoff = min(2 * self._backoff, MAX_RETRY_WINDOWS)
@@ -97,6 +106,6 @@ class Growth:
         """The server asked for fewer requests: withdraw the step in trial, grow no more."""
         if self._before:
             self.target = self._before
-        self._before = 0
+        self._before, self._again = 0, False
         self.stopped = True
         return self.target
