@@ -337,6 +337,41 @@ def test_a_kill_keeps_the_staged_images_and_the_next_run_reuses_them(dataset, tm
     assert r.json["verification"]["ok"] is True
 
 
+def test_ctrl_c_while_unpacking_is_exit_130_in_one_line_and_the_next_run_completes(
+        dataset, tmp_path, mode):
+    """Ctrl-C reaches the whole process group, so the forked unpackers get it too: the fetch
+    still ends with its one "interrupted" line and exit 130, no traceback (nor a child's), no
+    child left, and the next run resumes and completes."""
+    data = tmp_path / "d"
+    env = _env(dataset.manifest_path, mode)
+    staged = data / ".isic2020" / "staging" / TRAIN / "images"
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        srv.throttle(60_000)
+        args = cli_cmd(*_args(data, srv.url))
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while _count(staged) < 20 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the fetch ended before Ctrl-C"
+        children = _children(proc.pid)
+        assert len(children) >= _unpackers(mode), children
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        _, err = proc.communicate(timeout=60)
+        deadline = time.monotonic() + 10
+        while any(map(_alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(map(_alive, children)), children
+        srv.clear_faults()
+        r = run_cli(*args[3:], env=env)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Exception" not in err, err
+    lines = [ln for ln in err.splitlines() if "interrupted" in ln]
+    assert len(lines) == 1, err
+    assert r.returncode == 0, r.stderr
+    assert _count(data / "jpeg" / "train") == N_TRAIN
+
+
 def test_a_server_ignoring_ranges_still_gives_every_image(dataset, tmp_path):
     data = tmp_path / "d"
     with FaultServer(dataset.root, prefix=PREFIX) as srv:

@@ -21,10 +21,16 @@ import os
 import pickle
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from isic2020.store.libc import libc
+
+# Python 3.12+ warns at every fork of a process with threads; the module docstring says why
+# these forks are safe, so the warning would only alarm a user running with -W default.
+warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks",
+                        category=DeprecationWarning)
 
 T = TypeVar("T")
 PR_SET_PDEATHSIG = 1
