@@ -66,8 +66,9 @@ TABLE: tuple[Variable, ...] = (
     Variable(SPEED_TIME, "30", "seconds the lowest-speed rule looks back"),
     Variable(STREAM, "1", "0 turns off unpacking while an archive downloads (to compare)"),
     Variable(STREAM_PROCESS_MIN, "256M",
-             "archives from this size on are unpacked while they download by child processes "
-             "(K, M, G suffixes; 0: always; smaller ones: by threads)"),
+             "archives from this size on are unpacked while they download (and --direct or a "
+             "subset's members) by forked children (K, M, G suffixes; 0: always; smaller "
+             "ones: by threads)"),
     Variable(MALLOC, "1", "0 leaves glibc's allocator at its defaults (Linux)"),
     Variable(DEBUG, "0", "1 shows the traceback of an internal error"),
     Variable(LIMIT_RATE, "0",

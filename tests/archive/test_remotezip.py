@@ -81,6 +81,37 @@ def _serve(root: Path):
     return FaultServer(root, prefix=PREFIX)
 
 
+@pytest.fixture(params=["threads", "processes"])
+def unpacking(request: pytest.FixtureRequest) -> dict[str, int]:
+    """Who unpacks the members: threads of the fetch, or forked children (``unpack_worker``),
+    whatever the archive's size; the ``processes`` the result reports."""
+    forked = request.param == "processes"
+    return {"process_min": 0 if forked else 1 << 60}
+
+
+def _unpackers(unpacking: dict[str, int]) -> int:
+    return rm.UNPACKERS if unpacking["process_min"] == 0 else 0
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid``, whichever of its threads forked them."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def _listing(path: Path) -> list[tuple[str, int, int, int, int, int, int]]:
     with zipfile.ZipFile(path) as zf:
         return [
@@ -402,7 +433,7 @@ def test_subset_of_500_costs_at_most_1_1x_its_compressed_bytes_and_lands_identic
 @pytest.mark.parametrize("compression,zip64", [("deflate", False), ("stored", False),
                                                ("deflate", True)])
 def test_direct_mode_equals_download_then_extract(
-    tmp_path: Path, compression: str, zip64: bool
+    tmp_path: Path, compression: str, zip64: bool, unpacking
 ) -> None:
     ds = build_dataset(tmp_path / "m", n_train=300, n_test=5, compression=compression,
                        force_zip64=zip64, directory_entries=True)
@@ -415,9 +446,9 @@ def test_direct_mode_equals_download_then_extract(
         images = rm.image_members(remote, "jpeg")
         _reset(srv)
         res = rm.fetch_members(remote, list(images.values()), _dest(direct),
-                               connections=4, max_span=64 * KiB, **FAST)
+                               connections=4, max_span=64 * KiB, **FAST, **unpacking)
         sent = srv.bytes_sent(TRAIN)
-    assert res.written == 300
+    assert res.written == 300 and res.processes == _unpackers(unpacking)
     assert files_under(direct) == files_under(layout.images_dir("jpeg", "train"))
     # each member byte once; the directory is not fetched again
     assert sent < remote.cd_offset <= ds.archive("train", "jpeg").stat().st_size
@@ -466,7 +497,7 @@ def test_members_cut_anywhere_by_block_seams_land_identical(
     assert _no_temp_files(tmp_path / "bad")
 
 
-def test_resume_skips_members_already_in_place(big, tmp_path: Path) -> None:
+def test_resume_skips_members_already_in_place(big, tmp_path: Path, unpacking) -> None:
     out = tmp_path / "out"
     with _serve(big.root) as srv:
         remote = rz.read_central_directory(srv.url_for(TRAIN), **FAST)
@@ -477,7 +508,7 @@ def test_resume_skips_members_already_in_place(big, tmp_path: Path) -> None:
             (out / m.image_file_name()).unlink()
         (out / chosen[1].image_file_name()).write_bytes(b"short")  # wrong size: refetched
         _reset(srv)
-        res = rm.fetch_members(remote, chosen, _dest(out), **FAST)
+        res = rm.fetch_members(remote, chosen, _dest(out), **FAST, **unpacking)
         sent = srv.bytes_sent(TRAIN)
     assert res.written == len(gone) + 1 and res.skipped == 400 - len(gone) - 1
     assert sent <= 1.1 * sum(m.compressed_size for m in [*gone, chosen[1]])
@@ -485,7 +516,8 @@ def test_resume_skips_members_already_in_place(big, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("compression", ["deflate", "stored"])
-def test_damaged_member_is_named_and_nothing_half_written(tmp_path: Path, compression) -> None:
+def test_damaged_member_is_named_and_nothing_half_written(tmp_path: Path, compression,
+                                                         unpacking) -> None:
     ds = build_dataset(tmp_path / "m", n_train=80, n_test=5, compression=compression)
     path = ds.archive("train", "jpeg")
     victim = f"train/{ds.train_names[37]}.jpg"
@@ -495,7 +527,7 @@ def test_damaged_member_is_named_and_nothing_half_written(tmp_path: Path, compre
         remote = rz.read_central_directory(srv.url_for(TRAIN), **FAST)
         members = list(rm.image_members(remote, "jpeg").values())
         with pytest.raises(VerificationError) as ei:
-            rm.fetch_members(remote, members, _dest(out), connections=3, **FAST)
+            rm.fetch_members(remote, members, _dest(out), connections=3, **FAST, **unpacking)
     assert victim in ei.value.message and TRAIN in ei.value.message
     assert not (out / f"{ds.train_names[37]}.jpg").exists()
     assert _no_temp_files(out)
@@ -602,7 +634,7 @@ def test_object_changing_mid_fetch_with_failover(tmp_path: Path, small) -> None:
 
 
 def test_resets_and_errors_mid_span_are_retried_without_re_downloading(
-    big, tmp_path: Path
+    big, tmp_path: Path, unpacking
 ) -> None:
     out = tmp_path / "out"
     with _serve(big.root) as srv:
@@ -612,7 +644,8 @@ def test_resets_and_errors_mid_span_are_retried_without_re_downloading(
         srv.add_fault(Status.slow_down(retry_after=0), TRAIN, times=3, when=ranged)
         srv.add_fault(Status.internal_error(), TRAIN, times=3, when=ranged)
         res = rm.fetch_members(remote, chosen, _dest(out), connections=4,
-                               max_span=512 * KiB, **FAST)
+                               max_span=512 * KiB, **FAST, **unpacking)
+    assert res.processes == _unpackers(unpacking)
     # every faulted request that broke a span off was retried: the 6 error statuses, and each
     # reset before the last byte asked for (the bytes before a reset are kept, so retried
     # ranges shrink and a reset may land exactly at the end of one: nothing left to retry)
@@ -691,22 +724,22 @@ import sys
 from pathlib import Path
 from isic2020.archive import members as rm
 from isic2020.archive import remote as rz
-url, out = sys.argv[1], Path(sys.argv[2])
+url, out, process_min = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 remote = rz.read_central_directory(url)
 members = list(rm.image_members(remote, "jpeg").values())
 rm.fetch_members(remote, members, lambda m: out / m.image_file_name(), connections=2,
-                 max_span=64 * 1024)
+                 max_span=64 * 1024, process_min=process_min)
 """
 
 
 @pytest.mark.slow
-def test_kill_during_direct_mode_resumes(big, tmp_path: Path) -> None:
+def test_kill_during_direct_mode_resumes(big, tmp_path: Path, unpacking) -> None:
     out = tmp_path / "out"
     path = big.archive("train", "jpeg")
     with _serve(big.root) as srv:
         srv.throttle(1_000_000, TRAIN)  # ~2 MB/s over two connections: ~3 s for the zip
         proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, srv.url_for(TRAIN),
-                                 str(out)])
+                                 str(out), str(unpacking["process_min"])])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
             if out.is_dir() and sum(1 for _ in os.scandir(out)) > 600:
@@ -729,7 +762,7 @@ def test_kill_during_direct_mode_resumes(big, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_direct_mode_stops_cleanly(big, tmp_path: Path) -> None:
+def test_ctrl_c_during_direct_mode_stops_cleanly(big, tmp_path: Path, unpacking) -> None:
     """SIGINT while 2 connections download and the unpackers write: the process ends soon
     with Interrupted, every file at a final path is complete, no temporary file is left."""
     out = tmp_path / "out"
@@ -745,18 +778,25 @@ def test_ctrl_c_during_direct_mode_stops_cleanly(big, tmp_path: Path) -> None:
         srv.add_fault(hold, TRAIN, times=None,
                       when=lambda r: r.ranged and 0.4 * cd <= r.start < cd)
         proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, srv.url_for(TRAIN),
-                                 str(out)], stderr=subprocess.PIPE, text=True)
+                                 str(out), str(unpacking["process_min"])],
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
             if out.is_dir() and sum(1 for _ in os.scandir(out)) > 600:
                 break
             time.sleep(0.01)
+        children = _children(proc.pid)
+        assert len(children) == _unpackers(unpacking), children
         signal_mid_transfer(proc, signal.SIGINT, hold)
         try:
             _, err = proc.communicate(timeout=15)
         finally:
             proc.kill()
     assert proc.returncode != 0 and "Interrupted" in err, err[-2000:]
+    deadline = time.monotonic() + 10
+    while any(map(_alive, children)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(map(_alive, children)), children
     done = [p for p in out.iterdir()]
     assert 0 < len(done) < 3000 and _no_temp_files(out)
     with zipfile.ZipFile(path) as zf:

@@ -42,9 +42,11 @@ from isic2020.archive.remote import DEFAULT_CONNECTIONS, RemoteZip, damaged, hos
 from isic2020.archive.rules import Refused, check_entry, plan_entries
 from isic2020.archive.spans import Span
 from isic2020.archive.unpack import UNPACKERS, MemberSink, Unpackers, cuts_of
+from isic2020.archive.unpack_worker import PROCESS_MIN, ForkedUnpackers
 from isic2020.archive.zipformat import Entry as RemoteMember
 from isic2020.errors import Interrupted
 from isic2020.report import human_size, plural, progress_bar
+from isic2020.store.forking import can_fork
 from isic2020.store.records import file_mode
 from isic2020.transfer.http import Timeouts
 from isic2020.transfer.localfile import range_client
@@ -86,6 +88,8 @@ class MemberFetchOptions:
     progress: bool = False
     max_gap: int = DEFAULT_MAX_GAP
     max_span: int = DEFAULT_MAX_SPAN
+    #: From an archive of this size on, forked children unpack (``$ISIC2020_STREAM_PROCESS_MIN``).
+    process_min: int = PROCESS_MIN
 
     def but(self, **keywords: Any) -> MemberFetchOptions:
         """These options with ``keywords`` replacing fields (an unknown one: TypeError)."""
@@ -108,6 +112,7 @@ class FetchMembersResult:
     bytes_written: int = 0
     retries: int = 0
     seconds: float = 0.0
+    processes: int = 0  # forked children that unpacked (0: threads of the fetch itself)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -265,7 +270,8 @@ def fetch_members(
     bar = _bar(opts.progress, sum(ends[m.header_offset] - m.header_offset for m in chosen),
                remote.name)
     job = _MemberFetch(remote, result, (connections, opts.max_connections or connections),
-                       opts.timeouts or Timeouts(), opts.retry or RetryPolicy(), bar, log=log)
+                       opts.timeouts or Timeouts(), opts.retry or RetryPolicy(), bar, log=log,
+                       process_min=opts.process_min)
     try:
         job.start()
         job.plan(chosen, dest, check_existing,
@@ -329,9 +335,11 @@ class _MemberFetch:
         retry: RetryPolicy,
         bar: Any,
         log: Callable[[str], None] | None = None,
+        process_min: int = PROCESS_MIN,
     ) -> None:
         """``connections``: where the pool starts, and the most it may run; ``log``: the
-        pool's ``--verbose`` lines (changes of the connection count)."""
+        pool's ``--verbose`` lines (changes of the connection count); ``process_min``: from
+        an archive of this size on, forked children unpack (``unpack_worker``)."""
         self.remote = remote
         self.result = result
         self.bar = bar
@@ -350,7 +358,10 @@ class _MemberFetch:
         self.pool = RangePool(self.client, connections[0], split_min=MIN_SPLIT,
                               ask_max=ASK_MAX, max_connections=connections[1], log=log,
                               label=remote.name)
-        self.unpackers = Unpackers(UNPACKERS, self.abort, self.pool.fail, self.done)
+        self.unpackers: Any = Unpackers(UNPACKERS, self.abort, self.pool.fail, self.done)
+        if remote.size >= process_min and can_fork():  # off the download's GIL
+            self.unpackers = ForkedUnpackers(UNPACKERS, self.abort, self.pool.fail, self.done,
+                                             remote.name, self.mode)
         self.flushers: dict[int, Flusher] = {}  # by device of the destination folders
 
     def done(self, writer: Any) -> None:
@@ -414,7 +425,13 @@ class _MemberFetch:
             flusher.start()
 
     def start(self) -> None:
-        self.unpackers.start()
+        try:
+            self.unpackers.start()
+        except OSError:  # no child could be forked: the threads unpack
+            self.unpackers = Unpackers(UNPACKERS, self.abort, self.pool.fail, self.done)
+            self.unpackers.start()
+        if isinstance(self.unpackers, ForkedUnpackers):
+            self.result.processes = len(self.unpackers.children)
         sink = MemberSink(self.remote.name, self.finals, self.mode, self.unpackers)
         self.pool.start(sink, name="isic2020-rz")
 

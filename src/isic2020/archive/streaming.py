@@ -58,6 +58,7 @@ from isic2020.archive.decode import Damaged, Flusher, extract_member, present_fi
 from isic2020.archive.rules import Member, Plan, Refused, damaged_member, plan_entries
 from isic2020.archive.staging import IMAGES_DIR, OBJECT_FILE
 from isic2020.archive.stream_worker import UnpackerGone, UnpackerProcess
+from isic2020.archive.unpack_worker import PROCESS_MIN
 from isic2020.archive.workers import DAMAGED_HINT
 from isic2020.archive.zipformat import (
     DEFLATED,
@@ -81,9 +82,6 @@ from isic2020.transfer.observer import TransferObserver
 STREAM_THREADS = 2
 BATCH = 16  # members a thread takes at once
 PROCESS_BATCH = 64  # members a thread hands its child process at once
-#: From an archive of this many bytes on, each thread unpacks through a forked child
-#: (``stream_worker``); below it the unpacking is too short to be worth a process.
-PROCESS_MIN = 256 << 20
 
 Log = Callable[[str], None]
 

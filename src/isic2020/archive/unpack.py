@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable
 from operator import attrgetter
 from queue import Full, Queue
-from typing import Protocol
+from typing import Any, Protocol
 
 from isic2020.archive.spans import Span, SpanWriter
 from isic2020.errors import Interrupted
@@ -67,19 +67,22 @@ class MemberSink(SpanSink):
     paths. Called from the pool's threads, one thread per piece at a time."""
 
     def __init__(
-        self, archive: str, finals: dict[int, str], mode: int, unpackers: Unpackers
+        self, archive: str, finals: dict[int, str], mode: int, unpackers: Any
     ) -> None:
+        """``unpackers``: :class:`Unpackers`, or ``unpack_worker.ForkedUnpackers`` (the same
+        interface over forked children)."""
         self.archive = archive
         self.finals = finals
         self.mode = mode
         self.unpackers = unpackers
-        self.writers: dict[int, SpanWriter] = {}  # by piece index; each key one thread's
+        self.writers: dict[int, Any] = {}  # by piece index; each key one thread's
 
     def begin(self, piece: Piece) -> None:
         span: Span = piece.span.tag
         first = bisect.bisect_left(span.members, piece.start, key=_OFFSET)
         own = Span(piece.start, span.end, span.members[first:])
-        self.writers[piece.index] = SpanWriter(self.archive, own, self.finals, self.mode)
+        self.writers[piece.index] = self.unpackers.writer(self.archive, own, self.finals,
+                                                          self.mode)
 
     def data(self, piece: Piece, offset: int, block: bytes) -> None:
         self.unpackers.put(piece.index, self.writers[piece.index], block)
@@ -117,6 +120,11 @@ class Unpackers:
             for k, q in enumerate(self.queues)
         ]
         self.started = self.stopped = False
+
+    def writer(self, archive: str, span: Span, finals: dict[int, str], mode: int
+               ) -> SpanWriter:
+        """The consumer of one piece: its span's writer, fed on this pool's threads."""
+        return SpanWriter(archive, span, finals, mode)
 
     def start(self) -> None:
         self.started = True

@@ -18,6 +18,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from isic2020 import config
 from isic2020.catalog.manifest import FileEntry
 from isic2020.catalog.selection import (
     Selection,
@@ -81,9 +82,11 @@ def member_options(run: FetchRun) -> MemberFetchOptions:
     from isic2020.archive.members import MemberFetchOptions
 
     opts = run.options
+    process_min = config.load().stream_process_min
     return MemberFetchOptions(connections=opts.connections,
                               max_connections=opts.max_connections, timeouts=opts.timeouts,
-                              retry=opts.retry, log=run.how.log, progress=run.how.progress)
+                              retry=opts.retry, log=run.how.log, progress=run.how.progress,
+                              **({} if process_min is None else {"process_min": process_min}))
 
 
 def fetch_members(run: FetchRun, entry: FileEntry) -> FileOutcome:
