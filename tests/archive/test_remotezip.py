@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from support.dataset import add_entry, add_symlink, files_under, flip_byte, install
 from support.interrupt import signal_mid_transfer
+from support.processes import alive, children
 from support.servers import (
     FaultServer,
     FlipByte,
@@ -91,25 +92,6 @@ def unpacking(request: pytest.FixtureRequest) -> dict[str, int]:
 
 def _unpackers(unpacking: dict[str, int]) -> int:
     return rm.UNPACKERS if unpacking["process_min"] == 0 else 0
-
-
-def _children(pid: int) -> list[int]:
-    """The child processes of ``pid``, whichever of its threads forked them."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def _listing(path: Path) -> list[tuple[str, int, int, int, int, int, int]]:
@@ -785,8 +767,8 @@ def test_ctrl_c_during_direct_mode_stops_cleanly(big, tmp_path: Path, unpacking)
             if out.is_dir() and sum(1 for _ in os.scandir(out)) > 600:
                 break
             time.sleep(0.01)
-        children = _children(proc.pid)
-        assert len(children) == _unpackers(unpacking), children
+        kids = children(proc.pid)
+        assert len(kids) == _unpackers(unpacking), kids
         signal_mid_transfer(proc, signal.SIGINT, hold)
         try:
             _, err = proc.communicate(timeout=15)
@@ -794,9 +776,9 @@ def test_ctrl_c_during_direct_mode_stops_cleanly(big, tmp_path: Path, unpacking)
             proc.kill()
     assert proc.returncode != 0 and "Interrupted" in err, err[-2000:]
     deadline = time.monotonic() + 10
-    while any(map(_alive, children)) and time.monotonic() < deadline:
+    while any(map(alive, kids)) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert not any(map(_alive, children)), children
+    assert not any(map(alive, kids)), kids
     done = [p for p in out.iterdir()]
     assert 0 < len(done) < 3000 and _no_temp_files(out)
     with zipfile.ZipFile(path) as zf:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from support.cli import cli_cmd, cli_env, run_cli
 from support.dataset import files_under, flip_byte
+from support.processes import alive, children
 from support.servers import FaultServer, IgnoreRange, ReplaceObject
 
 from isic2020.catalog.manifest import load_manifest, manifest_to_toml
@@ -59,27 +60,6 @@ def mode(request: pytest.FixtureRequest) -> str:
 def _unpackers(mode: str) -> int:
     """``while_downloading.processes`` of a run in ``mode`` (its 2 threads' children)."""
     return 2 if mode == "processes" else 0
-
-
-def _children(pid: int) -> list[int]:
-    """The child processes of ``pid`` (its forked unpackers, in processes mode), whichever of
-    its threads forked them (each thread lists its own)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Running, not gone nor a zombie (an orphan's zombie waits for whoever reaps it)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 class _Watcher(threading.Thread):
@@ -313,15 +293,15 @@ def test_a_kill_keeps_the_staged_images_and_the_next_run_reuses_them(dataset, tm
                 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert proc.poll() is None, "the fetch ended before it could be killed"
-        children = _children(proc.pid)  # the unpackers, maybe the CSVs' checks (forked too)
-        assert len(children) >= _unpackers(mode), children
+        kids = children(proc.pid)  # the unpackers, maybe the CSVs' checks (forked too)
+        assert len(kids) >= _unpackers(mode), kids
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         # no unpacking process outlives the fetch (parent-death signal, end of its input)
         deadline = time.monotonic() + 10
-        while any(map(_alive, children)) and time.monotonic() < deadline:
+        while any(map(alive, kids)) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not any(map(_alive, children)), children
+        assert not any(map(alive, kids)), kids
         kept = _count(staged)
         assert kept >= 20
         assert _count(data / "jpeg" / "train") == 0
@@ -354,14 +334,14 @@ def test_ctrl_c_while_unpacking_is_exit_130_in_one_line_and_the_next_run_complet
         while _count(staged) < 20 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert proc.poll() is None, "the fetch ended before Ctrl-C"
-        children = _children(proc.pid)
-        assert len(children) >= _unpackers(mode), children
+        kids = children(proc.pid)
+        assert len(kids) >= _unpackers(mode), kids
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         _, err = proc.communicate(timeout=60)
         deadline = time.monotonic() + 10
-        while any(map(_alive, children)) and time.monotonic() < deadline:
+        while any(map(alive, kids)) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not any(map(_alive, children)), children
+        assert not any(map(alive, kids)), kids
         srv.clear_faults()
         r = run_cli(*args[3:], env=env)
     assert proc.returncode == 130, err

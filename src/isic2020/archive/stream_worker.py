@@ -53,7 +53,7 @@ from isic2020.archive.decode import (
 )
 from isic2020.archive.rules import Member, damaged_member
 from isic2020.errors import Isic2020Error
-from isic2020.store.forking import STOP_SIGNALS, can_fork, fork_child
+from isic2020.store.forking import STOP_SIGNALS, can_fork, fork_child, read_exact
 
 #: Batches handed to one child ahead of its acknowledgements: enough that it never waits for
 #: the parent's next one (whose threads may wait for the GIL), few enough that the last
@@ -187,18 +187,6 @@ class UnpackerProcess:
 
 
 # -- the child -------------------------------------------------------------------------------
-def _read_exact(fd: int, n: int) -> bytes | None:
-    """``n`` bytes of ``fd``; None at its end (the parent closed it, or died)."""
-    chunks = []
-    while n:
-        block = os.read(fd, n)
-        if not block:
-            return None
-        chunks.append(block)
-        n -= len(block)
-    return b"".join(chunks)
-
-
 def _report(fd: int, kind: str, message: str, hint: str | None) -> None:
     doc = {"kind": kind, "message": message, "hint": hint}
     write_all(fd, b"e " + json.dumps(doc).encode() + b"\n")
@@ -222,8 +210,8 @@ def _child(members: Sequence[Member], archive_fd: int, images_fd: int, mode: int
 
     try:
         while True:
-            head = _read_exact(inp, FRAME.size)
-            body = None if head is None else _read_exact(inp, 4 * FRAME.unpack(head)[0])
+            head = read_exact(inp, FRAME.size)
+            body = None if head is None else read_exact(inp, 4 * FRAME.unpack(head)[0])
             if body is None:
                 return 0
             batch = array("I")

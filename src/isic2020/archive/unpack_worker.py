@@ -41,7 +41,7 @@ from isic2020.archive.spans import Span, SpanWriter
 from isic2020.archive.zipformat import Entry
 from isic2020.errors import DiskError, Interrupted, Isic2020Error, UsageError, VerificationError
 from isic2020.report import count_images
-from isic2020.store.forking import STOP_SIGNALS, fork_child
+from isic2020.store.forking import STOP_SIGNALS, fork_child, read_exact
 
 #: From an archive of this many bytes on, its members are unpacked by forked children (here,
 #: and while it downloads: ``stream_worker``); below it the work is too short to be worth them.
@@ -138,19 +138,21 @@ class ForkedUnpackers:
     def put(self, k: int, consumer: ForkedWriter, block: bytes) -> None:
         child = self.children[k % self.n]
         with self._locked(child):
-            if not consumer.announced:
-                self._send(child, BEGIN, k, _begin(consumer))
-                consumer.announced = True
+            self._announce(child, k, consumer)
             self._send(child, DATA, k, block)
 
     def end(self, k: int, consumer: ForkedWriter, complete: bool) -> None:
         child = self.children[k % self.n]
         with self._locked(child):
-            if not consumer.announced:
-                self._send(child, BEGIN, k, _begin(consumer))
-                consumer.announced = True
+            self._announce(child, k, consumer)
             child.pending[k] = consumer
             self._send(child, END, k, struct.pack("<QB", consumer.stop_at, int(complete)))
+
+    def _announce(self, child: _Child, k: int, consumer: ForkedWriter) -> None:
+        """The piece's members and final paths, before its first frame (under the lock)."""
+        if not consumer.announced:
+            self._send(child, BEGIN, k, _begin(consumer))
+            consumer.announced = True
 
     @contextlib.contextmanager
     def _locked(self, child: _Child) -> Any:
@@ -247,17 +249,6 @@ def _begin(w: ForkedWriter) -> bytes:
 
 
 # -- the child -------------------------------------------------------------------------------
-def _read_exact(fd: int, n: int) -> bytes | None:
-    chunks = []
-    while n:
-        block = os.read(fd, n)
-        if not block:
-            return None
-        chunks.append(block)
-        n -= len(block)
-    return b"".join(chunks)
-
-
 def _on_stop(signum: int, frame: Any) -> None:
     request_stop()
 
@@ -273,11 +264,11 @@ def _serve(archive: str, mode: int, inp: int, out: int) -> int:
     failed: set[int] = set()
     try:
         while not stop_requested():
-            head = _read_exact(inp, HEAD.size)
+            head = read_exact(inp, HEAD.size)
             if head is None:
                 return 0
             kind, k, n = HEAD.unpack(head)
-            payload = _read_exact(inp, n) if n else b""
+            payload = read_exact(inp, n) if n else b""
             if payload is None:
                 return 0
             if kind == BEGIN:

@@ -41,11 +41,11 @@ from isic2020.archive.rules import Member, damaged_member
 from isic2020.archive.zipformat import DEFLATED, STORED
 from isic2020.errors import DiskError, Isic2020Error, UsageError, VerificationError
 from isic2020.report import count_images
+from isic2020.store.forking import STOP_SIGNALS, fork_child
 from isic2020.store.libc import libc
 
 DEFAULT_WORKERS = 2
 MIN_MEMBERS_PER_WORKER = 8  # fewer members than this per worker: one process does it all
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 CHUNKS_PER_WORKER = 16  # work is handed out in this many runs per worker
 PER_FILE_COST = 32768  # a file's open/rename costs about as much as writing this many bytes
 #: What to do about a damaged member of an archive on disk.
@@ -292,31 +292,23 @@ class _Processes:
     def spawn(self) -> None:
         cmd_r, cmd_w = os.pipe()
         msg_r, msg_w = os.pipe()
-        # SIGTERM/SIGINT wait until the worker has its own handlers: one arriving between the
-        # fork and those (``stop_all`` after another worker's error) would run the parent's
-        # handler in the child and print a traceback
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        pid = -1
-        try:
-            pid = os.fork()
-        finally:
-            if pid != 0:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        if pid == 0:  # the worker: never returns into the caller's code
-            code = 70
+        j = self.job
+
+        def worker() -> int:
             try:
-                for fd in (cmd_w, msg_r, *(f for w in self.workers for f in (w.cmd, w.msg))):
-                    os.close(fd)
-                j = self.job
-                code = _child(j.path, j.members, j.chunks, j.d, j.mode, j.archive, cmd_r,
+                return _child(j.path, j.members, j.chunks, j.d, j.mode, j.archive, cmd_r,
                               msg_w, self.parent, self.lib)
-            except BaseException as exc:  # noqa: BLE001 - reported, then _exit
+            except BaseException as exc:  # noqa: BLE001 - reported, then the fork's _exit
                 with contextlib.suppress(BaseException):
                     doc = {"kind": "internal", "message": f"{type(exc).__name__}: {exc}",
                            "hint": None}
                     write_all(msg_w, b"e " + json.dumps(doc).encode() + b"\n")
-            finally:
-                os._exit(code)
+                return 70
+
+        # The fork (``store.forking``) blocks SIGTERM/SIGINT until the worker has its own
+        # handlers (one arriving before, from ``stop_all`` after another worker's error, would
+        # run the parent's handler in the child), and leaves it only its two pipes.
+        pid = fork_child(worker, {cmd_r, msg_w})
         os.close(cmd_r)
         os.close(msg_w)
         w = _Worker(pid, cmd_w, msg_r)

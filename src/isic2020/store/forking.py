@@ -58,6 +58,18 @@ def close_other_descriptors(keep: set[int]) -> None:
                 os.close(fd)
 
 
+def read_exact(fd: int, n: int) -> bytes | None:
+    """``n`` bytes of the pipe ``fd``; None at its end (the other side closed it, or died)."""
+    chunks = []
+    while n:
+        block = os.read(fd, n)
+        if not block:
+            return None
+        chunks.append(block)
+        n -= len(block)
+    return b"".join(chunks)
+
+
 def fork_child(child: Callable[[], int], keep: set[int]) -> int:
     """Fork; the child closes all descriptors but ``keep``, dies with its parent (the *thread*
     that forked it: call this from one that outlives the child), and exits with ``child()``'s
