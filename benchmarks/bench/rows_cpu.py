@@ -16,8 +16,8 @@ from pathlib import Path
 
 from .common import MB, PREFIX, TRAIN_ZIP
 from .data import human
+from .download_tools import download_tools
 from .results import Bench, Tool, find, verdict
-from .rows_download import download_tools
 
 #: Goal 1 of issue 14: isic2020's CPU at most this many times the irreducible.
 TARGET = 1.3
