@@ -52,18 +52,22 @@ from isic2020.archive.decode import (
     write_all,
 )
 from isic2020.archive.rules import Member, damaged_member
+from isic2020.archive.workers import DAMAGED_HINT
 from isic2020.errors import Isic2020Error
-from isic2020.store.forking import STOP_SIGNALS, can_fork, fork_child, read_exact
+from isic2020.store.forking import (
+    STOP_SIGNALS,
+    STOPPED,
+    can_fork,
+    error_report,
+    fork_child,
+    read_exact,
+)
 
 #: Batches handed to one child ahead of its acknowledgements: enough that it never waits for
 #: the parent's next one (whose threads may wait for the GIL), few enough that the last
 #: members spread over every child.
 IN_FLIGHT = 2
 FRAME = struct.Struct("<I")  # the number of indices that follow (uint32 each)
-#: The damaged-member hint (``workers.DAMAGED_HINT``, without importing the extraction's pool).
-HINT = "delete DATA/archives/{archive} and run `isic2020 fetch` again"
-#: The child's exit status when a signal (SIGTERM, SIGINT) stopped it between two members.
-STOPPED = 2
 
 
 class UnpackerGone(Exception):
@@ -188,8 +192,7 @@ class UnpackerProcess:
 
 # -- the child -------------------------------------------------------------------------------
 def _report(fd: int, kind: str, message: str, hint: str | None) -> None:
-    doc = {"kind": kind, "message": message, "hint": hint}
-    write_all(fd, b"e " + json.dumps(doc).encode() + b"\n")
+    write_all(fd, b"e " + error_report(kind, message, hint) + b"\n")
 
 
 def _on_stop(signum: int, frame: Any) -> None:
@@ -224,7 +227,8 @@ def _child(members: Sequence[Member], archive_fd: int, images_fd: int, mode: int
                     extract_member(read_at, m.entry, "", m.final, mode, dir_fd=images_fd,
                                    in_place=True)
                 except Damaged as exc:
-                    raise damaged_member(archive, m.entry.name, str(exc), HINT) from None
+                    raise damaged_member(archive, m.entry.name, str(exc),
+                                         DAMAGED_HINT) from None
             write_all(out, f"c {len(batch)}\n".encode())
     except Stopped:
         return STOPPED

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import marshal
 import os
 import select
@@ -39,9 +38,16 @@ from typing import Any
 from isic2020.archive.decode import Stopped, request_stop, stop_requested, write_all
 from isic2020.archive.spans import Span, SpanWriter
 from isic2020.archive.zipformat import Entry
-from isic2020.errors import DiskError, Interrupted, Isic2020Error, UsageError, VerificationError
+from isic2020.errors import DiskError, Interrupted, Isic2020Error
 from isic2020.report import count_images
-from isic2020.store.forking import STOP_SIGNALS, fork_child, read_exact
+from isic2020.store.forking import (
+    STOP_SIGNALS,
+    STOPPED,
+    error_report,
+    fork_child,
+    read_exact,
+    reported_error,
+)
 
 #: From an archive of this many bytes on, its members are unpacked by forked children (here,
 #: and while it downloads: ``stream_worker``); below it the work is too short to be worth them.
@@ -51,19 +57,13 @@ BEGIN, DATA, END = b"B", b"D", b"E"
 WAIT = 0.1  # seconds a downloading thread waits on a child before it looks at the abort
 PIPE_BYTES = 1 << 20  # the input pipe's capacity (F_SETPIPE_SZ), where Linux allows it
 F_SETPIPE_SZ = 1031
-STOPPED = 2  # the child's exit status when a signal stopped it
-_KINDS: dict[str, type[Isic2020Error]] = {
-    "VerificationError": VerificationError,
-    "DiskError": DiskError,
-    "UsageError": UsageError,
-}
 
 
 class ForkedWriter:
     """The parent's stand-in for one piece's :class:`SpanWriter` (which lives in the child):
     what to announce, and the counts the child reports (read by the ``done`` callback)."""
 
-    def __init__(self, archive: str, span: Span, finals: dict[int, str], mode: int) -> None:
+    def __init__(self, span: Span, finals: dict[int, str]) -> None:
         self.span = span
         self.finals = {m.header_offset: finals[m.header_offset] for m in span.members}
         self.stop_at = span.end
@@ -103,7 +103,8 @@ class ForkedUnpackers:
 
     def writer(self, archive: str, span: Span, finals: dict[int, str], mode: int
                ) -> ForkedWriter:
-        return ForkedWriter(archive, span, finals, mode)
+        """The parent's stand-in for one piece (the archive and mode are the child's)."""
+        return ForkedWriter(span, finals)
 
     def start(self) -> None:
         try:
@@ -230,10 +231,7 @@ class ForkedUnpackers:
             count_images(done)
             self.done(writer)
         elif kind == b"e":
-            doc = json.loads(arg)
-            cls = _KINDS.get(doc.get("kind"))
-            self.fail(cls(doc["message"], doc.get("hint")) if cls is not None
-                      else RuntimeError(f"unpacking failed: {doc['message']}"))
+            self.fail(reported_error(arg, "unpacking"))
 
 
 def _gone(archive: str, why: str) -> DiskError:
@@ -299,8 +297,8 @@ def _serve(archive: str, mode: int, inp: int, out: int) -> int:
                 if w is not None:
                     w.cleanup()
                 failed.add(k)
-                doc = {"kind": type(exc).__name__, "message": exc.message, "hint": exc.hint}
-                write_all(out, f"e {k} ".encode() + json.dumps(doc).encode() + b"\n")
+                write_all(out, f"e {k} ".encode()
+                          + error_report(type(exc).__name__, exc.message, exc.hint) + b"\n")
         return STOPPED
     except Stopped:
         return STOPPED

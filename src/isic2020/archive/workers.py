@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import select
 import signal
@@ -39,9 +38,15 @@ from isic2020.archive.decode import (
 )
 from isic2020.archive.rules import Member, damaged_member
 from isic2020.archive.zipformat import DEFLATED, STORED
-from isic2020.errors import DiskError, Isic2020Error, UsageError, VerificationError
+from isic2020.errors import DiskError, Isic2020Error
 from isic2020.report import count_images
-from isic2020.store.forking import STOP_SIGNALS, fork_child
+from isic2020.store.forking import (
+    STOP_SIGNALS,
+    STOPPED,
+    error_report,
+    fork_child,
+    reported_error,
+)
 from isic2020.store.libc import libc
 
 DEFAULT_WORKERS = 2
@@ -202,23 +207,16 @@ def _child(
     except Stopped:
         return 2
     except Isic2020Error as exc:
-        doc = {"kind": type(exc).__name__, "message": exc.message, "hint": exc.hint}
         with contextlib.suppress(OSError):
-            write_all(msg_w, b"e " + json.dumps(doc).encode() + b"\n")
+            write_all(msg_w, b"e " + error_report(type(exc).__name__, exc.message, exc.hint)
+                      + b"\n")
         return 1
     except OSError as exc:  # the pipe to the parent (it is gone)
         if stop_requested() or exc.errno == errno.EPIPE:
-            return 2
+            return STOPPED
         raise
     finally:
         src.close()
-
-
-_ERROR_KINDS: dict[str, type[Isic2020Error]] = {
-    "VerificationError": VerificationError,
-    "DiskError": DiskError,
-    "UsageError": UsageError,
-}
 
 
 @dataclass
@@ -300,9 +298,8 @@ class _Processes:
                               msg_w, self.parent, self.lib)
             except BaseException as exc:  # noqa: BLE001 - reported, then the fork's _exit
                 with contextlib.suppress(BaseException):
-                    doc = {"kind": "internal", "message": f"{type(exc).__name__}: {exc}",
-                           "hint": None}
-                    write_all(msg_w, b"e " + json.dumps(doc).encode() + b"\n")
+                    write_all(msg_w, b"e " + error_report(
+                        "internal", f"{type(exc).__name__}: {exc}", None) + b"\n")
                 return 70
 
         # The fork (``store.forking``) blocks SIGTERM/SIGINT until the worker has its own
@@ -357,8 +354,8 @@ class _Processes:
         w.status = os.waitpid(w.pid, 0)[1]
         if self.error is None and not w.finished:
             code = os.waitstatus_to_exitcode(w.status)
-            # 2: stopped by SIGTERM/SIGINT (Ctrl-C reaches the whole process group)
-            self.error = (KeyboardInterrupt() if code == 2
+            # stopped by SIGTERM/SIGINT (Ctrl-C reaches the whole process group)
+            self.error = (KeyboardInterrupt() if code == STOPPED
                           else _worker_died(self.job.archive, code))
             self.stop_all()
 
@@ -373,12 +370,7 @@ class _Processes:
             self.total += int(arg)
             w.finished = True
         elif kind == b"e" and self.error is None:
-            doc = json.loads(arg)
-            cls = _ERROR_KINDS.get(doc["kind"])
-            self.error = (
-                cls(doc["message"], doc["hint"]) if cls is not None
-                else RuntimeError(f"extraction worker failed: {doc['message']}")
-            )
+            self.error = reported_error(arg, "extraction worker")
             self.stop_all()
 
     def reap(self) -> None:

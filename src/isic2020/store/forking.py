@@ -17,6 +17,7 @@ Only Linux forks here; elsewhere the caller does the work itself.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import signal
@@ -25,6 +26,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from isic2020.errors import DiskError, Isic2020Error, UsageError, VerificationError
 from isic2020.store.libc import libc
 
 # Python 3.12+ warns at every fork of a process with threads; the module docstring says why
@@ -35,10 +37,32 @@ warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlo
 T = TypeVar("T")
 PR_SET_PDEATHSIG = 1
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+#: The exit status of a forked worker that SIGTERM or SIGINT stopped between two pieces of work.
+STOPPED = 2
+#: The errors a forked worker reports by kind; its parent raises them again as the same class.
+_REPORTED: dict[str, type[Isic2020Error]] = {
+    cls.__name__: cls for cls in (VerificationError, DiskError, UsageError)
+}
 
 
 class ForkFailed(Exception):
     """No forked child gave a result (no fork here, it failed, or died): do the work here."""
+
+
+def error_report(kind: str, message: str, hint: str | None) -> bytes:
+    """An error as a forked worker sends it to its parent: JSON on one line (no newline)."""
+    return json.dumps({"kind": kind, "message": message, "hint": hint}).encode()
+
+
+def reported_error(report: bytes, what: str) -> BaseException:
+    """The error of an :func:`error_report`, as the parent raises it: the same class for the
+    errors a user is told about (one line and a hint), else a RuntimeError saying ``what``
+    failed (a bug)."""
+    doc = json.loads(report)
+    cls = _REPORTED.get(doc.get("kind"))
+    if cls is not None:
+        return cls(doc["message"], doc.get("hint"))
+    return RuntimeError(f"{what} failed: {doc['message']}")
 
 
 def can_fork() -> bool:
