@@ -96,6 +96,29 @@ def test_a_destination_holding_files_receives_the_images_one_by_one_and_keeps_it
     assert not staging.exists()
 
 
+@pytest.mark.parametrize("dest_holds_files", [False, True])
+def test_only_vouched_images_that_moved_come_back_as_checked(archive, tmp_path,
+                                                             dest_holds_files):
+    """``vouched``: what the writer checked as it wrote it. What promote moves of it is
+    ``checked`` (the closing verify will not read it back); a name vouched for but not
+    there is not, nor is any image it did not vouch for; a short file stays out."""
+    data = tmp_path / "d"
+    staging, want = _stage(data, archive)
+    names = sorted(want)
+    short = names[0]
+    (staging / IMAGES_DIR / short).write_bytes(want[short][:-5])  # a killed write
+    dest = data / "jpeg" / "train"
+    if dest_holds_files:
+        dest.mkdir(parents=True)
+        (dest / "notes.txt").write_bytes(b"mine\n")
+    vouched = set(names[1:4]) | {"ISIC_9999999.jpg"}
+    done = promote(staging, dest, archive[1], vouched)
+    assert done.checked == set(names[1:4])
+    moved = _files(dest)
+    assert short not in moved
+    assert {n: moved[n] for n in names[1:]} == {n: want[n] for n in names[1:]}
+
+
 def test_a_folder_inside_the_staged_images_never_reaches_the_layout(archive, tmp_path):
     """A folder named like a member (it cannot be unlinked) must not ride along with a
     one-rename move: the images then go one by one."""

@@ -46,6 +46,7 @@ from isic2020.archive.zipformat import (
     check_local_name,
     local_header_size,
 )
+from isic2020.catalog.jpeg import jpeg_problem
 from isic2020.report import count_images
 from isic2020.store.fsutil import disk_error, open_nofollow, temp_name
 from isic2020.store.libc import syncfs_function
@@ -285,6 +286,30 @@ def write_data(d: str, final: str, mode: int, data: bytes | memoryview,
         raise
 
 
+class Vouched:
+    """A writer's check of each member's content as it is written (``rule``: a content rule
+    of :mod:`isic2020.archive.rules`, e.g. the JPEG markers), passed to
+    :func:`extract_member` as ``inspect``: ``passed`` tells whether the member just written
+    was checked whole and passed. Such a file need not be read back to be shown intact
+    (the closing verify of a fetch); one that failed or was not checked is read by the
+    verify, which names the problem."""
+
+    __slots__ = ("rule", "passed")
+
+    def __init__(self, rule: Callable[[bytes | memoryview], str | None]) -> None:
+        self.rule = rule
+        self.passed = False
+
+    def __call__(self, data: bytes | memoryview) -> None:
+        self.passed = self.rule(data) is None
+
+    @classmethod
+    def for_format(cls, fmt: str | None) -> Vouched | None:
+        """The check for images of ``fmt``; None where the writers check nothing (DICOM: its
+        header check parses, which the verify does from the file)."""
+        return cls(jpeg_problem) if fmt == "jpeg" else None
+
+
 def read_checked(read_at: Callable[[int, int], bytes], at: int, n: int) -> bytes:
     """``read_at`` of the archive; a failure to *read* it (EINVAL for an offset no file has,
     EIO) is the archive's problem, not the destination disk's."""
@@ -297,11 +322,16 @@ def read_checked(read_at: Callable[[int, int], bytes], at: int, n: int) -> bytes
 def extract_member(
     read_at: Callable[[int, int], bytes], e: Entry, d: str, final: str, mode: int,
     dir_fd: int | None = None, *, in_place: bool = False,
+    inspect: Callable[[bytes | memoryview], object] | None = None,
 ) -> int:
     """Read stored or deflated member ``e`` through ``read_at`` and write it to ``d/final``,
     checked; returns its size. A member up to :data:`SMALL_MEMBER` costs one read (header and
     data), one inflate, one CRC-32, one write loop and a rename (none with ``in_place`` and
-    ``dir_fd``: only for a folder that is no final path, see :class:`MemberFile`)."""
+    ``dir_fd``: only for a folder that is no final path, see :class:`MemberFile`).
+
+    ``inspect`` is called with the content of a member decoded in one piece, once it passed
+    the CRC-32 and before it is written (a larger member's content is never whole in memory:
+    it is not called): the writer's :class:`Vouched` check, which spares a second read."""
     check_method(e)
     guess = LFH.size + len(e.name.encode("utf-8")) + 64
     small = e.compressed_size <= SMALL_MEMBER and e.file_size <= SMALL_MEMBER
@@ -317,6 +347,8 @@ def extract_member(
         raise Damaged(str(exc)) from None
     if small and len(buf) >= hlen + e.compressed_size:
         data = decode_whole(e, memoryview(buf)[hlen : hlen + e.compressed_size])
+        if inspect is not None:
+            inspect(data)
         write_data(d, final, mode, data, dir_fd, in_place=in_place)
         return e.file_size
     f = MemberFile(d, final, mode, dir_fd)

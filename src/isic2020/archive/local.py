@@ -28,8 +28,8 @@ import contextlib
 import os
 import struct
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +72,15 @@ class ArchiveExtraction:
     workers: int = 0
     from_staging: int = 0  # unpacked while the archive downloaded (see ``streaming``)
     seconds: float = 0.0
+    #: Images now in ``dest`` whose content was checked as this run wrote them (the JPEG
+    #: markers, ``decode.Vouched``): the closing verify of a fetch need not read them back.
+    checked: set[str] = field(default_factory=set, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(replace(self, checked=set()))
+        d.pop("checked")
+        d["checked_when_written"] = len(self.checked)
+        return d
 
 
 
@@ -110,7 +116,7 @@ def plan_archive(path: Path, entry: FileEntry) -> Plan:
 
 def _take_staged(
     layout: Layout, entry: FileEntry, records: Records, size: int, dest_dir: Path,
-    members: list[Member],
+    members: list[Member], vouched: Collection[str],
 ) -> Promoted:
     """Move in the images unpacked while this archive downloaded, if they were unpacked from
     this very version of it (ETag and size, as recorded when it landed); else drop them."""
@@ -120,7 +126,7 @@ def _take_staged(
     rec = records.file(entry.name)
     try:
         if rec is not None and staging_matches(staging, rec.etag, size):
-            return promote(staging, dest_dir, members)
+            return promote(staging, dest_dir, members, vouched)
         remove_tree(staging)
     except OSError as exc:
         raise disk_error(exc, dest_dir) from None
@@ -137,12 +143,14 @@ def extract_archive(
     workers: int | None = None,
     log: Callable[[str], None] | None = None,
     plan: Plan | None = None,
+    vouched: Collection[str] = (),
 ) -> ArchiveExtraction:
     """Unpack one archive (at ``layout.final_path(entry)``) into ``DATA/<format>/<split>/``.
 
     ``plan`` is :func:`plan_archive`'s result for this very archive when the caller already
     made it (the streaming extractor parses the directory while the archive downloads): it is
-    not parsed and checked a second time.
+    not parsed and checked a second time. ``vouched``: the staged images the streaming
+    checked as it wrote them (see :func:`staging.promote`).
 
     The caller holds the data-dir lock. Raises VerificationError (unsafe or damaged archive,
     naming the entry), DiskError (disk full, unwritable) or Interrupted; what was finished
@@ -173,8 +181,9 @@ def extract_archive(
         dest_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise disk_error(exc, dest_dir) from None
-    staged = _take_staged(layout, entry, records, st.st_size, dest_dir, plan.members)
+    staged = _take_staged(layout, entry, records, st.st_size, dest_dir, plan.members, vouched)
     result.from_staging = staged.images
+    result.checked = staged.checked
     todo = _todo(entry, plan.members, dest_dir, result, staged.present)
     if log and todo:
         log(f"extracting {plural(len(todo), 'image')} from {entry.name} to {rel_dest}")
@@ -251,7 +260,8 @@ def keep_directory(layout: Layout, records: Records, entry: FileEntry,
     if load_directory(dest, rec.size, rec.etag, rec.sha256) is None:
         with contextlib.suppress(DiskError):  # (a read-only copy): only a later repair needs it
             save_directory(layout.final_path(entry), dest, rec.url, rec.etag, rec.sha256,
-                           parsed=plan.parsed if plan is not None else None)
+                           parsed=plan.parsed if plan is not None else None,
+                           prepared=plan.prepared if plan is not None else None)
 
 
 def _todo(

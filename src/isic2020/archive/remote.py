@@ -298,15 +298,16 @@ _MEMBER_FIELDS = [
 ]
 
 
-def save_cached(path: Path, remote: RemoteZip) -> None:
-    """Store the directory (gzip'ed, one row per member: ~21 B a member for the real zip)."""
+def save_cached(path: Path, remote: RemoteZip, data: bytes | None = None) -> None:
+    """Store the directory (gzip'ed, one row per member: ~21 B a member for the real zip);
+    ``data``: its :func:`cache_bytes`, made already."""
     try:
-        atomic_write(Path(path), _cache_bytes(remote), durable=False)
+        atomic_write(Path(path), cache_bytes(remote) if data is None else data, durable=False)
     except OSError as exc:
         raise disk_error(exc, Path(path)) from None
 
 
-def _cache_bytes(remote: RemoteZip) -> bytes:
+def cache_bytes(remote: RemoteZip) -> bytes:
     """The cache file's bytes, encoded and compressed ``CACHE_BATCH`` rows at a time (the
     whole document as Python lists plus its JSON text would be many times the directory);
     gzip level 1: nearly the size of level 9 at a fraction of the time."""

@@ -24,6 +24,7 @@ A refusal is :class:`Refused` (the words); :func:`refusal` names the archive and
 
 from __future__ import annotations
 
+import functools
 import re
 import stat
 from collections.abc import Sequence
@@ -83,8 +84,10 @@ def damaged_member(archive: str, name: str, why: str, hint: str) -> Verification
 def unsafe_reason(name: str, external_attr: int = 0, create_system: int = 0) -> str | None:
     """Why an entry must not be extracted anywhere, or None when its name and type are safe."""
     if _PLAIN_NAME.fullmatch(name):
-        # The usual case (``train/ISIC_0000000.jpg``): only the device names can fail.
-        parts = name.split("/")
+        # The usual case (``train/ISIC_0000000.jpg``): only the device names can fail; the
+        # folder is the same for thousands of entries, so it is judged once.
+        folder, _, base = name.rpartition("/")
+        why = _device_part(base) or (_folder_reason(folder) if folder else None)
     else:
         if "\x00" in name:
             return "NUL byte in name"
@@ -95,10 +98,9 @@ def unsafe_reason(name: str, external_attr: int = 0, create_system: int = 0) -> 
         parts = re.split(r"[\\/]", name)
         if ".." in parts:
             return "'..' in path"
-    for p in parts:
-        stem = p.split(".", 1)[0].strip().upper()
-        if stem in _DEVICE_NAMES:
-            return f"device name {p!r}"
+        why = next((w for w in map(_device_part, parts) if w), None)
+    if why:
+        return why
     mode = external_attr >> 16
     if create_system == 3 and mode:  # Unix attributes present
         kind = stat.S_IFMT(mode)
@@ -107,6 +109,18 @@ def unsafe_reason(name: str, external_attr: int = 0, create_system: int = 0) -> 
         if kind and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             return "device or special file"
     return None
+
+
+def _device_part(part: str) -> str | None:
+    """A path part named like a Windows device (``CON``, ``com1.txt``), said; else None."""
+    if part.split(".", 1)[0].strip().upper() in _DEVICE_NAMES:
+        return f"device name {part!r}"
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _folder_reason(folder: str) -> str | None:
+    return next((w for w in map(_device_part, folder.split("/")) if w), None)
 
 
 def image_file_name(name: str, ext: str | None = None) -> str | None:
@@ -152,6 +166,9 @@ class Plan:
     #: The ``(Directory, entries)`` of ``zipformat.read_directory`` this plan was made from,
     #: when its maker kept them: saving the directory then needs no second parse.
     parsed: tuple[Any, list[Any]] | None = field(default=None, repr=False)
+    #: ``saved.PreparedDirectory``: the saved directory's file, made while the archive
+    #: downloaded (by ``streaming``), written when the archive lands as it expected.
+    prepared: Any = field(default=None, repr=False)
 
 
 def plan_entries(entries: Sequence[Entry], fmt: str | None, archive_size: int) -> Plan:

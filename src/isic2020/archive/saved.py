@@ -21,11 +21,18 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from isic2020.archive.decode import present_files
-from isic2020.archive.remote import RemoteMember, RemoteZip, cache_key, load_cached, save_cached
+from isic2020.archive.remote import (
+    RemoteMember,
+    RemoteZip,
+    cache_bytes,
+    cache_key,
+    load_cached,
+    save_cached,
+)
 from isic2020.archive.rules import Refused, image_file_name, plan_entries
 from isic2020.archive.zipformat import BadZip, Directory, read_directory
 from isic2020.catalog.manifest import EXTENSIONS
@@ -48,11 +55,48 @@ def key_of(size: int, etag: str | None, sha256: str) -> str | None:
     return cache_key(tag, size, marker)
 
 
+@dataclass(frozen=True)
+class PreparedDirectory:
+    """A directory's saved file, made while its archive downloads (off the path from the
+    last byte to the end of the fetch), for the identity it carries. It is written only for
+    an archive that landed verified with that very identity (:func:`save_directory`)."""
+
+    url: str
+    size: int
+    etag: str | None
+    sha256: str | None
+    remote: RemoteZip = field(repr=False)
+    data: bytes = field(repr=False)
+
+    def fits(self, url: str, size: int, etag: str | None, sha256: str | None) -> bool:
+        return (self.url, self.size, self.etag, self.sha256) == (url, size, etag, sha256)
+
+
+def prepare_directory(parsed: tuple[Directory, list[RemoteMember]], size: int, url: str,
+                      etag: str | None, sha256: str | None) -> PreparedDirectory:
+    """The saved file of the directory ``parsed`` from the ``size``-byte archive at ``url``
+    that should land as ``etag`` and ``sha256``."""
+    d, entries = parsed
+    tag, marker = identity(size, etag, sha256 or "")
+    remote = RemoteZip(url, size, tag, entries, d.offset, d.size, last_modified=marker)
+    return PreparedDirectory(url, size, etag, sha256, remote, cache_bytes(remote))
+
+
 def save_directory(zip_path: Path, dest: Path, url: str, etag: str | None, sha256: str,
-                   parsed: tuple[Directory, list[RemoteMember]] | None = None) -> bool:
+                   parsed: tuple[Directory, list[RemoteMember]] | None = None,
+                   prepared: PreparedDirectory | None = None) -> bool:
     """Read the landed archive's directory (``parsed``: already read from this very file) and
     keep it at ``dest``; False (nothing written) when the archive cannot be read: the images
-    are judged by ``verify`` then."""
+    are judged by ``verify`` then. ``prepared``: its file made already, written as it is
+    when it fits this archive (URL, size, ETag, sha256)."""
+    if prepared is not None:
+        try:
+            size = os.stat(zip_path).st_size
+        except OSError:
+            return False
+        if prepared.fits(url, size, etag, sha256):
+            save_cached(dest, prepared.remote, prepared.data)
+            return True
     try:
         fd = os.open(zip_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:

@@ -1,4 +1,5 @@
-"""Staged images (unpacked while their archive downloaded) into the layout, once it landed.
+"""The staging folder of images unpacked while their archive downloads: made for one version
+of the archive (:func:`open_staging`), moved into the layout once it landed (:func:`promote`).
 
 Invariants: images reach the layout only from a staging made for this very version of the
 archive (``object.json``: ETag and size; without an ETag there is no proof, so never); only
@@ -14,11 +15,14 @@ import errno
 import json
 import os
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from isic2020.archive.rules import Member
-from isic2020.store.fsutil import open_dir, remove_tree
+from isic2020.store.fsutil import open_dir, open_nofollow, remove_tree
+from isic2020.store.records import atomic_write_json
 
 OBJECT_FILE = "object.json"
 IMAGES_DIR = "images"
@@ -33,6 +37,31 @@ class Promoted:
     #: it (one rename into an empty or missing folder): the caller need not list it again.
     #: ``None``: moved one by one into a folder that may hold other files.
     present: dict[str, int] | None = field(default=None, repr=False)
+    #: The moved images whose content the writer checked as it wrote them (``vouched`` of
+    #: :func:`promote`): the closing verify need not read them back.
+    checked: set[str] = field(default_factory=set, repr=False)
+
+
+def open_staging(staging: Path, ident: dict[str, Any]) -> int:
+    """Make ``staging`` for the version ``ident`` (ETag, size) of its object, removing another
+    version's; a descriptor of its images folder, reached without following any link
+    (:func:`open_dir`), which the writers write relative to."""
+    doc_path = staging / OBJECT_FILE
+    try:
+        with open(open_nofollow(doc_path, os.O_RDONLY), "rb") as fh:
+            doc = json.loads(fh.read())
+    except (OSError, ValueError):
+        doc = None
+    if doc != ident:
+        remove_tree(staging)
+    images_fd = open_dir(staging / IMAGES_DIR)
+    if doc != ident:
+        try:
+            atomic_write_json(doc_path, ident, durable=False)
+        except BaseException:
+            os.close(images_fd)
+            raise
+    return images_fd
 
 
 def staging_matches(staging: Path, etag: str | None, size: int) -> bool:
@@ -45,7 +74,8 @@ def staging_matches(staging: Path, etag: str | None, size: int) -> bool:
     return bool(etag) and doc.get("etag") == etag and doc.get("size") == size
 
 
-def promote(staging: Path, dest: Path, members: list[Member]) -> Promoted:
+def promote(staging: Path, dest: Path, members: list[Member],
+            vouched: Collection[str] = ()) -> Promoted:
     """Move the staged images that belong to ``members`` (by name and size) into ``dest``;
     remove the staging folder. One rename of the images folder itself when ``dest`` is empty
     or missing (33,126 images: one ``renameat`` instead of 33,126); else one by one, never
@@ -60,6 +90,10 @@ def promote(staging: Path, dest: Path, members: list[Member]) -> Promoted:
     their descriptors, so nothing outside the state folder is listed, deleted or moved.
     ``dest`` may be a link the user made (``jpeg/train`` on another disk): images are then
     moved one by one where a rename reaches, and the extraction unpacks the rest.
+
+    ``vouched``: names this very run wrote whole into the staging folder and checked as it
+    wrote them (``StreamingExtractor.checked_names``). Their size is known, so they are not
+    ``stat``'ed, and they come back as ``checked`` once moved.
     """
     want = {m.final: m.entry.file_size for m in members}
     done = Promoted()
@@ -74,7 +108,7 @@ def promote(staging: Path, dest: Path, members: list[Member]) -> Promoted:
             dfd = -1
         if dfd >= 0:
             try:
-                done = _promote_from(sfd, dfd, dest, want)
+                done = _promote_from(sfd, dfd, dest, want, vouched)
             finally:
                 os.close(dfd)
     finally:
@@ -84,13 +118,14 @@ def promote(staging: Path, dest: Path, members: list[Member]) -> Promoted:
     return done
 
 
-def _promote_from(sfd: int, dfd: int, dest: Path, want: dict[str, int]) -> Promoted:
+def _promote_from(sfd: int, dfd: int, dest: Path, want: dict[str, int],
+                  vouched: Collection[str]) -> Promoted:
     keep: list[str] = []
     clean = True  # nothing but ``keep`` is left in the folder
     with os.scandir(dfd) as it:
         for e in it:
-            if e.is_file(follow_symlinks=False) and \
-                    want.get(e.name) == e.stat(follow_symlinks=False).st_size:
+            if e.is_file(follow_symlinks=False) and e.name in want and (
+                    e.name in vouched or want[e.name] == e.stat(follow_symlinks=False).st_size):
                 keep.append(e.name)
                 continue
             try:  # a short file left by a killed write, a temporary, anything else
@@ -104,7 +139,8 @@ def _promote_from(sfd: int, dfd: int, dest: Path, want: dict[str, int]) -> Promo
         if (clean and not os.path.islink(dest) and _empty_or_missing(dest) and _ours(dfd)
                 and _same_dir(os.stat(IMAGES_DIR, dir_fd=sfd, follow_symlinks=False), dfd)):
             os.rename(IMAGES_DIR, dest, src_dir_fd=sfd)  # replaces an empty folder (POSIX)
-            return Promoted(len(keep), {name: want[name] for name in keep})
+            return Promoted(len(keep), {name: want[name] for name in keep},
+                            {name for name in keep if name in vouched})
     dest.mkdir(parents=True, exist_ok=True)
     for n, name in enumerate(keep):
         try:
@@ -112,8 +148,9 @@ def _promote_from(sfd: int, dfd: int, dest: Path, want: dict[str, int]) -> Promo
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            return Promoted(n)  # another filesystem: the extraction unpacks the rest
-    return Promoted(len(keep))
+            # another filesystem: the extraction unpacks the rest
+            return Promoted(n, checked={k for k in keep[:n] if k in vouched})
+    return Promoted(len(keep), checked={k for k in keep if k in vouched})
 
 
 def _ours(fd: int) -> bool:

@@ -6,9 +6,10 @@ and must win it back from the download's threads. In one interpreter the two tak
 unpacking falls behind the download and both spend CPU on the handovers. A forked child has
 an interpreter of its own, and inherits the parsed directory: the parent hands it batches of
 member *indices* (``array`` of uint32 on a pipe, at most :data:`IN_FLIGHT` batches ahead) and
-reads one line per batch back: ``c COUNT`` once the batch is written, ``e JSON`` (kind,
-message, hint) when a member could not be, after which the child exits. No program is run
-(the package never runs one): the child is this process, forked.
+reads one line per batch back: ``c COUNT [INDEX ...]`` once the batch is written (the indices
+listed are those the writer's content check, :class:`decode.Vouched`, did not pass: usually
+none), ``e JSON`` (kind, message, hint) when a member could not be, after which the child
+exits. No program is run (the package never runs one): the child is this process, forked.
 
 The fork (``store.forking.fork_child``) is safe beside the download's threads for the reasons
 given there; the child uses only ``os`` calls, zlib and the decoder (no progress bar:
@@ -40,12 +41,14 @@ import signal
 import struct
 import threading
 from array import array
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from isic2020.archive.decode import (
     Damaged,
     Stopped,
+    Vouched,
     extract_member,
     request_stop,
     stop_requested,
@@ -68,6 +71,9 @@ from isic2020.store.forking import (
 #: members spread over every child.
 IN_FLIGHT = 2
 FRAME = struct.Struct("<I")  # the number of indices that follow (uint32 each)
+#: ``on_done(batch, unchecked)``: a batch was written; ``unchecked``, those of its indices
+#: whose content check did not pass or did not run.
+Done = Callable[[Sequence[int], set[int]], None]
 
 
 class UnpackerGone(Exception):
@@ -83,11 +89,12 @@ class UnpackerGone(Exception):
 class UnpackerProcess:
     """The parent's side of one child: :meth:`submit` batches, :meth:`close` at the end.
 
-    ``on_done(n)`` is called (from this object's reader thread) for each batch written;
+    ``on_done(batch, unchecked)`` is called (from this object's reader thread) for each batch
+    written, with the set of its indices whose content check did not pass (or did not run);
     :meth:`submit` raises :class:`UnpackerGone` once the child reported an error or died.
     """
 
-    def __init__(self, pid: int, cmd: int, msg: int, on_done: Callable[[int], None]) -> None:
+    def __init__(self, pid: int, cmd: int, msg: int, on_done: Done) -> None:
         self.pid = pid
         self.cmd = cmd  # write end of its input (-1 once closed)
         self.msg = msg  # read end of its messages
@@ -97,15 +104,17 @@ class UnpackerProcess:
         self.status: int | None = None  # its exit status, once reaped
         self._reaped = threading.Lock()
         self._slots = threading.Semaphore(IN_FLIGHT)
+        self._sent: deque[Sequence[int]] = deque()  # batches not yet answered, in order
         self._reader = threading.Thread(target=self._read, name="isic2020-stream-acks",
                                         daemon=True)
         self._reader.start()
 
     @classmethod
     def start(cls, members: Sequence[Member], archive_fd: int, images_fd: int, mode: int,
-              archive: str, on_done: Callable[[int], None]) -> UnpackerProcess | None:
+              archive: str, fmt: str | None, on_done: Done) -> UnpackerProcess | None:
         """A child that writes ``members[i]`` for the indices it is sent, reading
-        ``archive_fd`` and writing into ``images_fd``; None when none can start (the caller
+        ``archive_fd`` and writing into ``images_fd`` (images of format ``fmt``, checked as
+        :meth:`decode.Vouched.for_format` says); None when none can start (the caller
         unpacks in its own threads). Call it from a thread that outlives the child:
         ``PR_SET_PDEATHSIG`` fires when the *thread* that forked it ends."""
         if not can_fork():
@@ -114,7 +123,8 @@ class UnpackerProcess:
         msg_r, msg_w = os.pipe()
         try:
             pid = fork_child(
-                lambda: _child(members, archive_fd, images_fd, mode, archive, cmd_r, msg_w),
+                lambda: _child(members, archive_fd, images_fd, mode, archive, fmt, cmd_r,
+                               msg_w),
                 {archive_fd, images_fd, cmd_r, msg_w},
             )
         except OSError:
@@ -133,6 +143,7 @@ class UnpackerProcess:
             self._slots.release()
             raise UnpackerGone(self.error, self.interrupted)
         frame = FRAME.pack(len(indices)) + array("I", indices).tobytes()
+        self._sent.append(indices)
         try:
             write_all(self.cmd, frame)
         except OSError:
@@ -172,7 +183,8 @@ class UnpackerProcess:
                     line, pending = pending.split(b"\n", 1)
                     kind, _, arg = line.partition(b" ")
                     if kind == b"c":
-                        self.on_done(int(arg))
+                        unchecked = {int(i) for i in arg.split()[1:]}
+                        self.on_done(self._sent.popleft(), unchecked)
                         self._slots.release()
                     elif kind == b"e" and self.error is None:
                         self.error = json.loads(arg).get("message") or "the unpacking failed"
@@ -200,7 +212,7 @@ def _on_stop(signum: int, frame: Any) -> None:
 
 
 def _child(members: Sequence[Member], archive_fd: int, images_fd: int, mode: int, archive: str,
-           inp: int, out: int) -> int:
+           fmt: str | None, inp: int, out: int) -> int:
     """Unpack the batches read on ``inp`` until its end; the exit status (0; :data:`STOPPED`
     when a signal stopped it; 1 after a member it could not write, reported on ``out``)."""
     request_stop(False)
@@ -211,6 +223,8 @@ def _child(members: Sequence[Member], archive_fd: int, images_fd: int, mode: int
     def read_at(at: int, n: int) -> bytes:
         return os.pread(archive_fd, n, at)
 
+    vouch = Vouched.for_format(fmt)
+
     try:
         while True:
             head = read_exact(inp, FRAME.size)
@@ -219,17 +233,22 @@ def _child(members: Sequence[Member], archive_fd: int, images_fd: int, mode: int
                 return 0
             batch = array("I")
             batch.frombytes(body)
+            unchecked: list[str] = []
             for i in batch:
                 if stop_requested():
                     raise Stopped()
                 m = members[i]
+                if vouch is not None:
+                    vouch.passed = False
                 try:
                     extract_member(read_at, m.entry, "", m.final, mode, dir_fd=images_fd,
-                                   in_place=True)
+                                   in_place=True, inspect=vouch)
                 except Damaged as exc:
                     raise damaged_member(archive, m.entry.name, str(exc),
                                          DAMAGED_HINT) from None
-            write_all(out, f"c {len(batch)}\n".encode())
+                if vouch is None or not vouch.passed:
+                    unchecked.append(str(i))
+            write_all(out, " ".join(["c", str(len(batch)), *unchecked]).encode() + b"\n")
     except Stopped:
         return STOPPED
     except Isic2020Error as exc:

@@ -45,18 +45,18 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import json
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from isic2020.archive.decode import Damaged, Flusher, extract_member, present_files
+from isic2020.archive.decode import Damaged, Flusher, Vouched, extract_member, present_files
 from isic2020.archive.rules import Member, Plan, Refused, damaged_member, plan_entries
-from isic2020.archive.staging import IMAGES_DIR, OBJECT_FILE
+from isic2020.archive.saved import prepare_directory
+from isic2020.archive.staging import IMAGES_DIR, open_staging
 from isic2020.archive.stream_worker import UnpackerGone, UnpackerProcess
 from isic2020.archive.unpack_worker import PROCESS_MIN
 from isic2020.archive.workers import DAMAGED_HINT
@@ -72,9 +72,8 @@ from isic2020.archive.zipformat import (
 from isic2020.catalog.manifest import FileEntry
 from isic2020.errors import Isic2020Error
 from isic2020.report import count_images, plural
-from isic2020.store.fsutil import StateLinkError, file_mode, open_dir, open_nofollow, remove_tree
+from isic2020.store.fsutil import StateLinkError, file_mode, remove_tree
 from isic2020.store.layout import Layout
-from isic2020.store.records import atomic_write_json
 from isic2020.transfer.intervals import add_interval
 from isic2020.transfer.model import RemoteObject
 from isic2020.transfer.observer import TransferObserver
@@ -82,6 +81,9 @@ from isic2020.transfer.observer import TransferObserver
 STREAM_THREADS = 2
 BATCH = 16  # members a thread takes at once
 PROCESS_BATCH = 64  # members a thread hands its child process at once
+#: Directory bytes per image guessed by :meth:`StreamingExtractor.first_offset` (an entry
+#: is 46 bytes, a name like ``train/ISIC_0000000.jpg`` and a few extra fields).
+CD_BYTES_PER_IMAGE = 96
 
 Log = Callable[[str], None]
 
@@ -93,6 +95,9 @@ class StreamStats:
     members: int = 0  # images the archive holds (0: streaming never started)
     unpacked: int = 0  # unpacked into the staging folder by this run
     already_staged: int = 0  # staged by an earlier, interrupted run
+    #: of those unpacked, checked whole as they were written (a JPEG's markers): the closing
+    #: verify need not read them back (see ``decode.Vouched``)
+    checked: int = 0
     after_download_s: float = 0.0  # unpacking left when the download finished
     processes: int = 0  # child processes that unpacked (0: the threads did, in this one)
     disabled: str | None = None  # why streaming stopped or never started
@@ -126,6 +131,8 @@ class StreamingExtractor(TransferObserver):
         self._reset()
 
     def _reset(self) -> None:
+        self.url: str = ""
+        self.etag: str | None = None
         self.fd = -1
         self.size = 0
         self.tail_from = 0
@@ -137,6 +144,7 @@ class StreamingExtractor(TransferObserver):
         self.starts: list[int] = []
         self.ends: list[int] = []
         self.queued = bytearray()
+        self.checked = bytearray()  # 1: written by this run and its content check passed
         self.queue: deque[int] = deque()
         self.planned = False
         self.closing = False
@@ -149,9 +157,14 @@ class StreamingExtractor(TransferObserver):
 
     # -- the engine's hooks --------------------------------------------------------------
     def first_offset(self, size: int) -> int | None:
+        """The end records' room and, guessed from the manifest's image count, the directory
+        before them: both then arrive over the first requests of every connection, instead
+        of the directory being asked for once the end records are read, behind each
+        connection's chunk under way (a guess too small only leaves the rest to that)."""
         if self.stats.disabled:
             return None
-        return tail_start(size)
+        guess = (self.entry.images or 0) * CD_BYTES_PER_IMAGE
+        return max(0, tail_start(size) - min(guess, size // 8))
 
     def begin(
         self,
@@ -168,7 +181,7 @@ class StreamingExtractor(TransferObserver):
             return
         ident = {"size": remote.size, "etag": remote.etag, "last_modified": remote.last_modified}
         try:
-            images_fd = self._prepare(ident)
+            images_fd = open_staging(self.staging, ident)
         except OSError as exc:
             self.stats.disabled = f"cannot stage images: {exc.strerror or exc}"
             return
@@ -177,6 +190,7 @@ class StreamingExtractor(TransferObserver):
             return
         with self._cond:
             self._reset()
+            self.url, self.etag = remote.url, remote.etag
             self.fd = os.dup(fd)
             self.images_fd = images_fd
             self.size = remote.size
@@ -225,6 +239,12 @@ class StreamingExtractor(TransferObserver):
         self._close()
         return self.stats
 
+    def checked_names(self) -> set[str]:
+        """The images this run wrote into the staging folder whose content check passed as
+        they were written: what a promotion may vouch for without reading them back."""
+        with self._cond:
+            return {m.final for m, ok in zip(self.members, self.checked) if ok}
+
     def abort(self) -> None:
         """The fetch failed or was interrupted: stop; what is staged stays for the next run."""
         self._stop_threads()
@@ -258,8 +278,9 @@ class StreamingExtractor(TransferObserver):
         try:
             if not self._wait_for(self.tail_from):
                 return
-            tail = os.pread(fd, self.size - self.tail_from, self.tail_from)
-            cd = end_records(tail, self.tail_from, self.size, lambda at, n: os.pread(fd, n, at))
+            at = tail_start(self.size)
+            tail = os.pread(fd, self.size - at, at)
+            cd = end_records(tail, at, self.size, lambda at, n: os.pread(fd, n, at))
             if cd.offset < self.tail_from:
                 self.prioritize(cd.offset, self.tail_from)
                 if not self._wait_for(cd.offset):
@@ -275,6 +296,7 @@ class StreamingExtractor(TransferObserver):
             self.members, self.starts, self.ends = members, starts, ends
             self.plan = plan
             self.queued = bytearray(len(members))
+            self.checked = bytearray(len(members))
             for i, m in enumerate(members):
                 if staged.get(m.final) == m.entry.file_size:
                     self.queued[i] = 1
@@ -289,6 +311,9 @@ class StreamingExtractor(TransferObserver):
                      "downloads")
         if self.on_planned is not None:
             self.on_planned()
+        # the saved directory's file, for ``extract_archive`` once the archive lands as expected
+        plan.prepared = prepare_directory(plan.parsed, self.size, self.url, self.etag,
+                                          self.entry.sha256)
 
     def _read_directory(self, fd: int) -> tuple[Plan, list[int], list[int]]:
         """The plan (the rules of every path), and each member's span in archive order."""
@@ -325,6 +350,7 @@ class StreamingExtractor(TransferObserver):
         its own GIL), which this thread feeds and, outliving it, owns."""
         mode = file_mode()
         d = str(self.images)
+        vouch = Vouched.for_format(self.entry.format)  # this thread's: it holds a verdict
         proc: UnpackerProcess | None = None
         first = True
         try:
@@ -357,13 +383,15 @@ class StreamingExtractor(TransferObserver):
                 for i in todo:
                     if self.stopped:
                         return
+                    if vouch is not None:
+                        vouch.passed = False
                     try:
-                        self._write(fd, members[i], d, mode)
+                        self._write(fd, members[i], d, mode, vouch)
                     except (Isic2020Error, OSError) as exc:
                         why = exc.message if isinstance(exc, Isic2020Error) else str(exc)
                         self._stop(f"stopped unpacking while downloading: {why}")
                         return
-                    self._unpacked(1)
+                    self._unpacked((i,), () if vouch is not None and vouch.passed else (i,))
         finally:
             if proc is not None:
                 if self.stopped:
@@ -375,7 +403,7 @@ class StreamingExtractor(TransferObserver):
     def _start_process(self, members: list[Member], fd: int, mode: int
                        ) -> UnpackerProcess | None:
         proc = UnpackerProcess.start(members, fd, self.images_fd, mode, self.entry.name,
-                                     self._unpacked_elsewhere)
+                                     self.entry.format, self._unpacked_elsewhere)
         if proc is not None:
             with self._cond:
                 self.procs.append(proc)
@@ -384,20 +412,28 @@ class StreamingExtractor(TransferObserver):
                     proc.stop()
         return proc
 
-    def _unpacked(self, n: int) -> None:
+    def _unpacked(self, done: Sequence[int], unchecked: Collection[int]) -> None:
+        """The members at ``done`` are written; those not in ``unchecked`` passed their
+        content check."""
         with self._cond:
-            self.stats.unpacked += n
+            self.stats.unpacked += len(done)
+            if len(self.checked) != len(self.members):  # (reset meanwhile)
+                return
+            for i in done:
+                if i not in unchecked:
+                    self.checked[i] = 1
+                    self.stats.checked += 1
 
-    def _unpacked_elsewhere(self, n: int) -> None:
-        """A child wrote ``n`` images: its counter is its own, so the report's is counted here
+    def _unpacked_elsewhere(self, done: Sequence[int], unchecked: Collection[int]) -> None:
+        """A child wrote ``done``: its counter is its own, so the report's is counted here
         (in this process the writer counts each one itself)."""
-        self._unpacked(n)
-        count_images(n)
+        self._unpacked(done, unchecked)
+        count_images(len(done))
 
-    def _write(self, fd: int, m: Member, d: str, mode: int) -> None:
+    def _write(self, fd: int, m: Member, d: str, mode: int, vouch: Vouched | None) -> None:
         try:
             extract_member(lambda at, n: os.pread(fd, n, at), m.entry, d, m.final, mode,
-                           dir_fd=self.images_fd, in_place=True)
+                           dir_fd=self.images_fd, in_place=True, inspect=vouch)
         except Damaged as exc:
             raise damaged_member(self.entry.name, m.entry.name, str(exc), DAMAGED_HINT) from None
 
@@ -405,27 +441,6 @@ class StreamingExtractor(TransferObserver):
         return bool(self.threads) and self.threads[0].is_alive()
 
     # -- helpers ---------------------------------------------------------------------------
-    def _prepare(self, ident: dict[str, Any]) -> int:
-        """Make the staging folder for this version of the object (another version's goes);
-        a descriptor of its images folder, reached without following any link
-        (:func:`open_dir`), which the workers write relative to."""
-        doc_path = self.staging / OBJECT_FILE
-        try:
-            with open(open_nofollow(doc_path, os.O_RDONLY), "rb") as fh:
-                doc = json.loads(fh.read())
-        except (OSError, ValueError):
-            doc = None
-        if doc != ident:
-            remove_tree(self.staging)
-        images_fd = open_dir(self.images)
-        if doc != ident:
-            try:
-                atomic_write_json(doc_path, ident, durable=False)
-            except BaseException:
-                os.close(images_fd)
-                raise
-        return images_fd
-
     def _stop(self, why: str) -> None:
         with self._cond:
             if self.stats.disabled is None:

@@ -32,6 +32,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from isic2020.archive.rules import image_file_name, unsafe_reason
 from isic2020.report import human_size
 
 MiB = 1 << 20
@@ -95,14 +96,10 @@ class Entry:
 
     def unsafe_reason(self) -> str | None:
         """Why this entry must never be written anywhere (:func:`rules.unsafe_reason`)."""
-        from isic2020.archive.rules import unsafe_reason
-
         return unsafe_reason(self.name, self.external_attr, self.create_system)
 
     def image_file_name(self, ext: str | None = None) -> str | None:
         """``ISIC_xxxxxxx.jpg`` for an image entry (wherever it stands), else None."""
-        from isic2020.archive.rules import image_file_name
-
         return None if self.is_dir else image_file_name(self.name, ext)
 
 

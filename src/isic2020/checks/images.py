@@ -25,11 +25,12 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from isic2020.catalog.jpeg import jpeg_file_problem
 from isic2020.catalog.manifest import EXTENSIONS
 from isic2020.catalog.table import Table
 from isic2020.checks.findings import Check
@@ -66,19 +67,7 @@ def _scan(folder: Path, ext: str) -> tuple[set[str], list[str], list[str]]:
 def _jpeg_fast(path: str) -> str | None:
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return "empty file"
-        if size < 4 or os.pread(fd, 2, 0) != b"\xff\xd8":
-            return "not a JPEG (no SOI marker FFD8 at the start)"
-        tail = os.pread(fd, 2, size - 2)
-        if tail == b"\xff\xd9":
-            return None
-        if tail.endswith(b"\x00"):
-            block = os.pread(fd, min(size, 65536), max(0, size - 65536)).rstrip(b"\x00")
-            if block.endswith(b"\xff\xd9"):
-                return None
-        return "truncated JPEG (no EOI marker FFD9 at the end)"
+        return jpeg_file_problem(fd)
     finally:
         os.close(fd)
 
@@ -284,11 +273,12 @@ def _temporary_check(prefix: str, temps: list[str]) -> Check:
 
 
 def _integrity_checks(
-    files: list[str], fmt: str, ext: str, prefix: str, expected: Table | None,
-    deep: bool,
+    total: int, to_read: list[str], fmt: str, ext: str, prefix: str,
+    expected: Table | None, deep: bool,
 ) -> list[Check]:
-    """The fast integrity check of every file; with ``deep`` for DICOM also the header fields
-    against the CSV (they come out of the same read)."""
+    """The fast integrity check of ``total`` files, reading ``to_read`` (the others were
+    checked as they were written); with ``deep`` for DICOM also the header fields against the
+    CSV (they come out of the same read)."""
     rows: dict[str, dict[str, Any]] = {}
     if deep and fmt != "jpeg" and expected is not None:
         rows = {str(r["image_name"]): r for r in expected.records()}
@@ -296,24 +286,28 @@ def _integrity_checks(
     mismatches: list[str] = []
     t0 = time.monotonic()
     if fmt == "jpeg":
-        results = _map_procs(_jpeg_fast, files)
-        problems = [f"{Path(f).name}: {r}" for f, r in zip(files, results) if r]
+        results = _map_procs(_jpeg_fast, to_read)
+        problems = [f"{Path(f).name}: {r}" for f, r in zip(to_read, results) if r]
     else:
-        results = _map_procs(_dicom_deep if deep else _dicom_fast, files)
-        for f, (err, fields) in zip(files, results):
+        results = _map_procs(_dicom_deep if deep else _dicom_fast, to_read)
+        for f, (err, fields) in zip(to_read, results):
             if err:
                 problems.append(f"{Path(f).name}: {err}")
             elif deep:
                 mismatches += _dicom_vs_csv(Path(f).name, fields, rows.get(Path(f).stem))
     el = time.monotonic() - t0
+    when_written = total - len(to_read)
+    how = (f"{when_written:,} checked as this fetch wrote them" if when_written == total
+           else f"{len(to_read) / max(el, 1e-9):,.0f}/s" + (
+               f"; {when_written:,} checked as this fetch wrote them" if when_written else ""))
     checks = [
         Check(
             f"{prefix}/integrity",
             "failed" if problems else "ok",
-            f"{len(problems)} of {len(files):,} damaged" if problems
-            else f"{plural(len(files), ext.upper() + ' file')} intact "
-            f"({len(files) / max(el, 1e-9):,.0f}/s)",
-            {"checked": len(files), "damaged": len(problems), "seconds": round(el, 3)},
+            f"{len(problems)} of {total:,} damaged" if problems
+            else f"{plural(total, ext.upper() + ' file')} intact ({how})",
+            {"checked": total, "damaged": len(problems), "seconds": round(el, 3),
+             "checked_when_written": when_written},
             problems,
         )
     ]
@@ -325,7 +319,7 @@ def _integrity_checks(
                 f"{len(mismatches)} disagreement(s) between DICOM headers and the CSV"
                 if mismatches
                 else "patient ID, sex, age and site agree with the CSV",
-                {"checked": len(files), "disagreements": len(mismatches)},
+                {"checked": total, "disagreements": len(mismatches)},
                 mismatches,
             )
         )
@@ -355,9 +349,13 @@ def image_checks(
     expected: Table | None,
     deep: bool,
     progress: bool,
+    checked: Collection[str] = (),
 ) -> list[Check]:
     """The checks of one image folder, in report order: names (when the expected images are
-    known), leftover temporary files, integrity, then (``deep``) decode or DICOM vs CSV."""
+    known), leftover temporary files, integrity, then (``deep``) decode or DICOM vs CSV.
+
+    ``checked``: file names whose integrity was checked, by the same rule, on the bytes the
+    calling fetch wrote (see ``verify_data``): not read again (but with ``deep``)."""
     folder = layout.images_dir(fmt, split)
     ext = EXTENSIONS[fmt]
     prefix = f"images/{fmt}/{split}"
@@ -370,10 +368,15 @@ def image_checks(
     if not present:
         return checks
     base = os.fspath(folder) + os.sep  # one string per image, no Path objects (33k of them)
-    files = [f"{base}{n}.{ext}" for n in sorted(present)]
-    integrity = _integrity_checks(files, fmt, ext, prefix, expected, deep)
+    suffix = "." + ext
+    stems = sorted(present)
+    if deep or not checked:
+        to_read = [f"{base}{n}{suffix}" for n in stems]
+    else:
+        to_read = [f"{base}{n}{suffix}" for n in stems if n + suffix not in checked]
+    integrity = _integrity_checks(len(stems), to_read, fmt, ext, prefix, expected, deep)
     checks.append(integrity[0])
     if deep and fmt == "jpeg":
-        checks.append(_decode_check(files, prefix))
+        checks.append(_decode_check(to_read, prefix))  # (every file: ``deep``)
     checks += integrity[1:]
     return checks

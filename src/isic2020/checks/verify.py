@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from pathlib import Path
 
 from isic2020.catalog.manifest import (
     FORMAT_CHOICES,
@@ -175,10 +176,15 @@ def verify_data(
     deep: bool = False,
     progress: bool = False,
     metadata: tuple[list[Check], dict[str, Table]] | None = None,
+    checked: Mapping[Path, Collection[str]] | None = None,
 ) -> VerifyReport:
     """Check the selection on disk; never raises for findings (they are in the report).
 
     ``metadata``: the metadata checks already made (:class:`MetadataPrecheck`).
+    ``checked``: per image folder, the file names whose content the calling fetch checked
+    with the integrity rule as it wrote them (``decode.Vouched``); their integrity is taken
+    from that check, every other file is read. Only a fetch passes it, for what it has just
+    written: ``isic2020 verify`` reads every file.
     Raises NothingThere (exit 2) only when nothing of the selection is on disk at all.
     """
     start = time.monotonic()
@@ -221,7 +227,9 @@ def verify_data(
                                   check_resized(layout.root, fmt, s, names, deep)]
                 continue
             expected = _apply_selection(layout, fmt, s, expected, report)
-            report.checks += image_checks(layout, fmt, s, expected, deep, progress)
+            folder = layout.images_dir(fmt, s)
+            report.checks += image_checks(layout, fmt, s, expected, deep, progress,
+                                          (checked or {}).get(folder, ()))
     report.repair = fix_command(layout, [(split, fmt)])
     report.seconds = time.monotonic() - start
     return report

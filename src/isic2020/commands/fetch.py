@@ -189,7 +189,7 @@ def _fetch_locked(run: FetchRun, entries: list[FileEntry], report: FetchReport) 
     if how.extract:
         report.verification = verify_if_changed(
             layout, run.manifest, run.records, run.what.split, run.what.fmt, how.progress,
-            run.precheck,
+            run.precheck, run.checked,
         )
         if not run.what.subset:  # the repair is this very fetch (with its mirrors)
             report.verification.repair = fetch_command(run)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from isic2020 import config
@@ -254,6 +255,11 @@ class FetchRun:
                                                               repr=False)
     #: Waits until the small files are in (raises the first of their errors).
     wait_small: Callable[[], None] = field(default=lambda: None, repr=False)
+    #: Images this fetch wrote and checked whole as it wrote them, by image folder: the
+    #: closing verify shows them intact without reading them back (it reads every other one).
+    checked: dict[Path, set[str]] = field(default_factory=dict, repr=False)
+    #: An archive unpacked while it downloaded left its heap to hand back (``fetch_step``).
+    heap_to_trim: bool = False
 
     @property
     def members_only(self) -> bool:

@@ -45,12 +45,17 @@ class _Landed:
     stream_stats: Any = None
     #: The archive's central directory, parsed while it downloaded (None: parse it again).
     directory: Any = field(default=None, repr=False)
+    #: Staged images the streaming wrote and checked whole as it wrote them.
+    vouched: set[str] = field(default_factory=set, repr=False)
 
 
 def fetch_file(run: FetchRun, downloader: Downloader, entry: FileEntry) -> FileOutcome:
     """``entry`` complete and verified at its final path (and unpacked, when it is an archive
     and the fetch extracts)."""
     assert run.records is not None
+    if run.heap_to_trim and entry.is_archive:
+        release_free_memory()
+        run.heap_to_trim = False
     layout, records, log = run.layout, run.records, run.how.log
     final = layout.final_path(entry)
     rec = records.file(entry.name)
@@ -118,6 +123,7 @@ def _land(run: FetchRun, downloader: Downloader, entry: FileEntry, final: Path) 
     if streamer is not None:
         landed.stream_stats = streamer.finish()
         landed.directory = streamer.plan
+        landed.vouched = streamer.checked_names()
     return landed
 
 
@@ -149,7 +155,10 @@ def _unpack(run: FetchRun, entry: FileEntry, final: Path, landed: _Landed) -> No
         # heap back before the extraction forks its workers, which would inherit it.
         release_free_memory()
     ext = extract_archive(run.layout, entry, records=run.records, progress=run.how.progress,
-                          log=run.how.log, plan=landed.directory)
+                          log=run.how.log, plan=landed.directory, vouched=landed.vouched)
+    if ext.checked:
+        run.checked.setdefault(run.layout.images_dir(entry.format, entry.split),
+                               set()).update(ext.checked)
     outcome.extraction = ext.to_dict()
     if landed.stream_stats is not None:
         outcome.extraction["while_downloading"] = landed.stream_stats.to_dict()
@@ -157,11 +166,12 @@ def _unpack(run: FetchRun, entry: FileEntry, final: Path, landed: _Landed) -> No
         with contextlib.suppress(FileNotFoundError):
             final.unlink()
     if landed.stream_stats is not None:
-        # The archive's parsed directory and the transfer's buffers are garbage now: hand the
-        # heap back before the next archive's transfer and directory take theirs (see
-        # cli's flat_heap for the allocator settings). Not on a re-run: nothing was allocated.
+        # The archive's parsed directory and the transfer's buffers are garbage now: the heap
+        # goes back before the next archive's transfer and directory take theirs (see cli's
+        # flat_heap for the allocator settings), or before the closing verify (which does
+        # it itself). Not after a re-run: nothing was allocated.
         landed.directory = None
-        release_free_memory()
+        run.heap_to_trim = True
 
 
 def _streamer(run: FetchRun, entry: FileEntry) -> Any:

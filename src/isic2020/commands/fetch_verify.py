@@ -15,6 +15,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 from isic2020.catalog.manifest import Manifest, expand_split
@@ -66,9 +68,11 @@ def selection_fingerprint(layout: Layout, man: Manifest, split: str, fmt: str) -
 def verify_if_changed(
     layout: Layout, man: Manifest, records: Records, split: str, fmt: str, progress: bool,
     precheck: MetadataPrecheck | None = None,
+    checked: Mapping[Path, Collection[str]] | None = None,
 ) -> VerifyReport:
     """The fast verify of the selection, or one "unchanged" check when its fingerprint is the
-    one recorded after the last verify that passed."""
+    one recorded after the last verify that passed. ``checked``: images this fetch checked as
+    it wrote them, by folder (see :func:`verify_data`)."""
     key = f"{split}:{fmt}"
     fingerprint = selection_fingerprint(layout, man, split, fmt)
     last = records.verified.get(key)
@@ -78,7 +82,7 @@ def verify_if_changed(
         return _unchanged(layout, split, fmt, last)
     metadata = precheck.result() if precheck is not None else None
     report = verify_data(layout, man, split=split, fmt=fmt, progress=progress,
-                         metadata=metadata)
+                         metadata=metadata, checked=checked)
     if report.ok:
         with contextlib.suppress(DiskError):  # only saves the next run a verify: a read-only
             records.put_verified(key, {"fingerprint": fingerprint, "at": time.time()})  # DATA

@@ -29,6 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from isic2020.catalog.jpeg import (
+    EMPTY,
+    EOI,
+    NO_EOI,
+    NO_SOI,
+    PADDING_WINDOW,
+    SOI,
+    jpeg_problem,
+    padded_end,
+)
 from isic2020.catalog.manifest import load_manifest
 from isic2020.catalog.metadata import GROUND_TRUTH_COLUMNS, TEST_COLUMNS_KAGGLE
 from isic2020.catalog.selection import recorded_subset
@@ -210,17 +220,6 @@ def load_samples(q: SampleQuery) -> SampleSet:
                      in_metadata)
 
 
-def jpeg_problem(data: bytes) -> str | None:
-    """Why ``data`` is not a whole JPEG (start and end markers), or ``None``."""
-    if not data:
-        return "empty file"
-    if data[:2] != b"\xff\xd8":
-        return "not a JPEG (no SOI marker FFD8 at the start)"
-    if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-        return "truncated JPEG (no EOI marker FFD9 at the end)"
-    return None
-
-
 def _refuse(sample: Sample, problem: str) -> VerificationError:
     return VerificationError(
         f"{sample.path}: {problem}",
@@ -262,7 +261,7 @@ def stream_image(sample: Sample, out: ChunkSink) -> None:
             raise _refuse(sample, f"changed since it was listed ({sample.size} bytes then, "
                           f"{size} now)")
         if size == 0:
-            raise _refuse(sample, "empty file")
+            raise _refuse(sample, EMPTY)
         done, last = 0, b""
         while done < size:
             buf = out.buffer()
@@ -270,16 +269,15 @@ def stream_image(sample: Sample, out: ChunkSink) -> None:
             k = os.readv(fd, [view[: min(len(buf), size - done)]])
             if k == 0:
                 raise _refuse(sample, f"shrank while being read ({done} of {size} bytes)")
-            if done == 0 and bytes(view[:2]) != b"\xff\xd8":
-                raise _refuse(sample, "not a JPEG (no SOI marker FFD8 at the start)")
+            if done == 0 and (size < 4 or bytes(view[:2]) != SOI):
+                raise _refuse(sample, NO_SOI)
             last = bytes(view[max(0, k - 2) : k])
             del view
             out.write_buffer(buf, k)
             done += k
-        if last != b"\xff\xd9":
-            tail = os.pread(fd, min(size, 65536), max(0, size - 65536))
-            if tail.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-                raise _refuse(sample, "truncated JPEG (no EOI marker FFD9 at the end)")
+        if last != EOI and not padded_end(
+                os.pread(fd, min(size, PADDING_WINDOW), max(0, size - PADDING_WINDOW))):
+            raise _refuse(sample, NO_EOI)
     except OSError as exc:
         raise _unreadable(sample, exc) from None
     finally:
