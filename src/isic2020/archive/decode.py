@@ -112,9 +112,11 @@ def present_files(folder: str | os.PathLike[str]) -> dict[str, int]:
     try:
         with os.scandir(os.fspath(folder) or ".") as it:
             for e in it:
-                with contextlib.suppress(OSError):  # gone between the listing and the stat
+                try:  # (not contextlib.suppress: a third of this loop's time per file)
                     if e.is_file(follow_symlinks=False):
                         out[e.name] = e.stat(follow_symlinks=False).st_size
+                except OSError:
+                    pass  # gone between the listing and the stat
     except OSError:
         pass
     return out

@@ -228,18 +228,17 @@ def _already_extracted(
 def _images_missing(layout: Layout, records: Records, entry: FileEntry, dest_dir: Path) -> bool:
     """Is any image of the landed archive absent from ``dest_dir`` or not its size? From the
     saved directory when there is one for this archive (``saved``), else from the archive's."""
-    from isic2020.archive.saved import directory_path, load_directory, missing_members
+    from isic2020.archive.saved import check_folder
 
     rec = records.file(entry.name)
-    remote = None
     if rec is not None:
-        remote = load_directory(directory_path(layout.state_dir, entry.name), rec.size,
-                                rec.etag, rec.sha256)
-    if remote is not None:
         try:
-            return bool(missing_members(remote, entry.format, dest_dir).members)
+            check = check_folder(layout.state_dir, entry.name, entry.format, dest_dir, rec.size,
+                                 rec.etag, rec.sha256)
         except Refused:
-            pass  # the archive's own directory decides below
+            check = None  # the archive's own directory decides below
+        if check is not None:
+            return bool(check.missing.members)
     present = present_files(dest_dir)
     members = plan_archive(layout.final_path(entry), entry).members
     keep_directory(layout, records, entry)  # next time, without parsing the archive

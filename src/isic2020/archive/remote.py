@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from itertools import starmap
 from operator import attrgetter
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
-
-import requests
 
 from isic2020.archive.decode import disk_error
 from isic2020.archive.rules import REMOTE_HINT
@@ -64,6 +63,9 @@ from isic2020.transfer.model import DownloadOptions
 from isic2020.transfer.pool import Piece, RangePool, Span, SpanSink
 from isic2020.transfer.ranges import RangeClient, RangesIgnored
 from isic2020.transfer.retry import HostFailed, RetryPolicy
+
+if TYPE_CHECKING:
+    import requests
 
 __all__ = ["TAIL_BYTES", "RemoteMember", "RemoteZip", "open_remote", "read_central_directory"]
 

@@ -8,6 +8,12 @@ images with one ``scandir`` (names and sizes; no image is read, nothing is asked
 and fetches only those members by their byte ranges (``commands.repair``). The same directory
 lets ``extract`` judge "already extracted" by names, never by a count a stray file can fake.
 
+A folder found complete leaves a memo beside the directory (``<archive>.complete.json``): the
+digest of the listing (every file's name and size, in listing order) that was judged, with the
+directory's key and file stat. The judgement is a function of exactly those, so a later listing
+with the same digest is complete without loading the directory again; any change (a file added,
+removed, renamed or of another size; another directory) misses the memo and is judged afresh.
+
 Invariants: a saved directory is keyed by the archive's recorded size and ETag (or sha256 when
 the server gave no ETag); one that does not match the record is never used. It is written with
 the one atomic writer (``remote.save_cached``, same format as the remote cache, so
@@ -19,8 +25,13 @@ member's. A file of the right size with changed bytes is found by ``verify`` (in
 
 from __future__ import annotations
 
+import array
+import contextlib
+import hashlib
+import json
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +47,10 @@ from isic2020.archive.remote import (
 from isic2020.archive.rules import Refused, image_file_name, plan_entries
 from isic2020.archive.zipformat import BadZip, Directory, read_directory
 from isic2020.catalog.manifest import EXTENSIONS
+from isic2020.store.fsutil import atomic_write
+
+#: In every memo: one made by other rules for what makes a folder complete is never trusted.
+MEMO_VERSION = 1
 
 
 def directory_path(state_dir: Path, archive: str) -> Path:
@@ -131,7 +146,8 @@ class Missing:
         return sorted(self.absent + self.wrong_size)
 
 
-def missing_members(remote: RemoteZip, fmt: str, folder: Path) -> Missing:
+def missing_members(remote: RemoteZip, fmt: str, folder: Path,
+                    present: dict[str, int] | None = None) -> Missing:
     """Every image member of ``remote`` whose file in ``folder`` is absent or not its size: by
     names, from one ``scandir`` (a stray file never stands in for a missing image). Refused
     when something is missing and the directory breaks the rules (raised as :class:`Refused`).
@@ -139,8 +155,9 @@ def missing_members(remote: RemoteZip, fmt: str, folder: Path) -> Missing:
     The folder is first compared by canonical names alone, which is what a re-run of a complete
     fetch pays (no rule decides anything when no byte is to be written); only when an image is
     absent or not its size are the entries put through the rules, which then decide what may be
-    written, and where."""
-    present = present_files(folder)
+    written, and where. ``present``: the folder's listing, when just made."""
+    if present is None:
+        present = present_files(folder)
     if _complete(remote, fmt, present):
         return Missing([], [], [])
     plan = plan_entries(remote.members, fmt, remote.size)
@@ -165,19 +182,75 @@ def _complete(remote: RemoteZip, fmt: str, present: dict[str, int]) -> bool:
     return True
 
 
+@dataclass
+class FolderCheck:
+    """A folder judged against an archive's saved directory."""
+
+    missing: Missing
+    #: The directory it was judged against; None when its memo said the folder is complete
+    #: (the directory was not loaded).
+    remote: RemoteZip | None
+
+
+def check_folder(state_dir: Path, archive: str, fmt: str, folder: Path, size: int,
+                 etag: str | None, sha256: str) -> FolderCheck | None:
+    """``folder``'s images of ``archive`` that are missing or not their size, by the directory
+    saved for this very archive (None when there is none). Raises :class:`Refused` as
+    :func:`missing_members` does. A complete folder costs one listing when its memo holds."""
+    key = key_of(size, etag, sha256)
+    if key is None:
+        return None
+    path = directory_path(state_dir, archive)
+    present = present_files(folder)
+    memo = _memo(path, key, fmt, folder, present)
+    memo_path = path.with_name(f"{archive}.complete.json")
+    if memo is not None and _read_memo(memo_path) == memo:
+        return FolderCheck(Missing([], [], []), None)
+    remote = load_cached(path, key)
+    if remote is None:
+        return None
+    missing = missing_members(remote, fmt, folder, present)
+    if memo is not None and not missing.members:
+        with contextlib.suppress(OSError):  # (a read-only copy): the next run judges again
+            atomic_write(memo_path, json.dumps(memo).encode(), durable=False)
+    return FolderCheck(missing, remote)
+
+
+def _memo(path: Path, key: str, fmt: str, folder: Path,
+          present: Mapping[str, int]) -> dict[str, object] | None:
+    """What a complete judgement of ``present`` rests on (None: the directory is not there)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    listing = hashlib.sha256("\0".join(present).encode())
+    listing.update(array.array("q", present.values()).tobytes())
+    return {"version": MEMO_VERSION, "key": key, "directory": [st.st_size, st.st_mtime_ns],
+            "fmt": fmt, "folder": os.fspath(folder), "listing": listing.hexdigest()}
+
+
+def _read_memo(path: Path) -> object:
+    try:
+        return json.loads(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
 def repair_needs(
     state_dir: Path, archive: str, fmt: str, folder: Path, size: int, etag: str | None,
     sha256: str,
 ) -> tuple[list[str], int, int] | None:
     """``(images, bytes to fetch, bytes to write)`` a repair of ``folder`` would cost, from the
     saved directory (None when there is none for this archive, or it breaks the rules)."""
-    remote = load_directory(directory_path(state_dir, archive), size, etag, sha256)
-    if remote is None:
-        return None
     try:
-        todo = missing_members(remote, fmt, folder)
+        check = check_folder(state_dir, archive, fmt, folder, size, etag, sha256)
     except Refused:
         return None
+    if check is None:
+        return None
+    todo, remote = check.missing, check.remote
+    if remote is None:
+        return [], 0, 0
     ends = remote.member_end()
     return (todo.names, sum(ends[m.header_offset] - m.header_offset for m in todo.members),
             sum(m.file_size for m in todo.members))

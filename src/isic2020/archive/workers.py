@@ -20,10 +20,9 @@ import errno
 import os
 import select
 import signal
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from isic2020.archive.decode import (
     BUFFER,
@@ -49,6 +48,9 @@ from isic2020.store.forking import (
 )
 from isic2020.store.libc import libc
 
+if TYPE_CHECKING:
+    import zipfile
+
 DEFAULT_WORKERS = 2
 MIN_MEMBERS_PER_WORKER = 8  # fewer members than this per worker: one process does it all
 CHUNKS_PER_WORKER = 16  # work is handed out in this many runs per worker
@@ -72,6 +74,8 @@ class Source:
         return os.pread(self.fd, n, at)
 
     def zip_info(self, header_offset: int) -> tuple[zipfile.ZipFile, zipfile.ZipInfo]:
+        import zipfile  # (imported for those rare methods only)
+
         if self._zf is None:
             self._zf = zipfile.ZipFile(self.path)
             self._infos = {i.header_offset: i for i in self._zf.infolist()}
@@ -100,6 +104,8 @@ def write_member(src: Source, m: Member, d: str, mode: int, archive: str) -> int
 def _write_other(src: Source, m: Member, d: str, mode: int) -> int:
     """Other compression methods: zipfile inflates and checks the CRC-32 when the stream is
     read to its end, which this loop always does; never more than the declared size."""
+    import zipfile
+
     e = m.entry
     f = MemberFile(d, m.final, mode)
     written = 0

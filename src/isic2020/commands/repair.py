@@ -54,19 +54,23 @@ def fetch_command(run: FetchRun, *extra: str) -> str:
 def restore_members(run: FetchRun, entry: FileEntry, rec: FileRecord) -> FileOutcome:
     """The images of ``entry`` (extracted, archive gone) checked by names and sizes against
     its directory; the missing or damaged ones fetched by their byte ranges."""
-    from isic2020.archive.saved import directory_path, load_directory
+    from isic2020.archive.remote import damaged
+    from isic2020.archive.rules import Refused
+    from isic2020.archive.saved import check_folder
 
     layout = run.layout
     final = layout.final_path(entry)
-    saved = directory_path(layout.state_dir, entry.name)
-    remote = load_directory(saved, rec.size, rec.etag, rec.sha256)
-    if remote is not None:
-        todo = _missing(run, entry, remote)
-        if not todo.members:
-            outcome = FileOutcome(cached_result(rec, final), entry.name, NOT_KEPT)
-            outcome.extraction = {"repaired": 0, "repaired_images": []}
-            return outcome
-    return _fetch_missing(run, entry, rec, remote is not None)
+    try:
+        check = check_folder(layout.state_dir, entry.name, entry.format,
+                             layout.images_dir(entry.format, entry.split), rec.size, rec.etag,
+                             rec.sha256)
+    except Refused as exc:
+        raise damaged(entry.name, exc) from None
+    if check is not None and not check.missing.members:
+        outcome = FileOutcome(cached_result(rec, final), entry.name, NOT_KEPT)
+        outcome.extraction = {"repaired": 0, "repaired_images": []}
+        return outcome
+    return _fetch_missing(run, entry, rec, check is not None)
 
 
 def _missing(run: FetchRun, entry: FileEntry, remote: Any) -> Any:

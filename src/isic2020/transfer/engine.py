@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from isic2020.catalog.plausible import encoding_problem
 from isic2020.errors import (
@@ -55,6 +55,9 @@ from isic2020.transfer.repair import RepairFailed, repair
 from isic2020.transfer.retry import HostFailed
 from isic2020.transfer.single import SingleStream, Streamed, copy_local
 from isic2020.transfer.verdict import content_check, etag_check, failed, reason
+
+if TYPE_CHECKING:
+    import requests
 
 _LOG = logging.getLogger(__name__)
 
@@ -105,10 +108,18 @@ class Downloader:
 
     def __init__(self, options: DownloadOptions | None = None) -> None:
         self.opts = options or DownloadOptions()
-        self._session = make_session(2)
+        self._own: requests.Session | None = None
+
+    @property
+    def _session(self) -> requests.Session:
+        """Made by the first request (a run that asks no server never imports requests)."""
+        if self._own is None:
+            self._own = make_session(2)
+        return self._own
 
     def close(self) -> None:
-        self._session.close()
+        if self._own is not None:
+            self._own.close()
 
     def _log(self, msg: str) -> None:
         if self.opts.log:

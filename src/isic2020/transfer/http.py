@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin
-
-import requests
-from requests.adapters import HTTPAdapter
 
 from isic2020.transfer.ratelimit import RateLimit
 from isic2020.version import __version__
 
-USER_AGENT = (
-    f"isic2020/{__version__} (+https://doi.org/10.34970/2020-ds01) "
-    f"python-requests/{requests.__version__}"
-)
+if TYPE_CHECKING:  # requests is imported where a session is made: a re-run that asks no
+    import requests  # server nothing never pays its import (a tenth of a second)
+    from requests.adapters import HTTPAdapter
+
+#: The User-Agent's first part; :func:`make_session` adds requests' version.
+AGENT = f"isic2020/{__version__} (+https://doi.org/10.34970/2020-ds01)"
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,15 @@ class Timeouts:
 
 
 def make_session(pool_size: int = 8) -> requests.Session:
+    import requests
+    from requests.adapters import HTTPAdapter
+
     s = requests.Session()
     adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(2, pool_size), max_retries=0)
     s.mount("http://", adapter)
     s.mount("https://", adapter)
-    s.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+    s.headers.update({"User-Agent": f"{AGENT} python-requests/{requests.__version__}",
+                      "Accept-Encoding": "identity"})
     s.hooks["response"].append(_refuse_downgrade)
     with _MOUNTS_LOCK:
         for prefix, extra in _MOUNTS.items():
@@ -82,11 +86,12 @@ def unmount_adapter(prefix: str) -> None:
         _MOUNTS.pop(prefix, None)
 
 
-class RedirectRefused(requests.ConnectionError):
+class RedirectRefused(ConnectionError):
     """A redirect that is not followed: to another scheme than http(s), or https -> http.
 
-    A ``ConnectionError`` so that any caller treats it as a network failure at worst; the
-    download engine makes it a failed host at once (retrying cannot change where it points).
+    A ``ConnectionError`` (the built-in one, in ``retry.network_errors()``) so that any caller
+    treats it as a network failure at worst; the download engine makes it a failed host at once
+    (retrying cannot change where it points).
     """
 
 

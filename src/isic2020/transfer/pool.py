@@ -32,15 +32,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from isic2020.errors import Interrupted
 from isic2020.report import human_size
 from isic2020.transfer.adaptive import WINDOW, Growth
 from isic2020.transfer.http import make_session
 from isic2020.transfer.ranges import RangeClient, StopRange
+
+if TYPE_CHECKING:
+    import requests
 
 #: Where a span that may be cut anywhere is cut: request sizes stay round.
 ALIGN = 64 * 1024

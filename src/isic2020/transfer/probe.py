@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-
-import requests
+from typing import TYPE_CHECKING
 
 from isic2020.transfer.digests import (
     etag_kind,
@@ -23,13 +22,16 @@ from isic2020.transfer.http import Timeouts, header_int
 from isic2020.transfer.model import RemoteObject
 from isic2020.transfer.ranges import CONTENT_RANGE_RE
 from isic2020.transfer.retry import (
-    NETWORK_ERRORS,
-    REDIRECT_ERRORS,
     HostFailed,
     RetryPolicy,
     describe,
+    network_errors,
+    redirect_errors,
     retry_after,
 )
+
+if TYPE_CHECKING:
+    import requests
 
 
 class Prober:
@@ -53,11 +55,13 @@ class Prober:
                 resp = self.session.head(
                     url, timeout=self.timeouts.as_tuple(), allow_redirects=True
                 )
-            except REDIRECT_ERRORS as exc:
+            except redirect_errors() as exc:
                 raise HostFailed(describe(exc)) from None
-            except NETWORK_ERRORS as exc:
+            except network_errors() as exc:
                 last = describe(exc)
-                if "DNS" in last or isinstance(exc, requests.exceptions.SSLError):
+                from requests.exceptions import SSLError
+
+                if "DNS" in last or isinstance(exc, SSLError):
                     break  # retrying cannot fix a missing name or a bad certificate
             else:
                 if resp.status_code in (405, 501):
@@ -115,7 +119,7 @@ class Prober:
                 if p > 0 and math.ceil(remote.size / p) == n and (n > 1 or p == remote.size):
                     remote.part_size, remote.part_size_source = p, "server"
                     return
-        except NETWORK_ERRORS:
+        except network_errors():
             pass
         remote.part_sizes = tuple(part_size_candidates(remote.size, n))
         if remote.part_sizes:

@@ -14,26 +14,28 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
-
-import requests
+from typing import TYPE_CHECKING
 
 from isic2020.errors import Interrupted, ObjectChanged
 from isic2020.transfer.digests import conditional_headers, normalize_etag
 from isic2020.transfer.http import Timeouts
 from isic2020.transfer.model import BLOCK
 from isic2020.transfer.retry import (
-    NETWORK_ERRORS,
-    REDIRECT_ERRORS,
     HostFailed,
     Retryable,
     RetryPolicy,
     RetryWindow,
     describe,
+    network_errors,
     pause,
+    redirect_errors,
     retry_after,
 )
 from isic2020.transfer.speed import SpeedGuard, TooSlow, read_block
 from isic2020.transfer.throttle import Throttle
+
+if TYPE_CHECKING:
+    import requests
 
 CONTENT_RANGE_RE = re.compile(r"^bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)$")
 
@@ -148,9 +150,9 @@ class RangeClient:
             except TooSlow as exc:  # fewer parallel requests may be what a slow link needs
                 self._note_retry(str(exc), None, True, attempt)
                 attempt += 1
-            except REDIRECT_ERRORS as exc:
+            except redirect_errors() as exc:
                 raise HostFailed(describe(exc)) from None
-            except NETWORK_ERRORS as exc:
+            except network_errors() as exc:
                 self._note_retry(describe(exc), None, False, attempt)
                 attempt += 1
             finally:

@@ -11,38 +11,53 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
 import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-
-import requests
-import urllib3
+from typing import TYPE_CHECKING
 
 from isic2020.errors import Interrupted
 from isic2020.transfer.http import RedirectRefused
 
+if TYPE_CHECKING:
+    import requests
+
 _LOG = logging.getLogger(__name__)
 
-#: What a retry may cure: the network, not the server's answer.
-NETWORK_ERRORS = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    urllib3.exceptions.HTTPError,
-    ConnectionError,
-    TimeoutError,
-)
-#: Where a host sends us cannot change by asking again: a failed host at once, then the next.
-REDIRECT_ERRORS = (
-    RedirectRefused,
-    requests.TooManyRedirects,
-    requests.exceptions.InvalidSchema,
-    requests.exceptions.InvalidURL,
-    requests.exceptions.MissingSchema,
-)
+
+@functools.cache
+def network_errors() -> tuple[type[BaseException], ...]:
+    """What a retry may cure: the network, not the server's answer. (A function: requests is
+    imported by the first request, not by importing the engine.)"""
+    import requests
+    import urllib3
+
+    return (
+        requests.ConnectionError,
+        requests.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+        urllib3.exceptions.HTTPError,
+        ConnectionError,
+        TimeoutError,
+    )
+
+
+@functools.cache
+def redirect_errors() -> tuple[type[BaseException], ...]:
+    """Where a host sends us cannot change by asking again: a failed host at once, then the
+    next. (Caught before :func:`network_errors`, which holds :class:`RedirectRefused` too.)"""
+    import requests
+
+    return (
+        RedirectRefused,
+        requests.TooManyRedirects,
+        requests.exceptions.InvalidSchema,
+        requests.exceptions.InvalidURL,
+        requests.exceptions.MissingSchema,
+    )
 
 
 @dataclass(frozen=True)
@@ -123,6 +138,8 @@ def retry_after(resp: requests.Response) -> float | None:
     try:
         return float(raw)
     except ValueError:
+        from email.utils import parsedate_to_datetime
+
         try:
             return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
         except (TypeError, ValueError):
@@ -131,6 +148,8 @@ def retry_after(resp: requests.Response) -> float | None:
 
 def describe(exc: BaseException) -> str:
     """A network error in words a user can act on (one line)."""
+    import requests
+
     text = str(exc)
     if isinstance(exc, requests.TooManyRedirects):
         return f"redirect loop ({text or 'too many redirects'})"

@@ -16,9 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import requests
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from isic2020.catalog.plausible import encoding_problem
 from isic2020.errors import ObjectChanged, VerificationError
@@ -29,14 +27,17 @@ from isic2020.transfer.http import header_int
 from isic2020.transfer.localfile import file_path
 from isic2020.transfer.model import BLOCK, WRITEBACK_STEP, DownloadOptions, RemoteObject
 from isic2020.transfer.retry import (
-    NETWORK_ERRORS,
-    REDIRECT_ERRORS,
     HostFailed,
     Retryable,
     describe,
+    network_errors,
+    redirect_errors,
     retry_after,
 )
 from isic2020.transfer.speed import SpeedGuard, TooSlow, read_block
+
+if TYPE_CHECKING:
+    import requests
 
 TRUNCATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC  # partial files, opened with open_nofollow
 
@@ -117,9 +118,9 @@ class SingleStream:
         while True:
             try:
                 return self._attempt()
-            except REDIRECT_ERRORS as exc:
+            except redirect_errors() as exc:
                 raise HostFailed(describe(exc)) from None
-            except (Retryable, TooSlow, *NETWORK_ERRORS) as exc:
+            except (Retryable, TooSlow, *network_errors()) as exc:
                 self.retries += 1
                 why = str(exc) if isinstance(exc, Retryable | TooSlow) else describe(exc)
                 self._give_up_after(why)
