@@ -35,6 +35,7 @@ from isic2020.catalog.manifest import EXTENSIONS
 from isic2020.errors import VerificationError
 
 IMAGE_RE = re.compile(r"^ISIC_([0-9]{7})\.(jpg|dcm)$", re.IGNORECASE | re.ASCII)
+_IMAGE_EXTS = ("jpg", "dcm")  # IMAGE_RE's
 MAX_MEMBER_BYTES = 2 * 1024**3  # the largest real images are tens of MB
 MAX_RATIO = 100
 RATIO_FLOOR = 1 << 20  # members under 1 MiB may compress as they like (headers, text files)
@@ -43,6 +44,15 @@ _DEVICE_NAMES = {"CON", "PRN", "AUX", "NUL"} | {
 }
 # Relative, ASCII letters, digits, ``_ - .``, no part starting with a dot (so no ``..``).
 _PLAIN_NAME = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]*/)*[A-Za-z0-9_][A-Za-z0-9_.-]*/?")
+#: The usual image entry (``train/ISIC_0000000.jpg``), by format (None: either): a plain name
+#: (:data:`_PLAIN_NAME`) whose base name is canonical already. Such a name breaks no name rule
+#: but a folder's device name, and lands under its base name as it is: :func:`plan_entries`
+#: judges it with one match, exactly as :func:`unsafe_reason` and :func:`image_file_name` would.
+_FOLDERS = r"((?:[A-Za-z0-9_][A-Za-z0-9_.-]*/)*)"  # _PLAIN_NAME's, each with its "/"
+_CANONICAL = {
+    ext: re.compile(_FOLDERS + rf"(ISIC_[0-9]{{7}}\.(?:{ext or '|'.join(_IMAGE_EXTS)}))")
+    for ext in (*_IMAGE_EXTS, None)
+}
 #: What to do about an archive on disk that breaks a rule.
 LOCAL_HINT = "the archive is not the official one: delete DATA/archives/{archive} and fetch again"
 #: ... and about one on a server.
@@ -58,6 +68,8 @@ class Entry(Protocol):
     compressed_size: int
     file_size: int
     crc: int
+    external_attr: int
+    create_system: int
 
     @property
     def is_dir(self) -> bool: ...
@@ -99,8 +111,11 @@ def unsafe_reason(name: str, external_attr: int = 0, create_system: int = 0) -> 
         if ".." in parts:
             return "'..' in path"
         why = next((w for w in map(_device_part, parts) if w), None)
-    if why:
-        return why
+    return why or _type_reason(external_attr, create_system)
+
+
+def _type_reason(external_attr: int, create_system: int) -> str | None:
+    """A link or a device by the entry's Unix attributes, said; else None."""
     mode = external_attr >> 16
     if create_system == 3 and mode:  # Unix attributes present
         kind = stat.S_IFMT(mode)
@@ -138,6 +153,11 @@ def check_entry(e: Entry, *, safe: bool = False) -> None:
     if why:
         raise Refused(f"refusing to extract: entry {e.name!r} is unsafe ({why}); "
                       "nothing was written")
+    _check_size(e)
+
+
+def _check_size(e: Entry) -> None:
+    """Raise :class:`Refused` if ``e`` would expand like a bomb."""
     if e.file_size > MAX_MEMBER_BYTES or (
         e.file_size > RATIO_FLOOR and e.file_size > MAX_RATIO * max(e.compressed_size, 1)
     ):
@@ -175,22 +195,33 @@ def plan_entries(entries: Sequence[Entry], fmt: str | None, archive_size: int) -
     """Every entry through the rules: the images of format ``fmt`` (any when None), the other
     entries by name, identical duplicates. Raises :class:`Refused` for the first broken rule."""
     ext = EXTENSIONS[fmt] if fmt else None
+    canonical = _CANONICAL[ext].fullmatch
     plan = Plan()
     members: dict[str, Member] = {}
     total = 0
     for e in entries:
-        if e.is_dir:
+        usual = canonical(e.name)
+        if usual is not None:  # the same verdicts as below, by one match (see _CANONICAL)
+            folder = usual.group(1)
+            if (folder and _folder_reason(folder[:-1])) or _type_reason(e.external_attr,
+                                                                        e.create_system):
+                check_entry(e)  # raises, in the words of the rules
+            _check_size(e)
+            total += e.file_size
+            final = usual.group(2)
+        elif e.is_dir:
             why = e.unsafe_reason()
             if why:
                 check_entry(e)
             plan.directories += 1
             continue
-        check_entry(e)
-        total += e.file_size
-        final = image_file_name(e.name, ext)
-        if final is None:
-            plan.non_images.append(e.name)
-            continue
+        else:
+            check_entry(e)
+            total += e.file_size
+            final = image_file_name(e.name, ext)
+            if final is None:
+                plan.non_images.append(e.name)
+                continue
         prev = members.get(final)
         if prev is not None:
             if prev.entry.crc != e.crc or prev.entry.file_size != e.file_size:
