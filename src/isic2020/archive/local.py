@@ -184,7 +184,7 @@ def extract_archive(
     staged = _take_staged(layout, entry, records, st.st_size, dest_dir, plan.members, vouched)
     result.from_staging = staged.images
     result.checked = staged.checked
-    todo = _todo(entry, plan.members, dest_dir, result, staged.present)
+    todo = _todo(entry, plan.members, dest_dir, result, staged.present, staged.every_member)
     if log and todo:
         log(f"extracting {plural(len(todo), 'image')} from {entry.name} to {rel_dest}")
     _write(path, entry, todo, dest_dir, result, workers, progress)
@@ -265,14 +265,16 @@ def keep_directory(layout: Layout, records: Records, entry: FileEntry,
 
 def _todo(
     entry: FileEntry, members: list[Member], dest_dir: Path, result: ArchiveExtraction,
-    present: dict[str, int] | None = None,
+    present: dict[str, int] | None = None, every_member: bool = False,
 ) -> list[Member]:
     """The members not yet at their final path with their size, in archive order (each
     worker reads its runs of the zip sequentially); refused when they cannot fit.
-    ``present``: ``dest_dir``'s content when already known (the staged folder became it)."""
+    ``present``: ``dest_dir``'s content when already known (the staged folder became it);
+    ``every_member``: it holds every member with its size (none is left)."""
     if present is None:
         present = present_files(dest_dir)
-    todo = [m for m in members if present.get(m.final) != m.entry.file_size]
+    todo = [] if every_member else [
+        m for m in members if present.get(m.final) != m.entry.file_size]
     result.already_present = len(members) - len(todo)
     need = sum(m.entry.file_size for m in todo)
     free = free_bytes(dest_dir)  # None: the filesystem does not say (ramfs)

@@ -40,6 +40,8 @@ class Promoted:
     #: The moved images whose content the writer checked as it wrote them (``vouched`` of
     #: :func:`promote`): the closing verify need not read them back.
     checked: set[str] = field(default_factory=set, repr=False)
+    #: Every member is among ``present``, with its size: nothing is left to unpack.
+    every_member: bool = False
 
 
 def open_staging(staging: Path, ident: dict[str, Any]) -> int:
@@ -122,25 +124,29 @@ def _promote_from(sfd: int, dfd: int, dest: Path, want: dict[str, int],
                   vouched: Collection[str]) -> Promoted:
     keep: list[str] = []
     clean = True  # nothing but ``keep`` is left in the folder
+    vouched = set(vouched)
     with os.scandir(dfd) as it:
         for e in it:
-            if e.is_file(follow_symlinks=False) and e.name in want and (
-                    e.name in vouched or want[e.name] == e.stat(follow_symlinks=False).st_size):
-                keep.append(e.name)
+            name = e.name
+            size = want.get(name)
+            if size is not None and e.is_file(follow_symlinks=False) and (
+                    name in vouched or size == e.stat(follow_symlinks=False).st_size):
+                keep.append(name)
                 continue
             try:  # a short file left by a killed write, a temporary, anything else
-                os.unlink(e.name, dir_fd=dfd)
+                os.unlink(name, dir_fd=dfd)
             except OSError:
                 clean = False  # (a folder): the images go one by one, never with it
     if not keep:
         return Promoted()
+    every = len(keep) == len(want)  # (names are unique): ``keep`` holds every member
     dest.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):  # not empty after all, another filesystem: one by one
         if (clean and not os.path.islink(dest) and _empty_or_missing(dest) and _ours(dfd)
                 and _same_dir(os.stat(IMAGES_DIR, dir_fd=sfd, follow_symlinks=False), dfd)):
             os.rename(IMAGES_DIR, dest, src_dir_fd=sfd)  # replaces an empty folder (POSIX)
-            return Promoted(len(keep), {name: want[name] for name in keep},
-                            {name for name in keep if name in vouched})
+            return Promoted(len(keep), want if every else {name: want[name] for name in keep},
+                            vouched.intersection(keep), every_member=every)
     dest.mkdir(parents=True, exist_ok=True)
     for n, name in enumerate(keep):
         try:
@@ -149,8 +155,8 @@ def _promote_from(sfd: int, dfd: int, dest: Path, want: dict[str, int],
             if exc.errno != errno.EXDEV:
                 raise
             # another filesystem: the extraction unpacks the rest
-            return Promoted(n, checked={k for k in keep[:n] if k in vouched})
-    return Promoted(len(keep), checked={k for k in keep if k in vouched})
+            return Promoted(n, checked=vouched.intersection(keep[:n]))
+    return Promoted(len(keep), checked=vouched.intersection(keep))
 
 
 def _ours(fd: int) -> bool:

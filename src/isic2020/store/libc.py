@@ -88,13 +88,16 @@ def start_writeback(fd: int, offset: int, length: int) -> bool:
 
 
 def malloc_trim() -> None:
-    """Collect garbage, then hand the heap it freed back to the system (glibc keeps freed
-    memory in its arenas otherwise, so a later peak adds to it)."""
+    """Collect young garbage, then hand the heap it freed back to the system (glibc keeps
+    freed memory in its arenas otherwise, so a later peak adds to it). The young generations
+    only: what a step leaves behind (buffers, parsed directories) is freed by reference counts
+    or is young cyclic garbage; a full collection walks every object still alive (a fetch's
+    tens of thousands of entries) for a few stray cycles."""
     lib = libc()
     trim = getattr(lib, "malloc_trim", None) if lib is not None else None
     if trim is None:
         return
-    gc.collect()
+    gc.collect(1)
     with contextlib.suppress(OSError):
         trim(0)
 
