@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from isic2020.archive.members import (
+    Dest,
     FetchMembersResult,
     Log,
     MemberFetchOptions,
@@ -48,7 +49,7 @@ _LOG = logging.getLogger(__name__)
 def fetch_remote_members(
     urls: Sequence[str],
     choose: Callable[[RemoteZip], Sequence[RemoteMember]],
-    dest: Callable[[RemoteMember], Path],
+    dest: Dest,
     options: MemberFetchOptions | None = None,
     *,
     cache: Path | None = None,
