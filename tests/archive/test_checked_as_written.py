@@ -10,6 +10,7 @@ the verify reads it and names it; and ``isic2020 verify`` always reads every fil
 from __future__ import annotations
 
 import dataclasses
+import random
 import shutil
 import zipfile
 from pathlib import Path
@@ -54,10 +55,13 @@ def _check(report: dict, name: str) -> dict:
     return c
 
 
-def _with_truncated_member(dataset, tmp_path: Path) -> tuple[Path, Path, str]:
+def _with_truncated_member(dataset, tmp_path: Path, big: bool = False
+                           ) -> tuple[Path, Path, str]:
     """A copy of the mirror whose training zip holds one JPEG cut short (its CRC-32 is right
     for the bytes it holds: the archive is whole, the image is not), and a manifest that pins
-    no size or sha256 for that zip (the server's ETag and the CRCs check it)."""
+    no size or sha256 for that zip (the server's ETag and the CRCs check it). ``big``: that
+    JPEG is 600 kB of noise after its SOI marker, larger than any block a connection
+    receives, so no writer ever holds it whole in memory."""
     root = tmp_path / "mirror"
     shutil.copytree(dataset.root, root)
     src = dataset.root / TRAIN
@@ -70,6 +74,8 @@ def _with_truncated_member(dataset, tmp_path: Path) -> tuple[Path, Path, str]:
                     info.filename:
                 victim = info.filename.rpartition("/")[2]
                 data = data[: len(data) // 2]  # no EOI marker at the end
+                if big:
+                    data = data[:4] + random.Random(7).randbytes(600_000) + b"\0"
             zout.writestr(info, data)
     man = load_manifest(dataset.manifest_path)
     files = tuple(dataclasses.replace(f, size=None, sha256=None) if f.name == TRAIN else f
@@ -126,3 +132,32 @@ def test_isic2020_verify_reads_every_file_whatever_the_fetch_checked(dataset, tm
     c = _check(v.json, INTEGRITY)
     assert c["figures"]["checked_when_written"] == 0
     assert c["problems"] == [f"{damaged.name}: not a JPEG (no SOI marker FFD8 at the start)"]
+
+
+def test_a_direct_fetch_vouches_for_the_members_it_checked_whole(dataset, tmp_path, mode):
+    """``--direct``: every member decoded whole in memory is checked before it is written and
+    not read again; one streamed across blocks (never whole in memory) is read back."""
+    with FaultServer(dataset.root, prefix=PREFIX) as srv:
+        r = _fetch(tmp_path / "d", srv.url, dataset.manifest_path, mode, "--direct")
+    assert r.returncode == 0, r.stderr
+    (train,) = [f for f in r.json["files"] if f["name"] == TRAIN]
+    assert (train["extraction"]["processes"] > 0) == (mode == "processes")
+    c = _check(r.json["verification"], INTEGRITY)
+    assert c["status"] == "ok"
+    assert c["figures"]["checked"] == N_TRAIN
+    assert 0 < c["figures"]["checked_when_written"] <= N_TRAIN
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["whole-in-a-block", "streamed"])
+def test_with_direct_an_image_failing_the_check_is_read_and_named(dataset, tmp_path, mode,
+                                                                   big):
+    root, manifest, victim = _with_truncated_member(dataset, tmp_path, big)
+    with FaultServer(root, prefix=PREFIX) as srv:
+        r = _fetch(tmp_path / "d", srv.url, manifest, mode, "--direct")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    c = _check(r.json["verification"], INTEGRITY)
+    assert c["status"] == "failed"
+    assert c["figures"]["damaged"] == 1
+    assert 0 < c["figures"]["checked_when_written"] <= N_TRAIN - 1
+    assert c["problems"] == [f"{victim}: truncated JPEG (no EOI marker FFD9 at the end)"]

@@ -311,6 +311,12 @@ class Vouched:
         header check parses, which the verify does from the file)."""
         return cls(jpeg_problem) if fmt == "jpeg" else None
 
+    @classmethod
+    def for_file(cls, name: str) -> Vouched | None:
+        """The check for an image file so named (``.jpg``: the JPEG rule), as
+        :meth:`for_format` for its format."""
+        return cls.for_format("jpeg" if name.endswith(".jpg") else None)
+
 
 def read_checked(read_at: Callable[[int, int], bytes], at: int, n: int) -> bytes:
     """``read_at`` of the archive; a failure to *read* it (EINVAL for an offset no file has,

@@ -33,7 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,9 +117,14 @@ class FetchMembersResult:
     retries: int = 0
     seconds: float = 0.0
     processes: int = 0  # forked children that unpacked (0: threads of the fetch itself)
+    #: The final paths of the members whose content the writer checked in memory before it
+    #: wrote them (``decode.Vouched``): the closing verify need not read them back.
+    checked: set[str] = field(default_factory=set, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["checked"]
+        return out
 
     def fold_in(self, earlier: FetchMembersResult) -> None:
         """Count an earlier pass of the same job too (its directory was doubted and read
@@ -133,6 +138,7 @@ class FetchMembersResult:
         self.bytes_written += earlier.bytes_written
         self.retries += earlier.retries
         self.seconds = round(self.seconds + earlier.seconds, 3)
+        self.checked |= earlier.checked
 
 
 def unsafe_members(remote: RemoteZip) -> list[tuple[str, str]]:
@@ -369,9 +375,11 @@ class _MemberFetch:
         self.flushers: dict[int, Flusher] = {}  # by device of the destination folders
 
     def done(self, writer: Any) -> None:
+        checked = writer.checked_finals()
         with self.lock:
             self.result.written += writer.done
             self.result.bytes_written += writer.bytes_written
+            self.result.checked.update(checked)
 
     # -- the plan (main thread) ------------------------------------------------------------
     def plan(

@@ -24,6 +24,7 @@ from isic2020.archive.decode import (
     Damaged,
     Decoder,
     MemberFile,
+    Vouched,
     check_method,
     decode_whole,
     write_data,
@@ -53,16 +54,29 @@ class Span:
         return self.end - self.start
 
 
+def checked_finals(span: Span, finals: dict[int, str], done: int,
+                   unchecked: list[int]) -> list[str]:
+    """The final paths of the first ``done`` members of ``span`` (what its writer wrote, in
+    order) but those at the indices ``unchecked``: the members whose content the writer's check
+    (:class:`~isic2020.archive.decode.Vouched`) passed in memory before they were written."""
+    skip = set(unchecked)
+    return [finals[m.header_offset] for i, m in enumerate(span.members[:done]) if i not in skip]
+
+
 class SpanWriter:
     """Consumes one span's bytes in order (``feed``) and turns its members into files.
 
     ``finals``: header offset -> final path of every member to write. ``check_complete`` after
     the last byte; ``cleanup`` after a failure (the member in progress is removed).
     ``stop_at``: where the bytes it is fed end, when that is before ``span.end`` (the pool
-    gave the rest of the span, from a member's local header on, to another connection)."""
+    gave the rest of the span, from a member's local header on, to another connection).
+    ``unchecked``: the indices (among the members written, in order) of those whose content
+    was not checked whole in memory before it was written (streamed, or failing the check):
+    the closing verify reads them, and vouches for the others (:func:`checked_finals`)."""
 
     def __init__(self, archive: str, span: Span, finals: dict[int, str], mode: int) -> None:
         self.archive = archive
+        self.span = span
         self.pending = list(reversed(span.members))
         self.finals = finals
         self.mode = mode
@@ -77,6 +91,7 @@ class SpanWriter:
         self.done = 0
         self.bytes_written = 0
         self.stop_at = span.end
+        self.unchecked: list[int] = []
 
     def feed(self, data: bytes) -> None:
         view = memoryview(data)
@@ -142,7 +157,12 @@ class SpanWriter:
         except Damaged as exc:
             raise self._bad(m, str(exc)) from None
         folder, name = os.path.split(self.finals[m.header_offset])
+        vouch = Vouched.for_file(name)
+        if vouch is not None:
+            vouch(data)
         write_data(folder, name, self.mode, data)
+        if vouch is None or not vouch.passed:
+            self.unchecked.append(self.done)
         self.done += 1
         self.bytes_written += m.file_size
         return end - i
@@ -180,12 +200,16 @@ class SpanWriter:
             raise self._bad(m, str(exc)) from None
         f.commit()
         self.file = self.decoder = self.member = None
+        self.unchecked.append(self.done)  # never whole in memory: the verify reads it
         self.done += 1
         self.bytes_written += dec.written
         self.state = _SEEK
 
     def _bad(self, m: Entry, why: str) -> VerificationError:
         return damaged_member(self.archive, m.name, why, MEMBER_HINT)
+
+    def checked_finals(self) -> list[str]:
+        return checked_finals(self.span, self.finals, self.done, self.unchecked)
 
     def check_complete(self) -> None:
         mine = bool(self.pending) and self.pending[-1].header_offset < self.stop_at

@@ -9,7 +9,9 @@ copy of each block into the pipe stays in the fetch's interpreter.
 The wire, per child (piece ``k`` always goes to child ``k % n``, so its frames arrive in order):
 ``B`` (a piece begins: its span's start, end, members and their final paths, ``marshal``ed),
 ``D`` (its next block), ``E`` (it ended: where its bytes stop, and whether completely). The
-child answers each ``E``: ``d K DONE BYTES`` (every member of the piece written and checked),
+child answers each ``E``: ``d K DONE BYTES [I ...]`` (every member of the piece written and
+checked; ``I``: the indices of those whose content the writer could not vouch for, see
+``SpanWriter.unchecked``),
 ``x K`` (cleaned up after an incomplete end), or ``e K JSON`` (kind, message, hint: a damaged
 member or a full disk; that piece's later frames are ignored).
 
@@ -36,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from isic2020.archive.decode import Stopped, request_stop, stop_requested, write_all
-from isic2020.archive.spans import Span, SpanWriter
+from isic2020.archive.spans import Span, SpanWriter, checked_finals
 from isic2020.archive.zipformat import Entry
 from isic2020.errors import DiskError, Interrupted, Isic2020Error
 from isic2020.report import count_images
@@ -70,6 +72,10 @@ class ForkedWriter:
         self.announced = False
         self.done = 0
         self.bytes_written = 0
+        self.unchecked: list[int] = []
+
+    def checked_finals(self) -> list[str]:
+        return checked_finals(self.span, self.finals, self.done, self.unchecked)
 
 
 class _Child:
@@ -226,8 +232,8 @@ class ForkedUnpackers:
         k_text, _, arg = rest.partition(b" ")
         writer = c.pending.pop(int(k_text), None)
         if kind == b"d" and writer is not None:
-            done, written = (int(x) for x in arg.split())
-            writer.done, writer.bytes_written = done, written
+            done, written, *unchecked = (int(x) for x in arg.split())
+            writer.done, writer.bytes_written, writer.unchecked = done, written, unchecked
             count_images(done)
             self.done(writer)
         elif kind == b"e":
@@ -289,7 +295,8 @@ def _serve(archive: str, mode: int, inp: int, out: int) -> int:
                 w.stop_at = stop_at
                 if complete:
                     w.check_complete()
-                    write_all(out, f"d {k} {w.done} {w.bytes_written}\n".encode())
+                    write_all(out, " ".join(map(str, ("d", k, w.done, w.bytes_written,
+                                                      *w.unchecked))).encode() + b"\n")
                 else:
                     w.cleanup()
                     write_all(out, f"x {k}\n".encode())
