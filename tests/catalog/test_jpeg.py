@@ -18,6 +18,7 @@ from isic2020.catalog.jpeg import (
     NO_EOI,
     NO_SOI,
     PADDING_WINDOW,
+    JpegEnds,
     jpeg_file_problem,
     jpeg_problem,
 )
@@ -50,3 +51,25 @@ def test_bytes_and_file_get_the_same_verdict(case: str, tmp_path: Path) -> None:
         assert jpeg_file_problem(fd) == expected
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("piece", [1, 3, 1000, PADDING_WINDOW - 1, PADDING_WINDOW + 5])
+def test_content_in_pieces_gets_the_verdict_of_the_whole(case: str, piece: int) -> None:
+    """A member streamed to its file (``JpegEnds``) is judged as if it were whole, however it
+    is cut, and with the window's worth of the end of a much larger file."""
+    data, expected = CASES[case]
+    for content, want in ((data, expected), (_widened(data), expected)):
+        ends = JpegEnds()
+        for at in range(0, len(content), piece):
+            ends.feed(memoryview(content)[at : at + piece])
+        assert ends.problem() == want == jpeg_problem(content)
+        assert ends.kept <= PADDING_WINDOW + piece  # flat, whatever the size
+
+
+def _widened(data: bytes) -> bytes:
+    """``data`` with 3 windows more in its middle (its start and end as they were), so the
+    pieces' check must judge from what it kept of the end."""
+    if len(data) < 4:
+        return data
+    return data[:2] + b"\x01" * (3 * PADDING_WINDOW) + data[2:]

@@ -46,7 +46,7 @@ from isic2020.archive.zipformat import (
     check_local_name,
     local_header_size,
 )
-from isic2020.catalog.jpeg import jpeg_problem
+from isic2020.catalog.jpeg import JpegEnds, jpeg_problem
 from isic2020.report import count_images
 from isic2020.store.fsutil import disk_error, open_nofollow, temp_name
 from isic2020.store.libc import syncfs_function
@@ -316,6 +316,12 @@ class Vouched:
         """The check for an image file so named (``.jpg``: the JPEG rule), as
         :meth:`for_format` for its format."""
         return cls.for_format("jpeg" if name.endswith(".jpg") else None)
+
+    @staticmethod
+    def streamed(name: str) -> JpegEnds | None:
+        """The same check of a file so named whose content passes by in pieces (``feed``
+        each, then ``problem()``); None where :meth:`for_file` checks nothing."""
+        return JpegEnds() if name.endswith(".jpg") else None
 
 
 def read_checked(read_at: Callable[[int, int], bytes], at: int, n: int) -> bytes:

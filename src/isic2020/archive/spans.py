@@ -31,6 +31,7 @@ from isic2020.archive.decode import (
 )
 from isic2020.archive.rules import damaged_member
 from isic2020.archive.zipformat import LFH, BadZip, Entry, check_local_name, local_header_size
+from isic2020.catalog.jpeg import JpegEnds
 from isic2020.errors import VerificationError
 
 #: What to do about a damaged member of a server's archive.
@@ -85,6 +86,7 @@ class SpanWriter:
         self.buf = bytearray()
         self.need = LFH.size
         self.member: Entry | None = None
+        self.ends: JpegEnds | None = None  # the streamed member's content check
         self.decoder: Decoder | None = None
         self.file: MemberFile | None = None
         self.left = 0
@@ -179,7 +181,18 @@ class SpanWriter:
         self.left = m.compressed_size
         folder, name = os.path.split(self.finals[m.header_offset])
         self.file = MemberFile(folder, name, self.mode)
-        self.decoder = Decoder(m, self.file.write)
+        self.ends = ends = Vouched.streamed(name)
+        write = self.file.write
+        if ends is None:
+            self.decoder = Decoder(m, write)
+        else:
+            feed = ends.feed
+
+            def both(data: bytes | memoryview) -> None:
+                feed(data)
+                write(data)
+
+            self.decoder = Decoder(m, both)
         self.state = _DATA
         if self.left == 0:
             self._finish()
@@ -199,8 +212,9 @@ class SpanWriter:
         except Damaged as exc:
             raise self._bad(m, str(exc)) from None
         f.commit()
-        self.file = self.decoder = self.member = None
-        self.unchecked.append(self.done)  # never whole in memory: the verify reads it
+        if self.ends is None or self.ends.problem() is not None:
+            self.unchecked.append(self.done)  # the verify reads it (and names the problem)
+        self.file = self.decoder = self.member = self.ends = None
         self.done += 1
         self.bytes_written += dec.written
         self.state = _SEEK

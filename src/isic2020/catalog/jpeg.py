@@ -11,6 +11,7 @@ passes one exactly when it passes the other.
 from __future__ import annotations
 
 import os
+from collections import deque
 
 SOI = b"\xff\xd8"
 EOI = b"\xff\xd9"
@@ -37,6 +38,42 @@ def jpeg_problem(data: bytes | memoryview) -> str | None:
     if bytes(data[-2:]) == EOI or padded_end(data):
         return None
     return NO_EOI
+
+
+class JpegEnds:
+    """:func:`jpeg_problem` of content that passes by in pieces (a member streamed to its
+    file, never whole in memory): the rule reads only the size, the first two bytes and the
+    last :data:`PADDING_WINDOW`, so those are all that is kept (references to the last pieces,
+    at most the window plus one piece: memory stays flat). :meth:`problem` is exactly
+    ``jpeg_problem`` of the concatenated pieces."""
+
+    __slots__ = ("size", "head", "pieces", "kept")
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.head = b""
+        self.pieces: deque[bytes | memoryview] = deque()
+        self.kept = 0  # bytes in ``pieces``
+
+    def feed(self, data: bytes | memoryview) -> None:
+        n = len(data)
+        if not n:
+            return
+        if len(self.head) < 2:
+            self.head += bytes(data[: 2 - len(self.head)])
+        self.size += n
+        self.pieces.append(data)
+        self.kept += n
+        while self.kept - len(self.pieces[0]) >= PADDING_WINDOW:
+            self.kept -= len(self.pieces.popleft())
+
+    def problem(self) -> str | None:
+        tail = b"".join(self.pieces)
+        if len(tail) == self.size:  # every byte is still here
+            return jpeg_problem(tail)
+        # More than the window passed: SOI (when it is there) stands in for what was dropped,
+        # which the rule never reads (it reads the size only to tell 0 and < 4 bytes).
+        return NO_SOI if self.head != SOI else jpeg_problem(SOI + tail[-PADDING_WINDOW:])
 
 
 def jpeg_file_problem(fd: int) -> str | None:
