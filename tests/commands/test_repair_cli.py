@@ -16,6 +16,7 @@ from pathlib import Path
 from support.cli import cli_env, run_cli
 from support.fixtures import served_dataset
 from support.servers import FaultServer, IgnoreRange
+from support.snapshot import changed, snapshot
 
 ZIP = "ISIC_2020_Training_JPEG.zip"
 ARGS = ("--split", "train", "--format", "jpeg")
@@ -104,6 +105,19 @@ def test_fetch_repairs_missing_and_damaged_images_without_the_archive(dataset, m
     assert not (data / "archives" / ZIP).exists()
     victims = _damage(data / "jpeg" / "train", dataset.train_names)
     _check_repaired_by_ranges(data, mirror, dataset, victims)
+
+
+def test_a_dry_run_over_a_complete_folder_writes_nothing(dataset, mirror, tmp_path):
+    """The dry run judges the images from the saved directory as the fetch would, and like
+    every dry run writes nothing: not even the memo a fetch leaves for a complete folder."""
+    data = tmp_path / "data"
+    assert _fetch(data, mirror, dataset, "--no-keep-archives").returncode == 0
+    before = snapshot(data)
+    dry = _fetch(data, mirror, dataset, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    (row,) = [r for r in dry.json["dry_run"] if r["name"] == ZIP]
+    assert row["repair"] == [] and row["to_transfer"] == 0
+    assert changed(before, snapshot(data)) == []
 
 
 def test_fetch_repairs_images_after_clean_archives(dataset, mirror, tmp_path):

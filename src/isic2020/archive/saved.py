@@ -193,36 +193,39 @@ class FolderCheck:
 
 
 def check_folder(state_dir: Path, archive: str, fmt: str, folder: Path, size: int,
-                 etag: str | None, sha256: str) -> FolderCheck | None:
+                 etag: str | None, sha256: str, *, keep_memo: bool = True
+                 ) -> FolderCheck | None:
     """``folder``'s images of ``archive`` that are missing or not their size, by the directory
-    saved for this very archive (None when there is none). Raises :class:`Refused` as
-    :func:`missing_members` does. A complete folder costs one listing when its memo holds."""
+    saved for this very archive (None when there is none: the folder is not listed). Raises
+    :class:`Refused` as :func:`missing_members` does. A complete folder costs one listing when
+    its memo holds; ``keep_memo`` false (a dry run) writes none."""
     key = key_of(size, etag, sha256)
-    if key is None:
-        return None
     path = directory_path(state_dir, archive)
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if key is None or st is None:
+        return None
     present = present_files(folder)
-    memo = _memo(path, key, fmt, folder, present)
+    memo = _memo(st, key, fmt, folder, present)
     memo_path = path.with_name(f"{archive}.complete.json")
-    if memo is not None and _read_memo(memo_path) == memo:
+    if _read_memo(memo_path) == memo:
         return FolderCheck(Missing([], [], []), None)
     remote = load_cached(path, key)
     if remote is None:
         return None
     missing = missing_members(remote, fmt, folder, present)
-    if memo is not None and not missing.members:
+    if keep_memo and not missing.members:
         with contextlib.suppress(OSError):  # (a read-only copy): the next run judges again
             atomic_write(memo_path, json.dumps(memo).encode(), durable=False)
     return FolderCheck(missing, remote)
 
 
-def _memo(path: Path, key: str, fmt: str, folder: Path,
-          present: Mapping[str, int]) -> dict[str, object] | None:
-    """What a complete judgement of ``present`` rests on (None: the directory is not there)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
+def _memo(st: os.stat_result, key: str, fmt: str, folder: Path,
+          present: Mapping[str, int]) -> dict[str, object]:
+    """What a complete judgement of ``present`` against the directory whose file has the stat
+    ``st`` rests on."""
     listing = hashlib.sha256("\0".join(present).encode())
     listing.update(array.array("q", present.values()).tobytes())
     return {"version": MEMO_VERSION, "key": key, "directory": [st.st_size, st.st_mtime_ns],
@@ -241,9 +244,11 @@ def repair_needs(
     sha256: str,
 ) -> tuple[list[str], int, int] | None:
     """``(images, bytes to fetch, bytes to write)`` a repair of ``folder`` would cost, from the
-    saved directory (None when there is none for this archive, or it breaks the rules)."""
+    saved directory (None when there is none for this archive, or it breaks the rules).
+    Writes nothing (``fetch --dry-run``)."""
     try:
-        check = check_folder(state_dir, archive, fmt, folder, size, etag, sha256)
+        check = check_folder(state_dir, archive, fmt, folder, size, etag, sha256,
+                             keep_memo=False)  # (a dry run's: it writes nothing)
     except Refused:
         return None
     if check is None:
