@@ -43,14 +43,14 @@ _DEVICE_NAMES = {"CON", "PRN", "AUX", "NUL"} | {
     f"{p}{i}" for p in ("COM", "LPT") for i in range(10)
 }
 # Relative, ASCII letters, digits, ``_ - .``, no part starting with a dot (so no ``..``).
-_PLAIN_NAME = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]*/)*[A-Za-z0-9_][A-Za-z0-9_.-]*/?")
+_PLAIN_PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+_PLAIN_NAME = re.compile(rf"(?:{_PLAIN_PART}/)*{_PLAIN_PART}/?")
 #: The usual image entry (``train/ISIC_0000000.jpg``), by format (None: either): a plain name
 #: (:data:`_PLAIN_NAME`) whose base name is canonical already. Such a name breaks no name rule
 #: but a folder's device name, and lands under its base name as it is: :func:`plan_entries`
 #: judges it with one match, exactly as :func:`unsafe_reason` and :func:`image_file_name` would.
-_FOLDERS = r"((?:[A-Za-z0-9_][A-Za-z0-9_.-]*/)*)"  # _PLAIN_NAME's, each with its "/"
 _CANONICAL = {
-    ext: re.compile(_FOLDERS + rf"(ISIC_[0-9]{{7}}\.(?:{ext or '|'.join(_IMAGE_EXTS)}))")
+    ext: re.compile(rf"((?:{_PLAIN_PART}/)*)(ISIC_[0-9]{{7}}\.(?:{ext or '|'.join(_IMAGE_EXTS)}))")
     for ext in (*_IMAGE_EXTS, None)
 }
 #: What to do about an archive on disk that breaks a rule.
