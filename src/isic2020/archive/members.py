@@ -14,10 +14,14 @@ Invariants, and why:
   the first spans download, over the transfer layer's one range pool; each piece's bytes
   become checked files (:mod:`~isic2020.archive.unpack`,
   :class:`~isic2020.archive.spans.SpanWriter`).
-* **Every connection busy.** A span may be split at its members' local headers: a connection
-  with nothing queued takes the back half of the span in flight with most left (at least
-  :data:`MIN_SPLIT` on each side), so a plan of fewer spans than connections still uses them
-  all, and no byte is fetched twice.
+* **Every connection busy, one request per piece.** A span may be split at its members' local
+  headers: a connection takes from the queue about its share of the bytes still queued (the
+  queued bytes over the connections, at least :data:`MIN_SPLIT`), cut at the first member
+  boundary past it, and the rest stays queued. A plan of fewer spans than connections still
+  uses them all, pieces shrink as the queue drains so the connections end together, and each
+  piece is one request whose end is known when it is sent: no byte is fetched twice, and a
+  request costs a millisecond of CPU, so a zip's members are not fetched in thousands of
+  them.
 * **Resumable.** A member already at its final path with the directory's size is skipped, the
   rule of every writer of the layout: only checked files reach a final path, so a killed run
   loses at most the members in flight. A file of the right size damaged *afterwards* is not
@@ -62,13 +66,8 @@ BLOCK = 1 * MiB
 DEFAULT_MAX_GAP = 64 * KiB
 DEFAULT_MAX_SPAN = 8 * MiB
 DEFAULT_MAX_WASTE = 0.05
-#: A cut costs one request: a span is split for an idle connection only where both sides keep
-#: at least this much.
+#: A cut costs one request: a piece taken from a span leaves at least this much on each side.
 MIN_SPLIT = 256 * KiB
-#: Members are asked for in requests of at most this much (about half a second of the
-#: connection's rate), and a span is never cut inside the request in flight: the server never
-#: sends a byte past a cut (no byte is served twice).
-ASK_MAX = DEFAULT_MAX_SPAN
 
 Log = Callable[[str], None]
 
@@ -365,9 +364,8 @@ class _MemberFetch:
             abort=self.abort, on_bytes=(bar.update if bar is not None else None),
             block=READ_BLOCK,
         )
-        self.pool = RangePool(self.client, connections[0], split_min=MIN_SPLIT,
-                              ask_max=ASK_MAX, max_connections=connections[1], log=log,
-                              label=remote.name)
+        self.pool = RangePool(self.client, connections[0], take_min=MIN_SPLIT,
+                              max_connections=connections[1], log=log, label=remote.name)
         self.unpackers: Any = Unpackers(UNPACKERS, self.abort, self.pool.fail, self.done)
         if remote.size >= process_min and can_fork():  # off the download's GIL
             self.unpackers = ForkedUnpackers(UNPACKERS, self.abort, self.pool.fail, self.done,

@@ -55,7 +55,9 @@ def make_session(pool_size: int = 8) -> requests.Session:
     import requests
     from requests.adapters import HTTPAdapter
 
-    s = requests.Session()
+    from isic2020.transfer.session import Session
+
+    s = Session()
     adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(2, pool_size), max_retries=0)
     s.mount("http://", adapter)
     s.mount("https://", adapter)

@@ -329,18 +329,17 @@ class RangePool:
                    for p in self._inflight)
 
     def _recut(self, more: int) -> None:
-        """Halve queued pieces that may be cut anywhere until the queue has a piece for each
-        of ``more`` new connections, or none is long enough (under the lock): the re-cut of
-        :meth:`prioritize`, for a count that grew."""
+        """Halve the longest queued pieces (at an allowed cut) until the queue has a piece for
+        each of ``more`` new connections, or none can be halved leaving ``least`` on each
+        side (under the lock): the re-cut of :meth:`prioritize`, for a count that grew."""
         least = max(self.split_min or self.take_min or ALIGN, ALIGN)
         pieces = list(self._queue)
         while len(pieces) < more:
-            longest = max((p for p in pieces if p.span.cuts is None),
-                          key=lambda p: p.end - p.start, default=None)
-            if longest is None or longest.end - longest.start < 2 * least:
+            halves = ((p, _middle_cut(p, least))
+                      for p in sorted(pieces, key=lambda p: p.start - p.end))
+            longest, mid = next(((p, c) for p, c in halves if c is not None), (None, None))
+            if longest is None or mid is None:
                 break
-            mid = longest.start + (longest.end - longest.start) // 2
-            mid = max(longest.start + least, mid // ALIGN * ALIGN)
             i = pieces.index(longest)
             pieces[i:i + 1] = [Piece(longest.span, longest.start, mid),
                                Piece(longest.span, mid, longest.end)]
@@ -431,12 +430,12 @@ class RangePool:
         stays first in the queue: pieces shrink as the queue drains, so the connections end
         together without cutting a request in flight (under the lock)."""
         piece = self._queue.popleft()
-        if self.take_min is None or piece.span.cuts is not None:
+        if self.take_min is None:
             return piece
         queued = piece.end - piece.start + sum(p.end - p.start for p in self._queue)
         share = max(self.take_min, -(-queued // max(1, self._live)))
-        cut = -(-(piece.start + share) // ALIGN) * ALIGN
-        if cut <= piece.end - self.take_min:
+        cut = _cut_from(piece.span.cuts, piece.start + share, piece.end - self.take_min)
+        if cut is not None:
             self._queue.appendleft(Piece(piece.span, cut, piece.end))
             piece.end = cut
         return piece
@@ -473,8 +472,40 @@ class RangePool:
         if cuts is None:
             aligned = -(-mid // ALIGN) * ALIGN
             return aligned if lo <= aligned <= hi else mid
-        i = bisect.bisect_left(cuts, lo)
-        j = bisect.bisect_right(cuts, hi)
-        if i >= j:
-            return None
-        return min(cuts[i:j], key=lambda c: abs(c - mid))
+        return _nearest_cut(cuts, lo, hi, mid)
+
+
+def _cut_from(cuts: tuple[int, ...] | None, at: int, hi: int) -> int | None:
+    """The first place at or after ``at`` where a span with ``cuts`` may be cut (rounded up
+    to :data:`ALIGN` where it may be cut anywhere), if it is at most ``hi``."""
+    if cuts is None:
+        cut = -(-at // ALIGN) * ALIGN
+        return cut if cut <= hi else None
+    i = bisect.bisect_left(cuts, at)
+    return cuts[i] if i < len(cuts) and cuts[i] <= hi else None
+
+
+def _middle_cut(p: Piece, least: int) -> int | None:
+    """Where to halve queued ``p``, leaving at least ``least`` on each side; None if nowhere."""
+    lo, hi = p.start + least, p.end - least
+    if lo > hi:
+        return None
+    mid = p.start + (p.end - p.start) // 2
+    if p.span.cuts is None:
+        return max(lo, mid // ALIGN * ALIGN)
+    return _nearest_cut(p.span.cuts, lo, hi, mid)
+
+
+def _nearest_cut(cuts: tuple[int, ...], lo: int, hi: int, mid: int) -> int | None:
+    """The cut in ``[lo, hi]`` nearest ``mid`` (the lower one of two as near); None if none.
+    By bisection: a span of a whole zip may have a cut per member, and this runs under the
+    pool's lock."""
+    i = bisect.bisect_left(cuts, lo)
+    j = bisect.bisect_right(cuts, hi)
+    if i >= j:
+        return None
+    k = min(max(bisect.bisect_left(cuts, mid, i, j), i + 1), j - 1)
+    if k == i:
+        return cuts[i]
+    below, above = cuts[k - 1], cuts[k]
+    return below if mid - below <= above - mid else above
