@@ -72,7 +72,7 @@ def test_an_adaptive_pool_adds_connections_on_a_capped_server_up_to_its_cap(tmp_
     with FaultServer(root, prefix="/p/") as srv:
         srv.throttle(512 * KiB, NAME)  # per connection, as S3 caps one stream
         said: list[str] = []
-        pool = _pool(srv, size, 2, max_connections=8, split_min=64 * KiB, ask_max=MiB,
+        pool = _pool(srv, size, 2, max_connections=8, take_min=64 * KiB,
                      window=0.2, log=said.append)
         sink = Assembler(size)
         pool.run([Span(0, size // 2), Span(size // 2, size)], sink)
@@ -134,7 +134,7 @@ def test_a_503_slowdown_withdraws_the_new_connections_and_stops_the_growth(tmp_p
         rule = srv.add_fault(Status.slow_down(retry_after=None), NAME, times=None,
                              when=lambda r: r.ranged and srv._active > 6)
         said: list[str] = []
-        pool = _pool(srv, size, 4, max_connections=16, split_min=64 * KiB, ask_max=MiB,
+        pool = _pool(srv, size, 4, max_connections=16, take_min=64 * KiB,
                      window=0.2, log=said.append)
         sink = Assembler(size)
         pool.run([Span(0, size // 2), Span(size // 2, size)], sink)

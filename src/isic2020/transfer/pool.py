@@ -9,17 +9,15 @@ Invariants:
 - every span is fetched as one or more :class:`Piece` s that tile it exactly; a sink receives
   each piece's bytes once, in order (``data(piece, offset, block)`` with ``offset`` the file
   offset of ``block[0]``), between ``begin(piece)`` and ``end(piece, complete)``;
-- a span is split only where it allows (``Span.cuts``): queued spans by :meth:`prioritize`,
-  and, when ``split_min`` is set, a span in flight by an idle connection, which takes the back
-  half from a cut above what was delivered (the first piece's ``end`` shrinks; its reads and
-  retries never ask past the cut, so no byte is fetched twice); ``piece.end`` is final once
-  ``end`` is called;
+- a span is split only where it allows (``Span.cuts``), and only while queued: by
+  :meth:`prioritize`, and, with ``take_min``, as a connection takes it (see :meth:`_pop`); a
+  piece's ``end`` is fixed when a connection takes it, and it is fetched in one request
+  (retried from the broken byte): no byte is fetched twice, no request is cut short;
 - with ``max_connections`` above ``connections`` the count adapts (:mod:`~isic2020.transfer.\
   adaptive`): a controller thread measures the aggregate rate once per window and starts
   more connections (never more than ``max_connections`` at once) or retires the last ones
-  (each ends after its piece); new connections take queued spans, queued spans that may be
-  cut anywhere are halved when there are too few for them, and, with ``split_min``, the back
-  half of a piece in flight;
+  (each ends after its piece); new connections take queued pieces, halved at an allowed cut
+  when there are too few for them;
 - the first error (a sink's, a worker's, :meth:`fail`'s) aborts every thread, and
   :meth:`wait` raises it; an ``Interrupted`` only when there is no other error.
 """
@@ -38,17 +36,13 @@ from isic2020.errors import Interrupted
 from isic2020.report import human_size
 from isic2020.transfer.adaptive import WINDOW, Growth
 from isic2020.transfer.http import make_session
-from isic2020.transfer.ranges import RangeClient, StopRange
+from isic2020.transfer.ranges import RangeClient
 
 if TYPE_CHECKING:
     import requests
 
 #: Where a span that may be cut anywhere is cut: request sizes stay round.
 ALIGN = 64 * 1024
-#: With ``ask_max``, a request asks for about this many seconds of the connection's own rate
-#: (between ``split_min`` and ``ask_max`` bytes): a cut waits at most that long for the request
-#: in flight, and a fast connection still makes few requests.
-ASK_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -68,12 +62,13 @@ class Span:
 class Piece:
     """One connection's share of a span: ``[start, end)``, delivered up to ``pos``.
 
-    Invariants: ``span.start <= start <= pos <= end <= span.end``; ``end`` only shrinks (a
-    split), and never below ``pos``; ``index`` numbers the pieces in the order connections
-    took them (from 0). Written by the pool under its lock; sinks only read.
+    Invariants: ``span.start <= start <= pos <= end <= span.end``; ``end`` is fixed once a
+    connection took the piece (only a queued piece is cut); ``index`` numbers the pieces in
+    the order connections took them (from 0). ``pos`` is written by the connection's thread
+    alone; sinks only read.
     """
 
-    __slots__ = ("span", "start", "end", "pos", "index", "asked")
+    __slots__ = ("span", "start", "end", "pos", "index")
 
     def __init__(self, span: Span, start: int, end: int) -> None:
         self.span = span
@@ -81,7 +76,6 @@ class Piece:
         self.end = end
         self.pos = start
         self.index = -1
-        self.asked = start  # the end of the request in flight
 
     def __repr__(self) -> str:
         return f"Piece({self.start}, {self.end}, pos={self.pos}, index={self.index})"
@@ -117,8 +111,6 @@ class RangePool:
         client: RangeClient,
         connections: int,
         *,
-        split_min: int | None = None,
-        ask_max: int | None = None,
         max_connections: int | None = None,
         window: float = WINDOW,
         take_min: int | None = None,
@@ -127,13 +119,10 @@ class RangePool:
     ) -> None:
         """``max_connections``: adapt the count between ``connections`` and this (None: a
         fixed count); ``window``: seconds per measurement of the aggregate rate; ``take_min``:
-        cut queued pieces as they are taken (see :meth:`_pop`), at least this long.
-        ``ask_max``: a piece is asked for in requests of at most this many bytes (about
-        :data:`ASK_SECONDS` of the connection's rate, at least ``split_min``), and a cut
-        is never inside the request in flight, so the server never sends a byte past a cut
-        (None: one request per piece). ``log``: each change of an adaptive count, and why it
-        stopped growing, in one line (``--verbose``), starting with ``label`` (the file's
-        name) when there is one."""
+        cut queued pieces as they are taken (see :meth:`_pop`), at least this long, and
+        halve queued pieces for a count that grew no shorter than that. ``log``: each change
+        of an adaptive count, and why it stopped growing, in one line (``--verbose``),
+        starting with ``label`` (the file's name) when there is one."""
         self.client = client
         self.log = log
         self.label = f"{label}: " if label else ""
@@ -144,13 +133,10 @@ class RangePool:
         self.most = 0
         self._live = 0  # connection threads not yet ended
         self._name = "isic2020-dl"
-        self.split_min = split_min
         self.take_min = take_min
-        self.ask_max = ask_max
         self.abort = client.abort
         self._cond = threading.Condition()
         self._queue: deque[Piece] = deque()
-        self._inflight: list[Piece] = []
         self._closed = False
         self._taken = 0
         self._errors: list[BaseException] = []
@@ -320,19 +306,13 @@ class RangePool:
 
     def _has_work(self) -> bool:
         """Would a new connection find something to do (under the lock)?"""
-        if self._queue:
-            return True
-        if self.split_min is None:
-            return False
-        least = max(self.split_min, self.client.block)
-        return any(self._cut_point(p, self._floor(p, least), least) is not None
-                   for p in self._inflight)
+        return bool(self._queue)
 
     def _recut(self, more: int) -> None:
         """Halve the longest queued pieces (at an allowed cut) until the queue has a piece for
         each of ``more`` new connections, or none can be halved leaving ``least`` on each
         side (under the lock): the re-cut of :meth:`prioritize`, for a count that grew."""
-        least = max(self.split_min or self.take_min or ALIGN, ALIGN)
+        least = max(self.take_min or ALIGN, ALIGN)
         pieces = list(self._queue)
         while len(pieces) < more:
             halves = ((p, _middle_cut(p, least))
@@ -362,18 +342,17 @@ class RangePool:
                 session.close()
 
     def _take(self) -> Piece | None:
-        """The next queued piece, else the back half of one in flight, else None once the
-        queue is closed (waits for :meth:`put` while it is open), or when the pool runs more
-        connections than its target (this one ends). The caller's thread then ends."""
+        """The next queued piece, else None once the queue is closed (waits for :meth:`put`
+        while it is open), or when the pool runs more connections than its target (this one
+        ends). The caller's thread then ends."""
         with self._cond:
             while not self.abort.is_set():
                 if self._live > self.growth.target:
                     break
-                piece = self._pop() if self._queue else self._steal()
+                piece = self._pop() if self._queue else None
                 if piece is not None:
                     piece.index = self._taken
                     self._taken += 1
-                    self._inflight.append(piece)
                     return piece
                 if self._closed:
                     break
@@ -389,46 +368,21 @@ class RangePool:
         complete = False
 
         def deliver(block: bytes) -> None:
-            with self._cond:
-                at = piece.pos
-                n = min(len(block), piece.end - at)
-                piece.pos = at + n
-                stop = piece.pos >= piece.end < piece.asked
-            if n:
-                sink.data(piece, at, block if n == len(block) else block[:n])
-            if stop:
-                raise StopRange
+            at = piece.pos
+            piece.pos = at + len(block)
+            sink.data(piece, at, block)
 
         try:
-            rate = 0.0  # bytes/s of this connection's last request
-            while True:
-                with self._cond:
-                    at, end = piece.pos, piece.end
-                    if at >= end:
-                        break
-                    piece.asked = min(end, at + self._ask_size(rate))
-                t0 = time.monotonic()
-                self.client.stream(session, at, piece.asked, deliver, lambda: piece.end)
-                took = time.monotonic() - t0
-                rate = (piece.pos - at) / took if took > 0 else 0.0
+            self.client.stream(session, piece.start, piece.end, deliver)
             complete = True
         finally:
-            with self._cond:
-                self._inflight.remove(piece)
             sink.end(piece, complete)
 
-    def _ask_size(self, rate: float) -> int:
-        """How many bytes the next request of a piece asks for (see ``ask_max``)."""
-        if self.ask_max is None:
-            return 1 << 62
-        least = max(self.split_min or 0, self.client.block)
-        return int(min(self.ask_max, max(least, rate * ASK_SECONDS)))
-
     def _pop(self) -> Piece:
-        """The next queued piece; with ``take_min``, a piece that may be cut anywhere is cut
-        to about the queued bytes over the connections (never below ``take_min``) and the rest
-        stays first in the queue: pieces shrink as the queue drains, so the connections end
-        together without cutting a request in flight (under the lock)."""
+        """The next queued piece; with ``take_min``, it is cut to about the queued bytes over
+        the connections (never below ``take_min``; at the first allowed cut past that) and the
+        rest stays first in the queue: pieces shrink as the queue drains, so the connections
+        end together without cutting a request in flight (under the lock)."""
         piece = self._queue.popleft()
         if self.take_min is None:
             return piece
@@ -439,40 +393,6 @@ class RangePool:
             self._queue.appendleft(Piece(piece.span, cut, piece.end))
             piece.end = cut
         return piece
-
-    def _steal(self) -> Piece | None:
-        """Split the piece in flight with the most left to fetch (called under the lock)."""
-        if self.split_min is None:
-            return None
-        # A read in progress asks for at most a block past ``pos``: a cut at least that far
-        # ahead is never crossed, so no byte is fetched twice.
-        least = max(self.split_min, self.client.block)
-        for p in sorted(self._inflight, key=lambda p: p.pos - p.end):
-            cut = self._cut_point(p, self._floor(p, least), least)
-            if cut is not None:
-                back = Piece(p.span, cut, p.end)
-                p.end = cut
-                return back
-        return None
-
-    def _floor(self, p: Piece, least: int) -> int:
-        """The first offset where ``p`` may be cut: past the read in hand (and, with
-        ``ask_max``, past the request in flight)."""
-        return p.pos + least if self.ask_max is None else max(p.pos + least, p.asked)
-
-    @staticmethod
-    def _cut_point(p: Piece, floor: int, least: int) -> int | None:
-        """Where ``p`` may be cut, at ``floor`` or later and leaving at least ``least`` bytes
-        after it, nearest the middle of what is left; None if nowhere."""
-        lo, hi = floor, p.end - least
-        if lo > hi:
-            return None
-        mid = (p.pos + p.end) // 2
-        cuts = p.span.cuts
-        if cuts is None:
-            aligned = -(-mid // ALIGN) * ALIGN
-            return aligned if lo <= aligned <= hi else mid
-        return _nearest_cut(cuts, lo, hi, mid)
 
 
 def _cut_from(cuts: tuple[int, ...] | None, at: int, hi: int) -> int | None:
