@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
 import signal
 import sys
 import warnings
@@ -131,6 +130,8 @@ def call_in_fork(fn: Callable[..., T], *args: Any) -> T:
     Raises :class:`ForkFailed` when it gives no result: the caller then runs ``fn`` itself."""
     if not can_fork():
         raise ForkFailed("no fork here")
+    import pickle  # here, not at the top: most runs never fork, and its import is a start-up cost
+
     r, w = os.pipe()
 
     def child() -> int:

@@ -30,7 +30,6 @@ import contextlib
 import errno
 import functools
 import os
-import secrets
 import shutil
 import stat
 from collections.abc import Iterator
@@ -182,7 +181,7 @@ def _new_temp(name: str, dfd: int) -> tuple[int, str]:
     O_NOFOLLOW``, :func:`file_mode` (``os.open``'s mode passes through the umask, whose bits
     ``file_mode`` already lacks)."""
     for _ in range(100):
-        tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+        tmp = f".{name}.{os.urandom(6).hex()}.tmp"
         try:
             return os.open(tmp, _TEMP_CREATE, file_mode(), dir_fd=dfd), tmp
         except FileExistsError:

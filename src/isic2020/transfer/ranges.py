@@ -48,11 +48,6 @@ class RangesIgnored(HostFailed):
         super().__init__("the server ignores byte ranges (answered 200 to a Range request)")
 
 
-class StopRange(Exception):
-    """Raised by a sink to end its range early and cleanly: the request counts as a success
-    and the rest of the body is not read (the connection is closed)."""
-
-
 Sink = Callable[[bytes], None]
 
 
@@ -62,11 +57,10 @@ class RangeClient:
     The one place that asks for bytes by range: the engine's chunks (through ``RangePool``)
     and the remote zip's directory and members both go through :meth:`stream`.
 
-    Invariants: ``transferred`` counts every body byte received (also those a sink refused
-    after a :class:`StopRange`); ``retries`` every retry; a host is given up only after the
-    retry window without progress (``RetryWindow``), where a block counts as progress only
-    if it arrived at the lowest speed or faster (or finished its range). Thread-safe; each
-    thread passes its own session.
+    Invariants: ``transferred`` counts every body byte received; ``retries`` every retry; a
+    host is given up only after the retry window without progress (``RetryWindow``), where a
+    block counts as progress only if it arrived at the lowest speed or faster (or finished its
+    range). Thread-safe; each thread passes its own session.
     """
 
     def __init__(
@@ -116,17 +110,12 @@ class RangeClient:
         start: int,
         end: int,
         sink: Sink,
-        limit: Callable[[], int] | None = None,
     ) -> None:
-        """Feed ``sink`` every byte of ``[start, end)`` exactly once, in order, across retries
-        (or until it raises :class:`StopRange`).
-
-        ``limit``: where the range ends now, if that may move down while it streams (a pool
-        that hands the rest to another connection): no read and no retry asks past it."""
+        """Feed ``sink`` every byte of ``[start, end)`` exactly once, in order, across
+        retries."""
         reached = [start]  # the first byte not yet delivered, advanced as blocks arrive
         attempt = 0
-        stop = limit or (lambda: end)
-        while reached[0] < min(end, stop()):
+        while reached[0] < end:
             if self.abort.is_set():
                 raise Interrupted("aborted")
             self.throttle.acquire(self.abort)
@@ -134,14 +123,11 @@ class RangeClient:
             before = reached[0]
             try:
                 try:
-                    self._request(session, reached, min(end, stop()), sink, stop)
-                except StopRange:
-                    ok = True
-                    return
+                    self._request(session, reached, end, sink)
                 finally:
                     if reached[0] > before:
                         attempt = 0
-                ok = reached[0] >= min(end, stop())
+                ok = reached[0] >= end
                 if not ok:
                     raise Retryable("connection closed before the range was complete")
             except Retryable as exc:
@@ -164,11 +150,9 @@ class RangeClient:
         reached: list[int],
         end: int,
         sink: Sink,
-        stop: Callable[[], int],
     ) -> None:
-        """One checked GET of ``[reached[0], end)``, its body fed to ``sink`` block by block
-        (never a byte at or past ``stop()``: the request ends there cleanly); ``reached[0]``
-        follows every block, so a break mid-body resumes at the broken byte."""
+        """One checked GET of ``[reached[0], end)``, its body fed to ``sink`` block by block;
+        ``reached[0]`` follows every block, so a break mid-body resumes at the broken byte."""
         pos = reached[0]
         headers = {"Range": f"bytes={pos}-{end - 1}", **self.conditions}
         with session.get(
@@ -181,10 +165,7 @@ class RangeClient:
             while pos < end:
                 if self.abort.is_set():
                     raise Interrupted("aborted")
-                want = min(self.block, min(end, stop()) - pos)
-                if want <= 0:
-                    raise StopRange
-                block = read_block(raw, want, guard)
+                block = read_block(raw, min(self.block, end - pos), guard)
                 if not block:
                     return
                 pos += len(block)
