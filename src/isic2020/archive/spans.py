@@ -69,8 +69,6 @@ class SpanWriter:
 
     ``finals``: header offset -> final path of every member to write. ``check_complete`` after
     the last byte; ``cleanup`` after a failure (the member in progress is removed).
-    ``stop_at``: where the bytes it is fed end, when that is before ``span.end`` (the pool
-    gave the rest of the span, from a member's local header on, to another connection).
     ``unchecked``: the indices (among the members written, in order) of those whose content
     was not checked whole in memory before it was written (streamed, or failing the check):
     the closing verify reads them, and vouches for the others (:func:`checked_finals`)."""
@@ -92,7 +90,6 @@ class SpanWriter:
         self.left = 0
         self.done = 0
         self.bytes_written = 0
-        self.stop_at = span.end
         self.unchecked: list[int] = []
 
     def feed(self, data: bytes) -> None:
@@ -226,8 +223,7 @@ class SpanWriter:
         return checked_finals(self.span, self.finals, self.done, self.unchecked)
 
     def check_complete(self) -> None:
-        mine = bool(self.pending) and self.pending[-1].header_offset < self.stop_at
-        if mine or self.state != _SEEK:
+        if self.pending or self.state != _SEEK:
             m = self.member or self.pending[-1]
             raise self._bad(m, "its bytes end before the member does")
 

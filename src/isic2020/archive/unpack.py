@@ -1,8 +1,8 @@
 """The range pool's pieces of a remote zip, turned into files by a few unpacking threads.
 
 The downloading is :class:`isic2020.transfer.pool.RangePool`'s (the one pool: its
-connections, retries, resume at the broken byte, throttle, and the split of a span in flight
-for an idle connection). What is zip-specific is here: :class:`MemberSink` gives each piece a
+connections, retries, resume at the broken byte, throttle, and the cut of a queued span as a
+connection takes it). What is zip-specific is here: :class:`MemberSink` gives each piece a
 :class:`~isic2020.archive.spans.SpanWriter` for the members that start inside it, and
 :class:`Unpackers` feed those writers off the downloading threads.
 
@@ -16,9 +16,9 @@ Invariants:
   blocks reach its writer in order, then the writer's ``check_complete`` (the piece ended
   fully) or ``cleanup`` (it did not, or another thread failed).
 * **Pieces start at members.** A span is cut only at its members' local-header offsets, so
-  every piece begins at a header and its writer's parser never sees a seam; a piece whose end
-  moved down to a cut leaves the members from the cut on to the piece that took them
-  (``SpanWriter.stop_at``, set before the end marker is queued).
+  every piece begins at a header and its writer's parser never sees a seam; a piece's end is
+  fixed when a connection takes it, so its writer is given exactly the members that start
+  inside it.
 * **The first error stops everything**: an unpacker's error goes to the pool's ``fail``.
 """
 
@@ -80,7 +80,8 @@ class MemberSink(SpanSink):
     def begin(self, piece: Piece) -> None:
         span: Span = piece.span.tag
         first = bisect.bisect_left(span.members, piece.start, key=_OFFSET)
-        own = Span(piece.start, span.end, span.members[first:])
+        last = bisect.bisect_left(span.members, piece.end, key=_OFFSET)
+        own = Span(piece.start, piece.end, span.members[first:last])
         self.writers[piece.index] = self.unpackers.writer(self.archive, own, self.finals,
                                                           self.mode)
 
@@ -89,7 +90,6 @@ class MemberSink(SpanSink):
 
     def end(self, piece: Piece, complete: bool) -> None:
         writer = self.writers.pop(piece.index)
-        writer.stop_at = piece.end  # members from here on are another piece's
         self.unpackers.end(piece.index, writer, complete)
 
 

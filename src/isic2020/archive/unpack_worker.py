@@ -8,7 +8,7 @@ copy of each block into the pipe stays in the fetch's interpreter.
 
 The wire, per child (piece ``k`` always goes to child ``k % n``, so its frames arrive in order):
 ``B`` (a piece begins: its span's start, end, members and their final paths, ``marshal``ed),
-``D`` (its next block), ``E`` (it ended: where its bytes stop, and whether completely). The
+``D`` (its next block), ``E`` (it ended: one byte, 1 when completely). The
 child answers each ``E``: ``d K DONE BYTES [I ...]`` (every member of the piece written and
 checked; ``I``: the indices of those whose content the writer could not vouch for, see
 ``SpanWriter.unchecked``),
@@ -68,7 +68,6 @@ class ForkedWriter:
     def __init__(self, span: Span, finals: dict[int, str]) -> None:
         self.span = span
         self.finals = {m.header_offset: finals[m.header_offset] for m in span.members}
-        self.stop_at = span.end
         self.announced = False
         self.done = 0
         self.bytes_written = 0
@@ -153,7 +152,7 @@ class ForkedUnpackers:
         with self._locked(child):
             self._announce(child, k, consumer)
             child.pending[k] = consumer
-            self._send(child, END, k, struct.pack("<QB", consumer.stop_at, int(complete)))
+            self._send(child, END, k, bytes((complete,)))
 
     def _announce(self, child: _Child, k: int, consumer: ForkedWriter) -> None:
         """The piece's members and final paths, before its first frame (under the lock)."""
@@ -288,11 +287,10 @@ def _serve(archive: str, mode: int, inp: int, out: int) -> int:
                     if w is not None and k not in failed:
                         w.feed(payload)
                     continue
-                stop_at, complete = struct.unpack("<QB", payload)
+                complete = payload == b"\x01"
                 writers.pop(k, None)
                 if k in failed or w is None:
                     continue
-                w.stop_at = stop_at
                 if complete:
                     w.check_complete()
                     write_all(out, " ".join(map(str, ("d", k, w.done, w.bytes_written,
