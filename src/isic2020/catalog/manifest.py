@@ -149,7 +149,7 @@ def default_manifest_path() -> Path:
     if env is not None:
         return env
     # The package folder (where the wheel puts package data; importlib.resources would say the
-    # same for a package on disk, at the price of importing it, a tenth of a start-up).
+    # same for a package on disk, at the price of importing it at every start-up).
     here = Path(__file__).resolve().parents
     shipped = here[1] / "manifests" / "isic2020.toml"
     return shipped if shipped.is_file() else here[3] / "manifests" / "isic2020.toml"

@@ -50,7 +50,7 @@ def stat_file(url: str) -> tuple[int, None, str]:
         raise HostFailed(f"{path}: not a file")
     if not os.access(path, os.R_OK):
         raise HostFailed(f"{path}: permission denied")
-    from email.utils import formatdate  # only for a local mirror (a tenth of its imports)
+    from email.utils import formatdate  # only a local mirror needs it: not a start-up cost
 
     return st.st_size, None, formatdate(st.st_mtime, usegmt=True)
 

@@ -18,8 +18,8 @@ class Session(requests.Session):
 
     Why: with ``trust_env`` on (proxies, ``NO_PROXY`` and CA bundles come from the
     environment), requests works out every request's proxies from scratch, walking the whole
-    environment twice: a tenth of the CPU of a ranged GET, and a zip's members are fetched
-    in thousands of them. requests' answer depends only on the environment (a fetch does not
+    environment twice: a good part of a ranged GET's CPU, and a fetch makes one per piece
+    of every file it downloads. requests' answer depends only on the environment (a fetch does not
     change it), the URL's scheme, host and port (``NO_PROXY`` matches host and port), the
     request's own ``stream``, ``verify`` and ``cert``, and the session's settings (set once,
     when the session is made). So requests' own answer is kept per those and handed out as a
