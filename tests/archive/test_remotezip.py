@@ -692,6 +692,32 @@ def test_unsafe_entries_are_refused(tmp_path: Path, small, entry: str) -> None:
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
+def test_the_directory_is_cached_only_for_an_archive_the_rules_let_through(
+    tmp_path: Path, small
+) -> None:
+    """The whole job saves the directory it read while the members download (the first byte
+    does not wait for the encoding), so a refused archive leaves no cache a later run would
+    load, and one that passed leaves the cache that run then uses (no directory bytes)."""
+    root = tmp_path / "m"
+    shutil.copytree(small.root, root)
+    choose = lambda r: list(rm.image_members(r, "jpeg").values())  # noqa: E731
+    cache = rz.cache_path(tmp_path / "state", TRAIN)
+    with _serve(root) as srv:
+        remote, res = fetch_remote_members([srv.url_for(TRAIN)], choose, _dest(tmp_path / "a"),
+                                           cache=cache, connections=2, **FAST)
+        assert not remote.from_cache and res.written == 120 and cache.is_file()
+        again, _ = fetch_remote_members([srv.url_for(TRAIN)], choose, _dest(tmp_path / "a"),
+                                        cache=cache, connections=2, **FAST)
+        assert again.from_cache and again.bytes_read == 0
+    add_symlink(root / TRAIN, "train/ISIC_0000002.jpg", "/etc/passwd")
+    cache.unlink()
+    with _serve(root) as srv, pytest.raises(VerificationError, match="unsafe"):
+        fetch_remote_members([srv.url_for(TRAIN)], choose, _dest(tmp_path / "b"),
+                             cache=cache, connections=2, **FAST)
+    assert not cache.exists()
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+
+
 def test_image_members_use_the_extract_rule(small) -> None:
     with _serve(small.root) as srv:
         remote = rz.read_central_directory(srv.url_for(TRAIN), **FAST)

@@ -12,6 +12,7 @@ else a download error (exit 3).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from isic2020.archive.remote import (
     RangesNotServed,
     RemoteZip,
     open_remote,
+    save_cached,
 )
 from isic2020.archive.zipformat import Entry as RemoteMember
 from isic2020.errors import (
@@ -94,11 +96,13 @@ def fetch_remote_members(
         res: FetchMembersResult | None = None
         try:
             remote = open_remote(url, cache, timeouts=opts.timeouts, retry=retry,
-                                 expected_etag=expected_etag, connections=opts.connections)
+                                 expected_etag=expected_etag, connections=opts.connections,
+                                 save=False)
             chosen = choose(remote)
             _LOG.debug("%s: %d members from %s (directory %s)", remote.name, len(chosen), url,
                        "cached" if remote.from_cache else f"read, {remote.bytes_read} bytes")
-            res = fetch_members(remote, chosen, dest, opts, check_existing=check)
+            res = fetch_members(remote, chosen, dest, opts, check_existing=check,
+                                started=_saver(cache, remote))
             if confirm is not None:
                 confirm(remote)
             for prev in earlier:
@@ -139,6 +143,15 @@ def fetch_remote_members(
             i += 1
     raise _all_failed(failures, damaged, no_ranges, no_ranges_hint,
                       http_urls[0].rsplit("/", 1)[-1].split("?")[0])
+
+
+def _saver(cache: Path | None, remote: RemoteZip) -> Callable[[], None] | None:
+    """Saving a directory just read, for :func:`fetch_members` to run once the members
+    download: encoding it takes as long as the plan, and its first byte need not wait (a run
+    that stops before then reads the directory again; one the rules refuse saves nothing)."""
+    if cache is None or remote.from_cache or remote.cache_key is None:
+        return None
+    return functools.partial(save_cached, cache, remote)
 
 
 def _drop(cache: Path | None) -> None:

@@ -162,7 +162,7 @@ def image_members(remote: RemoteZip, fmt: str | None = None) -> dict[str, Remote
     except Refused as exc:
         raise damaged(remote.name, exc) from None
     remote.checked = remote.members
-    return {m.final.rsplit(".", 1)[0]: m.entry for m in plan.members}
+    return {m.final[:-4]: m.entry for m in plan.members}  # less ".jpg" (".dcm")
 
 
 def plan_ranges(
@@ -249,6 +249,7 @@ def fetch_members(
     options: MemberFetchOptions | None = None,
     *,
     check_existing: Literal["size", "crc"] = "size",
+    started: Callable[[], None] | None = None,
     **keywords: Any,
 ) -> FetchMembersResult:
     """Fetch ``members`` of ``remote`` by byte ranges straight to ``dest(member)``.
@@ -264,7 +265,9 @@ def fetch_members(
 
     Every member is checked against the limits before anything is fetched; the plan (final
     paths, what is already there, spans) is then made while the first spans download, and
-    the range pool's downloading threads hand their blocks to the span writers.
+    the range pool's downloading threads hand their blocks to the span writers. ``started``
+    runs once everything is planned, while the members download (the caller's work that
+    need not delay the first byte: saving the directory it read).
 
     Raises VerificationError naming a damaged member (nothing half-written is left),
     ObjectChanged when the archive changed (re-read its directory: :func:`open_remote`),
@@ -289,6 +292,8 @@ def fetch_members(
             log(f"{remote.name}: fetching {plural(job.planned, 'member')} "
                 f"({human_size(job.planned_bytes)} in {plural(result.spans, 'range')}) over "
                 f"{plural(min(connections, job.most_pieces), 'connection')}")
+        if started is not None:
+            started()
         job.wait()
     except KeyboardInterrupt:
         job.stop()
@@ -323,10 +328,10 @@ def checked_in_order(
     """The members to consider, once each, in archive order, every one within the limits:
     one unsafe entry refuses the job before a byte is written."""
     unique = {m.header_offset: m for m in members if not m.is_dir}
-    safe = remote.checked is remote.members
     try:
-        for m in unique.values():
-            check_entry(m, safe=safe)
+        if remote.checked is not remote.members:  # else the rules passed every entry already
+            for m in unique.values():
+                check_entry(m)
     except Refused as exc:
         raise damaged(remote.name, exc) from None
     return sorted(unique.values(), key=lambda m: m.header_offset)

@@ -36,6 +36,8 @@ from isic2020.errors import VerificationError
 
 IMAGE_RE = re.compile(r"^ISIC_([0-9]{7})\.(jpg|dcm)$", re.IGNORECASE | re.ASCII)
 _IMAGE_EXTS = ("jpg", "dcm")  # IMAGE_RE's
+_S_IFMT = 0o170000  # the file type bits of a Unix mode
+_PLAIN_KINDS = (stat.S_IFREG, stat.S_IFDIR)
 MAX_MEMBER_BYTES = 2 * 1024**3  # the largest real images are tens of MB
 MAX_RATIO = 100
 RATIO_FLOOR = 1 << 20  # members under 1 MiB may compress as they like (headers, text files)
@@ -198,17 +200,23 @@ def plan_entries(entries: Sequence[Entry], fmt: str | None, archive_size: int) -
     canonical = _CANONICAL[ext].fullmatch
     plan = Plan()
     members: dict[str, Member] = {}
+    get = members.get
     total = 0
     for e in entries:
         usual = canonical(e.name)
         if usual is not None:  # the same verdicts as below, by one match (see _CANONICAL)
-            folder = usual.group(1)
-            if (folder and _folder_reason(folder[:-1])) or _type_reason(e.external_attr,
-                                                                        e.create_system):
+            folder, final = usual.groups()
+            # The checks of _type_reason and _check_size, inlined for the usual entry (a
+            # regular file or no Unix type, small enough to need no ratio): said by them.
+            kind = (e.external_attr >> 16) & _S_IFMT
+            if (folder and _folder_reason(folder[:-1])) or (
+                kind and e.create_system == 3 and kind not in _PLAIN_KINDS
+            ):
                 check_entry(e)  # raises, in the words of the rules
-            _check_size(e)
-            total += e.file_size
-            final = usual.group(2)
+            size = e.file_size
+            if size > RATIO_FLOOR:
+                _check_size(e)
+            total += size
         elif e.is_dir:
             why = e.unsafe_reason()
             if why:
@@ -222,7 +230,7 @@ def plan_entries(entries: Sequence[Entry], fmt: str | None, archive_size: int) -
             if final is None:
                 plan.non_images.append(e.name)
                 continue
-        prev = members.get(final)
+        prev = get(final)
         if prev is not None:
             if prev.entry.crc != e.crc or prev.entry.file_size != e.file_size:
                 raise Refused(
