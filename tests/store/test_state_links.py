@@ -154,12 +154,14 @@ def test_a_link_in_place_of_the_lock_is_refused_not_truncated(dataset, server, t
     [
         ("partial", ()),  # a stale "partial download" there was deleted
         ("staging", ()),  # a stale "staging folder" there was removed
+        ("staging", ("--direct",)),  # the members were staged there
         ("remote", ("--sample", "5")),  # the cached directory was written there
         ("selections", ("--sample", "5")),  # the selection record was written there
         ("records.json", ()),
         ("", ()),  # the state folder itself
     ],
-    ids=["partial", "staging", "remote", "selections", "records", "state-folder"],
+    ids=["partial", "staging", "staging-direct", "remote", "selections", "records",
+         "state-folder"],
 )
 def test_a_link_anywhere_in_the_state_folder_is_refused_before_anything_is_written(
     dataset, server, tmp_path, planted, extra
@@ -263,9 +265,10 @@ def test_an_images_folder_linked_to_another_filesystem_is_filled(dataset, server
     ("folder", "extra", "ready"),
     [
         (f"staging/{TRAIN}/images", (), lambda d: _count(d) >= 5),
+        (f"staging/{TRAIN}/images", ("--direct",), lambda d: _count(d) >= 5),
         ("partial", ("--no-extract",), lambda d: _has_progress(d / f"{TRAIN}.state.json")),
     ],
-    ids=["staging-images", "partial"],
+    ids=["staging-images", "staging-images-direct", "partial"],
 )
 def test_a_folder_swapped_for_a_link_during_a_run_gets_nothing_written_through_it(
     dataset, server, tmp_path, folder, extra, ready

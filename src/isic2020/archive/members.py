@@ -26,7 +26,10 @@ Invariants, and why:
   rule of every writer of the layout: only checked files reach a final path, so a killed run
   loses at most the members in flight. A file of the right size damaged *afterwards* is not
   noticed here (``verify`` notices it); ``check_existing="crc"`` re-reads every present file
-  to compare its CRC-32 and is what to use after the object changed.
+  to compare its CRC-32 and is what to use after the object changed. Staged members (an
+  empty destination folder: ``MemberFetchOptions.stage``) are written in place under the
+  state folder, for this version of the archive only, and reach the layout together, once
+  all are checked; a later run takes those of the right size as done.
 * **Durable before any record:** the destination's filesystem is flushed in the background
   while writing and once at the end (``decode.Flusher``).
 """
@@ -43,8 +46,9 @@ from typing import Any, Literal
 
 from isic2020.archive.decode import Flusher, crc32, disk_error, present_files
 from isic2020.archive.remote import DEFAULT_CONNECTIONS, RemoteZip, damaged, host_failed
-from isic2020.archive.rules import Refused, check_entry, plan_entries
-from isic2020.archive.spans import Span
+from isic2020.archive.rules import Member, Refused, check_entry, plan_entries
+from isic2020.archive.spans import Coalescer, Span
+from isic2020.archive.staging import IMAGES_DIR, Stage, open_member_staging, promote, staged_files
 from isic2020.archive.unpack import UNPACKERS, MemberSink, Unpackers, cuts_of
 from isic2020.archive.unpack_worker import PROCESS_MIN, ForkedUnpackers
 from isic2020.archive.zipformat import Entry as RemoteMember
@@ -93,6 +97,10 @@ class MemberFetchOptions:
     max_span: int = DEFAULT_MAX_SPAN
     #: From an archive of this size on, forked children unpack (``$ISIC2020_STREAM_PROCESS_MIN``).
     process_min: int = PROCESS_MIN
+    #: Where the members may be staged (every one lands in its ``folder``): written in place
+    #: there and moved in with one rename once all are checked (see
+    #: :func:`~isic2020.archive.staging.open_member_staging` for when it is used).
+    stage: Stage | None = None
 
     def but(self, **keywords: Any) -> MemberFetchOptions:
         """These options with ``keywords`` replacing fields (an unknown one: TypeError)."""
@@ -188,43 +196,6 @@ def plan_ranges(
     return [*spans, last] if last is not None else spans
 
 
-class Coalescer:
-    """:func:`plan_ranges`' rule one member at a time, in archive order: a fetch can start on
-    the first spans while the rest of a 33,126-member plan is still being made."""
-
-    def __init__(self, ends: dict[int, int], max_gap: int, max_span: int, max_waste: float):
-        self.ends = ends
-        self.max_gap, self.max_span, self.max_waste = max_gap, max_span, max_waste
-        self.cur: list[RemoteMember] = []
-        self.start = self.end = self.wanted = 0
-
-    def add(self, m: RemoteMember) -> Span | None:
-        """Take the next member; the span it closed, if it closed one."""
-        a, b = m.header_offset, self.ends[m.header_offset]
-        if self.cur:
-            gap = a - self.end
-            waste = (self.end - self.start - self.wanted) + gap
-            if (
-                gap <= self.max_gap
-                and b - self.start <= self.max_span
-                and waste <= self.max_waste * (self.wanted + b - a)
-            ):
-                self.cur.append(m)
-                self.end, self.wanted = b, self.wanted + (b - a)
-                return None
-        closed = self.finish()
-        self.cur, self.start, self.end, self.wanted = [m], a, b, b - a
-        return closed
-
-    def finish(self) -> Span | None:
-        """The span still open, if any."""
-        if not self.cur:
-            return None
-        span = Span(self.start, self.end, tuple(self.cur))
-        self.cur = []
-        return span
-
-
 def _file_crc(path: Path) -> int:
     crc = 0
     with open(path, "rb") as fh:
@@ -260,8 +231,9 @@ def fetch_members(
     Parallel over ``connections`` (up to ``max_connections`` while the rate rises; each
     worker its own session, with the engine's AIMD throttle on 503/429), every member
     inflated, size- and CRC-checked against the directory, written to ``.<name>.part`` next
-    to its final path and renamed. Members already at their final path (see
-    ``check_existing``) are skipped, so a killed run resumes.
+    to its final path and renamed (or, with ``stage``, in place in the staging folder, which
+    becomes the destination folder once every member is there). Members already at their
+    final path (see ``check_existing``) are skipped, so a killed run resumes.
 
     Every member is checked against the limits before anything is fetched; the plan (final
     paths, what is already there, spans) is then made while the first spans download, and
@@ -281,40 +253,45 @@ def fetch_members(
     ends = remote.member_end()
     bar = _bar(opts.progress, sum(ends[m.header_offset] - m.header_offset for m in chosen),
                remote.name)
+    staged = None if opts.stage is None else open_member_staging(opts.stage, {
+        "size": remote.size, "etag": remote.etag, "last_modified": remote.last_modified})
     job = _MemberFetch(remote, result, (connections, opts.max_connections or connections),
                        opts.timeouts or Timeouts(), opts.retry or RetryPolicy(), bar, log=log,
-                       process_min=opts.process_min)
+                       process_min=opts.process_min,
+                       staged=None if staged is None else (opts.stage, staged))
     try:
-        job.start()
-        job.plan(chosen, dest, check_existing,
-                 Coalescer(ends, opts.max_gap, opts.max_span, DEFAULT_MAX_WASTE))
-        if log is not None and result.spans:
-            log(f"{remote.name}: fetching {plural(job.planned, 'member')} "
-                f"({human_size(job.planned_bytes)} in {plural(result.spans, 'range')}) over "
-                f"{plural(min(connections, job.most_pieces), 'connection')}")
-        if started is not None:
-            started()
-        job.wait()
-    except KeyboardInterrupt:
-        job.stop()
-        raise Interrupted(
-            f"interrupted while fetching members of {remote.name}",
-            "run the same command again to resume; finished images are kept",
-        ) from None
-    except BaseException:
-        job.stop()
-        raise
-    finally:
-        job.close()
-        result.bytes_transferred = job.client.transferred
-        result.retries = job.client.retries
-        result.seconds = round(time.monotonic() - t0, 3)
-    try:
+        try:
+            job.start()
+            job.plan(chosen, dest, check_existing,
+                     Coalescer(ends, opts.max_gap, opts.max_span, DEFAULT_MAX_WASTE))
+            if log is not None and result.spans:
+                log(f"{remote.name}: fetching {plural(job.planned, 'member')} "
+                    f"({human_size(job.planned_bytes)} in {plural(result.spans, 'range')}) "
+                    f"over {plural(min(connections, job.most_pieces), 'connection')}")
+            if started is not None:
+                started()
+            job.wait()
+        except KeyboardInterrupt:
+            job.stop()
+            raise Interrupted(
+                f"interrupted while fetching members of {remote.name}",
+                "run the same command again to resume; finished images are kept",
+            ) from None
+        except BaseException:
+            job.stop()
+            raise
+        finally:
+            job.close()
+            result.bytes_transferred = job.client.transferred
+            result.retries = job.client.retries
+            result.seconds = round(time.monotonic() - t0, 3)
         try:
             job.pool.raise_first()
         except HostFailed as exc:
             raise host_failed(remote.url, exc) from None
-        if result.written:
+        if job.staged is not None:
+            job.promote()
+        if result.written or job.moved:
             job.flush()
     finally:
         job.release()
@@ -350,10 +327,16 @@ class _MemberFetch:
         bar: Any,
         log: Callable[[str], None] | None = None,
         process_min: int = PROCESS_MIN,
+        staged: tuple[Stage, int] | None = None,
     ) -> None:
         """``connections``: where the pool starts, and the most it may run; ``log``: the
         pool's ``--verbose`` lines (changes of the connection count); ``process_min``: from
-        an archive of this size on, forked children unpack (``unpack_worker``)."""
+        an archive of this size on, forked children unpack (``unpack_worker``); ``staged``:
+        the stage and its images folder's descriptor, which the writers then write in
+        (closed by :meth:`release`)."""
+        self.stage, self.staged = staged if staged is not None else (None, None)
+        self.stage_members: list[Member] = []  # every chosen member, named as staged
+        self.moved = 0  # staged images moved into the layout
         self.remote = remote
         self.result = result
         self.bar = bar
@@ -371,10 +354,11 @@ class _MemberFetch:
         )
         self.pool = RangePool(self.client, connections[0], take_min=MIN_SPLIT,
                               max_connections=connections[1], log=log, label=remote.name)
-        self.unpackers: Any = Unpackers(UNPACKERS, self.abort, self.pool.fail, self.done)
+        self.unpackers: Any = Unpackers(UNPACKERS, self.abort, self.pool.fail, self.done,
+                                        self.staged)
         if remote.size >= process_min and can_fork():  # off the download's GIL
             self.unpackers = ForkedUnpackers(UNPACKERS, self.abort, self.pool.fail, self.done,
-                                             remote.name, self.mode)
+                                             remote.name, self.mode, self.staged)
         self.flushers: dict[int, Flusher] = {}  # by device of the destination folders
 
     def done(self, writer: Any) -> None:
@@ -396,23 +380,31 @@ class _MemberFetch:
         closed, so the first ones download while the rest is planned."""
         present: dict[str, dict[str, int]] = {}
         made: set[str] = set()
+        staged = self.staged is not None
+        if self.stage is not None and self.staged is not None:
+            # the staging's files stand for the folder's (empty: see open_member_staging)
+            present[""] = staged_files(self.staged)
+            self._make_folder(os.fspath(self.stage.staging / IMAGES_DIR))
         for m in chosen:
             if self.abort.is_set():
                 break
             final = os.fspath(dest(m))
             folder, name = os.path.split(final)
+            if staged:
+                self.stage_members.append(Member(m, name))
+                folder = final = ""
             here = present.get(folder)
             if here is None:
                 here = present[folder] = present_files(folder)
             if here.get(name) == m.file_size and (
-                check == "size" or _already_there(m, Path(final), check)
+                staged or check == "size" or _already_there(m, Path(final), check)
             ):
                 self.result.skipped += 1
                 continue
-            if folder not in made:
+            if folder not in made and not staged:
                 self._make_folder(folder)
                 made.add(folder)
-            self.finals[m.header_offset] = final
+            self.finals[m.header_offset] = name if staged else final
             self.planned += 1
             self.result.bytes_wanted += m.compressed_size
             self._queue(joiner.add(m))
@@ -470,15 +462,32 @@ class _MemberFetch:
         if self.bar is not None:
             self.bar.close()
 
+    def promote(self) -> None:
+        """Every member is staged and checked: move them into the layout (one rename of the
+        staging's images folder), the checked ones said by their final paths."""
+        assert self.stage is not None
+        folder = self.stage.folder
+        try:
+            moved = promote(self.stage.staging, folder, self.stage_members,
+                            vouched=self.result.checked)
+        except OSError as exc:
+            raise disk_error(exc, folder) from None
+        self.moved = moved.images
+        base = os.path.join(os.fspath(folder), "")
+        self.result.checked = {base + name for name in moved.checked}
+
     def flush(self) -> None:
         """The flush that makes the written files durable (before any record of them)."""
         for f in self.flushers.values():
             f.final()
 
     def release(self) -> None:
-        """The flushers' folder handles, last."""
+        """The flushers' folder handles, and the staging's, last."""
         for f in self.flushers.values():
             f.close()
+        if self.staged is not None:
+            os.close(self.staged)
+            self.staged = None
 
 
 def _bar(enabled: bool, total: int, name: str) -> Any:

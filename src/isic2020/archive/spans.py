@@ -6,13 +6,14 @@ the inflater never see a seam, so a retry costs no re-download of the member. Ea
 *local* header is parsed (its name and extra lengths can differ from the directory's) and
 checked against the directory (signature, method, name) by the one parser, and its data goes
 through the one decoder (:mod:`~isic2020.archive.decode`: bounded, size and CRC-32 checked,
-written under a temporary name and renamed once checked).
+written under a temporary name and renamed once checked, or, into a staging folder that
+becomes the layout's only once every member is in it, under its own name).
 
 Why two paths: ~50 typical 20 KB members arrive in one 1 MiB block, and every Python step per
 member holds the GIL that the other connections' threads need to read their sockets. A member
-wholly inside the block is decoded in one call and written with one open, one write loop and a
-rename; a member cut by the block's end is streamed (header buffered, data decoded
-:data:`~isic2020.archive.decode.OUT_BLOCK` at a time into its open file).
+wholly inside the block is decoded in one call and written with one open, one write loop and
+(but when staged) a rename; a member cut by the block's end is streamed (header buffered, data
+decoded :data:`~isic2020.archive.decode.OUT_BLOCK` at a time into its open file).
 """
 
 from __future__ import annotations
@@ -73,8 +74,13 @@ class SpanWriter:
     was not checked whole in memory before it was written (streamed, or failing the check):
     the closing verify reads them, and vouches for the others (:func:`checked_finals`)."""
 
-    def __init__(self, archive: str, span: Span, finals: dict[int, str], mode: int) -> None:
+    def __init__(self, archive: str, span: Span, finals: dict[int, str], mode: int,
+                 dir_fd: int | None = None) -> None:
+        """``dir_fd``: a staging folder (``staging.open_member_staging``), which ``finals``
+        name files in, written in place; None: ``finals`` are final paths, each written
+        under a temporary and renamed."""
         self.archive = archive
+        self.dir_fd = dir_fd
         self.span = span
         self.pending = list(reversed(span.members))
         self.finals = finals
@@ -155,16 +161,21 @@ class SpanWriter:
             data = decode_whole(m, view[i + hlen : end])
         except Damaged as exc:
             raise self._bad(m, str(exc)) from None
-        folder, name = os.path.split(self.finals[m.header_offset])
+        folder, name = self._where(m)
         vouch = Vouched.for_file(name)
         if vouch is not None:
             vouch(data)
-        write_data(folder, name, self.mode, data)
+        write_data(folder, name, self.mode, data, self.dir_fd, in_place=self.dir_fd is not None)
         if vouch is None or not vouch.passed:
             self.unchecked.append(self.done)
         self.done += 1
         self.bytes_written += m.file_size
         return end - i
+
+    def _where(self, m: Entry) -> tuple[str, str]:
+        """The folder and name ``m`` is written as (the folder "" in a staging folder)."""
+        final = self.finals[m.header_offset]
+        return ("", final) if self.dir_fd is not None else os.path.split(final)
 
     def _header(self) -> None:
         m = self.pending[-1]
@@ -176,8 +187,9 @@ class SpanWriter:
         self._check(m, self.buf, 0)
         self.member = m
         self.left = m.compressed_size
-        folder, name = os.path.split(self.finals[m.header_offset])
-        self.file = MemberFile(folder, name, self.mode)
+        folder, name = self._where(m)
+        self.file = MemberFile(folder, name, self.mode, self.dir_fd,
+                               in_place=self.dir_fd is not None)
         self.ends = ends = Vouched.streamed(name)
         write = self.file.write
         if ends is None:
@@ -232,3 +244,40 @@ class SpanWriter:
         if self.file is not None:
             self.file.discard()
             self.file = None
+
+
+class Coalescer:
+    """``members.plan_ranges``' rule one member at a time, in archive order: a fetch can
+    start on the first spans while the rest of a 33,126-member plan is still being made."""
+
+    def __init__(self, ends: dict[int, int], max_gap: int, max_span: int, max_waste: float):
+        self.ends = ends
+        self.max_gap, self.max_span, self.max_waste = max_gap, max_span, max_waste
+        self.cur: list[Entry] = []
+        self.start = self.end = self.wanted = 0
+
+    def add(self, m: Entry) -> Span | None:
+        """Take the next member; the span it closed, if it closed one."""
+        a, b = m.header_offset, self.ends[m.header_offset]
+        if self.cur:
+            gap = a - self.end
+            waste = (self.end - self.start - self.wanted) + gap
+            if (
+                gap <= self.max_gap
+                and b - self.start <= self.max_span
+                and waste <= self.max_waste * (self.wanted + b - a)
+            ):
+                self.cur.append(m)
+                self.end, self.wanted = b, self.wanted + (b - a)
+                return None
+        closed = self.finish()
+        self.cur, self.start, self.end, self.wanted = [m], a, b, b - a
+        return closed
+
+    def finish(self) -> Span | None:
+        """The span still open, if any."""
+        if not self.cur:
+            return None
+        span = Span(self.start, self.end, tuple(self.cur))
+        self.cur = []
+        return span

@@ -66,6 +66,57 @@ def open_staging(staging: Path, ident: dict[str, Any]) -> int:
     return images_fd
 
 
+@dataclass(frozen=True)
+class Stage:
+    """Where a member fetch (``--direct``, subsets) may stage what it writes: ``staging``, the
+    archive's folder in the state directory, for members that all land in ``folder``."""
+
+    staging: Path
+    folder: Path
+
+
+def open_member_staging(stage: Stage, ident: dict[str, Any]) -> int | None:
+    """A descriptor of ``stage``'s images folder for the version ``ident`` of the archive, or
+    None where staging would not save the writes it costs.
+
+    Staged members are written in place (one ``open``, no temporary, no rename each) and
+    moved by :func:`promote` once every one is checked: one rename of the folder, which only
+    an empty or missing ``folder`` that is no link, on the staging's own filesystem, allows.
+    Anywhere else each member would still be renamed, so the fetch writes at the final paths
+    as before. Without an ETag (``ident``) nothing proves a later run's staged files came
+    from this version: no staging either. Another version's staging is removed; one that
+    cannot be made (a read-only state folder) is not used; a link planted on its way raises
+    :class:`~isic2020.store.fsutil.StateLinkError`, as every other use of the state folder."""
+    folder = stage.folder
+    if not ident.get("etag") or os.path.islink(folder) or not _empty_or_missing(folder):
+        return None
+    here = folder
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    try:
+        images_fd = open_staging(stage.staging, ident)
+    except OSError:
+        return None
+    try:
+        if os.fstat(images_fd).st_dev == os.stat(here).st_dev:
+            return images_fd
+    except OSError:
+        pass
+    os.close(images_fd)
+    return None
+
+
+def staged_files(images_fd: int) -> dict[str, int]:
+    """Name -> size of the regular files in the staging's images folder (listed through its
+    descriptor: a link swapped in for the folder is not followed)."""
+    out: dict[str, int] = {}
+    with os.scandir(images_fd) as it:
+        for e in it:
+            if e.is_file(follow_symlinks=False):
+                out[e.name] = e.stat(follow_symlinks=False).st_size
+    return out
+
+
 def staging_matches(staging: Path, etag: str | None, size: int) -> bool:
     """Were the images in ``staging`` unpacked from this version (ETag and size) of the
     archive? Without an ETag there is no proof, so no."""

@@ -107,7 +107,10 @@ class Unpackers:
         abort: threading.Event,
         fail: Callable[[BaseException], None],
         done: Callable[[Consumer], None],
+        dir_fd: int | None = None,
     ) -> None:
+        """``dir_fd``: the staging folder the writers write in (see :class:`SpanWriter`)."""
+        self.dir_fd = dir_fd
         self.abort = abort
         self.fail = fail
         self.done = done
@@ -124,7 +127,7 @@ class Unpackers:
     def writer(self, archive: str, span: Span, finals: dict[int, str], mode: int
                ) -> SpanWriter:
         """The consumer of one piece: its span's writer, fed on this pool's threads."""
-        return SpanWriter(archive, span, finals, mode)
+        return SpanWriter(archive, span, finals, mode, self.dir_fd)
 
     def start(self) -> None:
         self.started = True

@@ -96,8 +96,12 @@ class ForkedUnpackers:
     caller then uses the threads)."""
 
     def __init__(self, n: int, abort: threading.Event, fail: Callable[[BaseException], None],
-                 done: Callable[[Any], None], archive: str, mode: int) -> None:
+                 done: Callable[[Any], None], archive: str, mode: int,
+                 dir_fd: int | None = None) -> None:
+        """``dir_fd``: the staging folder the children's writers write in (inherited across
+        the fork; see :class:`~isic2020.archive.spans.SpanWriter`)."""
         self.n = max(1, n)
+        self.dir_fd = dir_fd
         self.abort = abort
         self.fail = fail
         self.done = done
@@ -129,8 +133,9 @@ class ForkedUnpackers:
         with contextlib.suppress(OSError):
             fcntl.fcntl(cmd_w, F_SETPIPE_SZ, PIPE_BYTES)
         try:
-            pid = fork_child(lambda: _serve(self.archive, self.mode, cmd_r, msg_w),
-                             {cmd_r, msg_w})
+            keep = {cmd_r, msg_w} | ({self.dir_fd} if self.dir_fd is not None else set())
+            pid = fork_child(lambda: _serve(self.archive, self.mode, cmd_r, msg_w, self.dir_fd),
+                             keep)
         except OSError:
             for fd in (cmd_r, cmd_w, msg_r, msg_w):
                 os.close(fd)
@@ -256,7 +261,7 @@ def _on_stop(signum: int, frame: Any) -> None:
     request_stop()
 
 
-def _serve(archive: str, mode: int, inp: int, out: int) -> int:
+def _serve(archive: str, mode: int, inp: int, out: int, dir_fd: int | None = None) -> int:
     """Feed each piece's writer its blocks, answer each end; at the end of the input (or a
     stop), remove whatever was not finished. The exit status: 0, or :data:`STOPPED`."""
     request_stop(False)
@@ -279,7 +284,7 @@ def _serve(archive: str, mode: int, inp: int, out: int) -> int:
                 entries = tuple(Entry(*f) for f in members)
                 writers[k] = SpanWriter(archive, Span(start, end, entries),
                                         {e.header_offset: p for e, p in zip(entries, finals)},
-                                        mode)
+                                        mode, dir_fd)
                 continue
             w = writers.get(k)
             try:

@@ -4,7 +4,8 @@ What goes (all of it rebuilt or re-downloaded by the next ``fetch`` if it is nee
 
 * ``partial``: ``DATA/.isic2020/partial/`` (downloads in progress and their progress records:
   a later fetch starts those files over);
-* ``staging``: ``DATA/.isic2020/staging/`` (images unpacked while their archive downloaded);
+* ``staging``: ``DATA/.isic2020/staging/`` (images unpacked while their archive downloaded, or
+  members ``--direct`` fetched into an empty folder before all of them were in);
 * ``caches``: ``DATA/.isic2020/remote/`` (remote zip directories read for subsets/``--direct``);
 * ``temps``: temporaries a killed run left (``.NAME.<hex>.tmp`` beside a file written whole,
   ``.ISIC_xxxxxxx.jpg.part`` in an image folder);

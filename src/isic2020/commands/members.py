@@ -95,6 +95,7 @@ def fetch_members(run: FetchRun, entry: FileEntry) -> FileOutcome:
     from isic2020.archive.direct import fetch_remote_members
     from isic2020.archive.members import image_members
     from isic2020.archive.remote import cache_path
+    from isic2020.archive.staging import Stage
 
     layout, subset = run.layout, run.what.subset
     sel = choose_subset(run, entry)
@@ -145,7 +146,7 @@ def fetch_members(run: FetchRun, entry: FileEntry) -> FileOutcome:
         entry.urls(run.mirrors),
         choose,
         lambda m: finals[m.header_offset],
-        member_options(run),
+        member_options(run).but(stage=Stage(layout.staging_dir(entry), dest_dir)),
         cache=cache_path(layout.state_dir, entry.name),
         expected_etag=entry.etag,
         confirm=confirm,
