@@ -288,8 +288,11 @@ def test_a_kill_keeps_the_staged_images_and_the_next_run_reuses_them(dataset, tm
         state = data / ".isic2020" / "partial" / (TRAIN + ".state.json")
         deadline = time.monotonic() + 60
         # Kill only once 20 images are staged AND the checkpoint claims bytes of the archive
-        # (a resume needs both; on a busy machine the first checkpoint can come after them).
-        while (_count(staged) < 20 or not _claims_bytes(state)) and proc.poll() is None \
+        # (a resume needs both; on a busy machine the first checkpoint can come after them)
+        # AND every unpacker is forked (each on its thread's first batch: a thread can wait
+        # for its first while the other unpacks 20).
+        while (_count(staged) < 20 or not _claims_bytes(state)
+               or len(children(proc.pid)) < _unpackers(mode)) and proc.poll() is None \
                 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert proc.poll() is None, "the fetch ended before it could be killed"
