@@ -126,6 +126,7 @@ def run_child(argv: Sequence[str], env: dict[str, str] | None = None, timeout: f
     with tempfile.TemporaryDirectory(prefix="isic2020-bench-") as tmp, \
             tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         report = Path(tmp) / "rusage.json"
+        steal0 = steal_seconds()
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-c", _PARENT, str(report), *argv], stdin=subprocess.DEVNULL,
@@ -158,6 +159,7 @@ def run_child(argv: Sequence[str], env: dict[str, str] | None = None, timeout: f
                 _kill_group(proc.pid)
                 proc.wait()
         wall = time.perf_counter() - t0
+        steal1 = steal_seconds()
         cpu = ru.ru_utime + ru.ru_stime
         maxrss_kb = 0
         try:  # the child's own figures; absent if the parent was killed (timeout)
@@ -178,7 +180,9 @@ def run_child(argv: Sequence[str], env: dict[str, str] | None = None, timeout: f
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),
             extra={"rss_sum_mb": sum(peaks.values()) / 1024.0,  # every process' peak, summed
-                   "rss_polled_mb": polled_kb / 1024.0, "rss_wait4_mb": maxrss_kb / 1024.0},
+                   "rss_polled_mb": polled_kb / 1024.0, "rss_wait4_mb": maxrss_kb / 1024.0,
+                   **({} if steal0 is None or steal1 is None
+                      else {"steal_s": steal1 - steal0})},
         )
 
 
@@ -385,6 +389,17 @@ def du_bytes(d: Path) -> int:
                 if e.is_dir(follow_symlinks=False):
                     todo.append(Path(e.path))
     return total
+
+def steal_seconds() -> float | None:
+    """CPU time the hypervisor has given other guests so far (``steal`` of /proc/stat, all
+    CPUs), or None where it is not counted. Steal during a timed run is CPU the run waited
+    for: on a shared host it, more than the load average, says whether two runs compare."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
 
 def load_average() -> str:
     try:

@@ -63,6 +63,8 @@ class Bench:
         self.missing = [t for t in PEERS if shutil.which(t) is None]
         self.nginx = nginx_binary()
         self.load_before = load_average()
+        #: Steal (CPU given to other guests) and wall time summed over every timed run.
+        self.steal_s = self.timed_s = 0.0
         self.scratch_note: str | None = None  # where timed runs wrote (harness.mount_scratch)
 
     def log(self, msg: str) -> None:
@@ -101,10 +103,15 @@ class Bench:
                             self.isic_failures.append(f"{name}: {t.label}: {t.failed}")
                         continue
                 t.samples.append(s)
+                steal = s.extra.get("steal_s")
+                if steal is not None:
+                    self.steal_s += steal
+                    self.timed_s += s.wall
                 self.log(
                     f"{name}: {t.label} rep {rep + 1}/{reps}: {s.wall:.2f} s, "
                     f"cpu {s.cpu:.2f} s, rss {s.rss_mb:.0f} MB" + (
-                        f", disk {s.extra['disk_peak'] / MB:.0f} MB" if disk else "")
+                        f", disk {s.extra['disk_peak'] / MB:.0f} MB" if disk else "") + (
+                        f", host steal {steal:.2f} CPU-s" if steal is not None else "")
                 )
         return tools
 
