@@ -41,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,6 +75,7 @@ DEFAULT_MAX_WASTE = 0.05
 MIN_SPLIT = 256 * KiB
 
 Log = Callable[[str], None]
+_OFFSET = attrgetter("header_offset")
 
 
 #: Where a member lands: its final path (a string is cheapest; a plan makes 33,126 of them).
@@ -251,8 +253,8 @@ def fetch_members(
     result = FetchMembersResult(remote.name, remote.url, remote.etag, requested=len(members))
     chosen = checked_in_order(remote, members)
     ends = remote.member_end()
-    bar = _bar(opts.progress, sum(ends[m.header_offset] - m.header_offset for m in chosen),
-               remote.name)
+    bar = progress_bar(sum(ends[m.header_offset] - m.header_offset for m in chosen),
+                       remote.name) if opts.progress else None
     staged = None if opts.stage is None else open_member_staging(opts.stage, {
         "size": remote.size, "etag": remote.etag, "last_modified": remote.last_modified})
     job = _MemberFetch(remote, result, (connections, opts.max_connections or connections),
@@ -311,7 +313,7 @@ def checked_in_order(
                 check_entry(m)
     except Refused as exc:
         raise damaged(remote.name, exc) from None
-    return sorted(unique.values(), key=lambda m: m.header_offset)
+    return sorted(unique.values(), key=_OFFSET)
 
 
 class _MemberFetch:
@@ -488,9 +490,3 @@ class _MemberFetch:
         if self.staged is not None:
             os.close(self.staged)
             self.staged = None
-
-
-def _bar(enabled: bool, total: int, name: str) -> Any:
-    if not enabled:
-        return None
-    return progress_bar(total, name)
