@@ -122,6 +122,23 @@ def present_files(folder: str | os.PathLike[str]) -> dict[str, int]:
     return out
 
 
+def already_there(e: Entry, final: Path, check: str) -> bool:
+    """Is ``final`` the member ``e`` already: its size (``check="size"``), or its size and
+    CRC-32 (``"crc"``, read whole: what to trust after the archive changed)?"""
+    try:
+        if final.stat().st_size != e.file_size:
+            return False
+        if check == "size":
+            return True
+        crc = 0
+        with open(final, "rb") as fh:
+            while block := fh.read(1 << 20):
+                crc = crc32(block, crc)
+        return crc == e.crc
+    except OSError:
+        return False
+
+
 def check_method(e: Entry) -> None:
     """Only unencrypted stored and deflated members are decoded here."""
     if e.flags & 0x1:

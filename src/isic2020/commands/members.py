@@ -154,7 +154,9 @@ def fetch_members(run: FetchRun, entry: FileEntry) -> FileOutcome:
     if record:
         _record_selection(layout, entry, sel, subset, reset)
     if res.checked:  # checked as written: the closing verify need not read them back
-        run.checked.setdefault(dest_dir, set()).update(os.path.basename(p) for p in res.checked)
+        cut = len(base)  # (its paths are base + name: no os.path call per image)
+        run.checked.setdefault(dest_dir, set()).update(
+            p[cut:] if p.startswith(base) else os.path.basename(p) for p in res.checked)
     result = DownloadResult(
         name=entry.name,
         path=str(dest_dir),
