@@ -76,3 +76,44 @@ def test_nothing_is_staged_for_a_folder_on_another_filesystem(tmp_path: Path) ->
     stage.folder.parent.mkdir(parents=True)
     with small_filesystem(stage.folder, 1024 * 1024):
         assert _open(stage) is None
+
+
+@pytest.mark.parametrize("unpacking", ["threads", "processes", "fork-fails"])
+def test_staged_members_land_in_the_folder_however_they_are_unpacked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unpacking: str
+) -> None:
+    """Threads, forked children, or threads after the fork failed: the staged members are
+    written in the staging (named relative to it) and moved into the folder, byte-identical;
+    nothing lands in the working directory, nothing is left staged."""
+    import zipfile
+
+    from support.servers import FaultServer
+
+    from isic2020.archive import members as rm
+    from isic2020.archive import remote as rz
+    from isic2020.archive import unpack_worker
+    from isic2020.synthetic import build_dataset
+
+    ds = build_dataset(tmp_path / "ds", n_train=40, n_test=2, image_size=32)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    if unpacking == "fork-fails":
+        def no_fork(*_a, **_k):
+            raise OSError("no fork here")
+        monkeypatch.setattr(unpack_worker, "fork_child", no_fork)
+    stage = _stage(tmp_path)
+    with FaultServer(ds.root, prefix="/challenges/2020/") as srv:
+        remote = rz.read_central_directory(srv.url_for("ISIC_2020_Training_JPEG.zip"))
+        chosen = rm.image_members(remote, "jpeg")
+        res = rm.fetch_members(
+            remote, list(chosen.values()), lambda m: f"{stage.folder}/{m.image_file_name()}",
+            connections=2, stage=stage, process_min=1 << 60 if unpacking == "threads" else 0)
+    assert res.processes == (rm.UNPACKERS if unpacking == "processes" else 0)
+    assert res.written == 40
+    with zipfile.ZipFile(ds.archive("train", "jpeg")) as zf:
+        for name in ds.train_names:
+            assert (stage.folder / f"{name}.jpg").read_bytes() == zf.read(f"train/{name}.jpg")
+    assert sorted(os.listdir(stage.folder)) == sorted(f"{n}.jpg" for n in ds.train_names)
+    assert os.listdir(cwd) == []
+    assert not stage.staging.exists()

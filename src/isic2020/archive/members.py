@@ -341,11 +341,12 @@ class _MemberFetch:
         )
         self.pool = RangePool(self.client, connections[0], take_min=MIN_SPLIT,
                               max_connections=connections[1], log=log, label=remote.name)
-        self.unpackers: Any = Unpackers(UNPACKERS, self.abort, self.pool.fail, self.done,
-                                        self.staged)
+        self.shown = "" if self.stage is None else os.fspath(self.stage.staging / IMAGES_DIR)
+        self.unpackers: Any = self._threads()
         if remote.size >= process_min and can_fork():  # off the download's GIL
             self.unpackers = ForkedUnpackers(UNPACKERS, self.abort, self.pool.fail, self.done,
-                                             remote.name, self.mode, self.staged)
+                                             remote.name, self.mode, self.staged,
+                                             self.shown)
         self.flushers: dict[int, Flusher] = {}  # by device of the destination folders
 
     def done(self, writer: Any) -> None:
@@ -428,11 +429,17 @@ class _MemberFetch:
             flusher = self.flushers[dev] = Flusher(Path(folder or "."))
             flusher.start()
 
+    def _threads(self) -> Unpackers:
+        """Unpacking threads, writing where the children would (the staging, when staged:
+        ``finals`` then name files relative to it, never to the working directory)."""
+        return Unpackers(UNPACKERS, self.abort, self.pool.fail, self.done, self.staged,
+                         self.shown)
+
     def start(self) -> None:
         try:
             self.unpackers.start()
         except OSError:  # no child could be forked: the threads unpack
-            self.unpackers = Unpackers(UNPACKERS, self.abort, self.pool.fail, self.done)
+            self.unpackers = self._threads()
             self.unpackers.start()
         if isinstance(self.unpackers, ForkedUnpackers):
             self.result.processes = len(self.unpackers.children)

@@ -75,12 +75,12 @@ class SpanWriter:
     the closing verify reads them, and vouches for the others (:func:`checked_finals`)."""
 
     def __init__(self, archive: str, span: Span, finals: dict[int, str], mode: int,
-                 dir_fd: int | None = None) -> None:
+                 dir_fd: int | None = None, shown: str = "") -> None:
         """``dir_fd``: a staging folder (``staging.open_member_staging``), which ``finals``
-        name files in, written in place; None: ``finals`` are final paths, each written
-        under a temporary and renamed."""
+        name files in, written in place (``shown``: its path, for messages only); None:
+        ``finals`` are final paths, each written under a temporary and renamed."""
         self.archive = archive
-        self.dir_fd = dir_fd
+        self.dir_fd, self.shown = dir_fd, shown
         self.span = span
         self.pending = list(reversed(span.members))
         self.finals = finals
@@ -173,9 +173,10 @@ class SpanWriter:
         return end - i
 
     def _where(self, m: Entry) -> tuple[str, str]:
-        """The folder and name ``m`` is written as (the folder "" in a staging folder)."""
+        """The folder and name ``m`` is written as (in a staging folder: the folder as shown,
+        the name relative to ``dir_fd``)."""
         final = self.finals[m.header_offset]
-        return ("", final) if self.dir_fd is not None else os.path.split(final)
+        return (self.shown, final) if self.dir_fd is not None else os.path.split(final)
 
     def _header(self) -> None:
         m = self.pending[-1]

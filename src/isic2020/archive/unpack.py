@@ -108,9 +108,11 @@ class Unpackers:
         fail: Callable[[BaseException], None],
         done: Callable[[Consumer], None],
         dir_fd: int | None = None,
+        shown: str = "",
     ) -> None:
-        """``dir_fd``: the staging folder the writers write in (see :class:`SpanWriter`)."""
-        self.dir_fd = dir_fd
+        """``dir_fd``: the staging folder the writers write in, ``shown`` its path for
+        messages (see :class:`SpanWriter`)."""
+        self.dir_fd, self.shown = dir_fd, shown
         self.abort = abort
         self.fail = fail
         self.done = done
@@ -127,7 +129,7 @@ class Unpackers:
     def writer(self, archive: str, span: Span, finals: dict[int, str], mode: int
                ) -> SpanWriter:
         """The consumer of one piece: its span's writer, fed on this pool's threads."""
-        return SpanWriter(archive, span, finals, mode, self.dir_fd)
+        return SpanWriter(archive, span, finals, mode, self.dir_fd, self.shown)
 
     def start(self) -> None:
         self.started = True

@@ -97,11 +97,12 @@ class ForkedUnpackers:
 
     def __init__(self, n: int, abort: threading.Event, fail: Callable[[BaseException], None],
                  done: Callable[[Any], None], archive: str, mode: int,
-                 dir_fd: int | None = None) -> None:
+                 dir_fd: int | None = None, shown: str = "") -> None:
         """``dir_fd``: the staging folder the children's writers write in (inherited across
-        the fork; see :class:`~isic2020.archive.spans.SpanWriter`)."""
+        the fork), ``shown`` its path for messages (see
+        :class:`~isic2020.archive.spans.SpanWriter`)."""
         self.n = max(1, n)
-        self.dir_fd = dir_fd
+        self.dir_fd, self.shown = dir_fd, shown
         self.abort = abort
         self.fail = fail
         self.done = done
@@ -134,8 +135,8 @@ class ForkedUnpackers:
             fcntl.fcntl(cmd_w, F_SETPIPE_SZ, PIPE_BYTES)
         try:
             keep = {cmd_r, msg_w} | ({self.dir_fd} if self.dir_fd is not None else set())
-            pid = fork_child(lambda: _serve(self.archive, self.mode, cmd_r, msg_w, self.dir_fd),
-                             keep)
+            pid = fork_child(lambda: _serve(self.archive, self.mode, cmd_r, msg_w, self.dir_fd,
+                                            self.shown), keep)
         except OSError:
             for fd in (cmd_r, cmd_w, msg_r, msg_w):
                 os.close(fd)
@@ -261,7 +262,8 @@ def _on_stop(signum: int, frame: Any) -> None:
     request_stop()
 
 
-def _serve(archive: str, mode: int, inp: int, out: int, dir_fd: int | None = None) -> int:
+def _serve(archive: str, mode: int, inp: int, out: int, dir_fd: int | None = None,
+           shown: str = "") -> int:
     """Feed each piece's writer its blocks, answer each end; at the end of the input (or a
     stop), remove whatever was not finished. The exit status: 0, or :data:`STOPPED`."""
     request_stop(False)
@@ -284,7 +286,7 @@ def _serve(archive: str, mode: int, inp: int, out: int, dir_fd: int | None = Non
                 entries = tuple(Entry(*f) for f in members)
                 writers[k] = SpanWriter(archive, Span(start, end, entries),
                                         {e.header_offset: p for e, p in zip(entries, finals)},
-                                        mode, dir_fd)
+                                        mode, dir_fd, shown)
                 continue
             w = writers.get(k)
             try:
