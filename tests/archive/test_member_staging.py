@@ -76,6 +76,7 @@ def test_nothing_is_staged_for_a_folder_on_another_filesystem(tmp_path: Path) ->
     stage.folder.parent.mkdir(parents=True)
     with small_filesystem(stage.folder, 1024 * 1024):
         assert _open(stage) is None
+        assert not stage.staging.exists()  # judged before anything is made
 
 
 @pytest.mark.parametrize("unpacking", ["threads", "processes", "fork-fails"])

@@ -104,13 +104,14 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
-def present_files(folder: str | os.PathLike[str]) -> dict[str, int]:
-    """File name -> size of the regular files in ``folder`` (empty when it cannot be listed,
-    e.g. not made yet): one ``scandir`` instead of a ``stat`` per member. Shared by every
-    writer of the layout (extract, streaming, remote members) for its resume rule."""
+def present_files(folder: str | os.PathLike[str] | int) -> dict[str, int]:
+    """File name -> size of the regular files in ``folder`` (a path, or a descriptor such as
+    a staging's, listed without following a link swapped in for it; empty when it cannot be
+    listed, e.g. not made yet): one ``scandir`` instead of a ``stat`` per member. Shared by
+    every writer of the layout (extract, streaming, remote members) for its resume rule."""
     out: dict[str, int] = {}
     try:
-        with os.scandir(os.fspath(folder) or ".") as it:
+        with os.scandir(folder if isinstance(folder, int) else os.fspath(folder) or ".") as it:
             for e in it:
                 try:  # (not contextlib.suppress: it builds a context manager per file)
                     if e.is_file(follow_symlinks=False):

@@ -49,7 +49,7 @@ from isic2020.archive.decode import Flusher, already_there, disk_error, present_
 from isic2020.archive.remote import DEFAULT_CONNECTIONS, RemoteZip, damaged, host_failed
 from isic2020.archive.rules import Member, Refused, check_entry, plan_entries
 from isic2020.archive.spans import Coalescer, Span
-from isic2020.archive.staging import IMAGES_DIR, Stage, open_member_staging, promote, staged_files
+from isic2020.archive.staging import IMAGES_DIR, Stage, open_member_staging, promote
 from isic2020.archive.unpack import UNPACKERS, MemberSink, Unpackers, cuts_of
 from isic2020.archive.unpack_worker import PROCESS_MIN, ForkedUnpackers
 from isic2020.archive.zipformat import Entry as RemoteMember
@@ -130,8 +130,9 @@ class FetchMembersResult:
     checked: set[str] = field(default_factory=set, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        # (``asdict`` would deep-copy ``checked``, one string per image, to drop it)
-        return asdict(replace(self, checked=set()), dict_factory=_without_checked)
+        out = asdict(replace(self, checked=set()))  # (not a deep copy of a name per image)
+        del out["checked"]
+        return out
 
     def fold_in(self, earlier: FetchMembersResult) -> None:
         """Count an earlier pass of the same job too (its directory was doubted and read
@@ -282,10 +283,6 @@ def fetch_members(
     return result
 
 
-def _without_checked(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    return {k: v for k, v in items if k != "checked"}
-
-
 def checked_in_order(
     remote: RemoteZip, members: Sequence[RemoteMember]
 ) -> list[RemoteMember]:
@@ -369,10 +366,10 @@ class _MemberFetch:
         present: dict[str, dict[str, int]] = {}
         made: set[str] = set()
         staged = self.staged is not None
-        if self.stage is not None and self.staged is not None:
+        if self.staged is not None:
             # the staging's files stand for the folder's (empty: see open_member_staging)
-            present[""] = staged_files(self.staged)
-            self._make_folder(os.fspath(self.stage.staging / IMAGES_DIR))
+            present[""] = present_files(self.staged)
+            self._make_folder(self.shown)
         # (per member, 33,126 of them, on the thread the download's connections share: no
         # os.path call, no attribute updated, no method called that has nothing to do)
         finals, add, sep = self.finals, joiner.add, os.sep

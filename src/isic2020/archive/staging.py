@@ -90,31 +90,19 @@ def open_member_staging(stage: Stage, ident: dict[str, Any]) -> int | None:
     folder = stage.folder
     if not ident.get("etag") or os.path.islink(folder) or not _empty_or_missing(folder):
         return None
-    here = folder
-    while not here.exists() and here != here.parent:
-        here = here.parent
     try:
-        images_fd = open_staging(stage.staging, ident)
+        if _device(folder) != _device(stage.staging):
+            return None
+        return open_staging(stage.staging, ident)
     except OSError:
         return None
-    try:
-        if os.fstat(images_fd).st_dev == os.stat(here).st_dev:
-            return images_fd
-    except OSError:
-        pass
-    os.close(images_fd)
-    return None
 
 
-def staged_files(images_fd: int) -> dict[str, int]:
-    """Name -> size of the regular files in the staging's images folder (listed through its
-    descriptor: a link swapped in for the folder is not followed)."""
-    out: dict[str, int] = {}
-    with os.scandir(images_fd) as it:
-        for e in it:
-            if e.is_file(follow_symlinks=False):
-                out[e.name] = e.stat(follow_symlinks=False).st_size
-    return out
+def _device(path: Path) -> int:
+    """The device ``path`` is on, or would be made on (that of its nearest existing folder)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return os.stat(path).st_dev
 
 
 def staging_matches(staging: Path, etag: str | None, size: int) -> bool:
