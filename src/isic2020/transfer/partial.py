@@ -45,6 +45,8 @@ class PartialFile:
         self.fd = -1
         self.done: list[list[int]] = []
         self._writing = threading.Lock()
+        self._flushing: threading.Thread | None = None
+        self._flush_error: OSError | None = None
 
     def open(self) -> list[list[int]]:
         """Resume what the state proves, else start over; the intervals already there."""
@@ -139,9 +141,38 @@ class PartialFile:
         fsync of :meth:`finish` waits for the last pieces only (no promise of durability)."""
         start_writeback(self.fd, start, end - start)
 
-    def finish(self) -> None:
-        """Flush the data to disk before the rename makes it final."""
+    def start_flush(self) -> None:
+        """Every byte is written: start the fsync in the background, while the hash catches
+        up with the last bytes (on a loaded machine it trails the download), so that
+        :meth:`finish` finds little or nothing left to write. Only an early start: it proves
+        nothing and the file may still change (a repair); :meth:`finish` syncs again.
+
+        Its error is kept for :meth:`finish` to raise: Linux reports a writeback error to
+        one fsync per open file only, so the second fsync would otherwise return 0 for data
+        the disk lost."""
+        if self._flushing is None and self.fd >= 0:
+            self._flushing = threading.Thread(target=self._flush, args=(self.fd,),
+                                              name="isic2020-fsync", daemon=True)
+            self._flushing.start()
+
+    def _flush(self, fd: int) -> None:
         try:
+            os.fsync(fd)
+        except OSError as exc:
+            self._flush_error = exc
+
+    def _join_flush(self) -> None:
+        if self._flushing is not None:
+            self._flushing.join()
+            self._flushing = None
+
+    def finish(self) -> None:
+        """Flush the data to disk before the rename makes it final (an early flush's error
+        included: see :meth:`start_flush`)."""
+        try:
+            self._join_flush()
+            if self._flush_error is not None:
+                raise self._flush_error
             os.fsync(self.fd)
         except OSError as exc:
             raise disk_error(exc, self.path) from None
@@ -149,6 +180,7 @@ class PartialFile:
             self.close()
 
     def close(self) -> None:
+        self._join_flush()  # the descriptor is closed after the fsync that uses it ends
         if self.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.fd)

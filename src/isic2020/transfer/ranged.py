@@ -142,6 +142,7 @@ class RangedTransfer(SpanSink):
         try:
             self.pool.start(self)
             self.pool.wait()
+            self.file.start_flush()  # the disk writes while the hash catches up
             error = self.hashers.join()
             if error is not None:
                 raise disk_error(error, self.file.path) if isinstance(error, OSError) else error
