@@ -112,6 +112,25 @@ def test_many_small_images_cost_a_block_each(thumbs, tmp_path):
         assert not (data / "jpeg").exists()
 
 
+def test_an_archive_alone_that_does_not_fit_is_refused_with_a_hint_that_can_help(
+    photos, tmp_path
+):
+    """``--no-extract`` of a 250 KB zip into a 192 KiB tmpfs: refused before any GET, and the
+    hint does not suggest the ``--no-extract`` the user already gave (nor ``--direct``,
+    which would unpack what they asked to keep packed)."""
+    env = cli_env(photos.manifest_path)
+    with FaultServer(photos.root, prefix=PREFIX) as srv, small_filesystem(
+        tmp_path / "fs", 192 * KiB
+    ) as fs:
+        assert (photos.root / ZIP).stat().st_size > 192 * KiB
+        r = _fetch(srv, fs / "data", env, "--no-extract")
+        assert r.returncode == 3, r.stderr
+        line = _error_line(r.stderr)
+        assert "not enough disk space" in line and "--data-dir" in line, line
+        assert "--no-extract" not in line and "--direct" not in line, line
+        assert _gets(srv) == []
+
+
 def test_the_servers_sizes_win_over_the_manifests_published_ones(photos, tmp_path):
     """A manifest that pins no sizes and publishes the archive as 2 MB (the mirror serves
     250 KB), a 1.5 MiB tmpfs: by the published sizes the fetch needs 4 MB and would be

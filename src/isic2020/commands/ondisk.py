@@ -150,7 +150,8 @@ def check_space(plan: PlannedFetch) -> SpaceNeed:
     layout = plan.layout
     if not need.fits():
         assert need.free is not None
-        hint = "free space, choose another --data-dir, or fetch with --no-extract"
+        hint = ("free space, choose another --data-dir, or fetch with --no-extract"
+                if plan.extract else "free space or choose another --data-dir")
         if need.direct_fits():
             hint = (f"fetch with --direct (only the images, no archive: about "
                     f"{human_size(need.direct_need)}), free space, or choose another --data-dir")
