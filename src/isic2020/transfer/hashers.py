@@ -10,31 +10,30 @@ several threads (each part once its bytes are below the frontier, from its own r
 buffer), so that MD5, the costliest hash, scales with cores instead of capping one file at
 one core's MD5 rate. The download's chunks need not align to the S3 parts either way.
 
-Why read back rather than hash the buffers as they arrive: the hash must cover exactly the
+Why from the file rather than the buffers as they arrive: the hash must cover exactly the
 bytes on disk, in file order, once each; blocks arrive out of order over N connections (and a
 resumed run never receives the bytes it already has), so hashing received buffers would need
-a reorder window as wide as the chunks in flight (N x 8 MiB) or a second path anyway. Reading
-back what ``pwrite`` just put in the page cache is one memory copy; what made it costly was a
-fresh multi-MiB ``bytes`` per read (above glibc's mmap threshold: an mmap, a page fault per
-4 KiB, a munmap). Each follower therefore reads with ``preadv`` into ONE buffer it owns for
-its whole life (:data:`HASH_BLOCK`): no allocation per block, memory flat whatever the size.
-Invariant: a block is hashed from that buffer before the next read overwrites it (one thread
-per reader, hashlib keeps no reference to what it was fed).
+a reorder window as wide as the chunks in flight (N x 8 MiB) or a second path anyway. What
+``pwrite`` just put in the page cache is hashed where it lies, through a read-only map of the
+file on a local filesystem (no copy), else read back into one buffer per thread
+(:class:`~isic2020.store.filemap.FileBlocks`, which says when a map is safe). Either way
+nothing is allocated per block and memory stays flat whatever the size. Invariant: a block
+is hashed before the next one is handed out (one thread per reader; hashlib keeps no
+reference to what it was fed).
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from isic2020.store.filemap import FileBlocks
 from isic2020.transfer.model import BLOCK
 
-#: Bytes per read-back and hashing step: one reused buffer per follower (fits in L2/L3, so
-#: the hash reads what the copy just wrote from cache).
+#: Bytes per hashing step (one ``update``; a read-back buffer where the file is not mapped).
 HASH_BLOCK = BLOCK
 
 
@@ -58,7 +57,6 @@ class Follower(threading.Thread):
         self._cond = threading.Condition()
         self._halt = False
         self.error: BaseException | None = None
-        self._view = memoryview(bytearray(HASH_BLOCK))  # the one read-back buffer
 
     def advance(self, frontier: int) -> None:
         with self._cond:
@@ -72,6 +70,7 @@ class Follower(threading.Thread):
             self._cond.notify()
 
     def run(self) -> None:
+        blocks = FileBlocks(self.fd, HASH_BLOCK)
         try:
             while self.pos < self.size:
                 with self._cond:
@@ -80,15 +79,11 @@ class Follower(threading.Thread):
                     if self._halt:
                         return
                     frontier = self._frontier
-                while self.pos < frontier:
-                    want = min(HASH_BLOCK, frontier - self.pos)
-                    got = os.preadv(self.fd, [self._view[:want]], self.pos)
-                    if got <= 0:
-                        raise OSError(errno.EIO, "short read from partial file")
-                    self._feed(self._view[:got])
-                    self.pos += got
+                self.pos += blocks.feed(self.pos, frontier, self._feed)
         except BaseException as exc:  # surfaced by the transfer
             self.error = exc
+        finally:
+            blocks.close()
 
     def _feed(self, block: memoryview) -> None:
         if self.sha256 is not None:
@@ -162,22 +157,19 @@ class PartHashers:
             return i
 
     def _work(self) -> None:
-        view = memoryview(bytearray(HASH_BLOCK))
+        blocks = FileBlocks(self.fd, HASH_BLOCK)
         try:
             while (i := self._take()) is not None:
                 pos, end = i * self.part_size, min(self.size, (i + 1) * self.part_size)
                 h = hashlib.md5()
-                while pos < end:
-                    got = os.preadv(self.fd, [view[:min(HASH_BLOCK, end - pos)]], pos)
-                    if got <= 0:
-                        raise OSError(errno.EIO, "short read from partial file")
-                    h.update(view[:got])
-                    pos += got
+                blocks.feed(pos, end, h.update)
                 self.part_md5s[i] = h.digest()
         except BaseException as exc:  # surfaced by the transfer
             with self._cond:
                 self.error = self.error or exc
             self.stop()
+        finally:
+            blocks.close()
 
     def etag(self) -> str | None:
         if any(d is None for d in self.part_md5s):
