@@ -1,5 +1,7 @@
 """The digests computed while downloading equal S3's definitions whatever the thread count,
-and never read a byte before the download announced it (tests for ``transfer.hashers``)."""
+and never read a byte before the download announced it (tests for ``transfer.hashers``).
+Every test runs twice: the file hashed through a map (a local filesystem) and read back (any
+other), whatever filesystem the test's temporary folder is on."""
 
 from __future__ import annotations
 
@@ -8,10 +10,17 @@ import os
 
 import pytest
 
+import isic2020.store.filemap as filemap
 from isic2020.transfer.digests import MultipartHasher
 from isic2020.transfer.hashers import Hashers, hash_file
 
 PART = 64 * 1024
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["mapped", "read"])
+def how_read(request, monkeypatch):
+    monkeypatch.setattr(filemap, "mappable", lambda fd: request.param)
+    return request.param
 
 
 def _expected(data: bytes, part: int) -> tuple[str, str, str]:
