@@ -5,6 +5,7 @@ other), whatever filesystem the test's temporary folder is on."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 
@@ -15,6 +16,7 @@ from isic2020.transfer.digests import MultipartHasher
 from isic2020.transfer.hashers import Hashers, hash_file
 
 PART = 64 * 1024
+REAL_MAPPABLE = filemap.mappable  # before the fixture below replaces it
 
 
 @pytest.fixture(autouse=True, params=[True, False], ids=["mapped", "read"])
@@ -76,3 +78,21 @@ def test_an_empty_object_has_the_digests_of_no_bytes(tmp_path):
     sha, _, _ = _expected(b"", PART)
     assert hash_file(path, PART, want_md5=True) == (
         sha, hashlib.md5(b"").hexdigest(), f"{hashlib.md5(b'').hexdigest()}-0")
+
+
+def test_a_descriptor_that_cannot_be_read_is_an_error_the_transfer_raises(tmp_path,
+                                                                          monkeypatch):
+    """A follower whose file cannot even be looked at (here: a closed descriptor, which
+    the real choice between map and read already stats) reports the OSError through ``join``
+    for the transfer to turn into one line, instead of dying with a thread's traceback on
+    stderr and leaving digests of nothing."""
+    monkeypatch.setattr(filemap, "mappable", REAL_MAPPABLE)
+    path = tmp_path / "obj"
+    path.write_bytes(os.urandom(3 * PART))
+    fd = os.open(path, os.O_RDONLY)
+    os.close(fd)
+    hashers = Hashers(fd, 3 * PART, PART, want_md5=True, threads=2)
+    hashers.start()
+    hashers.advance(3 * PART)
+    error = hashers.join()
+    assert isinstance(error, OSError) and error.errno == errno.EBADF

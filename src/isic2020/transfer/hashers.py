@@ -70,8 +70,9 @@ class Follower(threading.Thread):
             self._cond.notify()
 
     def run(self) -> None:
-        blocks = FileBlocks(self.fd, HASH_BLOCK)
+        blocks: FileBlocks | None = None
         try:
+            blocks = FileBlocks(self.fd, HASH_BLOCK)  # (its fstat may fail: kept as error)
             while self.pos < self.size:
                 with self._cond:
                     while self._frontier <= self.pos and not self._halt:
@@ -83,7 +84,8 @@ class Follower(threading.Thread):
         except BaseException as exc:  # surfaced by the transfer
             self.error = exc
         finally:
-            blocks.close()
+            if blocks is not None:
+                blocks.close()
 
     def _feed(self, block: memoryview) -> None:
         if self.sha256 is not None:
@@ -157,8 +159,9 @@ class PartHashers:
             return i
 
     def _work(self) -> None:
-        blocks = FileBlocks(self.fd, HASH_BLOCK)
+        blocks: FileBlocks | None = None
         try:
+            blocks = FileBlocks(self.fd, HASH_BLOCK)
             while (i := self._take()) is not None:
                 pos, end = i * self.part_size, min(self.size, (i + 1) * self.part_size)
                 h = hashlib.md5()
@@ -169,7 +172,8 @@ class PartHashers:
                 self.error = self.error or exc
             self.stop()
         finally:
-            blocks.close()
+            if blocks is not None:
+                blocks.close()
 
     def etag(self) -> str | None:
         if any(d is None for d in self.part_md5s):
