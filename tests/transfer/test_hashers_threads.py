@@ -12,8 +12,9 @@ import os
 import pytest
 
 import isic2020.store.filemap as filemap
+import isic2020.transfer.hashers as hashers_module
 from isic2020.transfer.digests import MultipartHasher
-from isic2020.transfer.hashers import Hashers, hash_file
+from isic2020.transfer.hashers import Hashers, PartHashers, hash_file
 
 PART = 64 * 1024
 REAL_MAPPABLE = filemap.mappable  # before the fixture below replaces it
@@ -21,7 +22,7 @@ REAL_MAPPABLE = filemap.mappable  # before the fixture below replaces it
 
 @pytest.fixture(autouse=True, params=[True, False], ids=["mapped", "read"])
 def how_read(request, monkeypatch):
-    monkeypatch.setattr(filemap, "mappable", lambda fd: request.param)
+    monkeypatch.setattr(hashers_module, "mappable", lambda fd: request.param)
     return request.param
 
 
@@ -86,13 +87,18 @@ def test_a_descriptor_that_cannot_be_read_is_an_error_the_transfer_raises(tmp_pa
     the real choice between map and read already stats) reports the OSError through ``join``
     for the transfer to turn into one line, instead of dying with a thread's traceback on
     stderr and leaving digests of nothing."""
-    monkeypatch.setattr(filemap, "mappable", REAL_MAPPABLE)
+    monkeypatch.setattr(hashers_module, "mappable", REAL_MAPPABLE)
     path = tmp_path / "obj"
     path.write_bytes(os.urandom(3 * PART))
     fd = os.open(path, os.O_RDONLY)
     os.close(fd)
-    hashers = Hashers(fd, 3 * PART, PART, want_md5=True, threads=2)
+    hashers = Hashers(fd, 3 * PART, None, want_md5=True)  # the followers alone
     hashers.start()
     hashers.advance(3 * PART)
     error = hashers.join()
     assert isinstance(error, OSError) and error.errno == errno.EBADF
+    parts = PartHashers(fd, 3 * PART, PART, 2)  # the part threads alone
+    parts.start()
+    parts.advance(3 * PART)
+    parts.join()
+    assert isinstance(parts.error, OSError) and parts.error.errno == errno.EBADF

@@ -20,7 +20,6 @@ a time (file-backed pages count in the process's RSS only while mapped).
 from __future__ import annotations
 
 import errno
-import functools
 import mmap
 import os
 from collections.abc import Callable
@@ -34,10 +33,11 @@ LOCAL_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", 
 Feed = Callable[[memoryview], None]
 
 
-@functools.cache
 def _filesystem_of_device(major: int, minor: int) -> str | None:
     """The type of the mounted filesystem with this device number (``/proc/self/mountinfo``),
-    or None where it cannot be told (not Linux, no procfs, not listed)."""
+    or None where it cannot be told (not Linux, no procfs, not listed). Read afresh each
+    time, not cached: an anonymous device number (tmpfs, NFS, FUSE) is reused by the next
+    such mount once its filesystem is unmounted."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
             for line in f:

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from isic2020.store.filemap import FileBlocks
+from isic2020.store.filemap import FileBlocks, mappable
 from isic2020.transfer.model import BLOCK
 
 #: Bytes per hashing step (one ``update``; a read-back buffer where the file is not mapped).
@@ -46,9 +46,12 @@ class Follower(threading.Thread):
     ``error`` for the transfer to raise; ``stop`` ends it without digests.
     """
 
-    def __init__(self, fd: int, size: int, want_md5: bool, want_sha256: bool = True) -> None:
+    def __init__(self, fd: int, size: int, want_md5: bool, want_sha256: bool = True,
+                 mapped: bool | None = None) -> None:
+        """``mapped``: read the file through a map or not (None: the reader decides)."""
         super().__init__(name="isic2020-hash", daemon=True)
         self.fd = fd
+        self.mapped = mapped
         self.size = size
         self.sha256 = hashlib.sha256() if want_sha256 else None
         self.md5 = hashlib.md5() if want_md5 else None
@@ -72,7 +75,7 @@ class Follower(threading.Thread):
     def run(self) -> None:
         blocks: FileBlocks | None = None
         try:
-            blocks = FileBlocks(self.fd, HASH_BLOCK)  # (its fstat may fail: kept as error)
+            blocks = FileBlocks(self.fd, HASH_BLOCK, self.mapped)  # (may fail: kept)
             while self.pos < self.size:
                 with self._cond:
                     while self._frontier <= self.pos and not self._halt:
@@ -115,8 +118,10 @@ class PartHashers:
     first error ends every thread and is kept in ``error``; ``stop`` ends them without digests.
     """
 
-    def __init__(self, fd: int, size: int, part_size: int, threads: int) -> None:
+    def __init__(self, fd: int, size: int, part_size: int, threads: int,
+                 mapped: bool | None = None) -> None:
         self.fd = fd
+        self.mapped = mapped
         self.size = size
         self.part_size = part_size
         self.count = -(-size // part_size)
@@ -161,7 +166,7 @@ class PartHashers:
     def _work(self) -> None:
         blocks: FileBlocks | None = None
         try:
-            blocks = FileBlocks(self.fd, HASH_BLOCK)
+            blocks = FileBlocks(self.fd, HASH_BLOCK, self.mapped)
             while (i := self._take()) is not None:
                 pos, end = i * self.part_size, min(self.size, (i + 1) * self.part_size)
                 h = hashlib.md5()
@@ -194,10 +199,11 @@ class Hashers:
 
     def __init__(self, fd: int, size: int, part_size: int | None, want_md5: bool,
                  threads: int | None = None) -> None:
-        self.followers = [Follower(fd, size, False, want_sha256=True)]
+        mapped = _mapped(fd)  # decided once for every thread (it reads the mount table)
+        self.followers = [Follower(fd, size, False, want_sha256=True, mapped=mapped)]
         if want_md5:
-            self.followers.append(Follower(fd, size, True, want_sha256=False))
-        self.parts = (PartHashers(fd, size, part_size, threads or part_threads())
+            self.followers.append(Follower(fd, size, True, want_sha256=False, mapped=mapped))
+        self.parts = (PartHashers(fd, size, part_size, threads or part_threads(), mapped)
                       if part_size else None)
 
     def _all(self) -> list[Follower | PartHashers]:
@@ -226,6 +232,15 @@ class Hashers:
         md5 = self.followers[1].digests()[1] if len(self.followers) > 1 else None
         mp = self.parts.etag() if self.parts is not None else None
         return sha, md5, mp
+
+
+def _mapped(fd: int) -> bool | None:
+    """Whether the file is read through a map; None where that cannot be told here (the
+    descriptor cannot be looked at): each thread's reader then fails, and reports it."""
+    try:
+        return mappable(fd)
+    except OSError:
+        return None
 
 
 def hash_file(
