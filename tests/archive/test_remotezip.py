@@ -790,7 +790,10 @@ def test_ctrl_c_during_direct_mode_stops_cleanly(big, tmp_path: Path, unpacking)
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            if out.is_dir() and sum(1 for _ in os.scandir(out)) > 600:
+            # ... and every unpacker forked (each forks on its first batch, so one can have
+            # written 600 files while the other still waits for its first)
+            if out.is_dir() and sum(1 for _ in os.scandir(out)) > 600 \
+                    and len(children(proc.pid)) >= _unpackers(unpacking):
                 break
             time.sleep(0.01)
         kids = children(proc.pid)

@@ -334,7 +334,10 @@ def test_ctrl_c_while_unpacking_is_exit_130_in_one_line_and_the_next_run_complet
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.monotonic() + 60
-        while _count(staged) < 20 and proc.poll() is None and time.monotonic() < deadline:
+        # Every unpacker must be forked before Ctrl-C (each forks on its thread's first batch:
+        # one thread can stage 20 members while the other still waits for its first).
+        while (_count(staged) < 20 or len(children(proc.pid)) < _unpackers(mode)) \
+                and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert proc.poll() is None, "the fetch ended before Ctrl-C"
         kids = children(proc.pid)
