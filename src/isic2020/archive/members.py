@@ -48,7 +48,7 @@ from typing import Any, Literal
 from isic2020.archive.decode import Flusher, already_there, disk_error, present_files
 from isic2020.archive.remote import DEFAULT_CONNECTIONS, RemoteZip, damaged, host_failed
 from isic2020.archive.rules import Member, Refused, check_entry, plan_entries
-from isic2020.archive.spans import Coalescer, Span
+from isic2020.archive.spans import Coalescer, Span, StagedFolder
 from isic2020.archive.staging import IMAGES_DIR, Stage, open_member_staging, promote
 from isic2020.archive.unpack import UNPACKERS, MemberSink, Unpackers, cuts_of
 from isic2020.archive.unpack_worker import PROCESS_MIN, ForkedUnpackers
@@ -339,11 +339,12 @@ class _MemberFetch:
         self.pool = RangePool(self.client, connections[0], take_min=MIN_SPLIT,
                               max_connections=connections[1], log=log, label=remote.name)
         self.shown = "" if self.stage is None else os.fspath(self.stage.staging / IMAGES_DIR)
+        self.folder = (None if self.staged is None
+                       else StagedFolder(self.staged, self.shown))
         self.unpackers: Any = self._threads()
         if remote.size >= process_min and can_fork():  # off the download's GIL
             self.unpackers = ForkedUnpackers(UNPACKERS, self.abort, self.pool.fail, self.done,
-                                             remote.name, self.mode, self.staged,
-                                             self.shown)
+                                             remote.name, self.mode, self.folder)
         self.flushers: dict[int, Flusher] = {}  # by device of the destination folders
 
     def done(self, writer: Any) -> None:
@@ -429,8 +430,7 @@ class _MemberFetch:
     def _threads(self) -> Unpackers:
         """Unpacking threads, writing where the children would (the staging, when staged:
         ``finals`` then name files relative to it, never to the working directory)."""
-        return Unpackers(UNPACKERS, self.abort, self.pool.fail, self.done, self.staged,
-                         self.shown)
+        return Unpackers(UNPACKERS, self.abort, self.pool.fail, self.done, self.folder)
 
     def start(self) -> None:
         try:

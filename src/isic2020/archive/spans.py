@@ -65,6 +65,17 @@ def checked_finals(span: Span, finals: dict[int, str], done: int,
     return [finals[m.header_offset] for i, m in enumerate(span.members[:done]) if i not in skip]
 
 
+@dataclass(frozen=True)
+class StagedFolder:
+    """A staging folder the writers write in place: ``fd`` is the folder open, reached without
+    following links (``staging.open_member_staging``), and every name is relative to it, so a
+    link planted on the way cannot redirect a write; ``shown`` is its path, for messages only.
+    One record because the two travel together, also across the unpackers' fork."""
+
+    fd: int
+    shown: str
+
+
 class SpanWriter:
     """Consumes one span's bytes in order (``feed``) and turns its members into files.
 
@@ -75,12 +86,12 @@ class SpanWriter:
     the closing verify reads them, and vouches for the others (:func:`checked_finals`)."""
 
     def __init__(self, archive: str, span: Span, finals: dict[int, str], mode: int,
-                 dir_fd: int | None = None, shown: str = "") -> None:
-        """``dir_fd``: a staging folder (``staging.open_member_staging``), which ``finals``
-        name files in, written in place (``shown``: its path, for messages only); None:
+                 staged: StagedFolder | None = None) -> None:
+        """``staged``: the folder ``finals`` name files in, each written in place; None:
         ``finals`` are final paths, each written under a temporary and renamed."""
         self.archive = archive
-        self.dir_fd, self.shown = dir_fd, shown
+        self.dir_fd = None if staged is None else staged.fd
+        self.shown = "" if staged is None else staged.shown
         self.span = span
         self.pending = list(reversed(span.members))
         self.finals = finals

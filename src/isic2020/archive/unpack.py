@@ -31,7 +31,7 @@ from operator import attrgetter
 from queue import Full, Queue
 from typing import Any, Protocol
 
-from isic2020.archive.spans import Span, SpanWriter
+from isic2020.archive.spans import Span, SpanWriter, StagedFolder
 from isic2020.errors import Interrupted
 from isic2020.transfer.pool import Piece, SpanSink
 
@@ -107,12 +107,10 @@ class Unpackers:
         abort: threading.Event,
         fail: Callable[[BaseException], None],
         done: Callable[[Consumer], None],
-        dir_fd: int | None = None,
-        shown: str = "",
+        staged: StagedFolder | None = None,
     ) -> None:
-        """``dir_fd``: the staging folder the writers write in, ``shown`` its path for
-        messages (see :class:`SpanWriter`)."""
-        self.dir_fd, self.shown = dir_fd, shown
+        """``staged``: the staging folder the writers write in (see :class:`SpanWriter`)."""
+        self.staged = staged
         self.abort = abort
         self.fail = fail
         self.done = done
@@ -129,7 +127,7 @@ class Unpackers:
     def writer(self, archive: str, span: Span, finals: dict[int, str], mode: int
                ) -> SpanWriter:
         """The consumer of one piece: its span's writer, fed on this pool's threads."""
-        return SpanWriter(archive, span, finals, mode, self.dir_fd, self.shown)
+        return SpanWriter(archive, span, finals, mode, self.staged)
 
     def start(self) -> None:
         self.started = True

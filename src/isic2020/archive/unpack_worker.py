@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from isic2020.archive.decode import Stopped, request_stop, stop_requested, write_all
-from isic2020.archive.spans import Span, SpanWriter, checked_finals
+from isic2020.archive.spans import Span, SpanWriter, StagedFolder, checked_finals
 from isic2020.archive.zipformat import Entry
 from isic2020.errors import DiskError, Interrupted, Isic2020Error
 from isic2020.report import count_images
@@ -97,12 +97,11 @@ class ForkedUnpackers:
 
     def __init__(self, n: int, abort: threading.Event, fail: Callable[[BaseException], None],
                  done: Callable[[Any], None], archive: str, mode: int,
-                 dir_fd: int | None = None, shown: str = "") -> None:
-        """``dir_fd``: the staging folder the children's writers write in (inherited across
-        the fork), ``shown`` its path for messages (see
-        :class:`~isic2020.archive.spans.SpanWriter`)."""
+                 staged: StagedFolder | None = None) -> None:
+        """``staged``: the staging folder the children's writers write in (its descriptor is
+        inherited across the fork; see :class:`~isic2020.archive.spans.SpanWriter`)."""
         self.n = max(1, n)
-        self.dir_fd, self.shown = dir_fd, shown
+        self.staged = staged
         self.abort = abort
         self.fail = fail
         self.done = done
@@ -134,9 +133,9 @@ class ForkedUnpackers:
         with contextlib.suppress(OSError):
             fcntl.fcntl(cmd_w, F_SETPIPE_SZ, PIPE_BYTES)
         try:
-            keep = {cmd_r, msg_w} | ({self.dir_fd} if self.dir_fd is not None else set())
-            pid = fork_child(lambda: _serve(self.archive, self.mode, cmd_r, msg_w, self.dir_fd,
-                                            self.shown), keep)
+            keep = {cmd_r, msg_w} | ({self.staged.fd} if self.staged is not None else set())
+            pid = fork_child(lambda: _serve(self.archive, self.mode, cmd_r, msg_w, self.staged),
+                             keep)
         except OSError:
             for fd in (cmd_r, cmd_w, msg_r, msg_w):
                 os.close(fd)
@@ -262,8 +261,8 @@ def _on_stop(signum: int, frame: Any) -> None:
     request_stop()
 
 
-def _serve(archive: str, mode: int, inp: int, out: int, dir_fd: int | None = None,
-           shown: str = "") -> int:
+def _serve(archive: str, mode: int, inp: int, out: int,
+           staged: StagedFolder | None = None) -> int:
     """Feed each piece's writer its blocks, answer each end; at the end of the input (or a
     stop), remove whatever was not finished. The exit status: 0, or :data:`STOPPED`."""
     request_stop(False)
@@ -286,7 +285,7 @@ def _serve(archive: str, mode: int, inp: int, out: int, dir_fd: int | None = Non
                 entries = tuple(Entry(*f) for f in members)
                 writers[k] = SpanWriter(archive, Span(start, end, entries),
                                         {e.header_offset: p for e, p in zip(entries, finals)},
-                                        mode, dir_fd, shown)
+                                        mode, staged)
                 continue
             w = writers.get(k)
             try:
