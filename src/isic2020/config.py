@@ -37,6 +37,9 @@ DEBUG = "ISIC2020_DEBUG"
 S3_PRESIGN_SECONDS = "ISIC2020_S3_PRESIGN_SECONDS"
 PROGRESS_INTERVAL = "ISIC2020_PROGRESS_INTERVAL"
 LIMIT_RATE = "ISIC2020_LIMIT_RATE"
+#: pyarrow's own variable: the CLI sets it to "system" unless the user did
+#: (``cli.app.flat_heap``)
+ARROW_POOL = "ARROW_DEFAULT_MEMORY_POOL"
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,8 @@ TABLE: tuple[Variable, ...] = (
              "archives from this size on are unpacked while they download (and --direct or a "
              "subset's members) by forked children (K, M, G suffixes; 0: always; smaller "
              "ones: by threads)"),
-    Variable(MALLOC, "1", "0 leaves glibc's allocator at its defaults (Linux)"),
+    Variable(MALLOC, "1", "0 leaves glibc's allocator at its defaults (Linux) and pyarrow's "
+             "at mimalloc"),
     Variable(DEBUG, "0", "1 shows the traceback of an internal error"),
     Variable(LIMIT_RATE, "0",
              "overall download cap in bytes/s over every connection (K, M suffixes; 0 off)"),
