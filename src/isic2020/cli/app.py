@@ -270,8 +270,10 @@ def flat_heap() -> None:
 
     pyarrow (which pandas 3 imports whenever it is installed, and stores strings in) gets the
     same allocator unless the user chose one (``ARROW_DEFAULT_MEMORY_POOL``): its default,
-    mimalloc, keeps what it freed for reuse, about 20 MB more peak RSS in a ``folds`` of the
-    33k-row ground truth, for no speed a command of ours could measure."""
+    mimalloc, keeps what it freed for reuse, which put ``folds`` of the 33k-row ground truth
+    and the parquet export over the 150 MB of peak RSS every command keeps to. The price is
+    the parquet export's: its buffers above the mmap threshold are mapped and faulted in anew,
+    about a third more system CPU (see README, Performance); the bound is the standard."""
     if not config.flag(config.MALLOC, True):
         return
     os.environ.setdefault(config.ARROW_POOL, "system")  # read by pyarrow at its first allocation
