@@ -71,6 +71,7 @@ from bench.rows_resize import row_resize  # noqa: E402
 from bench.rows_shards import row_shards  # noqa: E402
 from bench.rows_subset import row_direct, row_direct_few, row_subset  # noqa: E402
 from bench.rows_verify import row_verify_and_rerun  # noqa: E402
+from bench.vmmemory import hold_page_reporting, release_page_reporting  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                                        ram=args.scratch_fs == "ram")
         b.log(b.scratch_note or "no scratch filesystem (needs root and mkfs.ext4): outputs "
               f"on {work}'s own filesystem, deletions through {work / 'trash'}")
+    if not p.quick:  # timings are not judged in a quick run: the machine is left alone
+        b.memory_note = hold_page_reporting()
+        b.log(b.memory_note)
     if b.missing:
         b.log("MISSING peers, their rows are skipped: " + ", ".join(
             f"{t} (apt-get install {PEERS[t]})" for t in b.missing))
@@ -169,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if 12 in rows:
             row_cluster(b)
     finally:
+        release_page_reporting()
         if b.scratch_note:
             unmount_scratch(work / "run")
         rmtree(work / "run")

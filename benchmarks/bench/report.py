@@ -87,6 +87,7 @@ def report(b: Bench, argv: list[str], seconds: float) -> str:
         f"{seconds / 60:.1f} min in all; load average before/after: {b.load_before} / "
         f"{load_average()}).",
         "Disk: " + (b.scratch_note or "outputs on the work folder's own filesystem") + ".",
+        "Memory: " + (b.memory_note or "not looked at") + ".",
         *([f"Host steal (CPU the hypervisor gave other guests) during the timed runs: "
            f"{b.steal_s:.1f} CPU-s over {b.timed_s:.0f} s of wall on {m['nproc']} CPUs "
            f"({100 * b.steal_s / (b.timed_s * int(m['nproc'])):.1f} %); each run's is in the "

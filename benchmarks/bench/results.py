@@ -66,6 +66,7 @@ class Bench:
         #: Steal (CPU given to other guests) and wall time summed over every timed run.
         self.steal_s = self.timed_s = 0.0
         self.scratch_note: str | None = None  # where timed runs wrote (harness.mount_scratch)
+        self.memory_note = ""  # the VM's free page reporting (vmmemory.hold_page_reporting)
 
     def log(self, msg: str) -> None:
         if self.verbose:

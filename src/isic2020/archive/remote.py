@@ -286,7 +286,7 @@ class _Into(SpanSink):
     def __init__(self, out: memoryview, base: int) -> None:
         self.out, self.base = out, base
 
-    def data(self, piece: Piece, offset: int, block: bytes) -> None:
+    def data(self, piece: Piece, offset: int, block: memoryview) -> None:
         at = offset - self.base
         self.out[at : at + len(block)] = block
 

@@ -85,7 +85,7 @@ class MemberSink(SpanSink):
         self.writers[piece.index] = self.unpackers.writer(self.archive, own, self.finals,
                                                           self.mode)
 
-    def data(self, piece: Piece, offset: int, block: bytes) -> None:
+    def data(self, piece: Piece, offset: int, block: memoryview) -> None:
         self.unpackers.put(piece.index, self.writers[piece.index], block)
 
     def end(self, piece: Piece, complete: bool) -> None:
@@ -134,12 +134,14 @@ class Unpackers:
         for t in self.threads:
             t.start()
 
-    def put(self, k: int, consumer: Consumer, block: bytes) -> None:
-        """Piece ``k``'s next block (waits while its unpacker is behind; gives up on abort)."""
+    def put(self, k: int, consumer: Consumer, block: memoryview) -> None:
+        """Piece ``k``'s next block (waits while its unpacker is behind; gives up on abort).
+        ``block`` is lent by the pool: the queue holds a copy."""
         q = self.queues[k % len(self.queues)]
+        kept = bytes(block)
         while True:
             try:
-                q.put((consumer, block), timeout=0.1)
+                q.put((consumer, kept), timeout=0.1)
                 return
             except Full:
                 if self.abort.is_set():

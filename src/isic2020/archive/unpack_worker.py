@@ -146,7 +146,9 @@ class ForkedUnpackers:
         return _Child(pid, cmd_w, msg_r)
 
     # -- the downloading threads' side --------------------------------------------------
-    def put(self, k: int, consumer: ForkedWriter, block: bytes) -> None:
+    def put(self, k: int, consumer: ForkedWriter, block: memoryview) -> None:
+        """Piece ``k``'s next block, written to its child's input before returning (``block``
+        is lent by the pool)."""
         child = self.children[k % self.n]
         with self._locked(child):
             self._announce(child, k, consumer)
@@ -179,7 +181,7 @@ class ForkedUnpackers:
         finally:
             child.lock.release()
 
-    def _send(self, child: _Child, kind: bytes, k: int, payload: bytes) -> None:
+    def _send(self, child: _Child, kind: bytes, k: int, payload: bytes | memoryview) -> None:
         for part in (HEAD.pack(kind, k, len(payload)), payload):
             view = memoryview(part)
             while view:

@@ -119,7 +119,7 @@ class PartialFile:
         except OSError as exc:
             raise disk_error(exc, self.state_path) from None
 
-    def write(self, offset: int, block: bytes) -> int:
+    def write(self, offset: int, block: bytes | memoryview) -> int:
         """Write ``block`` at ``offset``; the offset after it.
 
         One writer at a time (``_writing``): the kernel serializes buffered writes to one

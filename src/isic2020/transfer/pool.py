@@ -8,7 +8,8 @@ window and the AIMD throttle are the same for both.
 Invariants:
 - every span is fetched as one or more :class:`Piece` s that tile it exactly; a sink receives
   each piece's bytes once, in order (``data(piece, offset, block)`` with ``offset`` the file
-  offset of ``block[0]``), between ``begin(piece)`` and ``end(piece, complete)``;
+  offset of ``block[0]``; ``block`` a view of the connection's one buffer, lent for the
+  call), between ``begin(piece)`` and ``end(piece, complete)``;
 - a span is split only where it allows (``Span.cuts``), and only while queued: by
   :meth:`prioritize`, and, with ``take_min``, as a connection takes it (see :meth:`_pop`); a
   piece's ``end`` is fixed when a connection takes it, and it is fetched in one request
@@ -91,8 +92,9 @@ class SpanSink:
     def begin(self, piece: Piece) -> None:
         """A connection starts ``piece`` (``piece.end`` may still shrink)."""
 
-    def data(self, piece: Piece, offset: int, block: bytes) -> None:
-        """``block`` belongs at ``offset``: right after the piece's previous block."""
+    def data(self, piece: Piece, offset: int, block: memoryview) -> None:
+        """``block`` belongs at ``offset``: right after the piece's previous block. It is lent
+        (the connection's buffer, read into again after the call): copy what is kept."""
         raise NotImplementedError
 
     def end(self, piece: Piece, complete: bool) -> None:
@@ -328,10 +330,12 @@ class RangePool:
     # -- the connections ------------------------------------------------------------------
     def _worker(self) -> None:
         session: requests.Session | None = None
+        buffer: bytearray | None = None  # one per connection, reused for all its pieces
         try:
             while (piece := self._take()) is not None:
                 session = session or make_session(1)
-                self._fetch(session, piece)
+                buffer = buffer or bytearray(self.client.block)
+                self._fetch(session, piece, buffer)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller by wait()
             with self._cond:
                 self._live -= 1
@@ -361,19 +365,19 @@ class RangePool:
             self._cond.notify_all()
             return None
 
-    def _fetch(self, session: requests.Session, piece: Piece) -> None:
+    def _fetch(self, session: requests.Session, piece: Piece, buffer: bytearray) -> None:
         sink = self._sink
         assert sink is not None
         sink.begin(piece)
         complete = False
 
-        def deliver(block: bytes) -> None:
+        def deliver(block: memoryview) -> None:
             at = piece.pos
             piece.pos = at + len(block)
             sink.data(piece, at, block)
 
         try:
-            self.client.stream(session, piece.start, piece.end, deliver)
+            self.client.stream(session, piece.start, piece.end, deliver, buffer)
             complete = True
         finally:
             sink.end(piece, complete)

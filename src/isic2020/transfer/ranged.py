@@ -198,8 +198,9 @@ class RangedTransfer(SpanSink):
         self.file.close()
 
     # -- the pool's sink ------------------------------------------------------------------
-    def data(self, piece: Piece, offset: int, block: bytes) -> None:
-        """Write in place; record how far the piece is written (a checkpoint may claim it)."""
+    def data(self, piece: Piece, offset: int, block: memoryview) -> None:
+        """Write in place (before returning: the block is lent); record how far the piece is
+        written (a checkpoint may claim it)."""
         end = self.file.write(offset, block)
         with self.lock:
             self._inflight[piece.start] = [piece.start, end]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from isic2020.errors import Interrupted, ObjectChanged
+from isic2020.transfer.body import BodyReader
 from isic2020.transfer.digests import conditional_headers, normalize_etag
 from isic2020.transfer.http import Timeouts
 from isic2020.transfer.model import BLOCK
@@ -31,7 +32,7 @@ from isic2020.transfer.retry import (
     redirect_errors,
     retry_after,
 )
-from isic2020.transfer.speed import SpeedGuard, TooSlow, read_block
+from isic2020.transfer.speed import SpeedGuard, TooSlow, read_into
 from isic2020.transfer.throttle import Throttle
 
 if TYPE_CHECKING:
@@ -48,7 +49,9 @@ class RangesIgnored(HostFailed):
         super().__init__("the server ignores byte ranges (answered 200 to a Range request)")
 
 
-Sink = Callable[[bytes], None]
+#: Receives each block of a body in order. The block is lent: a view of the client's buffer,
+#: valid until the sink returns (a sink that keeps it copies it, ``bytes(block)``).
+Sink = Callable[[memoryview], None]
 
 
 class RangeClient:
@@ -110,9 +113,13 @@ class RangeClient:
         start: int,
         end: int,
         sink: Sink,
+        buffer: bytearray | None = None,
     ) -> None:
         """Feed ``sink`` every byte of ``[start, end)`` exactly once, in order, across
-        retries."""
+        retries, in blocks read into ``buffer`` (its length is the largest block; by default
+        one of ``self.block`` bytes for this call). A thread that streams many ranges passes
+        its own buffer, so no block is allocated per range."""
+        view = memoryview(buffer if buffer is not None else bytearray(self.block))
         reached = [start]  # the first byte not yet delivered, advanced as blocks arrive
         attempt = 0
         while reached[0] < end:
@@ -123,7 +130,7 @@ class RangeClient:
             before = reached[0]
             try:
                 try:
-                    self._request(session, reached, end, sink)
+                    self._request(session, reached, end, sink, view)
                 finally:
                     if reached[0] > before:
                         attempt = 0
@@ -150,6 +157,7 @@ class RangeClient:
         reached: list[int],
         end: int,
         sink: Sink,
+        view: memoryview,
     ) -> None:
         """One checked GET of ``[reached[0], end)``, its body fed to ``sink`` block by block;
         ``reached[0]`` follows every block, so a break mid-body resumes at the broken byte."""
@@ -159,26 +167,27 @@ class RangeClient:
             self.url, headers=headers, stream=True, timeout=self.timeouts.as_tuple()
         ) as resp:
             self._check(resp, pos, end)
-            raw = resp.raw
+            body = BodyReader(resp.raw)
             guard = SpeedGuard(self.timeouts.lowest_speed, self.timeouts.speed_time,
                                rate_limit=self.timeouts.rate_limit, abort=self.abort)
             while pos < end:
                 if self.abort.is_set():
                     raise Interrupted("aborted")
-                block = read_block(raw, min(self.block, end - pos), guard)
-                if not block:
+                n = read_into(body, view[: min(len(view), end - pos)], guard)
+                if not n:
                     return
-                pos += len(block)
+                block = view[:n]
+                pos += n
                 reached[0] = pos
                 # Trickled bytes are no progress: a host that only trickles is given up after
                 # the retry window, like one that sends nothing. A finished range is progress
                 # (a short one may not reach the rate at all).
                 with self.lock:
-                    self.transferred += len(block)
+                    self.transferred += n
                 if pos >= end or guard.healthy():
                     self.window.progressed()
                 if self.on_bytes is not None:
-                    self.on_bytes(len(block))
+                    self.on_bytes(n)
                 sink(block)
                 guard.check()
 

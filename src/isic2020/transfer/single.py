@@ -22,6 +22,7 @@ from isic2020.catalog.plausible import encoding_problem
 from isic2020.errors import ObjectChanged, VerificationError
 from isic2020.store.fsutil import disk_error, open_nofollow, remove_file
 from isic2020.store.libc import start_writeback
+from isic2020.transfer.body import BodyReader
 from isic2020.transfer.digests import MultipartHasher, etag_kind, normalize_etag
 from isic2020.transfer.http import header_int
 from isic2020.transfer.localfile import file_path
@@ -34,7 +35,7 @@ from isic2020.transfer.retry import (
     redirect_errors,
     retry_after,
 )
-from isic2020.transfer.speed import SpeedGuard, TooSlow, read_block
+from isic2020.transfer.speed import SpeedGuard, TooSlow, read_into
 
 if TYPE_CHECKING:
     import requests
@@ -188,7 +189,10 @@ class SingleStream:
             if self.bar is not None:
                 self.bar.reset(total=length)
             writeback = _Writeback(fh.fileno())
-            while block := read_block(resp.raw, BLOCK, guard):
+            body = BodyReader(resp.raw)
+            buffer = memoryview(bytearray(BLOCK))
+            while n := read_into(body, buffer, guard):
+                block = buffer[:n]
                 try:
                     fh.write(block)
                 except OSError as exc:

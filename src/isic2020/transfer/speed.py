@@ -8,8 +8,9 @@ seconds fails, and is retried like any other failure (the caller also counts suc
 progress, so a host that only trickles is given up after the retry window).
 
 The check runs after every socket read, so reads must return as bytes arrive:
-:func:`read_block` fills a block with ``read1`` (one ``recv`` each) instead of ``read``, which
-blocks until the whole block is there (at 0.5 B/s, 256 KiB would take 6 days per read).
+:func:`read_into` fills a block one socket read at a time (``readinto1``) instead of with
+``read``, which blocks until the whole block is there (at 0.5 B/s, 256 KiB would take 6 days
+per read).
 Memory is a fixed ring of counters, whatever the speed.
 
 With an overall cap (``--limit-rate``, :mod:`isic2020.transfer.ratelimit`) the guard is where
@@ -22,11 +23,12 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import threading
 
+    from isic2020.transfer.body import Reader
     from isic2020.transfer.ratelimit import RateLimit
 
 #: Buckets per window: the measured rate is lenient by at most one bucket (10%).
@@ -64,7 +66,7 @@ class SpeedGuard:
         self._buckets: deque[list[float]] = deque()  # [bucket start, bytes]
         self.received = 0
         #: An error that broke a read after some bytes of a block had come: those bytes are
-        #: handed out first, the error is raised by the next :func:`read_block`.
+        #: handed out first, the error is raised by the next :func:`read_into`.
         self.pending: BaseException | None = None
 
     def clock(self) -> float:
@@ -125,37 +127,37 @@ class SpeedGuard:
             raise TooSlow(self.describe())
 
 
-def read_block(raw: Any, size: int, guard: SpeedGuard, patience: float = 1.0) -> bytes:
-    """Up to ``size`` bytes of ``raw`` (a urllib3 response, read undecoded); fewer at the end
-    of the body, after ``patience`` seconds (so a slow body still shows progress), or when
-    ``guard`` finds it too slow (the caller keeps what came, then calls ``guard.check()``).
-    ``b""`` only at the end of the body. Bytes that came before a read broke (a timeout, a
-    reset) are returned, the error raised at the next call: a retry resumes after them.
+def read_into(reader: Reader, view: memoryview, guard: SpeedGuard, patience: float = 1.0
+              ) -> int:
+    """Fill ``view`` from ``reader`` (a :class:`~isic2020.transfer.body.BodyReader`); the
+    bytes read. Fewer at the end of the body, after ``patience`` seconds (so a slow body still
+    shows progress), or when ``guard`` finds it too slow (the caller keeps what came, then
+    calls ``guard.check()``). 0 only at the end of the body. Bytes that came before a read
+    broke (a timeout, a reset) are returned, the error raised at the next call: a retry
+    resumes after them.
     """
     if guard.pending is not None:
         exc, guard.pending = guard.pending, None
         raise exc
-    data = raw.read1(size, decode_content=False) or b""
-    if not data:
-        return b""
-    guard.feed(len(data))
-    if len(data) >= size:
-        return bytes(data)
-    parts = [data]
-    got = len(data)
+    got = reader.readinto1(view)
+    if not got:
+        return 0
+    guard.feed(got)
+    size = len(view)
+    if got >= size:
+        return got
     deadline = guard.clock() + patience
     while got < size and not guard.too_slow() and guard.clock() < deadline:
         try:
-            data = raw.read1(size - got, decode_content=False) or b""
+            n = reader.readinto1(view[got:])
         except Exception as exc:
             guard.pending = exc
             break
-        if not data:
+        if not n:
             break
-        guard.feed(len(data))
-        parts.append(data)
-        got += len(data)
-    return b"".join(parts)
+        guard.feed(n)
+        got += n
+    return got
 
 
 def format_rate(bps: float) -> str:
