@@ -193,8 +193,13 @@ def _kill_group(pid: int) -> None:
 
 
 def sync() -> None:
-    """Flush dirty pages outside the timed region, so no run pays for its predecessor."""
+    """Flush dirty pages outside the timed region, so no run pays for its predecessor; then
+    drop the scratch image's own cached pages (see :func:`mount_scratch`)."""
     os.sync()
+    if len(_SCRATCH) > 1 and not _SCRATCH[1].is_relative_to("/dev/shm"):
+        with contextlib.suppress(OSError), open(_SCRATCH[1], "rb") as fh:
+            os.fdatasync(fh.fileno())  # what the loop device wrote while os.sync ran
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def mount_scratch(run: Path, size: int, *, ram: bool = False) -> str | None:
@@ -214,11 +219,12 @@ def mount_scratch(run: Path, size: int, *, ram: bool = False) -> str | None:
     speed, as an NVMe disk writes faster than loopback delivers. It shows what a row costs where
     the disk is not the bound; the default image on the work folder's disk shows that disk.
 
-    The disk image's loop device does direct I/O: without it every byte written is cached
-    twice (the scratch file's pages and the image's), so each run draws as much again from
-    memory the VM had not touched (or had handed back, see ``vmmemory``), and which tool's
-    writes paid for that first touch changed a 400 MB download's system time by up to 0.3 s
-    at random; with it the image adds no page cache, as a real disk adds none."""
+    The loop device caches what it writes a second time, as the image file's pages; left
+    there, each run would draw as much again from memory the VM had not touched (or had
+    handed back, see ``vmmemory``), and which tool's writes paid for that first touch changed
+    a 400 MB download's system time by up to 0.3 s at random. :func:`sync`, before every
+    timed run, writes them out and drops them, so each run writes into the memory the last
+    one freed, as on a real disk (whose writes add no page cache)."""
     if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None or shutil.which("mount") is None:
         return None
     unmount_scratch(run)
@@ -231,23 +237,14 @@ def mount_scratch(run: Path, size: int, *, ram: bool = False) -> str | None:
             fh.truncate(size)
         subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True,
                        capture_output=True, timeout=120)
-        if ram:
-            subprocess.run(["mount", "-o", "loop,discard", str(image), str(run)],
-                           check=True, capture_output=True, timeout=60)
-        else:
-            device = subprocess.run(
-                ["losetup", "--direct-io=on", "--find", "--show", str(image)], check=True,
-                capture_output=True, text=True, timeout=60).stdout.strip()
-            _LOOP[:] = [device]
-            subprocess.run(["mount", device, str(run)], check=True, capture_output=True,
-                           timeout=60)
+        subprocess.run(["mount", "-o", "loop,discard" if ram else "loop", str(image), str(run)],
+                       check=True, capture_output=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
-        _detach_loop()
         with contextlib.suppress(OSError):
             image.unlink()
         return None
     _SCRATCH[:] = [run, image]
-    where = " in RAM (/dev/shm, discard)" if ram else ", its loop device with direct I/O"
+    where = " in RAM (/dev/shm, discard)" if ram else ""
     return (f"outputs on a fresh {size / 1024**3:.0f} GiB ext4 loop filesystem with a journal"
             f"{where} (see bench/harness.py mount_scratch)")
 
@@ -256,7 +253,6 @@ def unmount_scratch(run: Path) -> None:
     """Unmount the scratch filesystem at ``run`` (if one is mounted) and delete its image."""
     if os.path.ismount(run):
         subprocess.run(["umount", str(run)], check=False, capture_output=True, timeout=120)
-    _detach_loop()
     images = [run.with_name(run.name + ".ext4")] + _SCRATCH[1:]
     for image in images:
         with contextlib.suppress(OSError):
@@ -266,14 +262,6 @@ def unmount_scratch(run: Path) -> None:
 
 #: The scratch filesystem's mount point and image while one is mounted (:func:`mount_scratch`).
 _SCRATCH: list[Path] = []
-#: The loop device :func:`mount_scratch` set up itself (the disk image's), until detached.
-_LOOP: list[str] = []
-
-
-def _detach_loop() -> None:
-    while _LOOP:
-        subprocess.run(["losetup", "--detach", _LOOP.pop()], check=False, capture_output=True,
-                       timeout=60)
 
 
 #: Where :func:`rmtree` moves what a run no longer needs (set by :func:`use_trash`).

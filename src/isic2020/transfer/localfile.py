@@ -63,8 +63,11 @@ class FileRangeClient(RangeClient):
         super().__init__(url, size, etag, last_modified, **kwargs)
         self.path = file_path(url)
 
-    def stream(self, session: Any, start: int, end: int, sink: Sink) -> None:
-        """Feed ``sink`` every byte of ``[start, end)``, in order."""
+    def stream(self, session: Any, start: int, end: int, sink: Sink,
+               buffer: bytearray | None = None) -> None:
+        """Feed ``sink`` every byte of ``[start, end)``, in order, read into ``buffer`` (as
+        :meth:`RangeClient.stream`: the sink is lent each block)."""
+        view = memoryview(buffer if buffer is not None else bytearray(self.block))
         try:
             fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
@@ -77,18 +80,18 @@ class FileRangeClient(RangeClient):
                 if self.abort.is_set():
                     raise Interrupted("aborted")
                 try:
-                    block = os.pread(fd, min(self.block, end - pos), pos)
+                    n = os.preadv(fd, [view[: min(len(view), end - pos)]], pos)
                 except OSError as exc:
                     raise HostFailed(f"{self.path}: {exc.strerror or exc}") from None
-                if not block:
+                if not n:
                     raise ObjectChanged(f"{self.path}: shorter than {self.size} bytes now")
-                pos += len(block)
+                pos += n
                 with self.lock:
-                    self.transferred += len(block)
+                    self.transferred += n
                 self.window.progressed()
                 if self.on_bytes is not None:
-                    self.on_bytes(len(block))
-                sink(block)
+                    self.on_bytes(n)
+                sink(view[:n])
         finally:
             os.close(fd)
 
