@@ -106,7 +106,7 @@ def test_a_link_in_place_of_the_staging_images_folder_is_refused(dataset, server
     (public HEAD data): the images must not be written there, and nothing there deleted."""
     data, decoy = tmp_path / "d", _decoy(tmp_path / "decoy")
     staging = data / ".isic2020" / "staging" / TRAIN
-    server.throttle(60_000)
+    server.throttle(20_000)  # slow enough that the kill lands while images are staged
     _kill_midway(_args(data, server.url), _env(dataset),
                  lambda: _count(staging / "images") >= 5)
     assert (staging / "object.json").is_file()
