@@ -67,7 +67,7 @@ class FileRangeClient(RangeClient):
                buffer: bytearray | None = None) -> None:
         """Feed ``sink`` every byte of ``[start, end)``, in order, read into ``buffer`` (as
         :meth:`RangeClient.stream`: the sink is lent each block)."""
-        view = memoryview(buffer if buffer is not None else bytearray(self.block))
+        view = self.block_view(buffer)
         try:
             fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:

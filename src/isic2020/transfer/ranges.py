@@ -102,6 +102,11 @@ class RangeClient:
     def retries(self) -> int:
         return self.window.retries
 
+    def block_view(self, buffer: bytearray | None) -> memoryview:
+        """The buffer a :meth:`stream` call reads its blocks into: ``buffer``, or a new one of
+        ``self.block`` bytes."""
+        return memoryview(buffer if buffer is not None else bytearray(self.block))
+
     def read(self, session: requests.Session, start: int, end: int) -> bytes:
         out = bytearray()
         self.stream(session, start, end, out.extend)
@@ -119,7 +124,7 @@ class RangeClient:
         retries, in blocks read into ``buffer`` (its length is the largest block; by default
         one of ``self.block`` bytes for this call). A thread that streams many ranges passes
         its own buffer, so no block is allocated per range."""
-        view = memoryview(buffer if buffer is not None else bytearray(self.block))
+        view = self.block_view(buffer)
         reached = [start]  # the first byte not yet delivered, advanced as blocks arrive
         attempt = 0
         while reached[0] < end:
